@@ -1,0 +1,128 @@
+// embag: PyTorch's torch.nn.functional.embedding_bag as ahead-of-time compiled Halide kernels.
+//
+// This is the whole public API. Include it, link embag::embag, call embag::forward().
+//
+// Semantics (the exact rules, with the deliberate differences from PyTorch, are in the README):
+//
+//   V, D     = weight.shape                        # table of V rows of D columns
+//   P        = padding_idx (negative wraps: P += V), or none
+//   bags     = 1-D input + offsets:  bag b = positions [off[b], off[b+1]), last ends at N
+//                (include_last_offset: len(off)-1 bags, positions past off[-1] are in no bag)
+//              2-D input (B, L):     bag b = row b, offsets must be absent
+//   if max_norm:                                   # in place, before the lookup
+//     for each distinct row r read by a position inside a bag:
+//       n = p_norm(W[r], norm_type)                # inf: max|x|, 0: count of non-zeros
+//       if n > max_norm: W[r] *= max_norm / (n + 1e-7)
+//   for each bag b, column d:                      # positions p in input order, idx[p] != P
+//     sum:  out[b][d] = fold(+, 0, psw[p] * W[idx[p]][d])          (psw = 1 when absent)
+//     mean: out[b][d] = fold(+, 0, W[idx[p]][d]) / n_b, 0 if n_b = 0 (n_b = valid positions)
+//     max:  out[b][d] = first strictly greatest W[idx[p]][d] (a NaN, once met, stays), 0 if empty
+//           argmax[b][d] = the row that won, -1 if empty
+//   float16 / bfloat16 tables accumulate in float32 and round once at the end.
+//
+// Every argument is validated before anything is written: a failed call leaves the outputs and
+// the weight untouched and returns a Status whose message names the value, position and rule.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "embag/status.h"
+#include "embag/tensor.h"
+
+namespace embag {
+
+enum class Mode : uint8_t { kSum, kMean, kMax };
+
+// "sum", "mean", "max".
+const char* mode_name(Mode mode);
+// Parses "sum" / "mean" / "max"; nullopt otherwise.
+std::optional<Mode> parse_mode(const std::string& name);
+
+// PyTorch's keyword arguments, with PyTorch's defaults.
+struct Options {
+  Mode mode = Mode::kMean;
+  std::optional<double> max_norm;      // renormalise referenced rows in place when set
+  double norm_type = 2.0;              // p of the p-norm used by max_norm
+  bool scale_grad_by_freq = false;     // backward only; validated here (rejected with max)
+  bool sparse = false;                 // backward only; validated here (rejected with max)
+  bool include_last_offset = false;    // offsets has B+1 entries, the last one ends the last bag
+  std::optional<int64_t> padding_idx;  // in [-V, V-1]; positions holding it are skipped
+};
+
+// Everything a forward call reads. Optional arrays are null pointers when absent.
+struct ForwardInputs {
+  TensorView weight;                               // (V, D); modified in place iff max_norm
+  TensorView input;                                // (N) or (B, L), int32 / int64
+  const TensorView* offsets = nullptr;             // (B) or (B+1), int32 / int64; 1-D input only
+  const TensorView* per_sample_weights = nullptr;  // input's shape, weight's dtype; mode sum only
+};
+
+// Where a forward call writes. `output` is required; the auxiliary outputs (what backward
+// needs) are optional.
+struct ForwardOutputs {
+  TensorView output;                     // (B, D), weight's dtype, rows contiguous
+  const TensorView* bag_count = nullptr;  // (B) int64: valid (non-padding) positions per bag
+  const TensorView* argmax = nullptr;     // (B, D) int64, mode max only: winning row, -1 if empty
+};
+
+// Number of bags a call produces, from the input/offsets shapes alone (0 if they are invalid).
+int64_t num_bags(const TensorView& input, const TensorView* offsets, const Options& options);
+
+// Checks every rule without running anything: shapes, dtypes, devices, offsets, index range,
+// padding_idx, option combinations, and that the outputs have the right shapes and dtypes.
+Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
+
+// Runs embedding_bag forward. Validates first; on error nothing is written.
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
+
+// ---- Variants, ISA selection and threads -------------------------------------------------
+
+// Instruction sets a CPU variant can be compiled for, best first within an architecture.
+enum class Isa : uint8_t { kAvx512, kAvx2, kSse41 };
+
+// "avx512", "avx2", "sse41".
+const char* isa_name(Isa isa);
+std::optional<Isa> parse_isa(const std::string& name);
+
+// ISAs this CPU can run (asks the CPU once), best first.
+std::vector<Isa> supported_isas();
+// ISAs this build of embag contains kernels for, best first.
+std::vector<Isa> compiled_isas();
+
+// Forces every later call onto one ISA (nullopt returns to automatic choice: the best ISA that
+// is both compiled in and supported). Fails, changing nothing, when the ISA is not compiled in
+// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41 sets the initial
+// value; a bad EMBAG_ISA makes every call fail with a message saying so.
+Status set_isa(std::optional<Isa> isa);
+// The ISA later calls will use.
+Status selected_isa(Isa* isa);
+
+// Name of the kernel variant that the most recent successful call on this thread ran, e.g.
+// "embag_forward_sum_f32_i64_avx2"; empty before any call.
+const std::string& last_variant();
+// Name of the kernel variant a forward call with these arguments would run (no validation of
+// the data itself).
+std::string forward_variant_name(const ForwardInputs& inputs, const Options& options);
+
+// One compiled kernel, as listed by `embag info`.
+struct VariantInfo {
+  std::string name;         // C symbol of the kernel
+  std::string pipeline;     // "forward" or "renorm"
+  std::string mode;         // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" for renorm
+  DType weight_dtype;
+  DType index_dtype;
+  Isa isa;
+  std::string target;       // the Halide target string it was compiled for
+};
+const std::vector<VariantInfo>& compiled_variants();
+
+// Worker threads used by the kernels (Halide's thread pool). The environment variable
+// EMBAG_NUM_THREADS sets the initial value; default is the number of cores. Results are
+// bitwise identical for every thread count.
+void set_num_threads(int n);
+int num_threads();
+
+}  // namespace embag
