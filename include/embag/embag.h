@@ -91,6 +91,8 @@ std::optional<Isa> parse_isa(const std::string& name);
 std::vector<Isa> supported_isas();
 // ISAs this build of embag contains kernels for, best first.
 std::vector<Isa> compiled_isas();
+// The CPU features embag looks at that this CPU has, e.g. "sse4.1 avx avx2 fma f16c avx512f".
+std::string cpu_features();
 
 // Forces every later call onto one ISA (nullopt returns to automatic choice: the best ISA that
 // is both compiled in and supported). Fails, changing nothing, when the ISA is not compiled in

@@ -1,0 +1,100 @@
+// CPU feature detection with cpuid and xgetbv. Every other file asks cpu_supports().
+#include "cpu_features.h"
+
+#include <cpuid.h>
+
+#include <cstdint>
+
+namespace embag::internal {
+namespace {
+
+struct CpuFeatures {
+  bool sse41 = false, avx = false, avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512cd = false;
+};
+
+uint64_t read_xcr0() {
+  uint32_t eax = 0, edx = 0;
+  // xgetbv(0): which register states the OS saves on context switch.
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+
+CpuFeatures detect() {
+  CpuFeatures f;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
+  f.sse41 = ecx & bit_SSE4_1;
+  const bool osxsave = ecx & bit_OSXSAVE;
+  const bool cpu_avx = ecx & bit_AVX;
+  f.fma = ecx & bit_FMA;
+  f.f16c = ecx & bit_F16C;
+  const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // SSE and AVX state
+  const bool os_zmm = (xcr0 & 0xE6) == 0xE6;   // plus opmask and both ZMM halves
+  f.avx = cpu_avx && os_ymm;
+  f.fma = f.fma && f.avx;
+  f.f16c = f.f16c && f.avx;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
+    f.avx2 = f.avx && (ebx & bit_AVX2);
+    f.avx512f = os_zmm && (ebx & bit_AVX512F);
+    f.avx512bw = f.avx512f && (ebx & bit_AVX512BW);
+    f.avx512dq = f.avx512f && (ebx & bit_AVX512DQ);
+    f.avx512vl = f.avx512f && (ebx & bit_AVX512VL);
+    f.avx512cd = f.avx512f && (ebx & bit_AVX512CD);
+  }
+  return f;
+}
+
+const CpuFeatures& features() {
+  static const CpuFeatures cached = detect();
+  return cached;
+}
+
+}  // namespace
+
+bool cpu_supports(Isa isa) {
+  const CpuFeatures& f = features();
+  switch (isa) {
+    case Isa::kSse41: return f.sse41;
+    // The avx2 kernels are compiled for AVX + AVX2 + FMA + F16C + SSE4.1.
+    case Isa::kAvx2: return f.avx2 && f.fma && f.f16c && f.sse41;
+    // Halide's avx512_skylake feature set: F, BW, DQ, VL and CD, on top of the avx2 set.
+    case Isa::kAvx512:
+      return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.avx2 &&
+             f.fma && f.f16c;
+  }
+  return false;
+}
+
+const char* isa_requirement(Isa isa) {
+  switch (isa) {
+    case Isa::kSse41: return "SSE4.1";
+    case Isa::kAvx2: return "AVX2, FMA and F16C";
+    case Isa::kAvx512: return "AVX-512 F, BW, DQ, VL and CD";
+  }
+  return "?";
+}
+
+std::string cpu_feature_summary() {
+  const CpuFeatures& f = features();
+  std::string s;
+  auto add = [&s](bool has, const char* name) {
+    if (!has) return;
+    if (!s.empty()) s += ' ';
+    s += name;
+  };
+  add(f.sse41, "sse4.1");
+  add(f.avx, "avx");
+  add(f.avx2, "avx2");
+  add(f.fma, "fma");
+  add(f.f16c, "f16c");
+  add(f.avx512f, "avx512f");
+  add(f.avx512bw, "avx512bw");
+  add(f.avx512dq, "avx512dq");
+  add(f.avx512vl, "avx512vl");
+  add(f.avx512cd, "avx512cd");
+  return s.empty() ? "(none of interest)" : s;
+}
+
+}  // namespace embag::internal

@@ -1,0 +1,63 @@
+// DLTensor -> TensorView conversion.
+#include "embag/dlpack.h"
+
+#include <optional>
+#include <string>
+
+namespace embag {
+namespace {
+
+std::optional<DType> dtype_from_dlpack(DLDataType t) {
+  if (t.lanes != 1) return std::nullopt;
+  if (t.code == kDLInt && t.bits == 32) return DType::kInt32;
+  if (t.code == kDLInt && t.bits == 64) return DType::kInt64;
+  if (t.code == kDLFloat && t.bits == 16) return DType::kFloat16;
+  if (t.code == kDLFloat && t.bits == 32) return DType::kFloat32;
+  if (t.code == kDLFloat && t.bits == 64) return DType::kFloat64;
+  if (t.code == kDLBfloat && t.bits == 16) return DType::kBFloat16;
+  return std::nullopt;
+}
+
+}  // namespace
+
+Status from_dlpack(const DLTensor& tensor, TensorView* view) {
+  const std::optional<DType> dtype = dtype_from_dlpack(tensor.dtype);
+  if (!dtype) {
+    return Status(StatusCode::kInvalidArgument,
+                  "DLPack dtype (code " + std::to_string(tensor.dtype.code) + ", bits " +
+                      std::to_string(tensor.dtype.bits) + ", lanes " +
+                      std::to_string(tensor.dtype.lanes) + ") has no embag equivalent");
+  }
+  if (tensor.ndim < 0 || tensor.ndim > 2) {
+    return Status(StatusCode::kInvalidArgument,
+                  "embag takes tensors of at most 2 dimensions, but the DLPack tensor has " +
+                      std::to_string(tensor.ndim));
+  }
+  Device device;
+  if (tensor.device.device_type == kDLCPU) {
+    device.type = DeviceType::kCPU;
+  } else if (tensor.device.device_type == kDLCUDA) {
+    device.type = DeviceType::kCUDA;
+  } else {
+    return Status(StatusCode::kInvalidArgument,
+                  "DLPack device type " + std::to_string(tensor.device.device_type) +
+                      " is neither CPU nor CUDA");
+  }
+  device.index = tensor.device.device_id;
+
+  TensorView v;
+  v.data = static_cast<char*>(tensor.data) + tensor.byte_offset;
+  v.dtype = *dtype;
+  v.ndim = tensor.ndim;
+  v.device = device;
+  int64_t stride = 1;
+  for (int i = tensor.ndim - 1; i >= 0; --i) {
+    v.shape[i] = tensor.shape[i];
+    v.strides[i] = tensor.strides ? tensor.strides[i] : stride;
+    stride *= tensor.shape[i];
+  }
+  *view = v;
+  return Status::Ok();
+}
+
+}  // namespace embag

@@ -1,0 +1,199 @@
+// embag::forward and embag::validate: validate, plan the bags, renormalise, pick the kernel, run.
+#include <cstring>
+#include <vector>
+
+#include "bag_layout.h"
+#include "forward_plan.h"
+#include "halide_buffer.h"
+#include "kernel_registry.h"
+#include "renorm.h"
+#include "runtime_state.h"
+
+namespace embag {
+namespace {
+
+using internal::BagLayout;
+using internal::ForwardPlan;
+using internal::HalideBuffer;
+using internal::KernelEntry;
+using internal::KernelPooling;
+
+// The kernels a validated call needs on the selected ISA, or why they are missing.
+struct SelectedKernels {
+  const KernelEntry* forward = nullptr;
+  const KernelEntry* renorm = nullptr;  // only with max_norm
+};
+
+Status select_kernels(const ForwardInputs& in, const Options& opt, KernelPooling pooling,
+                      SelectedKernels* kernels) {
+  Isa isa;
+  if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
+  kernels->forward = internal::find_forward_kernel(pooling, in.weight.dtype, in.input.dtype, isa);
+  if (kernels->forward == nullptr) {
+    return Status(StatusCode::kUnsupported,
+                  std::string("no forward kernel was compiled for mode ") +
+                      internal::kernel_pooling_name(pooling) + ", weight " +
+                      dtype_name(in.weight.dtype) + ", input " + dtype_name(in.input.dtype) +
+                      " on " + isa_name(isa));
+  }
+  if (opt.max_norm) {
+    kernels->renorm = internal::find_renorm_kernel(in.weight.dtype, isa);
+    if (kernels->renorm == nullptr) {
+      return Status(StatusCode::kUnsupported, std::string("no renorm kernel was compiled for ") +
+                                                  dtype_name(in.weight.dtype) + " on " +
+                                                  isa_name(isa));
+    }
+  }
+  return Status::Ok();
+}
+
+// Scratch for auxiliary outputs the caller did not ask for; reused across calls on a thread.
+thread_local std::vector<int64_t> t_scratch_bag_count;
+thread_local std::vector<int64_t> t_scratch_argmax;
+
+// Valid (non-padding) positions per bag, for callers that ask for bag_count where no kernel
+// counts (max mode, and calls with nothing to read).
+void count_valid_positions(const ForwardPlan& plan, const BagLayout& layout, int64_t* counts) {
+  const TensorView offsets =
+      make_view_1d(const_cast<void*>(layout.offsets), layout.index_dtype, plan.num_bags + 1);
+  const TensorView indices =
+      make_view_1d(const_cast<void*>(layout.indices), layout.index_dtype, plan.positions_end);
+  for (int64_t b = 0; b < plan.num_bags; ++b) {
+    int64_t count = 0;
+    const int64_t end = internal::load_index(offsets, b + 1);
+    for (int64_t p = internal::load_index(offsets, b); p < end; ++p) {
+      count += internal::load_index(indices, p) != plan.padding_idx;
+    }
+    counts[b] = count;
+  }
+}
+
+// Outputs of a call with no columns or no rows, where there is nothing for a kernel to read:
+// every bag is empty of data (V = 0 makes every index invalid, so bags hold no positions).
+void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out,
+                              const ForwardPlan& plan, const BagLayout& layout) {
+  const int64_t B = plan.num_bags, D = plan.dim;
+  const size_t element = dtype_size(in.weight.dtype);
+  for (int64_t b = 0; b < B; ++b) {
+    std::memset(static_cast<unsigned char*>(out.output.data) +
+                    static_cast<size_t>(b * out.output.strides[0]) * element,
+                0, static_cast<size_t>(D) * element);
+  }
+  if (out.argmax) {
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t* row = static_cast<int64_t*>(out.argmax->data) + b * out.argmax->strides[0];
+      for (int64_t d = 0; d < D; ++d) row[d] = -1;
+    }
+  }
+  if (out.bag_count) count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
+}
+
+Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
+                          const ForwardOutputs& out, const ForwardPlan& plan,
+                          const BagLayout& layout) {
+  const int64_t B = plan.num_bags, D = plan.dim;
+  HalideBuffer weight(in.weight.data, in.weight.dtype, plan.num_rows, D, in.weight.strides[0]);
+  HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
+  HalideBuffer offsets(layout.offsets, layout.index_dtype, B + 1);
+  HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
+  const int32_t padding = plan.padding_idx;
+
+  switch (kernel.pooling) {
+    case KernelPooling::kSum:
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.sum(weight.get(), indices.get(), offsets.get(), padding, output.get());
+      });
+    case KernelPooling::kWeightedSum: {
+      HalideBuffer psw(in.per_sample_weights->data, in.per_sample_weights->dtype,
+                       plan.positions_end);
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.weighted_sum(weight.get(), indices.get(), offsets.get(), psw.get(),
+                                      padding, output.get());
+      });
+    }
+    case KernelPooling::kMean: {
+      void* counts = out.bag_count ? out.bag_count->data : nullptr;
+      if (counts == nullptr) {
+        t_scratch_bag_count.resize(static_cast<size_t>(B));
+        counts = t_scratch_bag_count.data();
+      }
+      HalideBuffer bag_count(counts, DType::kInt64, B);
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.mean(weight.get(), indices.get(), offsets.get(), padding, output.get(),
+                              bag_count.get());
+      });
+    }
+    case KernelPooling::kMax: {
+      void* winners = out.argmax ? out.argmax->data : nullptr;
+      int64_t winners_stride = out.argmax ? out.argmax->strides[0] : D;
+      if (winners == nullptr) {
+        t_scratch_argmax.resize(static_cast<size_t>(B * D));
+        winners = t_scratch_argmax.data();
+      }
+      HalideBuffer argmax(winners, DType::kInt64, B, D, winners_stride);
+      Status s = internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.max(weight.get(), indices.get(), offsets.get(), padding, output.get(),
+                             argmax.get());
+      });
+      // Max has no divisor, so its kernel does not count; count here for callers who ask.
+      if (s.ok() && out.bag_count) {
+        count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
+      }
+      return s;
+    }
+  }
+  return Status(StatusCode::kInternal, "unknown kernel pooling");
+}
+
+}  // namespace
+
+int64_t num_bags(const TensorView& input, const TensorView* offsets, const Options& options) {
+  if (input.ndim == 2) return input.shape[0];
+  if (input.ndim != 1 || offsets == nullptr || offsets->ndim != 1) return 0;
+  const int64_t n = offsets->shape[0];
+  if (options.include_last_offset) return n > 0 ? n - 1 : 0;
+  return n;
+}
+
+Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs,
+                const Options& options) {
+  ForwardPlan plan;
+  if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+  SelectedKernels kernels;
+  return select_kernels(inputs, options, plan.pooling, &kernels);
+}
+
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
+               const Options& options) {
+  ForwardPlan plan;
+  if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+  SelectedKernels kernels;
+  if (Status s = select_kernels(inputs, options, plan.pooling, &kernels); !s.ok()) return s;
+
+  BagLayout layout;
+  internal::make_bag_layout(inputs, options, plan, &layout);
+  if (options.max_norm) {
+    Status s = internal::renormalize_referenced_rows(inputs.weight, layout, plan,
+                                                     *options.max_norm, options.norm_type,
+                                                     *kernels.renorm);
+    if (!s.ok()) return s;
+  }
+  if (plan.num_bags == 0) {
+    internal::record_last_variant(kernels.forward->name);
+    return Status::Ok();
+  }
+  if (plan.dim == 0 || plan.num_rows == 0) {
+    write_degenerate_outputs(inputs, outputs, plan, layout);
+    internal::record_last_variant(kernels.forward->name);
+    return Status::Ok();
+  }
+  return run_forward_kernel(*kernels.forward, inputs, outputs, plan, layout);
+}
+
+std::string forward_variant_name(const ForwardInputs& inputs, const Options& options) {
+  SelectedKernels kernels;
+  if (!select_kernels(inputs, options, internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr), &kernels).ok()) return "";
+  return kernels.forward->name;
+}
+
+}  // namespace embag

@@ -1,0 +1,33 @@
+// ForwardPlan: what validation learns about a forward call, in the normalised form the rest of
+// the runtime uses (sizes, normalised padding index, which kernel family).
+#pragma once
+
+#include <cstdint>
+
+#include "embag/embag.h"
+#include "kernel_registry.h"
+
+namespace embag::internal {
+
+struct ForwardPlan {
+  int64_t num_rows = 0;       // V
+  int64_t dim = 0;            // D
+  int64_t num_bags = 0;       // B
+  int64_t num_indices = 0;    // N: elements of the input
+  int64_t positions_end = 0;  // positions [0, positions_end) lie in bags; the rest are not read
+  int32_t padding_idx = -1;   // normalised to [0, V), or -1 for none
+  KernelPooling pooling = KernelPooling::kSum;
+};
+
+// Validates every argument of a forward call (see SEMANTICS.md's error table) without writing
+// anything, and fills `plan` on success.
+Status validate_forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
+                        const Options& options, ForwardPlan* plan);
+
+// Reads element `i` of a contiguous int32/int64 view as int64.
+inline int64_t load_index(const TensorView& view, int64_t i) {
+  return view.dtype == DType::kInt32 ? static_cast<const int32_t*>(view.data)[i]
+                                     : static_cast<const int64_t*>(view.data)[i];
+}
+
+}  // namespace embag::internal

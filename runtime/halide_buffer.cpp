@@ -1,0 +1,44 @@
+// HalideBuffer: caller memory described as halide_buffer_t.
+#include "halide_buffer.h"
+
+namespace embag::internal {
+namespace {
+
+halide_type_t halide_type_of(DType dtype) {
+  switch (dtype) {
+    case DType::kInt32: return halide_type_t(halide_type_int, 32);
+    case DType::kInt64: return halide_type_t(halide_type_int, 64);
+    case DType::kFloat16: return halide_type_t(halide_type_float, 16);
+    case DType::kBFloat16: return halide_type_t(halide_type_bfloat, 16);
+    case DType::kFloat32: return halide_type_t(halide_type_float, 32);
+    case DType::kFloat64: return halide_type_t(halide_type_float, 64);
+  }
+  return halide_type_t();
+}
+
+// Kernels never touch the memory of an empty array, but Halide wants a non-null host pointer
+// for every buffer it is handed.
+alignas(64) unsigned char g_empty_storage[64];
+
+}  // namespace
+
+void HalideBuffer::init(const void* data, DType dtype, int dimensions) {
+  buffer_.host = static_cast<uint8_t*>(const_cast<void*>(data ? data : g_empty_storage));
+  buffer_.type = halide_type_of(dtype);
+  buffer_.dimensions = dimensions;
+  buffer_.dim = dims_;
+}
+
+HalideBuffer::HalideBuffer(const void* data, DType dtype, int64_t n) {
+  init(data, dtype, 1);
+  dims_[0] = halide_dimension_t(0, static_cast<int32_t>(n), 1);
+}
+
+HalideBuffer::HalideBuffer(const void* data, DType dtype, int64_t rows, int64_t cols,
+                           int64_t row_stride) {
+  init(data, dtype, 2);
+  dims_[0] = halide_dimension_t(0, static_cast<int32_t>(cols), 1);
+  dims_[1] = halide_dimension_t(0, static_cast<int32_t>(rows), static_cast<int32_t>(row_stride));
+}
+
+}  // namespace embag::internal

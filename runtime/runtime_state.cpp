@@ -1,0 +1,226 @@
+// Process-wide runtime state and the small public calls that read or change it.
+#include "runtime_state.h"
+
+#include <HalideRuntime.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#include "cpu_features.h"
+#include "kernel_registry.h"
+
+namespace embag::internal {
+namespace {
+
+// ISA choice: -1 = automatic, otherwise the Isa value. Set from EMBAG_ISA on first use.
+struct IsaChoice {
+  std::atomic<int> forced{-1};
+  std::string env_error;  // non-empty when EMBAG_ISA held a value that is not an ISA name
+};
+
+IsaChoice& isa_choice() {
+  static IsaChoice* choice = [] {
+    auto* c = new IsaChoice;
+    if (const char* env = std::getenv("EMBAG_ISA"); env != nullptr && *env != '\0') {
+      if (std::optional<Isa> isa = parse_isa(env)) {
+        c->forced = static_cast<int>(*isa);
+      } else {
+        c->env_error = std::string("EMBAG_ISA=") + env +
+                       " is not an instruction set embag knows; use avx512, avx2 or sse41";
+      }
+    }
+    return c;
+  }();
+  return *choice;
+}
+
+std::atomic<int> g_num_threads{0};
+
+// Halide reports errors through a global handler, possibly from a worker thread; keep the most
+// recent message of the current call so the caller's Status can carry it.
+std::mutex g_error_mutex;
+std::string g_kernel_error;
+
+void capture_halide_error(void* /*user_context*/, const char* message) {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  g_kernel_error = message ? message : "";
+}
+
+void install_runtime_hooks() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    halide_set_error_handler(&capture_halide_error);
+    int threads = 0;
+    if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr) threads = std::atoi(env);
+    if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
+    if (threads <= 0) threads = 1;
+    g_num_threads = threads;
+    halide_set_num_threads(threads);
+  });
+}
+
+thread_local std::string t_last_variant;
+
+Status check_isa_usable(Isa isa) {
+  bool compiled = false;
+  for (Isa c : compiled_isas()) compiled = compiled || c == isa;
+  if (!compiled) {
+    return Status(StatusCode::kUnsupported, std::string("ISA ") + isa_name(isa) +
+                                                " was not compiled into this build of embag");
+  }
+  if (!cpu_supports(isa)) {
+    return Status(StatusCode::kUnsupported, std::string("ISA ") + isa_name(isa) +
+                                                " needs " + isa_requirement(isa) +
+                                                ", which this CPU does not support");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status resolve_isa(Isa* isa) {
+  install_runtime_hooks();
+  IsaChoice& choice = isa_choice();
+  if (!choice.env_error.empty()) return Status(StatusCode::kInvalidArgument, choice.env_error);
+  const int forced = choice.forced.load();
+  if (forced >= 0) {
+    Status s = check_isa_usable(static_cast<Isa>(forced));
+    if (!s.ok()) return Status(s.code(), "forced " + s.message());
+    *isa = static_cast<Isa>(forced);
+    return Status::Ok();
+  }
+  for (Isa c : compiled_isas()) {
+    if (cpu_supports(c)) {
+      *isa = c;
+      return Status::Ok();
+    }
+  }
+  return Status(StatusCode::kUnsupported,
+                "this CPU supports none of the instruction sets embag was compiled for");
+}
+
+void record_last_variant(const char* name) { t_last_variant = name; }
+
+void begin_kernel_call() {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  g_kernel_error.clear();
+}
+
+std::string end_kernel_call_error() {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  return g_kernel_error.empty() ? "no message" : g_kernel_error;
+}
+
+}  // namespace embag::internal
+
+namespace embag {
+
+using internal::kernel_table;
+
+const char* mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::kSum: return "sum";
+    case Mode::kMean: return "mean";
+    case Mode::kMax: return "max";
+  }
+  return "?";
+}
+
+std::optional<Mode> parse_mode(const std::string& name) {
+  if (name == "sum") return Mode::kSum;
+  if (name == "mean") return Mode::kMean;
+  if (name == "max") return Mode::kMax;
+  return std::nullopt;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kSse41: return "sse41";
+  }
+  return "?";
+}
+
+std::optional<Isa> parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+    if (name == isa_name(isa)) return isa;
+  }
+  return std::nullopt;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+    if (internal::cpu_supports(isa)) out.push_back(isa);
+  }
+  return out;
+}
+
+std::vector<Isa> compiled_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+    for (const internal::KernelEntry& e : kernel_table()) {
+      if (e.isa == isa) {
+        out.push_back(isa);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::string cpu_features() { return internal::cpu_feature_summary(); }
+
+Status set_isa(std::optional<Isa> isa) {
+  internal::IsaChoice& choice = internal::isa_choice();
+  if (isa) {
+    Status s = internal::check_isa_usable(*isa);
+    if (!s.ok()) return s;
+  }
+  choice.forced = isa ? static_cast<int>(*isa) : -1;
+  // An explicit choice overrides a bad EMBAG_ISA.
+  choice.env_error.clear();
+  return Status::Ok();
+}
+
+Status selected_isa(Isa* isa) { return internal::resolve_isa(isa); }
+
+const std::string& last_variant() { return internal::t_last_variant; }
+
+const std::vector<VariantInfo>& compiled_variants() {
+  static const std::vector<VariantInfo> variants = [] {
+    std::vector<VariantInfo> out;
+    for (const internal::KernelEntry& e : kernel_table()) {
+      VariantInfo v;
+      v.name = e.name;
+      v.pipeline = e.pipeline == internal::KernelPipeline::kForward ? "forward" : "renorm";
+      v.mode = e.pipeline == internal::KernelPipeline::kForward
+                   ? internal::kernel_pooling_name(e.pooling)
+                   : "";
+      v.weight_dtype = e.weight_dtype;
+      v.index_dtype = e.index_dtype;
+      v.isa = e.isa;
+      v.target = e.target;
+      out.push_back(v);
+    }
+    return out;
+  }();
+  return variants;
+}
+
+void set_num_threads(int n) {
+  internal::install_runtime_hooks();
+  if (n <= 0) n = 1;
+  internal::g_num_threads = n;
+  halide_set_num_threads(n);
+}
+
+int num_threads() {
+  internal::install_runtime_hooks();
+  return internal::g_num_threads.load();
+}
+
+}  // namespace embag

@@ -1,0 +1,78 @@
+// TensorView helpers: element sizes, names, shapes in messages, view constructors.
+#include <sstream>
+
+#include "embag/tensor.h"
+
+namespace embag {
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+  }
+  return "unknown";
+}
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+    case DType::kBFloat16: return 2;
+    case DType::kInt32:
+    case DType::kFloat32: return 4;
+    case DType::kInt64:
+    case DType::kFloat64: return 8;
+  }
+  return 0;
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim && i < 2; ++i) n *= shape[i];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  if (ndim <= 0) return true;
+  if (ndim == 1) return strides[0] == 1 || shape[0] <= 1;
+  return (strides[1] == 1 || shape[1] <= 1) && (strides[0] == shape[1] || shape[0] <= 1);
+}
+
+std::string TensorView::shape_string() const {
+  std::ostringstream out;
+  out << '[';
+  for (int i = 0; i < ndim && i < 2; ++i) out << (i ? ", " : "") << shape[i];
+  if (ndim > 2) out << ", ...";
+  out << ']';
+  return out.str();
+}
+
+TensorView make_view_1d(void* data, DType dtype, int64_t n, Device device) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype;
+  v.ndim = 1;
+  v.shape[0] = n;
+  v.strides[0] = 1;
+  v.device = device;
+  return v;
+}
+
+TensorView make_view_2d(void* data, DType dtype, int64_t rows, int64_t cols, int64_t row_stride,
+                        Device device) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype;
+  v.ndim = 2;
+  v.shape[0] = rows;
+  v.shape[1] = cols;
+  v.strides[0] = row_stride < 0 ? cols : row_stride;
+  v.strides[1] = 1;
+  v.device = device;
+  return v;
+}
+
+}  // namespace embag

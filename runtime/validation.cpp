@@ -1,0 +1,284 @@
+// Validation of forward calls: every rule of SEMANTICS.md, checked before anything is written.
+//
+// Messages use PyTorch's words where PyTorch has a rule, and always say which value broke which
+// rule, where it sits, and what was expected. The checks run in PyTorch's order so the first
+// message a caller sees is the one PyTorch would give.
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "forward_plan.h"
+
+namespace embag::internal {
+namespace {
+
+constexpr int64_t kMaxExtent = std::numeric_limits<int32_t>::max();
+
+Status invalid(const std::string& message) {
+  return Status(StatusCode::kInvalidArgument, message);
+}
+
+std::string device_string(const Device& device) {
+  return device.type == DeviceType::kCPU ? "cpu" : "cuda:" + std::to_string(device.index);
+}
+
+bool is_float_dtype(DType t) {
+  return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 ||
+         t == DType::kBFloat16;
+}
+bool is_index_dtype(DType t) { return t == DType::kInt32 || t == DType::kInt64; }
+
+std::string strides_string(const TensorView& v) {
+  std::ostringstream out;
+  out << '[';
+  for (int i = 0; i < v.ndim && i < 2; ++i) out << (i ? ", " : "") << v.strides[i];
+  out << ']';
+  return out.str();
+}
+
+// Memory checks shared by every view: on the CPU, data present when non-empty, rows contiguous,
+// and (for 1-D arrays and the input) fully contiguous.
+Status check_memory(const TensorView& v, const char* name, bool require_contiguous) {
+  if (v.device.type != DeviceType::kCPU) {
+    return Status(StatusCode::kUnsupported,
+                  std::string(name) + " is on " + device_string(v.device) +
+                      ", but this build of embag has CPU kernels only (CUDA is not available)");
+  }
+  const int64_t n = v.numel();
+  if (n < 0 || (v.ndim >= 1 && v.shape[0] < 0) || (v.ndim >= 2 && v.shape[1] < 0)) {
+    return invalid(std::string(name) + " has a negative size " + v.shape_string());
+  }
+  if (n > 0 && v.data == nullptr) {
+    return invalid(std::string(name) + " has a null data pointer but " + std::to_string(n) +
+                   " elements");
+  }
+  if (n > 0) {
+    const bool inner_ok = v.ndim == 0 || v.strides[v.ndim - 1] == 1 || v.shape[v.ndim - 1] <= 1;
+    if (!inner_ok) {
+      return invalid(std::string(name) + " must have unit stride in its last dimension, but its " +
+                     "strides are " + strides_string(v));
+    }
+    if (require_contiguous && !v.is_contiguous()) {
+      return invalid(std::string(name) + " must be contiguous, but has shape " +
+                     v.shape_string() + " and strides " + strides_string(v));
+    }
+    if (v.ndim == 2 && v.shape[0] > 1 && v.strides[0] < v.shape[1]) {
+      return invalid(std::string(name) + "'s row stride " + std::to_string(v.strides[0]) +
+                     " is smaller than its row length " + std::to_string(v.shape[1]) +
+                     " (rows would overlap)");
+    }
+  }
+  return Status::Ok();
+}
+
+Status check_extent(int64_t value, const char* what) {
+  if (value > kMaxExtent) {
+    return invalid(std::string(what) + " is " + std::to_string(value) +
+                   ", but embag supports at most " + std::to_string(kMaxExtent));
+  }
+  return Status::Ok();
+}
+
+Status check_output(const TensorView* view, const char* name, DType dtype, const char* dtype_rule,
+                    int ndim, int64_t rows, int64_t cols) {
+  if (view == nullptr) return Status::Ok();
+  const TensorView& v = *view;
+  const std::string expected =
+      ndim == 1 ? "[" + std::to_string(rows) + "]"
+                : "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+  if (v.ndim != ndim || v.shape[0] != rows || (ndim == 2 && v.shape[1] != cols)) {
+    return invalid(std::string(name) + " must have shape " + expected + " but has shape " +
+                   v.shape_string());
+  }
+  if (v.dtype != dtype) {
+    return invalid(std::string(name) + " must have dtype " + dtype_name(dtype) + " (" +
+                   dtype_rule + ") but has dtype " + dtype_name(v.dtype));
+  }
+  return check_memory(v, name, ndim == 1);
+}
+
+}  // namespace
+
+Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
+                        ForwardPlan* plan) {
+  const TensorView& weight = in.weight;
+  const TensorView& input = in.input;
+
+  // Tables.
+  if (weight.ndim != 2) {
+    return invalid("weight has to be a 2D Tensor, but got Tensor of dimension " +
+                   std::to_string(weight.ndim));
+  }
+  if (!is_float_dtype(weight.dtype)) {
+    return invalid(std::string("weight must be float32, float64, float16 or bfloat16, but got ") +
+                   dtype_name(weight.dtype));
+  }
+  if (Status s = check_memory(weight, "weight", false); !s.ok()) return s;
+
+  // Indices and offsets.
+  if (input.ndim != 1 && input.ndim != 2) {
+    return invalid("input has to be 1D or 2D Tensor, but got Tensor of dimension " +
+                   std::to_string(input.ndim));
+  }
+  if (!is_index_dtype(input.dtype)) {
+    return invalid(std::string("input must be int32 or int64, but got ") +
+                   dtype_name(input.dtype));
+  }
+  if (Status s = check_memory(input, "input", true); !s.ok()) return s;
+  const TensorView* offsets = in.offsets;
+  if (input.ndim == 1) {
+    if (offsets == nullptr) return invalid("offsets has to be a 1D Tensor but got None");
+    if (offsets->ndim != 1) {
+      return invalid("offsets has to be a 1D Tensor, but got Tensor of dimension " +
+                     std::to_string(offsets->ndim));
+    }
+    if (!is_index_dtype(offsets->dtype)) {
+      return invalid(std::string("offsets must be int32 or int64, but got ") +
+                     dtype_name(offsets->dtype));
+    }
+    if (Status s = check_memory(*offsets, "offsets", true); !s.ok()) return s;
+  } else if (offsets != nullptr) {
+    return invalid(
+        "if input is 2D, then offsets has to be None, as input is treated is a mini-batch of "
+        "fixed length sequences. However, found offsets of shape " +
+        offsets->shape_string());
+  }
+
+  // Options.
+  if (opt.mode != Mode::kSum && opt.mode != Mode::kMean && opt.mode != Mode::kMax) {
+    return invalid("mode has to be one of sum, mean or max");
+  }
+  const TensorView* psw = in.per_sample_weights;
+  if (psw != nullptr) {
+    if (opt.mode != Mode::kSum) {
+      return invalid(
+          std::string("embedding_bag: per_sample_weights was not None. per_sample_weights is "
+                      "only supported for mode='sum' (got mode='") +
+          mode_name(opt.mode) + "')");
+    }
+    if (psw->ndim != input.ndim || psw->shape[0] != input.shape[0] ||
+        (input.ndim == 2 && psw->shape[1] != input.shape[1])) {
+      return invalid("embedding_bag: If per_sample_weights (" + psw->shape_string() +
+                     ") is not None, then it must have the same shape as the input (" +
+                     input.shape_string() + ")");
+    }
+    if (psw->dtype != weight.dtype) {
+      return invalid(std::string("embedding_bag: per_sample_weights has dtype ") +
+                     dtype_name(psw->dtype) + ", but it must have the weight's dtype " +
+                     dtype_name(weight.dtype));
+    }
+    if (Status s = check_memory(*psw, "per_sample_weights", true); !s.ok()) return s;
+  }
+  if (opt.mode == Mode::kMax && opt.scale_grad_by_freq) {
+    return invalid("max mode does not support scaling the gradient by the frequency");
+  }
+  if (opt.mode == Mode::kMax && opt.sparse) {
+    return invalid("max mode does not support sparse weights");
+  }
+  const int64_t V = weight.shape[0];
+  const int64_t D = weight.shape[1];
+  int32_t padding = -1;
+  if (opt.padding_idx) {
+    const int64_t p = *opt.padding_idx;
+    if (p < -V || p > V - 1) {
+      return invalid("padding_idx must be within the number of embeddings, -" +
+                     std::to_string(V) + " through " + std::to_string(V - 1) + ", but got " +
+                     std::to_string(p));
+    }
+    padding = static_cast<int32_t>(p < 0 ? p + V : p);
+  }
+  if (opt.max_norm && std::isnan(*opt.max_norm)) return invalid("max_norm must not be NaN");
+  if (opt.max_norm && std::isnan(opt.norm_type)) return invalid("norm_type must not be NaN");
+
+  // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits).
+  if (Status s = check_extent(V, "the number of rows in weight"); !s.ok()) return s;
+  if (Status s = check_extent(D, "the embedding dimension"); !s.ok()) return s;
+  if (Status s = check_extent(weight.strides[0], "weight's row stride"); !s.ok()) return s;
+  const int64_t N = input.numel();
+  if (Status s = check_extent(N, "the number of indices"); !s.ok()) return s;
+
+  // Bags.
+  int64_t B = 0;
+  int64_t positions_end = N;
+  if (input.ndim == 2) {
+    B = input.shape[0];
+  } else {
+    const int64_t num_offsets = offsets->shape[0];
+    if (opt.include_last_offset && num_offsets < 1) {
+      return invalid("include_last_offset: number of offset should be at least 1");
+    }
+    if (num_offsets > 0) {
+      const int64_t first = load_index(*offsets, 0);
+      if (first != 0) {
+        return invalid(
+            "offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
+            "from position 0. However, got " +
+            std::to_string(first));
+      }
+      const int64_t last = load_index(*offsets, num_offsets - 1);
+      if (last > N) {
+        return invalid("offsets[-1] can not be greater than input's length " + std::to_string(N) +
+                       " but got offsets[-1] of " + std::to_string(last));
+      }
+      int64_t previous = first;
+      for (int64_t i = 1; i < num_offsets; ++i) {
+        const int64_t current = load_index(*offsets, i);
+        if (current < previous) {
+          return invalid("offsets must be non-decreasing, but offsets[" + std::to_string(i - 1) +
+                         "] = " + std::to_string(previous) + " > offsets[" + std::to_string(i) +
+                         "] = " + std::to_string(current));
+        }
+        previous = current;
+      }
+      // With include_last_offset the last offset closes the last bag; positions after it belong
+      // to no bag and are never read (SEMANTICS.md, "Choice").
+      if (opt.include_last_offset) positions_end = last;
+    }
+    B = opt.include_last_offset ? num_offsets - 1 : num_offsets;
+    // Without include_last_offset and without offsets there are no bags, so nothing is read.
+    if (num_offsets == 0) positions_end = 0;
+  }
+  if (Status s = check_extent(B + 1, "the number of bags + 1"); !s.ok()) return s;
+
+  // Every index that is read must name a row.
+  for (int64_t p = 0; p < positions_end; ++p) {
+    const int64_t value = load_index(input, p);
+    if (value < 0 || value >= V) {
+      std::string where = std::to_string(p);
+      if (input.ndim == 2) {
+        const int64_t L = input.shape[1];
+        where += " (input[" + std::to_string(p / L) + "][" + std::to_string(p % L) + "])";
+      }
+      return invalid("Index " + where + " of input takes value " + std::to_string(value) +
+                     " which is not in the valid range [0, " + std::to_string(V) + ")");
+    }
+  }
+
+  // Outputs.
+  if (Status s = check_output(&out.output, "output", weight.dtype, "the weight's dtype", 2, B, D);
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = check_output(out.bag_count, "bag_count", DType::kInt64, "int64", 1, B, 0);
+      !s.ok()) {
+    return s;
+  }
+  if (out.argmax != nullptr && opt.mode != Mode::kMax) {
+    return invalid(std::string("argmax is only produced by mode='max' (mode is '") +
+                   mode_name(opt.mode) + "'); pass no argmax view");
+  }
+  if (Status s = check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
+    return s;
+  }
+
+  plan->num_rows = V;
+  plan->dim = D;
+  plan->num_bags = B;
+  plan->num_indices = N;
+  plan->positions_end = positions_end;
+  plan->padding_idx = padding;
+  plan->pooling = pooling_for(opt.mode, psw != nullptr);
+  return Status::Ok();
+}
+
+}  // namespace embag::internal

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything embag needs to build and test, on a fresh Debian machine, and nothing twice:
+#  - Debian packages (compiler, GoogleTest, Google Benchmark, DLPack header) with apt-get, only
+#    those missing;
+#  - a project-local Python virtual environment (.venv) holding the pinned Halide wheel (which
+#    ships the C++ library and its CMake package), CMake and Ninja from PyPI.
+# A stamp inside .venv records the requirements it was built from; a second run with the same
+# requirements does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(g++ make python3 libgtest-dev libgmock-dev libbenchmark-dev libdlpack-dev)
+missing=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+# A python3 without the venv module (Debian's split packaging) needs python3-venv too.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+requirements=scripts/requirements.txt
+stamp=.venv/.requirements-installed
+if [ -f "$stamp" ] && cmp -s "$requirements" "$stamp" && [ -x .venv/bin/cmake ]; then
+  exit 0
+fi
+echo "install-deps: creating .venv with $(tr '\n' ' ' < "$requirements")"
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+cp "$requirements" "$stamp"

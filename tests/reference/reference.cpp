@@ -1,0 +1,366 @@
+// The reference embedding_bag forward: SEMANTICS.md as plain loops (see reference.h).
+//
+// Compiled with -ffp-contract=off: `acc + psw * w` must round the product before the sum, as the
+// kernels do, or the differential tests could not compare bit for bit.
+#include "reference/reference.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "reference/element_access.h"
+#include "reference/half_float.h"
+
+namespace embag::ref {
+namespace {
+
+bool is_index_dtype(DType dtype) { return dtype == DType::kInt32 || dtype == DType::kInt64; }
+
+Status invalid(const std::string& message) {
+  return Status(StatusCode::kInvalidArgument, "embag::ref: " + message);
+}
+
+// Address of element (row, col) of a 2-D view, or of element `col` of a 1-D view (row ignored).
+unsigned char* address(const TensorView& view, int64_t row, int64_t col) {
+  int64_t offset = view.ndim == 2 ? row * view.strides[0] + col * view.strides[1]
+                                  : col * view.strides[0];
+  return static_cast<unsigned char*>(view.data) +
+         offset * static_cast<int64_t>(element_size(view.dtype));
+}
+
+// Address of position `pos` of a 1-D or 2-D view flattened in row-major order (how inputs,
+// offsets and per_sample_weights are indexed).
+unsigned char* flat_address(const TensorView& view, int64_t pos) {
+  if (view.ndim != 2) return address(view, 0, pos);
+  const int64_t cols = view.shape[1];
+  return cols == 0 ? static_cast<unsigned char*>(view.data)
+                   : address(view, pos / cols, pos % cols);
+}
+
+// Reads a table element into the accumulation type. Only the pairs the accumulation rule allows
+// are used: double for float64, float for the three narrower types (all exact widenings).
+template <typename Acc>
+Acc load_from(const TensorView& view, const unsigned char* p) {
+  if constexpr (std::is_same_v<Acc, double>) {
+    double v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  } else {
+    uint16_t h;
+    float v;
+    switch (view.dtype) {
+      case DType::kFloat16:
+        std::memcpy(&h, p, sizeof h);
+        return half_to_float(h);
+      case DType::kBFloat16:
+        std::memcpy(&h, p, sizeof h);
+        return bfloat16_to_float(h);
+      default:
+        std::memcpy(&v, p, sizeof v);
+        return v;
+    }
+  }
+}
+
+template <typename Acc>
+Acc load(const TensorView& view, int64_t row, int64_t col) {
+  return load_from<Acc>(view, address(view, row, col));
+}
+
+// Rounds an accumulation-type value once to the view's dtype and stores it.
+template <typename Acc>
+void store(const TensorView& view, int64_t row, int64_t col, Acc value) {
+  unsigned char* p = address(view, row, col);
+  if constexpr (std::is_same_v<Acc, double>) {
+    std::memcpy(p, &value, sizeof value);
+  } else {
+    uint16_t h;
+    switch (view.dtype) {
+      case DType::kFloat16:
+        h = float_to_half(value);
+        std::memcpy(p, &h, sizeof h);
+        break;
+      case DType::kBFloat16:
+        h = float_to_bfloat16(value);
+        std::memcpy(p, &h, sizeof h);
+        break;
+      default:
+        std::memcpy(p, &value, sizeof value);
+        break;
+    }
+  }
+}
+
+void store_int64(const TensorView& view, int64_t row, int64_t col, int64_t value) {
+  std::memcpy(address(view, row, col), &value, sizeof value);
+}
+
+// Everything a call needs beyond its raw arguments, worked out once and checked for what the
+// loops below rely on to stay in bounds.
+struct Plan {
+  int64_t num_rows = 0;  // V
+  int64_t dim = 0;       // D
+  std::vector<Bag> bags;
+  std::optional<int64_t> padding;
+};
+
+Status make_bags(const TensorView& input, const TensorView* offsets, const Options& options,
+                 std::vector<Bag>* out) {
+  out->clear();
+  if (!is_index_dtype(input.dtype)) return invalid("input must be int32 or int64");
+  if (input.ndim == 2) {
+    // include_last_offset is ignored for 2-D input, as in PyTorch.
+    const int64_t rows = input.shape[0], cols = input.shape[1];
+    if (rows < 0 || cols < 0) return invalid("negative input shape");
+    for (int64_t b = 0; b < rows; ++b) out->push_back({b * cols, (b + 1) * cols});
+    return Status::Ok();
+  }
+  if (input.ndim != 1) return invalid("input must be 1-D or 2-D");
+  if (offsets == nullptr || offsets->ndim != 1 || !is_index_dtype(offsets->dtype)) {
+    return invalid("1-D input needs 1-D int32/int64 offsets");
+  }
+  const int64_t n = input.shape[0];
+  const int64_t k = offsets->shape[0];
+  if (options.include_last_offset && k < 1) return invalid("include_last_offset needs an offset");
+  const int64_t num_bags = options.include_last_offset ? k - 1 : k;
+  int64_t previous = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t v = index_at(*offsets, i);
+    if ((i == 0 && v != 0) || v < previous || v > n) return invalid("bad offsets");
+    previous = v;
+  }
+  for (int64_t b = 0; b < num_bags; ++b) {
+    const int64_t begin = index_at(*offsets, b);
+    // Without include_last_offset the last bag runs to the end of the input.
+    const int64_t end = b + 1 < k ? index_at(*offsets, b + 1) : n;
+    out->push_back({begin, end});
+  }
+  return Status::Ok();
+}
+
+Status make_plan(const TensorView& weight, const TensorView& input, const TensorView* offsets,
+                 const Options& options, Plan* plan) {
+  if (weight.ndim != 2 || !is_float_dtype(weight.dtype)) {
+    return invalid("weight must be a 2-D float tensor");
+  }
+  if (weight.data == nullptr && weight.shape[0] * weight.shape[1] != 0) {
+    return invalid("weight has no data");
+  }
+  plan->num_rows = weight.shape[0];
+  plan->dim = weight.shape[1];
+  Status status = make_bags(input, offsets, options, &plan->bags);
+  if (!status.ok()) return status;
+  if (options.padding_idx &&
+      (*options.padding_idx < -plan->num_rows || *options.padding_idx >= plan->num_rows)) {
+    return invalid("padding_idx out of range");
+  }
+  plan->padding = normalized_padding_idx(options, plan->num_rows);
+  // Only positions inside bags are read, so only they are checked (SEMANTICS.md's choice for
+  // include_last_offset with off[B] < N).
+  for (const Bag& bag : plan->bags) {
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      const int64_t row = index_at(input, p);
+      if (row < 0 || row >= plan->num_rows) return invalid("index out of range");
+    }
+  }
+  return Status::Ok();
+}
+
+template <typename Acc>
+Acc norm_of_row(const TensorView& weight, int64_t row, double norm_type) {
+  const int64_t dim = weight.shape[1];
+  Acc acc = 0;
+  if (norm_type == 2.0) {
+    for (int64_t d = 0; d < dim; ++d) {
+      const Acc x = load<Acc>(weight, row, d);
+      const Acc square = x * x;
+      acc = acc + square;
+    }
+    return std::sqrt(acc);
+  }
+  if (norm_type == 1.0) {
+    for (int64_t d = 0; d < dim; ++d) acc = acc + std::fabs(load<Acc>(weight, row, d));
+    return acc;
+  }
+  if (norm_type == 0.0) {
+    for (int64_t d = 0; d < dim; ++d) acc = acc + (load<Acc>(weight, row, d) != 0 ? 1 : 0);
+    return acc;
+  }
+  if (std::isinf(norm_type)) {
+    // A NaN element makes the norm NaN (like every sum-based norm), so the row is left alone.
+    const bool want_max = norm_type > 0;
+    acc = want_max ? Acc(0) : Acc(INFINITY);
+    for (int64_t d = 0; d < dim; ++d) {
+      const Acc a = std::fabs(load<Acc>(weight, row, d));
+      if (std::isnan(acc)) break;
+      if (std::isnan(a) || (want_max ? a > acc : a < acc)) acc = a;
+    }
+    return acc;
+  }
+  const Acc p = static_cast<Acc>(norm_type);
+  for (int64_t d = 0; d < dim; ++d) {
+    const Acc term = std::pow(std::fabs(load<Acc>(weight, row, d)), p);
+    acc = acc + term;
+  }
+  return std::pow(acc, static_cast<Acc>(1.0 / norm_type));
+}
+
+template <typename Acc>
+void renorm_rows(const TensorView& weight, const TensorView& input, const Plan& plan,
+                 const Options& options) {
+  std::vector<bool> seen(static_cast<size_t>(plan.num_rows), false);
+  for (const Bag& bag : plan.bags) {
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      const int64_t row = index_at(input, p);
+      if (seen[static_cast<size_t>(row)]) continue;
+      seen[static_cast<size_t>(row)] = true;
+      const Acc norm = norm_of_row<Acc>(weight, row, options.norm_type);
+      if (!(norm > *options.max_norm)) continue;  // exactly max_norm (or NaN) is left alone
+      // The scale is computed in double whatever the table, then narrowed once.
+      const Acc scale =
+          static_cast<Acc>(*options.max_norm / (static_cast<double>(norm) + 1e-7));
+      for (int64_t d = 0; d < plan.dim; ++d) {
+        const Acc scaled = load<Acc>(weight, row, d) * scale;
+        store<Acc>(weight, row, d, scaled);
+      }
+    }
+  }
+}
+
+template <typename Acc>
+void reduce(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
+            const Plan& plan) {
+  const TensorView& weight = inputs.weight;
+  const TensorView* psw = inputs.per_sample_weights;
+  const bool is_max = options.mode == Mode::kMax;
+  for (size_t b = 0; b < plan.bags.size(); ++b) {
+    const Bag& bag = plan.bags[b];
+    const int64_t bag_index = static_cast<int64_t>(b);
+    int64_t count = 0;
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      if (index_at(inputs.input, p) != plan.padding) ++count;
+    }
+    if (outputs.bag_count != nullptr) store_int64(*outputs.bag_count, 0, bag_index, count);
+    for (int64_t d = 0; d < plan.dim; ++d) {
+      Acc acc = 0;  // +0.0: an all -0.0 sum is +0.0, as in PyTorch
+      int64_t winner = -1;
+      for (int64_t p = bag.begin; p < bag.end; ++p) {
+        const int64_t row = index_at(inputs.input, p);
+        if (row == plan.padding) continue;
+        const Acc w = load<Acc>(weight, row, d);
+        if (is_max) {
+          // The first valid value is taken as is; later ones only if strictly greater, and a
+          // NaN, once held, is never replaced.
+          if (winner < 0 || (!std::isnan(acc) && (std::isnan(w) || w > acc))) {
+            acc = w;
+            winner = row;
+          }
+        } else if (psw != nullptr) {
+          const Acc product = load_from<Acc>(*psw, flat_address(*psw, p)) * w;  // rounded before the add
+          acc = acc + product;
+        } else {
+          acc = acc + w;
+        }
+      }
+      if (options.mode == Mode::kMean && count > 0) acc = acc / static_cast<Acc>(count);
+      store<Acc>(outputs.output, bag_index, d, acc);
+      if (is_max && outputs.argmax != nullptr) {
+        store_int64(*outputs.argmax, bag_index, d, winner);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<Bag> bags(const TensorView& input, const TensorView* offsets, const Options& options) {
+  std::vector<Bag> out;
+  if (!make_bags(input, offsets, options, &out).ok()) out.clear();
+  return out;
+}
+
+std::optional<int64_t> normalized_padding_idx(const Options& options, int64_t num_rows) {
+  if (!options.padding_idx) return std::nullopt;
+  return *options.padding_idx < 0 ? *options.padding_idx + num_rows : *options.padding_idx;
+}
+
+int64_t index_at(const TensorView& view, int64_t pos) {
+  const unsigned char* p = flat_address(view, pos);
+  if (view.dtype == DType::kInt32) {
+    int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  int64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+double value_at(const TensorView& view, int64_t row, int64_t col) {
+  if (view.dtype == DType::kFloat64) return load<double>(view, row, col);
+  return load<float>(view, row, col);
+}
+
+double row_norm(const TensorView& weight, int64_t row, double norm_type) {
+  if (weight.dtype == DType::kFloat64) return norm_of_row<double>(weight, row, norm_type);
+  return norm_of_row<float>(weight, row, norm_type);
+}
+
+Status renorm(const TensorView& weight, const TensorView& input, const TensorView* offsets,
+              const Options& options) {
+  Plan plan;
+  Status status = make_plan(weight, input, offsets, options, &plan);
+  if (!status.ok() || !options.max_norm) return status;
+  if (weight.dtype == DType::kFloat64) {
+    renorm_rows<double>(weight, input, plan, options);
+  } else {
+    renorm_rows<float>(weight, input, plan, options);
+  }
+  return Status::Ok();
+}
+
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options) {
+  Plan plan;
+  Status status = make_plan(inputs.weight, inputs.input, inputs.offsets, options, &plan);
+  if (!status.ok()) return status;
+  const int64_t num_bags = static_cast<int64_t>(plan.bags.size());
+  const TensorView& out = outputs.output;
+  if (out.ndim != 2 || out.dtype != inputs.weight.dtype || out.shape[0] != num_bags ||
+      out.shape[1] != plan.dim) {
+    return invalid("output must be (B, D) of the weight's dtype");
+  }
+  if (outputs.bag_count != nullptr &&
+      (outputs.bag_count->ndim != 1 || outputs.bag_count->dtype != DType::kInt64 ||
+       outputs.bag_count->shape[0] != num_bags)) {
+    return invalid("bag_count must be (B) int64");
+  }
+  if (outputs.argmax != nullptr &&
+      (outputs.argmax->ndim != 2 || outputs.argmax->dtype != DType::kInt64 ||
+       outputs.argmax->shape[0] != num_bags || outputs.argmax->shape[1] != plan.dim)) {
+    return invalid("argmax must be (B, D) int64");
+  }
+  const TensorView* psw = inputs.per_sample_weights;
+  if (psw != nullptr) {
+    const TensorView& in = inputs.input;
+    if (options.mode != Mode::kSum || psw->dtype != inputs.weight.dtype || psw->ndim != in.ndim ||
+        psw->shape[0] != in.shape[0] || (in.ndim == 2 && psw->shape[1] != in.shape[1])) {
+      return invalid("per_sample_weights must be mode sum, the input's shape, weight's dtype");
+    }
+  }
+  if (options.max_norm) {
+    if (inputs.weight.dtype == DType::kFloat64) {
+      renorm_rows<double>(inputs.weight, inputs.input, plan, options);
+    } else {
+      renorm_rows<float>(inputs.weight, inputs.input, plan, options);
+    }
+  }
+  if (inputs.weight.dtype == DType::kFloat64) {
+    reduce<double>(inputs, outputs, options, plan);
+  } else {
+    reduce<float>(inputs, outputs, options, plan);
+  }
+  return Status::Ok();
+}
+
+}  // namespace embag::ref

@@ -1,0 +1,684 @@
+// Randomized differential tests: embag::forward against the reference (reference/reference.h),
+// bit for bit, on every ISA this build has kernels for and this CPU can run.
+//
+// The kernels are specified to fold in input order from +0.0 in the accumulation type and never
+// to fuse a multiply with an add, which is exactly what the reference does, so any difference in
+// any bit is a bug (the one exception, pow in norm_type 3, is explained at kPowUlps). Each case
+// is generated from a printed seed and a printed configuration; to rerun a single case set
+// EMBAG_DIFF_SEED to its seed. Every output buffer sits between guard bytes that must survive
+// the call, every output starts filled with a sentinel so an element the kernel forgets shows up
+// as a mismatch, and the read-only inputs are checked to be unchanged.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+#include "reference/element_access.h"
+#include "reference/reference.h"
+
+namespace embag {
+namespace {
+
+using ref::bits_at;
+using ref::element_size;
+using ref::format_element;
+using ref::is_nan_bits;
+using ref::put_index;
+using ref::put_value;
+
+// Distance in units in the last place, counting across zero.
+uint64_t ulp_distance(DType dtype, uint64_t a, uint64_t b) {
+  const int width = static_cast<int>(element_size(dtype) * 8);
+  const uint64_t sign = uint64_t{1} << (width - 1);
+  auto ordered = [&](uint64_t v) -> int64_t {
+    // Magnitude bits fit in 63 bits, so the negation cannot overflow.
+    const int64_t magnitude = static_cast<int64_t>(v & (sign - 1));
+    return (v & sign) ? -magnitude : magnitude;
+  };
+  const int64_t d = ordered(a) - ordered(b);
+  return static_cast<uint64_t>(d < 0 ? -d : d);
+}
+
+// ---- Buffers with guard regions -------------------------------------------------------------
+
+constexpr unsigned char kSentinel = 0x7F;  // 0x7F7F... is a huge finite float, not a likely result
+constexpr size_t kGuardBytes = 64;
+
+// Memory for one array with kGuardBytes of sentinel on each side. Every embag call must leave the
+// guards alone.
+class GuardedBuffer {
+ public:
+  explicit GuardedBuffer(size_t bytes) : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
+  explicit GuardedBuffer(const std::vector<unsigned char>& contents) : GuardedBuffer(contents.size()) {
+    std::copy(contents.begin(), contents.end(), storage_.begin() + kGuardBytes);
+  }
+
+  unsigned char* data() { return storage_.data() + kGuardBytes; }
+  const unsigned char* data() const { return storage_.data() + kGuardBytes; }
+  size_t size() const { return bytes_; }
+  std::vector<unsigned char> contents() const {
+    return std::vector<unsigned char>(data(), data() + bytes_);
+  }
+  bool guards_intact() const {
+    auto untouched = [](unsigned char c) { return c == kSentinel; };
+    return std::all_of(storage_.begin(), storage_.begin() + kGuardBytes, untouched) &&
+           std::all_of(storage_.end() - kGuardBytes, storage_.end(), untouched);
+  }
+
+ private:
+  size_t bytes_;
+  std::vector<unsigned char> storage_;
+};
+
+// ---- Case configuration ---------------------------------------------------------------------
+
+enum class Padding { kNone, kPositive, kNegative };
+
+enum VariantFlag : unsigned {
+  kPsw = 1u << 0,         // per_sample_weights (mode sum only)
+  kLastOffset = 1u << 1,  // include_last_offset (1-D input only)
+  kTail = 1u << 2,        // include_last_offset with off[B] < N and junk past off[B]
+  kTwoD = 1u << 3,        // 2-D input
+};
+
+// The structural options of one case; the data and sizes come from the seed.
+struct Variant {
+  Variant(const char* name_, Padding padding_ = Padding::kNone, unsigned flags = 0,
+          std::optional<double> norm_type_ = std::nullopt)
+      : name(name_),
+        padding(padding_),
+        psw((flags & kPsw) != 0),
+        include_last_offset((flags & (kLastOffset | kTail)) != 0),
+        tail((flags & kTail) != 0),
+        two_d((flags & kTwoD) != 0),
+        norm_type(norm_type_) {}
+
+  const char* name;
+  Padding padding;
+  bool psw;
+  bool include_last_offset;
+  bool tail;
+  bool two_d;
+  std::optional<double> norm_type;  // max_norm is set iff this is
+};
+
+struct Config {
+  Mode mode = Mode::kSum;
+  DType weight_dtype = DType::kFloat32;
+  DType index_dtype = DType::kInt64;
+  int64_t dim = 1;
+  Variant variant{"plain"};
+  // Forced sizes for the edge-shape tests; -1 = choose from the seed.
+  int64_t num_rows = -1, num_bags = -1, max_bag_size = -1;
+  bool all_padding = false;  // every bag holds only the padding index
+};
+
+constexpr DType kWeightDTypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,
+                                   DType::kBFloat16};
+constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
+// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
+constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
+
+// norm_type 3 goes through pow(), which the kernels may evaluate with a different (correctly
+// rounded or not) pow than the C library's, so the norm, then the scale, can differ by an ulp of
+// the accumulation type, and the renormed element by up to 2 ulps of the table's type after the
+// multiply and the final rounding. Every other norm is sums, compares, sqrt and one division:
+// all correctly rounded, so bitwise.
+constexpr uint64_t kPowUlps = 2;
+
+std::vector<Variant> variants_for(Mode mode) {
+  std::vector<Variant> v = {
+      {"plain"},
+      {"padding+", Padding::kPositive},
+      {"padding-", Padding::kNegative},
+      {"include_last_offset", Padding::kNone, kLastOffset},
+      {"include_last_offset+tail", Padding::kPositive, kTail},
+      {"2d", Padding::kNone, kTwoD},
+      {"2d+padding-", Padding::kNegative, kTwoD},
+  };
+  if (mode == Mode::kSum) {
+    v.push_back({"psw", Padding::kNone, kPsw});
+    v.push_back({"psw+padding+tail", Padding::kPositive, kPsw | kTail});
+    v.push_back({"psw+2d", Padding::kNegative, kPsw | kTwoD});
+  }
+  for (double p : {1.0, 2.0, 0.0, 3.0, double(INFINITY), -double(INFINITY)}) {
+    v.push_back({"max_norm", Padding::kNone, 0, p});
+  }
+  v.push_back({"max_norm+padding+tail", Padding::kPositive,
+               (mode == Mode::kSum ? kPsw : 0u) | kTail, 2.0});
+  v.push_back({"max_norm+2d", Padding::kNegative, kTwoD, 1.0});
+  return v;
+}
+
+std::string describe(const Config& c, uint64_t seed) {
+  std::ostringstream s;
+  s << "seed=" << seed << " mode=" << mode_name(c.mode) << " weight=" << dtype_name(c.weight_dtype)
+    << " index=" << dtype_name(c.index_dtype) << " D=" << c.dim << " variant=" << c.variant.name;
+  if (c.variant.norm_type) s << " norm_type=" << *c.variant.norm_type;
+  if (c.num_rows >= 0) s << " V=" << c.num_rows;
+  if (c.num_bags >= 0) s << " B=" << c.num_bags;
+  if (c.max_bag_size >= 0) s << " max_bag_size=" << c.max_bag_size;
+  if (c.all_padding) s << " all_padding";
+  return s.str();
+}
+
+// splitmix64: turns (test seed, case number) into well-spread, reproducible case seeds.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// EMBAG_DIFF_SEED=<seed> runs only the case with that seed.
+std::optional<uint64_t> only_seed() {
+  const char* env = std::getenv("EMBAG_DIFF_SEED");
+  if (env == nullptr || *env == '\0') return std::nullopt;
+  return std::strtoull(env, nullptr, 0);
+}
+
+// ---- One generated problem ------------------------------------------------------------------
+
+struct Problem {
+  Config config;
+  Options options;
+  int64_t num_rows = 0, row_stride = 0, num_bags = 0;
+  std::vector<unsigned char> weight;  // num_rows * row_stride elements (gaps hold junk)
+  std::vector<unsigned char> input, offsets, psw;
+  int64_t input_rows = 0, input_cols = 0;  // 2-D input shape; 1-D: input_cols = N
+  int64_t num_offsets = 0;
+  bool with_bag_count = false, with_argmax = false;
+};
+
+int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+bool chance(std::mt19937_64& rng, double p) { return std::bernoulli_distribution(p)(rng); }
+
+// A table value: continuous values over a few binades (so sums round), or small integers (so
+// max sees many ties and sums are exact), or now and then a special value.
+double random_value(std::mt19937_64& rng, bool coarse, bool specials) {
+  if (specials && chance(rng, 0.06)) {
+    const double kSpecials[] = {NAN, -NAN, INFINITY, -INFINITY, -0.0, 0.0};
+    return kSpecials[uniform(rng, 0, 5)];
+  }
+  if (coarse) return static_cast<double>(uniform(rng, -3, 3));
+  const double unit = std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
+  return std::ldexp(unit, static_cast<int>(uniform(rng, -3, 3)));
+}
+
+Problem make_problem(const Config& c, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Problem p;
+  p.config = c;
+  const Variant& v = c.variant;
+  const bool renorm = v.norm_type.has_value();
+  // NaN / inf are left out of renorm cases: how a NaN norm compares is not what is under test
+  // there, and inf * 0 scales would only test NaN payloads.
+  const bool specials = !renorm && chance(rng, 0.25);
+  const bool coarse = chance(rng, 0.3);
+  const bool strided = chance(rng, 0.3);
+
+  p.num_rows = c.num_rows >= 0 ? c.num_rows : uniform(rng, 1, 40);
+  p.row_stride = c.dim + (strided ? uniform(rng, 1, 7) : 0);
+  const DType wd = c.weight_dtype;
+  p.weight.assign(static_cast<size_t>(p.num_rows * p.row_stride) * element_size(wd), 0);
+  const double zero_rate = v.norm_type == 0.0 ? 0.3 : 0.0;  // vary the count of non-zeros
+  for (int64_t r = 0; r < p.num_rows; ++r) {
+    for (int64_t d = 0; d < p.row_stride; ++d) {
+      // Gap columns of a strided table hold junk the kernel must neither read into results nor
+      // overwrite.
+      const double value = d >= c.dim                 ? 1e30
+                           : chance(rng, zero_rate) ? 0.0
+                                                    : random_value(rng, coarse, specials);
+      put_value(p.weight.data(), wd, r * p.row_stride + d, value);
+    }
+  }
+
+  Options& o = p.options;
+  o.mode = c.mode;
+  std::optional<int64_t> pad;
+  if (v.padding != Padding::kNone && p.num_rows > 0) {
+    pad = uniform(rng, 0, p.num_rows - 1);
+    o.padding_idx = v.padding == Padding::kPositive ? *pad : *pad - p.num_rows;
+  }
+  o.include_last_offset = v.include_last_offset;
+
+  p.num_bags = c.num_bags >= 0 ? c.num_bags : uniform(rng, 1, 12);
+  const int64_t max_bag = c.max_bag_size >= 0 ? c.max_bag_size : uniform(rng, 0, 9);
+  const double pad_rate = pad ? 0.25 : 0.0;
+  auto random_row = [&](bool bag_all_padding) -> int64_t {
+    if (pad && (bag_all_padding || chance(rng, pad_rate))) return *pad;
+    return uniform(rng, 0, std::max<int64_t>(p.num_rows - 1, 0));
+  };
+  std::vector<int64_t> idx;
+  std::vector<int64_t> offs;
+  if (v.two_d) {
+    p.input_rows = p.num_bags;
+    p.input_cols = max_bag;
+    for (int64_t b = 0; b < p.num_bags; ++b) {
+      const bool all_pad = c.all_padding || chance(rng, 0.15);
+      for (int64_t j = 0; j < p.input_cols; ++j) idx.push_back(random_row(all_pad));
+    }
+  } else {
+    for (int64_t b = 0; b < p.num_bags; ++b) {
+      offs.push_back(static_cast<int64_t>(idx.size()));
+      // One bag in five is empty; repeated offsets are how empty bags are written.
+      const int64_t size = chance(rng, 0.2) ? 0 : uniform(rng, 0, max_bag);
+      const bool all_pad = c.all_padding || chance(rng, 0.15);
+      for (int64_t j = 0; j < size; ++j) idx.push_back(random_row(all_pad));
+    }
+    if (v.include_last_offset) offs.push_back(static_cast<int64_t>(idx.size()));
+    if (v.tail) {
+      // Positions past off[B] belong to no bag: junk here must not be read, checked or renormed.
+      const int64_t junk = uniform(rng, 1, 5);
+      for (int64_t j = 0; j < junk; ++j) {
+        const int64_t kJunk[] = {p.num_rows, p.num_rows + 1000, -1, -7, INT32_MAX};
+        idx.push_back(kJunk[uniform(rng, 0, 4)]);
+      }
+    }
+    p.input_rows = 1;
+    p.input_cols = static_cast<int64_t>(idx.size());
+    p.num_offsets = static_cast<int64_t>(offs.size());
+  }
+  const DType id = c.index_dtype;
+  p.input.assign(idx.size() * element_size(id), 0);
+  for (size_t i = 0; i < idx.size(); ++i) put_index(p.input.data(), id, static_cast<int64_t>(i), idx[i]);
+  p.offsets.assign(offs.size() * element_size(id), 0);
+  for (size_t i = 0; i < offs.size(); ++i) put_index(p.offsets.data(), id, static_cast<int64_t>(i), offs[i]);
+  if (v.psw) {
+    p.psw.assign(idx.size() * element_size(wd), 0);
+    for (size_t i = 0; i < idx.size(); ++i) {
+      put_value(p.psw.data(), wd, static_cast<int64_t>(i), random_value(rng, coarse, specials));
+    }
+  }
+
+  if (v.norm_type) {
+    o.norm_type = *v.norm_type;
+    // The median row norm, computed exactly as renorm does: about half the rows are scaled, and
+    // the median row itself sits exactly at max_norm, which must leave it untouched.
+    TensorView w = make_view_2d(p.weight.data(), wd, p.num_rows, c.dim, p.row_stride);
+    std::vector<double> norms;
+    for (int64_t r = 0; r < p.num_rows; ++r) norms.push_back(ref::row_norm(w, r, o.norm_type));
+    std::sort(norms.begin(), norms.end());
+    o.max_norm = norms.empty() ? 1.0 : norms[norms.size() / 2];
+  }
+  p.with_bag_count = chance(rng, 0.5);
+  p.with_argmax = c.mode == Mode::kMax && chance(rng, 0.75);
+  return p;
+}
+
+// ---- Running and comparing ------------------------------------------------------------------
+
+// Views of a problem's read-only arrays over caller-chosen weight memory.
+struct Views {
+  TensorView weight, input, offsets, psw;
+  ForwardInputs inputs;
+};
+
+Views make_views(const Problem& p, unsigned char* weight, const unsigned char* input,
+                 const unsigned char* offsets, const unsigned char* psw) {
+  Views v;
+  const Config& c = p.config;
+  v.weight = make_view_2d(weight, c.weight_dtype, p.num_rows, c.dim, p.row_stride);
+  auto* in = const_cast<unsigned char*>(input);
+  if (c.variant.two_d) {
+    v.input = make_view_2d(in, c.index_dtype, p.input_rows, p.input_cols);
+  } else {
+    v.input = make_view_1d(in, c.index_dtype, p.input_cols);
+  }
+  v.offsets = make_view_1d(const_cast<unsigned char*>(offsets), c.index_dtype, p.num_offsets);
+  if (c.variant.two_d) {
+    v.psw = make_view_2d(const_cast<unsigned char*>(psw), c.weight_dtype, p.input_rows, p.input_cols);
+  } else {
+    v.psw = make_view_1d(const_cast<unsigned char*>(psw), c.weight_dtype, p.input_cols);
+  }
+  v.inputs.weight = v.weight;
+  v.inputs.input = v.input;
+  v.inputs.offsets = c.variant.two_d ? nullptr : &v.offsets;
+  v.inputs.per_sample_weights = c.variant.psw ? &v.psw : nullptr;
+  return v;
+}
+
+// The first element where `got` and `want` differ (NaNs of any payload count as equal: IEEE
+// leaves payloads of computed NaNs unspecified and 16-bit conversions may canonicalise them),
+// as "<what> [row, col]: embag X vs reference Y", or "" when they agree. `tolerance_ulps` > 0
+// allows that many ulps between finite values.
+std::string first_difference(const char* what, const char* row_name, DType dtype,
+                             const unsigned char* got, const unsigned char* want, int64_t rows,
+                             int64_t cols, int64_t row_stride, uint64_t tolerance_ulps = 0) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * row_stride + c;
+      const uint64_t g = bits_at(got, dtype, i), w = bits_at(want, dtype, i);
+      if (g == w) continue;
+      if (is_nan_bits(dtype, g) && is_nan_bits(dtype, w)) continue;
+      if (tolerance_ulps > 0 && !is_nan_bits(dtype, g) && !is_nan_bits(dtype, w) &&
+          ulp_distance(dtype, g, w) <= tolerance_ulps) {
+        continue;
+      }
+      std::ostringstream s;
+      s << what << " differs at " << row_name << " " << r << ", column " << c << ": embag "
+        << format_element(dtype, g) << " vs reference " << format_element(dtype, w);
+      if (tolerance_ulps > 0) s << " (allowed " << tolerance_ulps << " ulps)";
+      return s.str();
+    }
+  }
+  return "";
+}
+
+// Everything one embag call produced, for comparing runs with each other.
+struct Produced {
+  std::vector<unsigned char> weight, output, argmax, bag_count;
+};
+
+// Runs one problem through embag (on whatever ISA is selected) and the reference and reports
+// every disagreement. Returns false if anything failed. `produced`, when given, receives embag's
+// bytes.
+bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = nullptr) {
+  const Config& c = p.config;
+  const DType wd = c.weight_dtype;
+  const size_t out_bytes = static_cast<size_t>(p.num_bags * c.dim) * element_size(wd);
+  const size_t argmax_bytes = static_cast<size_t>(p.num_bags * c.dim) * 8;
+  const size_t count_bytes = static_cast<size_t>(p.num_bags) * 8;
+
+  // Reference.
+  std::vector<unsigned char> ref_weight = p.weight;
+  std::vector<unsigned char> ref_out(out_bytes, kSentinel), ref_argmax(argmax_bytes, kSentinel),
+      ref_count(count_bytes, kSentinel);
+  Views rv = make_views(p, ref_weight.data(), p.input.data(), p.offsets.data(), p.psw.data());
+  TensorView ref_out_view = make_view_2d(ref_out.data(), wd, p.num_bags, c.dim);
+  TensorView ref_argmax_view = make_view_2d(ref_argmax.data(), DType::kInt64, p.num_bags, c.dim);
+  TensorView ref_count_view = make_view_1d(ref_count.data(), DType::kInt64, p.num_bags);
+  ForwardOutputs ref_outputs{ref_out_view, &ref_count_view, c.mode == Mode::kMax ? &ref_argmax_view : nullptr};
+  const Status ref_status = ref::forward(rv.inputs, ref_outputs, p.options);
+  EXPECT_TRUE(ref_status.ok()) << "reference rejected a valid call: " << ref_status.message();
+  if (!ref_status.ok()) return false;
+
+  // embag, with every array it may touch between guards.
+  GuardedBuffer weight(p.weight), input(p.input), offsets(p.offsets), psw(p.psw);
+  GuardedBuffer out(out_bytes), argmax(argmax_bytes), count(count_bytes);
+  Views ev = make_views(p, weight.data(), input.data(), offsets.data(), psw.data());
+  TensorView out_view = make_view_2d(out.data(), wd, p.num_bags, c.dim);
+  TensorView argmax_view = make_view_2d(argmax.data(), DType::kInt64, p.num_bags, c.dim);
+  TensorView count_view = make_view_1d(count.data(), DType::kInt64, p.num_bags);
+  ForwardOutputs outputs{out_view, p.with_bag_count ? &count_view : nullptr,
+                         p.with_argmax ? &argmax_view : nullptr};
+  const std::string expected_variant = isa ? std::string("_") + isa_name(*isa) : "";
+  if (isa) {
+    const std::string planned = forward_variant_name(ev.inputs, p.options);
+    EXPECT_TRUE(planned.size() >= expected_variant.size() &&
+                planned.compare(planned.size() - expected_variant.size(), std::string::npos,
+                                expected_variant) == 0)
+        << "forward_variant_name() = " << planned << " on ISA " << isa_name(*isa);
+  }
+  const Status status = forward(ev.inputs, outputs, p.options);
+  EXPECT_TRUE(status.ok()) << "embag rejected a valid call: " << status.message();
+  if (!status.ok()) return false;
+
+  bool ok = true;
+  auto fail = [&](const std::string& message) {
+    ADD_FAILURE() << message;
+    ok = false;
+  };
+  // A call with nothing to look up may legitimately run no kernel, so only calls with work
+  // must have named one.
+  bool has_work = false;
+  for (const ref::Bag& bag : ref::bags(rv.input, rv.inputs.offsets, p.options)) {
+    has_work = has_work || (bag.end > bag.begin && c.dim > 0);
+  }
+  if (isa && has_work) {
+    const std::string& ran = last_variant();
+    if (ran.size() < expected_variant.size() ||
+        ran.compare(ran.size() - expected_variant.size(), std::string::npos, expected_variant) != 0) {
+      fail("last_variant() = '" + ran + "', expected a name ending in '" + expected_variant + "'");
+    }
+  }
+  const std::pair<const char*, const GuardedBuffer*> guarded[] = {
+      {"weight", &weight}, {"input", &input},   {"offsets", &offsets},  {"per_sample_weights", &psw},
+      {"output", &out},    {"argmax", &argmax}, {"bag_count", &count}};
+  for (const auto& [name, buffer] : guarded) {
+    if (!buffer->guards_intact()) fail(std::string("a guard byte around ") + name + " was overwritten");
+  }
+  if (input.contents() != p.input || offsets.contents() != p.offsets || psw.contents() != p.psw) {
+    fail("embag modified a read-only input");
+  }
+
+  // The table after renorm. Gap columns of a strided table must be untouched too.
+  const bool pow_norm = c.variant.norm_type && *c.variant.norm_type == 3.0;
+  const std::string weight_diff =
+      first_difference("renormed weight", "row", wd, weight.data(), ref_weight.data(), p.num_rows,
+                       p.row_stride, p.row_stride, pow_norm ? kPowUlps : 0);
+  if (!weight_diff.empty()) fail(weight_diff);
+
+  // What the lookup must produce from the table as embag renormed it. That is the reference's
+  // own result except for norm_type 3, where the table may differ by an ulp or two.
+  std::vector<unsigned char> want_out = ref_out, want_argmax = ref_argmax, want_count = ref_count;
+  if (pow_norm) {
+    std::vector<unsigned char> table = weight.contents();
+    Views tv = make_views(p, table.data(), p.input.data(), p.offsets.data(), p.psw.data());
+    TensorView o = make_view_2d(want_out.data(), wd, p.num_bags, c.dim);
+    TensorView a = make_view_2d(want_argmax.data(), DType::kInt64, p.num_bags, c.dim);
+    TensorView n = make_view_1d(want_count.data(), DType::kInt64, p.num_bags);
+    Options no_renorm = p.options;
+    no_renorm.max_norm.reset();
+    if (!ref::forward(tv.inputs, {o, &n, c.mode == Mode::kMax ? &a : nullptr}, no_renorm).ok()) {
+      fail("reference rejected embag's renormed table");
+    }
+  }
+  const std::string out_diff = first_difference("output", "bag", wd, out.data(), want_out.data(),
+                                                p.num_bags, c.dim, c.dim);
+  if (!out_diff.empty()) fail(out_diff);
+  if (p.with_argmax) {
+    const std::string d = first_difference("argmax", "bag", DType::kInt64, argmax.data(),
+                                           want_argmax.data(), p.num_bags, c.dim, c.dim);
+    if (!d.empty()) fail(d);
+  } else if (argmax.contents() != std::vector<unsigned char>(argmax_bytes, kSentinel)) {
+    fail("argmax memory was written although no argmax view was passed");
+  }
+  if (p.with_bag_count) {
+    const std::string d = first_difference("bag_count", "bag", DType::kInt64, count.data(),
+                                           want_count.data(), p.num_bags, 1, 1);
+    if (!d.empty()) fail(d);
+  } else if (count.contents() != std::vector<unsigned char>(count_bytes, kSentinel)) {
+    fail("bag_count memory was written although no bag_count view was passed");
+  }
+  if (produced != nullptr) {
+    *produced = {weight.contents(), out.contents(), argmax.contents(), count.contents()};
+  }
+  return ok;
+}
+
+// ---- ISA and thread scopes --------------------------------------------------------------------
+
+// The ISAs to run every test on: compiled in and supported here. On a host with none of them
+// (an ARM build) the automatic choice is tested once instead, without a name check.
+std::vector<std::optional<Isa>> isas_to_test() {
+  std::vector<std::optional<Isa>> out;
+  const std::vector<Isa> supported = supported_isas();
+  for (Isa isa : compiled_isas()) {
+    if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
+  }
+  if (out.empty()) out.push_back(std::nullopt);
+  return out;
+}
+
+// Puts the automatic ISA choice and the thread count back however a test ends.
+class RestoreGlobals {
+ public:
+  RestoreGlobals() : threads_(num_threads()) {}
+  ~RestoreGlobals() {
+    (void)set_isa(std::nullopt);
+    set_num_threads(threads_);
+  }
+
+ private:
+  int threads_;
+};
+
+std::string isa_label(std::optional<Isa> isa) { return isa ? isa_name(*isa) : "automatic"; }
+
+// Selects `isa` (a failure here fails the test: these ISAs were listed as usable).
+bool select(std::optional<Isa> isa) {
+  const Status s = set_isa(isa);
+  EXPECT_TRUE(s.ok()) << "set_isa(" << isa_label(isa) << "): " << s.message();
+  return s.ok();
+}
+
+constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest is noise
+
+// Every weight dtype x index dtype x D x variant of one mode, with two seeds each, on every ISA.
+void run_mode(Mode mode, uint64_t test_seed) {
+  RestoreGlobals restore;
+  const std::optional<uint64_t> only = only_seed();
+  int failures = 0;
+  for (std::optional<Isa> isa : isas_to_test()) {
+    SCOPED_TRACE("isa=" + isa_label(isa));
+    if (!select(isa)) return;
+    uint64_t case_number = 0;
+    for (DType wd : kWeightDTypes) {
+      for (DType id : kIndexDTypes) {
+        for (int64_t dim : kDims) {
+          for (const Variant& variant : variants_for(mode)) {
+            for (int repeat = 0; repeat < 2; ++repeat) {
+              // The seed does not depend on the ISA: every ISA sees the same cases.
+              const uint64_t seed = mix(test_seed ^ mix(case_number++));
+              if (only && *only != seed) continue;
+              Config c;
+              c.mode = mode;
+              c.weight_dtype = wd;
+              c.index_dtype = id;
+              c.dim = dim;
+              c.variant = variant;
+              SCOPED_TRACE(describe(c, seed));
+              if (!run_problem(make_problem(c, seed), isa) && ++failures >= kMaxFailingCases) {
+                FAIL() << "stopping after " << kMaxFailingCases << " failing cases";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(ForwardDifferential, Sum) { run_mode(Mode::kSum, 0x5E11'0001); }
+TEST(ForwardDifferential, Mean) { run_mode(Mode::kMean, 0x3EA4'0002); }
+TEST(ForwardDifferential, Max) { run_mode(Mode::kMax, 0x3A80'0003); }
+
+// Named corner cases: no bags, no positions, bags of nothing but padding, a one-row table,
+// zero-width rows, and a table whose every row is referenced many times.
+TEST(ForwardDifferential, EdgeShapes) {
+  RestoreGlobals restore;
+  struct Edge {
+    const char* name;
+    int64_t num_rows, num_bags, max_bag_size, dim;
+    bool all_padding;
+  };
+  const Edge edges[] = {
+      {"B=0", 5, 0, 4, 16, false},          {"N=0 (all bags empty)", 5, 6, 0, 33, false},
+      {"all-padding bags", 5, 4, 6, 33, true}, {"V=1", 1, 5, 6, 85, false},
+      {"D=0", 5, 4, 4, 0, false},           {"long bags, few rows", 3, 3, 200, 163, false},
+  };
+  const std::vector<Variant> variants = {
+      {"plain"},
+      {"padding-", Padding::kNegative},
+      {"include_last_offset+tail", Padding::kPositive, kTail},
+      {"2d+padding+", Padding::kPositive, kTwoD},
+      {"max_norm+padding", Padding::kPositive, 0, 2.0},
+  };
+  int failures = 0;
+  for (std::optional<Isa> isa : isas_to_test()) {
+    SCOPED_TRACE("isa=" + isa_label(isa));
+    if (!select(isa)) return;
+    uint64_t case_number = 0;
+    for (const Edge& e : edges) {
+      for (Mode mode : {Mode::kSum, Mode::kMean, Mode::kMax}) {
+        for (DType wd : kWeightDTypes) {
+          for (DType id : kIndexDTypes) {
+            for (const Variant& variant : variants) {
+              const uint64_t seed = mix(0xED6E'0004 ^ mix(case_number++));
+              Config c;
+              c.mode = mode;
+              c.weight_dtype = wd;
+              c.index_dtype = id;
+              c.dim = e.dim;
+              c.variant = variant;
+              c.num_rows = e.num_rows;
+              c.num_bags = e.num_bags;
+              c.max_bag_size = e.max_bag_size;
+              // Without a padding index "all padding" has no meaning; the case is then plain.
+              c.all_padding = e.all_padding && variant.padding != Padding::kNone;
+              SCOPED_TRACE(std::string(e.name) + ": " + describe(c, seed));
+              if (!run_problem(make_problem(c, seed), isa) && ++failures >= kMaxFailingCases) {
+                FAIL() << "stopping after " << kMaxFailingCases << " failing cases";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// One and two worker threads must give identical bytes, on problems big enough to be split
+// across threads: many bags, and a few very long ones (in case a kernel splits inside a bag).
+TEST(ForwardDifferential, ThreadCountsGiveIdenticalBytes) {
+  RestoreGlobals restore;
+  struct Shape {
+    int64_t num_rows, num_bags, max_bag_size;
+  };
+  const Shape shapes[] = {{1000, 200, 24}, {300, 2, 1500}};
+  for (std::optional<Isa> isa : isas_to_test()) {
+    SCOPED_TRACE("isa=" + isa_label(isa));
+    if (!select(isa)) return;
+    uint64_t case_number = 0;
+    for (const Shape& shape : shapes) {
+      for (Mode mode : {Mode::kSum, Mode::kMean, Mode::kMax}) {
+        for (DType wd : kWeightDTypes) {
+          for (bool renorm : {false, true}) {
+            const uint64_t seed = mix(0x7412'0005 ^ mix(case_number++));
+            Config c;
+            c.mode = mode;
+            c.weight_dtype = wd;
+            c.index_dtype = DType::kInt64;
+            c.dim = 163;
+            const bool psw = mode == Mode::kSum;
+            c.variant = renorm ? Variant("max_norm+padding", Padding::kPositive, 0, 2.0)
+                               : Variant(psw ? "psw+padding" : "padding", Padding::kPositive,
+                                         psw ? kPsw : 0u);
+            c.num_rows = shape.num_rows;
+            c.num_bags = shape.num_bags;
+            c.max_bag_size = shape.max_bag_size;
+            SCOPED_TRACE(describe(c, seed));
+            const Problem p = make_problem(c, seed);
+            Produced one, two;
+            set_num_threads(1);
+            ASSERT_EQ(num_threads(), 1);
+            ASSERT_TRUE(run_problem(p, isa, &one));
+            set_num_threads(2);
+            ASSERT_EQ(num_threads(), 2);
+            ASSERT_TRUE(run_problem(p, isa, &two));
+            EXPECT_TRUE(one.weight == two.weight) << "renormed weight depends on the thread count";
+            EXPECT_TRUE(one.output == two.output) << "output depends on the thread count";
+            EXPECT_TRUE(one.argmax == two.argmax) << "argmax depends on the thread count";
+            EXPECT_TRUE(one.bag_count == two.bag_count) << "bag_count depends on the thread count";
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace embag

@@ -1,0 +1,285 @@
+// `embag forward`: embedding_bag on arrays stored as .npy files.
+//
+// Everything is loaded and validated before anything is written, and the outputs are written
+// only after the kernel succeeded, all of them or none: a failed run leaves no output file and
+// never touches the weight file (max_norm renormalises the in-memory copy only).
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli_args.h"
+#include "cli_commands.h"
+#include "embag/embag.h"
+#include "npy/npy_file.h"
+
+namespace embag::cli {
+namespace {
+
+constexpr char kUsage[] =
+    R"(usage: embag forward --weight W.npy --input I.npy [options] --output OUT.npy
+
+Computes torch.nn.functional.embedding_bag(input, weight, ...) and writes the (B, D) result,
+in the weight's dtype.
+
+required:
+  --weight W.npy              (V, D) table: float32, float64 or float16
+  --input I.npy               indices: (N) with --offsets, or (B, L) one bag per row; int32/int64
+  --output OUT.npy            where the result goes
+
+options:
+  --offsets O.npy             1-D int32/int64: where each bag starts in a 1-D --input
+  --per-sample-weights P.npy  one weight per index (--input's shape, weight's dtype); mode sum
+  --mode sum|mean|max         how a bag is reduced (default: mean, as in PyTorch)
+  --padding-idx N             index skipped in every bag; negative counts from the end
+  --max-norm X                first rescale each referenced row whose norm exceeds X
+  --norm-type P               p of that norm; 'inf' means max |x| (default: 2)
+  --include-last-offset       --offsets has B+1 entries; the last one ends the last bag
+  --weight-output W2.npy      also write the table as the kernel saw it (after --max-norm)
+  -h, --help                  print this help
+
+W.npy is never modified. On any error nothing is written; the exit status is 2 for a wrong
+command line and 1 for anything else (unreadable or invalid data).
+)";
+
+const std::vector<FlagSpec> kFlags = {
+    {"weight", true},
+    {"input", true},
+    {"offsets", true},
+    {"per-sample-weights", true},
+    {"mode", true},
+    {"padding-idx", true},
+    {"max-norm", true},
+    {"norm-type", true},
+    {"include-last-offset", false},
+    {"output", true},
+    {"weight-output", true},
+};
+
+// Everything the command line asks for, checked for form but not yet loaded.
+struct ForwardRequest {
+  std::string weight_path;
+  std::string input_path;
+  std::optional<std::string> offsets_path;
+  std::optional<std::string> per_sample_weights_path;
+  std::string output_path;
+  std::optional<std::string> weight_output_path;
+  Options options;
+};
+
+// True when two paths name the same file, whether or not it exists yet.
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code error;
+  if (std::filesystem::equivalent(a, b, error)) {
+    return true;
+  }
+  return std::filesystem::absolute(a, error).lexically_normal() ==
+         std::filesystem::absolute(b, error).lexically_normal();
+}
+
+Status usage_error(const std::string& message) {
+  return Status(StatusCode::kInvalidArgument, message);
+}
+
+Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
+  for (const char* required : {"weight", "input", "output"}) {
+    if (!flags.has(required)) {
+      return usage_error(std::string("--") + required + " is required");
+    }
+  }
+  request->weight_path = *flags.value("weight");
+  request->input_path = *flags.value("input");
+  request->output_path = *flags.value("output");
+  request->offsets_path = flags.value("offsets");
+  request->per_sample_weights_path = flags.value("per-sample-weights");
+  request->weight_output_path = flags.value("weight-output");
+
+  Options& options = request->options;
+  if (const auto mode_text = flags.value("mode")) {
+    const std::optional<Mode> mode = parse_mode(*mode_text);
+    if (!mode) {
+      return usage_error("--mode must be sum, mean or max, got '" + *mode_text + "'");
+    }
+    options.mode = *mode;
+  }
+  if (const auto text = flags.value("padding-idx")) {
+    int64_t padding_idx = 0;
+    Status status = parse_int64("padding-idx", *text, &padding_idx);
+    if (!status.ok()) {
+      return status;
+    }
+    options.padding_idx = padding_idx;
+  }
+  if (const auto text = flags.value("max-norm")) {
+    double max_norm = 0;
+    Status status = parse_double("max-norm", *text, &max_norm);
+    if (!status.ok()) {
+      return status;
+    }
+    options.max_norm = max_norm;
+  }
+  if (const auto text = flags.value("norm-type")) {
+    Status status = parse_double("norm-type", *text, &options.norm_type);
+    if (!status.ok()) {
+      return status;
+    }
+  }
+  options.include_last_offset = flags.has("include-last-offset");
+
+  // Writing over an input would break the promise that inputs are never modified, and two
+  // outputs on one path would silently lose one of them.
+  std::vector<std::pair<const char*, std::string>> inputs = {{"--weight", request->weight_path},
+                                                             {"--input", request->input_path}};
+  if (request->offsets_path) {
+    inputs.emplace_back("--offsets", *request->offsets_path);
+  }
+  if (request->per_sample_weights_path) {
+    inputs.emplace_back("--per-sample-weights", *request->per_sample_weights_path);
+  }
+  std::vector<std::pair<const char*, std::string>> outputs = {{"--output", request->output_path}};
+  if (request->weight_output_path) {
+    outputs.emplace_back("--weight-output", *request->weight_output_path);
+  }
+  for (const auto& [output_flag, output_path] : outputs) {
+    for (const auto& [input_flag, input_path] : inputs) {
+      if (same_file(output_path, input_path)) {
+        return usage_error(std::string(output_flag) + " " + output_path + " is the same file as " +
+                           input_flag + "; inputs are never overwritten");
+      }
+    }
+  }
+  if (request->weight_output_path &&
+      same_file(request->output_path, *request->weight_output_path)) {
+    return usage_error("--output and --weight-output are the same file");
+  }
+  return Status::Ok();
+}
+
+// A view that reports the array's real number of dimensions: npy::Array::view() shows a 0-d
+// array as one element, but validation should tell the user "got Tensor of dimension 0".
+TensorView view_with_true_ndim(npy::Array& array) {
+  TensorView view = array.view();
+  if (array.shape.empty()) {
+    view.ndim = 0;
+  }
+  return view;
+}
+
+// Writes every (path, array) pair or none of them. npy::save is atomic per file; for two files,
+// each is first saved complete under a staging name beside its target and only then renamed
+// into place, so the failures that happen (disk full, unwritable folder) leave no target
+// changed; what remains is a rename within a folder just written to, which in practice does not
+// fail.
+Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::Array*>>& files) {
+  if (files.size() == 1) {
+    return npy::save(files[0].first, *files[0].second);
+  }
+  std::vector<std::string> staged;
+  auto discard_staged = [&staged] {
+    for (const std::string& path : staged) {
+      std::error_code ignored;
+      std::filesystem::remove(path, ignored);
+    }
+  };
+  for (const auto& [path, array] : files) {
+    const std::string staging_path = path + ".embag-staged";
+    Status status = npy::save(staging_path, *array);
+    if (!status.ok()) {
+      discard_staged();
+      return status;
+    }
+    staged.push_back(staging_path);
+  }
+  for (size_t i = 0; i < files.size(); ++i) {
+    std::error_code error;
+    std::filesystem::rename(staged[i], files[i].first, error);
+    if (error) {
+      discard_staged();
+      return Status(
+          StatusCode::kInvalidArgument,
+          files[i].first + ": cannot move the finished file into place: " + error.message());
+    }
+  }
+  return Status::Ok();
+}
+
+int run(const ForwardRequest& request) {
+  npy::Array weight;
+  npy::Array input;
+  npy::Array offsets;
+  npy::Array per_sample_weights;
+  std::vector<std::pair<const std::string*, npy::Array*>> loads = {{&request.weight_path, &weight},
+                                                                   {&request.input_path, &input}};
+  if (request.offsets_path) {
+    loads.emplace_back(&*request.offsets_path, &offsets);
+  }
+  if (request.per_sample_weights_path) {
+    loads.emplace_back(&*request.per_sample_weights_path, &per_sample_weights);
+  }
+  for (const auto& [path, array] : loads) {
+    Status status = npy::load(*path, array);
+    if (!status.ok()) {
+      return report_error(kExitFailure, status.message());
+    }
+  }
+
+  const TensorView offsets_view = view_with_true_ndim(offsets);
+  const TensorView per_sample_weights_view = view_with_true_ndim(per_sample_weights);
+  ForwardInputs inputs;
+  inputs.weight = view_with_true_ndim(weight);
+  inputs.input = view_with_true_ndim(input);
+  inputs.offsets = request.offsets_path ? &offsets_view : nullptr;
+  inputs.per_sample_weights = request.per_sample_weights_path ? &per_sample_weights_view : nullptr;
+
+  // The output's shape comes from the arguments; if they are invalid, validate() says why
+  // before the (then meaningless) shape matters.
+  const int64_t bags = num_bags(inputs.input, inputs.offsets, request.options);
+  const int64_t dim = weight.shape.size() == 2 ? weight.shape[1] : 0;
+  npy::Array output = npy::make_array(weight.dtype, {bags, dim});
+  ForwardOutputs outputs;
+  outputs.output = output.view();
+
+  Status status = validate(inputs, outputs, request.options);
+  if (status.ok()) {
+    status = forward(inputs, outputs, request.options);
+  }
+  if (!status.ok()) {
+    return report_error(kExitFailure, status.message());
+  }
+
+  std::vector<std::pair<std::string, const npy::Array*>> files = {{request.output_path, &output}};
+  if (request.weight_output_path) {
+    files.emplace_back(*request.weight_output_path, &weight);
+  }
+  status = save_all_or_nothing(files);
+  if (!status.ok()) {
+    return report_error(kExitFailure, status.message());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int run_forward(const std::vector<std::string>& args) {
+  ParsedFlags flags;
+  ForwardRequest request;
+  Status status = parse_flags(args, kFlags, &flags);
+  if (status.ok() && flags.help()) {
+    std::cout << kUsage;
+    return kExitOk;
+  }
+  if (status.ok()) {
+    status = parse_request(flags, &request);
+  }
+  if (!status.ok()) {
+    report_error(kExitUsage, status.message());
+    std::cerr << "usage: embag forward --weight W.npy --input I.npy [options] --output OUT.npy\n"
+                 "       ('embag forward --help' lists the options)\n";
+    return kExitUsage;
+  }
+  return run(request);
+}
+
+}  // namespace embag::cli
