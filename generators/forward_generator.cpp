@@ -114,13 +114,15 @@ class EmbagForward : public Generator<EmbagForward> {
       // The divisor is counted per bag next to the sum; the bag_count output counts again in its
       // own cheap pass over the indices, because an output cannot be computed inside another
       // output's loops.
+      // `r >= 0` is always true; it is there so the update iterates over r (and its conditions).
+      Expr one_per_position = cast<int64_t>(r >= 0);
       count_(b_) = cast<int64_t>(0);
-      count_(b_) += cast<int64_t>(1);
+      count_(b_) += one_per_position;
       Expr n = count_(b_);
       (*output_)(d_, b_) =
           cast(weight_type, select(n > 0, pooled_(d_, b_) / cast(acc_type, n), cast(acc_type, 0)));
       (*bag_count_)(b_) = cast<int64_t>(0);
-      (*bag_count_)(b_) += cast<int64_t>(1);
+      (*bag_count_)(b_) += one_per_position;
     } else {
       (*output_)(d_, b_) = cast(weight_type, pooled_(d_, b_));
     }
