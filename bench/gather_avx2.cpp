@@ -87,8 +87,8 @@ EMBAG_AVX2 bool gather_fixed(const GatherChunk<IndexT>& c) {
       return false;
     }
     for (int blk = 1; blk < kBlocks; ++blk) {
-      fold_block<kBlockVecs, false, false, kDim, M>(c, begin, end, last,
-                                                    blk * kBlockVecs * kLanes, nullptr, out);
+      fold_block<kBlockVecs, false, false, kDim, M>(c, begin, end, last, blk * kBlockVecs * kLanes,
+                                                    nullptr, out);
     }
   }
   return true;
@@ -113,11 +113,10 @@ EMBAG_AVX2 bool gather_generic(const GatherChunk<IndexT>& c) {
     const int64_t end = c.offsets[b + 1];
     float* out = c.output + b * c.dim;
     for (int64_t blk = 0; blk < full_blocks; ++blk) {
-      const bool ok =
-          blk == 0
-              ? fold_block<kGenericBlockVecs, false, true, 0, M>(c, begin, end, last, 0, masks, out)
-              : fold_block<kGenericBlockVecs, false, false, 0, M>(c, begin, end, last,
-                                                                  blk * kBlockCols, masks, out);
+      const bool ok = blk == 0 ? fold_block<kGenericBlockVecs, false, true, 0, M>(
+                                     c, begin, end, last, 0, masks, out)
+                               : fold_block<kGenericBlockVecs, false, false, 0, M>(
+                                     c, begin, end, last, blk * kBlockCols, masks, out);
       if (!ok) return false;
     }
     if (full_blocks == 0) {

@@ -35,8 +35,7 @@ EMBAG_AVX512 inline __m512 max_step(__m512 acc, __m512 x) {
 // rows; later blocks of the same bag find those rows in L1/L2.
 template <int NV, bool kMasked, bool kFirst, int kDim, GatherMode M, typename IndexT>
 EMBAG_AVX512 inline bool fold_block(const GatherChunk<IndexT>& c, int64_t begin, int64_t end,
-                                    int64_t last, int64_t col, const __mmask16* masks,
-                                    float* out) {
+                                    int64_t last, int64_t col, const __mmask16* masks, float* out) {
   const int64_t dim = kDim > 0 ? kDim : c.dim;
   __m512 acc[NV];
   const __m512 init = M == GatherMode::kMax ? _mm512_set1_ps(-INFINITY) : _mm512_setzero_ps();
@@ -96,8 +95,8 @@ EMBAG_AVX512 bool gather_fixed(const GatherChunk<IndexT>& c) {
       return false;
     }
     for (int blk = 1; blk < kBlocks; ++blk) {
-      fold_block<kBlockVecs, false, false, kDim, M>(c, begin, end, last,
-                                                    blk * kBlockVecs * kLanes, nullptr, out);
+      fold_block<kBlockVecs, false, false, kDim, M>(c, begin, end, last, blk * kBlockVecs * kLanes,
+                                                    nullptr, out);
     }
   }
   return true;
@@ -113,7 +112,8 @@ EMBAG_AVX512 bool gather_generic(const GatherChunk<IndexT>& c) {
   for (int v = 0; v < kGenericBlockVecs; ++v) {
     const int64_t lanes = rest - v * kLanes;
     masks[v] = lanes >= kLanes ? __mmask16(0xFFFF)
-                               : lanes <= 0 ? __mmask16(0) : __mmask16((1u << lanes) - 1);
+               : lanes <= 0    ? __mmask16(0)
+                               : __mmask16((1u << lanes) - 1);
   }
   const int64_t last = static_cast<int64_t>(c.offsets[c.bag_end]) - 1;
   for (int64_t b = c.bag_begin; b < c.bag_end; ++b) {
@@ -121,11 +121,10 @@ EMBAG_AVX512 bool gather_generic(const GatherChunk<IndexT>& c) {
     const int64_t end = c.offsets[b + 1];
     float* out = c.output + b * c.dim;
     for (int64_t blk = 0; blk < full_blocks; ++blk) {
-      const bool ok =
-          blk == 0
-              ? fold_block<kGenericBlockVecs, false, true, 0, M>(c, begin, end, last, 0, masks, out)
-              : fold_block<kGenericBlockVecs, false, false, 0, M>(c, begin, end, last,
-                                                                  blk * kBlockCols, masks, out);
+      const bool ok = blk == 0 ? fold_block<kGenericBlockVecs, false, true, 0, M>(
+                                     c, begin, end, last, 0, masks, out)
+                               : fold_block<kGenericBlockVecs, false, false, 0, M>(
+                                     c, begin, end, last, blk * kBlockCols, masks, out);
       if (!ok) return false;
     }
     // With no full block the masked block is the first one and must check and prefetch.

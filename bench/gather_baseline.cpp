@@ -61,9 +61,14 @@ bool gather_forward_impl(const GatherProblem<IndexT>& p, int num_threads, Gather
   // with fixed pooling that is also equal work.
   const int64_t threads = num_threads < 1 ? 1 : num_threads > p.bags ? p.bags : num_threads;
   auto chunk = [&](int64_t t) {
-    return GatherChunk<IndexT>{p.table,   p.rows,        p.dim,
-                               p.indices, p.offsets,     p.bags * t / threads,
-                               p.bags * (t + 1) / threads, p.output};
+    return GatherChunk<IndexT>{p.table,
+                               p.rows,
+                               p.dim,
+                               p.indices,
+                               p.offsets,
+                               p.bags * t / threads,
+                               p.bags * (t + 1) / threads,
+                               p.output};
   };
   if (threads == 1) return kernel(chunk(0), p.mode);
   std::atomic<bool> ok{true};

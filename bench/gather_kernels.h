@@ -50,7 +50,8 @@ inline bool index_in_range(int64_t idx, int64_t rows) {
 // effect, marks an out-of-line prefetch_row "pure", and then deletes every call to it (seen at
 // -O2 and -O3: the kernels came out with no prefetch instruction at all).
 template <int kDim, typename IndexT>
-__attribute__((always_inline)) inline void prefetch_row(const GatherChunk<IndexT>& c, int64_t p, int64_t last) {
+__attribute__((always_inline)) inline void prefetch_row(const GatherChunk<IndexT>& c, int64_t p,
+                                                        int64_t last) {
   const int64_t idx = c.indices[p < last ? p : last];
   if (!index_in_range(idx, c.rows)) return;
   const int64_t dim = kDim > 0 ? kDim : c.dim;

@@ -42,6 +42,12 @@ class EmbagForward : public Generator<EmbagForward> {
   // Schedule knobs (see schedule() for what they trade off). Retuning a machine means changing
   // these in the CMake variant table, not the algorithm.
   GeneratorParam<int> bags_per_task{"bags_per_task", 16};
+  // Software prefetch: at each position, prefetch the row this many positions ahead (crossing
+  // into later bags), as FBGEMM does; 0 turns it off. Cold tables are latency-bound gathers, so
+  // this is what keeps enough cache misses in flight.
+  GeneratorParam<int> prefetch_distance{"prefetch_distance", 16};
+  // Cache lines prefetched per row: enough for the widest register tile.
+  GeneratorParam<int> prefetch_lines{"prefetch_lines", 8};
   // Widest register tile over D, in vectors. 0 means "by target": enough accumulators to keep a
   // whole 128-float row in registers where the register file allows it.
   GeneratorParam<int> max_tile_vectors{"max_tile_vectors", 0};
@@ -82,6 +88,7 @@ class EmbagForward : public Generator<EmbagForward> {
     Expr row = unsafe_promise_clamped(cast<int32_t>(indices(position)), 0, num_rows - 1);
     r.where(r < length);
     r.where(row != *padding_idx_);
+    if (prefetch_distance > 0) r.where(prefetch_row_ahead(begin + r) == 0);
     r_ = r;
 
     Expr value = cast(acc_type, weight(d_, row));
@@ -93,7 +100,12 @@ class EmbagForward : public Generator<EmbagForward> {
       pooled_(d_, b_) = Tuple(cast(acc_type, 0), cast<int32_t>(-1));
       Expr current = pooled_(d_, b_)[0];
       Expr current_row = pooled_(d_, b_)[1];
-      Expr take = current_row < 0 || (!is_nan(current) && (is_nan(value) || value > current));
+      // NaN tests look at the bits: the kernels are compiled with fast-math flags, under which
+      // LLVM assumes a widened float16 is never NaN and would delete is_nan(). When either side
+      // is NaN the comparison's result is never used, so its flags do not matter.
+      Expr value_is_nan = is_nan_by_bits(weight(d_, row));
+      Expr take =
+          current_row < 0 || (!is_nan_by_bits(current) && (value_is_nan || value > current));
       pooled_(d_, b_) = Tuple(select(take, value, current), select(take, row, current_row));
       (*output_)(d_, b_) =
           Tuple(cast(weight_type, pooled_(d_, b_)[0]), cast<int64_t>(pooled_(d_, b_)[1]));
@@ -153,7 +165,8 @@ class EmbagForward : public Generator<EmbagForward> {
     // Tiles overlap at the end of a row (ShiftInwards) rather than leaving a scalar tail; the
     // overlap is recomputed, which is exact because each column is independent.
     std::vector<int> tile_widths;
-    for (int vectors = widest; vectors >= 1; vectors /= 2) tile_widths.push_back(vectors * vector_lanes);
+    for (int vectors = widest; vectors >= 1; vectors /= 2)
+      tile_widths.push_back(vectors * vector_lanes);
 
     for (int width : tile_widths) {
       output.specialize(dim >= width)
@@ -183,6 +196,51 @@ class EmbagForward : public Generator<EmbagForward> {
   }
 
  private:
+  // True where `v` is a NaN, decided with integer operations on its bits.
+  static Expr is_nan_by_bits(Expr v) {
+    const Type t = v.type();
+    const Type bits = UInt(t.bits());
+    Expr magnitude =
+        reinterpret(bits, v) & Internal::make_const(bits, (uint64_t{1} << (t.bits() - 1)) - 1);
+    uint64_t infinity_bits = 0;
+    if (t.is_bfloat()) {
+      infinity_bits = 0x7f80;
+    } else if (t.bits() == 16) {
+      infinity_bits = 0x7c00;
+    } else if (t.bits() == 32) {
+      infinity_bits = 0x7f800000;
+    } else {
+      infinity_bits = 0x7ff0000000000000;
+    }
+    return magnitude > Internal::make_const(bits, infinity_bits);
+  }
+
+  // Issues prefetches for the first `prefetch_lines` cache lines of the row `prefetch_distance`
+  // positions after `position` and returns 0, so it can sit in an RDom condition: Halide's
+  // schedule-level prefetch() cannot follow a data-dependent row (it would prefetch the whole
+  // table), so the prefetch intrinsic is placed in the algorithm directly. Lines past the end of
+  // the row are clamped to its last element (a repeated prefetch of a line costs almost nothing).
+  Expr prefetch_row_ahead(Expr position) {
+    Input<Buffer<>>& weight = *weight_;
+    Input<Buffer<>>& indices = *indices_;
+    Expr last_position = indices.dim(0).extent() - 1;
+    Expr ahead =
+        unsafe_promise_clamped(min(position + prefetch_distance, last_position), 0, last_position);
+    Expr ahead_row =
+        unsafe_promise_clamped(cast<int32_t>(indices(ahead)), 0, weight.dim(1).extent() - 1);
+    Expr row_start = cast<int64_t>(ahead_row) * cast<int64_t>(weight.dim(1).stride());
+    Expr base = Internal::Variable::make(Handle(), "weight", ImageParam(weight).parameter());
+    const int elements_per_line = 64 / static_cast<Type>(weight_type).bytes();
+    Expr issued = cast<int32_t>(0);
+    for (int line = 0; line < prefetch_lines; ++line) {
+      Expr column = min(line * elements_per_line, weight.dim(0).extent() - 1);
+      issued = issued | Internal::Call::make(Int(32), Internal::Call::prefetch,
+                                             {base, row_start + cast<int64_t>(column), 1, 1},
+                                             Internal::Call::Intrinsic);
+    }
+    return issued;
+  }
+
   Type accumulator_type() const {
     const Type t = weight_type;
     return t.bits() == 64 ? Float(64) : Float(32);

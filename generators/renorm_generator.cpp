@@ -9,7 +9,10 @@
 // Arguments of the generated function, in order:
 //   weight (D, V)        the table
 //   rows (K) int64       distinct row ids, validated to lie in [0, V)
-//   max_norm, norm_type  float64 scalars (norm_type: inf, -inf, 0 and any other p)
+//   max_norm, norm_type  float64 scalars
+//   norm_kind            int32: which fold norm_type asks for (NormKind below), decided by the
+//                        runtime so the kernel never compares floats with infinities (the
+//                        kernels are compiled with fast-math flags that may assume none occur)
 //   renormed (D, K)      the rows after renormalisation (weight's type)
 //   changed (K) uint8    1 where the row's norm exceeded max_norm
 #include <limits>
@@ -23,6 +26,16 @@ using namespace Halide;
 // A float64 constant (Halide's Expr has no implicit conversion from double).
 Expr f64(double value) { return Internal::make_const(Float(64), value); }
 
+// Must match embag::internal::NormKind in runtime/renorm.cpp.
+enum NormKind : int32_t {
+  kGeneralP = 0,
+  kL1 = 1,
+  kL2 = 2,
+  kMaxAbs = 3,
+  kMinAbs = 4,
+  kNonZeros = 5
+};
+
 class EmbagRenorm : public Generator<EmbagRenorm> {
  public:
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
@@ -31,6 +44,7 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
   Input<Buffer<int64_t, 1>> rows{"rows"};
   Input<double> max_norm{"max_norm"};
   Input<double> norm_type{"norm_type"};
+  Input<int32_t> norm_kind{"norm_kind"};
   Output<Func> renormed{"renormed", 2};
   Output<Buffer<uint8_t, 1>> changed{"changed"};
 
@@ -48,38 +62,43 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
 
     RDom c(0, dim, "c");
     Expr x = abs(cast(acc_type, weight(c, row)));
-    const double inf = std::numeric_limits<double>::infinity();
+    // Halide's pow is a few ulps from the C library's in float32; evaluating the general-p
+    // powers in float64 and rounding once keeps them within an ulp of a correctly rounded powf.
+    // (the divisor of 1/p is p only for the general kind, which never has p == 0; the select keeps
+    // Halide from folding 1/0 in the other specialisations)
     Expr p = norm_type;
-    Expr p_acc = cast(acc_type, p);
+    Expr inverse_p = f64(1.0) / select(norm_kind == kGeneralP, p, f64(1.0));
+    auto general_power = [&](Expr v) { return cast(acc_type, pow(cast<double>(v), p)); };
+    auto general_root = [&](Expr v) { return cast(acc_type, pow(cast<double>(v), inverse_p)); };
+    Expr zero = cast(acc_type, 0), one = cast(acc_type, 1);
+    const double inf = std::numeric_limits<double>::infinity();
+    // A NaN element makes the max and min norms NaN (and a NaN norm never exceeds max_norm).
+    auto nan_sticky = [](Expr folded, Expr element, Expr combined) {
+      return strict_float(select(is_nan(element), element, is_nan(folded), folded, combined));
+    };
 
-    // One fold per kind of norm; specialisations below make each branch a single plain loop.
-    Expr is_inf = p == f64(inf), is_neg_inf = p == f64(-inf), is_zero = p == f64(0.0),
-         is_one = p == f64(1.0), is_two = p == f64(2.0);
-    Expr init = select(is_neg_inf, cast(acc_type, f64(inf)), cast(acc_type, 0));
-    norm_fold_(k_) = init;
+    // One fold per kind of norm; specialisations on norm_kind below make each branch a single
+    // plain loop. Every fold is a left fold over the columns, in the accumulation type.
+    norm_fold_(k_) = select(norm_kind == kMinAbs, cast(acc_type, f64(inf)), zero);
     Expr acc = norm_fold_(k_);
-    Expr next = select(is_inf, max(acc, x),                                      //
-                       is_neg_inf, min(acc, x),                                  //
-                       is_zero, acc + select(x != 0, cast(acc_type, 1), cast(acc_type, 0)),
-                       is_one, acc + x,                                          //
-                       is_two, acc + x * x,                                      //
-                       acc + pow(x, p_acc));
-    norm_fold_(k_) = strict_float(next);
+    norm_fold_(k_) =
+        select(norm_kind == kMaxAbs, nan_sticky(acc, x, max(acc, x)),  //
+               norm_kind == kMinAbs, nan_sticky(acc, x, min(acc, x)),  //
+               norm_kind == kNonZeros, strict_float(acc + select(x != zero, one, zero)),
+               norm_kind == kL1, strict_float(acc + x),      //
+               norm_kind == kL2, strict_float(acc + x * x),  //
+               strict_float(acc + general_power(x)));
 
     Expr folded = norm_fold_(k_);
-    Expr norm = select(is_inf || is_neg_inf || is_zero || is_one, folded,  //
-                       is_two, sqrt(folded),                               //
-                       // (the divisor is never 0 here; the select keeps Halide from folding 1/0
-                       // in the p == 0 specialisation)
-                       pow(folded, cast(acc_type, 1) / select(is_zero, cast(acc_type, 1), p_acc)));
-    norm_(k_) = strict_float(norm);
+    norm_(k_) = select(norm_kind == kL2, strict_float(sqrt(folded)), norm_kind == kGeneralP,
+                       general_root(folded), folded);
 
     Expr exceeds = cast<double>(norm_(k_)) > Expr(max_norm);
     Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + f64(1e-7)));
     Var d("d");
-    renormed(d, k_) = select(exceeds,
-                             cast(weight_type, strict_float(cast(acc_type, weight(d, row)) * scale)),
-                             weight(d, row));
+    renormed(d, k_) =
+        select(exceeds, cast(weight_type, strict_float(cast(acc_type, weight(d, row)) * scale)),
+               weight(d, row));
     changed(k_) = cast<uint8_t>(exceeds);
     d_ = d;
   }
@@ -87,19 +106,22 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
   void schedule() {
     const Type acc_type = accumulator_type();
     const int lanes = natural_vector_size(acc_type);
-    const double inf = std::numeric_limits<double>::infinity();
     Func out = renormed;
     Var task("task"), k_in("k_in");
     out.split(k_, task, k_in, rows_per_task, TailStrategy::GuardWithIf).parallel(task);
-    out.specialize(weight_->dim(0).extent() >= lanes).vectorize(d_, lanes, TailStrategy::GuardWithIf);
+    out.specialize(weight_->dim(0).extent() >= lanes)
+        .vectorize(d_, lanes, TailStrategy::GuardWithIf);
 
     // Norms are computed once per row into a small buffer, because both outputs read them.
-    norm_.compute_root().split(k_, task, k_in, rows_per_task, TailStrategy::GuardWithIf).parallel(task);
+    norm_.compute_root()
+        .split(k_, task, k_in, rows_per_task, TailStrategy::GuardWithIf)
+        .parallel(task);
     norm_fold_.compute_at(norm_, k_in);
     // Each norm kind gets its own branch, so the fold is one plain loop with no selects.
-    for (double p : {2.0, 1.0, inf, 0.0, -inf}) {
-      norm_fold_.update().specialize(norm_type == f64(p));
-      norm_.specialize(norm_type == f64(p));
+    for (NormKind kind : {kL2, kL1, kMaxAbs, kNonZeros, kMinAbs, kGeneralP}) {
+      norm_fold_.specialize(norm_kind == kind);
+      norm_fold_.update().specialize(norm_kind == kind);
+      norm_.specialize(norm_kind == kind);
     }
     changed.split(k_, task, k_in, 1024, TailStrategy::GuardWithIf).parallel(task);
   }

@@ -16,8 +16,8 @@ void fill_offsets(const ForwardInputs& in, const Options& opt, const ForwardPlan
   }
   for (int64_t b = 0; b < B; ++b) (*out)[b] = static_cast<T>(load_index(*in.offsets, b));
   // The end of the last bag: the caller's last offset, or the end of the input.
-  (*out)[B] = static_cast<T>(opt.include_last_offset ? load_index(*in.offsets, B)
-                                                     : plan.num_indices);
+  (*out)[B] =
+      static_cast<T>(opt.include_last_offset ? load_index(*in.offsets, B) : plan.num_indices);
 }
 
 }  // namespace

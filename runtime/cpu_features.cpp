@@ -30,8 +30,8 @@ CpuFeatures detect() {
   f.fma = ecx & bit_FMA;
   f.f16c = ecx & bit_F16C;
   const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
-  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // SSE and AVX state
-  const bool os_zmm = (xcr0 & 0xE6) == 0xE6;   // plus opmask and both ZMM halves
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;    // SSE and AVX state
+  const bool os_zmm = (xcr0 & 0xE6) == 0xE6;  // plus opmask and both ZMM halves
   f.avx = cpu_avx && os_ymm;
   f.fma = f.fma && f.avx;
   f.f16c = f.f16c && f.avx;
@@ -56,22 +56,27 @@ const CpuFeatures& features() {
 bool cpu_supports(Isa isa) {
   const CpuFeatures& f = features();
   switch (isa) {
-    case Isa::kSse41: return f.sse41;
+    case Isa::kSse41:
+      return f.sse41;
     // The avx2 kernels are compiled for AVX + AVX2 + FMA + F16C + SSE4.1.
-    case Isa::kAvx2: return f.avx2 && f.fma && f.f16c && f.sse41;
+    case Isa::kAvx2:
+      return f.avx2 && f.fma && f.f16c && f.sse41;
     // Halide's avx512_skylake feature set: F, BW, DQ, VL and CD, on top of the avx2 set.
     case Isa::kAvx512:
-      return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.avx2 &&
-             f.fma && f.f16c;
+      return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.avx2 && f.fma &&
+             f.f16c;
   }
   return false;
 }
 
 const char* isa_requirement(Isa isa) {
   switch (isa) {
-    case Isa::kSse41: return "SSE4.1";
-    case Isa::kAvx2: return "AVX2, FMA and F16C";
-    case Isa::kAvx512: return "AVX-512 F, BW, DQ, VL and CD";
+    case Isa::kSse41:
+      return "SSE4.1";
+    case Isa::kAvx2:
+      return "AVX2, FMA and F16C";
+    case Isa::kAvx512:
+      return "AVX-512 F, BW, DQ, VL and CD";
   }
   return "?";
 }

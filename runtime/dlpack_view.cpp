@@ -39,9 +39,9 @@ Status from_dlpack(const DLTensor& tensor, TensorView* view) {
   } else if (tensor.device.device_type == kDLCUDA) {
     device.type = DeviceType::kCUDA;
   } else {
-    return Status(StatusCode::kInvalidArgument,
-                  "DLPack device type " + std::to_string(tensor.device.device_type) +
-                      " is neither CPU nor CUDA");
+    return Status(StatusCode::kInvalidArgument, "DLPack device type " +
+                                                    std::to_string(tensor.device.device_type) +
+                                                    " is neither CPU nor CUDA");
   }
   device.index = tensor.device.device_id;
 

@@ -85,10 +85,11 @@ void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out
       for (int64_t d = 0; d < D; ++d) row[d] = -1;
     }
   }
-  if (out.bag_count) count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
+  if (out.bag_count)
+    count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
 }
 
-Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
+Status run_pooling_kernel(const KernelEntry& kernel, const ForwardInputs& in,
                           const ForwardOutputs& out, const ForwardPlan& plan,
                           const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
@@ -135,14 +136,21 @@ Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
         return kernel.fn.max(weight.get(), indices.get(), offsets.get(), padding, output.get(),
                              argmax.get());
       });
-      // Max has no divisor, so its kernel does not count; count here for callers who ask.
-      if (s.ok() && out.bag_count) {
-        count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
-      }
       return s;
     }
   }
   return Status(StatusCode::kInternal, "unknown kernel pooling");
+}
+
+Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
+                          const ForwardOutputs& out, const ForwardPlan& plan,
+                          const BagLayout& layout) {
+  Status s = run_pooling_kernel(kernel, in, out, plan, layout);
+  // Only the mean kernel counts (it needs the divisor); count here for callers who ask.
+  if (s.ok() && out.bag_count && kernel.pooling != KernelPooling::kMean) {
+    count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
+  }
+  return s;
 }
 
 }  // namespace
@@ -163,8 +171,7 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs,
   return select_kernels(inputs, options, plan.pooling, &kernels);
 }
 
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
-               const Options& options) {
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options) {
   ForwardPlan plan;
   if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
   SelectedKernels kernels;
@@ -173,9 +180,8 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
   BagLayout layout;
   internal::make_bag_layout(inputs, options, plan, &layout);
   if (options.max_norm) {
-    Status s = internal::renormalize_referenced_rows(inputs.weight, layout, plan,
-                                                     *options.max_norm, options.norm_type,
-                                                     *kernels.renorm);
+    Status s = internal::renormalize_referenced_rows(inputs.weight, layout, plan, *options.max_norm,
+                                                     options.norm_type, *kernels.renorm);
     if (!s.ok()) return s;
   }
   if (plan.num_bags == 0) {
@@ -192,7 +198,11 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
 
 std::string forward_variant_name(const ForwardInputs& inputs, const Options& options) {
   SelectedKernels kernels;
-  if (!select_kernels(inputs, options, internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr), &kernels).ok()) return "";
+  if (!select_kernels(inputs, options,
+                      internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr),
+                      &kernels)
+           .ok())
+    return "";
   return kernels.forward->name;
 }
 

@@ -6,12 +6,18 @@ namespace {
 
 halide_type_t halide_type_of(DType dtype) {
   switch (dtype) {
-    case DType::kInt32: return halide_type_t(halide_type_int, 32);
-    case DType::kInt64: return halide_type_t(halide_type_int, 64);
-    case DType::kFloat16: return halide_type_t(halide_type_float, 16);
-    case DType::kBFloat16: return halide_type_t(halide_type_bfloat, 16);
-    case DType::kFloat32: return halide_type_t(halide_type_float, 32);
-    case DType::kFloat64: return halide_type_t(halide_type_float, 64);
+    case DType::kInt32:
+      return halide_type_t(halide_type_int, 32);
+    case DType::kInt64:
+      return halide_type_t(halide_type_int, 64);
+    case DType::kFloat16:
+      return halide_type_t(halide_type_float, 16);
+    case DType::kBFloat16:
+      return halide_type_t(halide_type_bfloat, 16);
+    case DType::kFloat32:
+      return halide_type_t(halide_type_float, 32);
+    case DType::kFloat64:
+      return halide_type_t(halide_type_float, 64);
   }
   return halide_type_t();
 }

@@ -22,31 +22,31 @@ KernelEntry forward_entry(const char* name, KernelPooling pooling, DType weight,
 std::vector<KernelEntry> build_table() {
   std::vector<KernelEntry> table;
   KernelEntry e{};
-#define EMBAG_FORWARD_KERNEL_sum(W, I, NAME, ISA, TARGET)                                    \
-  e = forward_entry(#NAME, KernelPooling::kSum, DType::W, DType::I, Isa::ISA, TARGET);       \
-  e.fn.sum = &NAME;                                                                          \
+#define EMBAG_FORWARD_KERNEL_sum(W, I, NAME, ISA, TARGET)                              \
+  e = forward_entry(#NAME, KernelPooling::kSum, DType::W, DType::I, Isa::ISA, TARGET); \
+  e.fn.sum = &NAME;                                                                    \
   table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_wsum(W, I, NAME, ISA, TARGET)                                   \
+#define EMBAG_FORWARD_KERNEL_wsum(W, I, NAME, ISA, TARGET)                                     \
   e = forward_entry(#NAME, KernelPooling::kWeightedSum, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.weighted_sum = &NAME;                                                                 \
+  e.fn.weighted_sum = &NAME;                                                                   \
   table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_mean(W, I, NAME, ISA, TARGET)                                   \
-  e = forward_entry(#NAME, KernelPooling::kMean, DType::W, DType::I, Isa::ISA, TARGET);      \
-  e.fn.mean = &NAME;                                                                         \
+#define EMBAG_FORWARD_KERNEL_mean(W, I, NAME, ISA, TARGET)                              \
+  e = forward_entry(#NAME, KernelPooling::kMean, DType::W, DType::I, Isa::ISA, TARGET); \
+  e.fn.mean = &NAME;                                                                    \
   table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_max(W, I, NAME, ISA, TARGET)                                    \
-  e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::I, Isa::ISA, TARGET);       \
-  e.fn.max = &NAME;                                                                          \
+#define EMBAG_FORWARD_KERNEL_max(W, I, NAME, ISA, TARGET)                              \
+  e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::I, Isa::ISA, TARGET); \
+  e.fn.max = &NAME;                                                                    \
   table.push_back(e);
-#define EMBAG_RENORM_KERNEL(W, NAME, ISA, TARGET)                                            \
-  e = KernelEntry{};                                                                         \
-  e.name = #NAME;                                                                            \
-  e.pipeline = KernelPipeline::kRenorm;                                                      \
-  e.weight_dtype = DType::W;                                                                 \
-  e.index_dtype = DType::kInt64;                                                             \
-  e.isa = Isa::ISA;                                                                          \
-  e.target = TARGET;                                                                         \
-  e.fn.renorm = &NAME;                                                                       \
+#define EMBAG_RENORM_KERNEL(W, NAME, ISA, TARGET) \
+  e = KernelEntry{};                              \
+  e.name = #NAME;                                 \
+  e.pipeline = KernelPipeline::kRenorm;           \
+  e.weight_dtype = DType::W;                      \
+  e.index_dtype = DType::kInt64;                  \
+  e.isa = Isa::ISA;                               \
+  e.target = TARGET;                              \
+  e.fn.renorm = &NAME;                            \
   table.push_back(e);
 #include "embag_kernel_table.inc"
 #undef EMBAG_FORWARD_KERNEL_sum
@@ -61,19 +61,26 @@ std::vector<KernelEntry> build_table() {
 
 const char* kernel_pooling_name(KernelPooling pooling) {
   switch (pooling) {
-    case KernelPooling::kSum: return "sum";
-    case KernelPooling::kWeightedSum: return "wsum";
-    case KernelPooling::kMean: return "mean";
-    case KernelPooling::kMax: return "max";
+    case KernelPooling::kSum:
+      return "sum";
+    case KernelPooling::kWeightedSum:
+      return "wsum";
+    case KernelPooling::kMean:
+      return "mean";
+    case KernelPooling::kMax:
+      return "max";
   }
   return "?";
 }
 
 KernelPooling pooling_for(Mode mode, bool has_per_sample_weights) {
   switch (mode) {
-    case Mode::kMean: return KernelPooling::kMean;
-    case Mode::kMax: return KernelPooling::kMax;
-    case Mode::kSum: break;
+    case Mode::kMean:
+      return KernelPooling::kMean;
+    case Mode::kMax:
+      return KernelPooling::kMax;
+    case Mode::kSum:
+      break;
   }
   return has_per_sample_weights ? KernelPooling::kWeightedSum : KernelPooling::kSum;
 }
@@ -95,7 +102,8 @@ const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DTyp
 
 const KernelEntry* find_renorm_kernel(DType weight, Isa isa) {
   for (const KernelEntry& e : kernel_table()) {
-    if (e.pipeline == KernelPipeline::kRenorm && e.weight_dtype == weight && e.isa == isa) return &e;
+    if (e.pipeline == KernelPipeline::kRenorm && e.weight_dtype == weight && e.isa == isa)
+      return &e;
   }
   return nullptr;
 }

@@ -29,10 +29,10 @@ using ForwardMeanFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
                               halide_buffer_t* offsets, int32_t padding_idx,
                               halide_buffer_t* output, halide_buffer_t* bag_count);
 using ForwardMaxFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
-                             halide_buffer_t* offsets, int32_t padding_idx,
-                             halide_buffer_t* output, halide_buffer_t* argmax);
+                             halide_buffer_t* offsets, int32_t padding_idx, halide_buffer_t* output,
+                             halide_buffer_t* argmax);
 using RenormFn = int (*)(halide_buffer_t* rows, double max_norm, double norm_type,
-                         halide_buffer_t* weight, halide_buffer_t* renormed,
+                         int32_t norm_kind, halide_buffer_t* weight, halide_buffer_t* renormed,
                          halide_buffer_t* changed);
 
 enum class KernelPipeline : uint8_t { kForward, kRenorm };
@@ -42,7 +42,7 @@ struct KernelEntry {
   KernelPipeline pipeline;
   KernelPooling pooling;  // forward only
   DType weight_dtype;
-  DType index_dtype;      // forward only (renorm takes int64 row lists)
+  DType index_dtype;  // forward only (renorm takes int64 row lists)
   Isa isa;
   const char* target;
   // One of the pointer types above, chosen by `pipeline` and `pooling`.

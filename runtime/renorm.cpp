@@ -3,6 +3,7 @@
 #include "renorm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -39,6 +40,24 @@ std::vector<int64_t> distinct_rows(const BagLayout& layout, const ForwardPlan& p
   return rows;
 }
 
+// Which fold the renorm kernel runs; must match NormKind in generators/renorm_generator.cpp.
+enum NormKind : int32_t {
+  kGeneralP = 0,
+  kL1 = 1,
+  kL2 = 2,
+  kMaxAbs = 3,
+  kMinAbs = 4,
+  kNonZeros = 5
+};
+
+NormKind norm_kind_for(double p) {
+  if (p == 2.0) return kL2;
+  if (p == 1.0) return kL1;
+  if (p == 0.0) return kNonZeros;
+  if (std::isinf(p)) return p > 0 ? kMaxAbs : kMinAbs;
+  return kGeneralP;
+}
+
 }  // namespace
 
 Status renormalize_referenced_rows(const TensorView& weight, const BagLayout& layout,
@@ -64,8 +83,8 @@ Status renormalize_referenced_rows(const TensorView& weight, const BagLayout& la
   changed_buffer.dim = &changed_dim;
 
   Status s = run_kernel(kernel.name, [&] {
-    return kernel.fn.renorm(rows_buffer.get(), max_norm, norm_type, weight_buffer.get(),
-                            renormed_buffer.get(), &changed_buffer);
+    return kernel.fn.renorm(rows_buffer.get(), max_norm, norm_type, norm_kind_for(norm_type),
+                            weight_buffer.get(), renormed_buffer.get(), &changed_buffer);
   });
   if (!s.ok()) return s;
 

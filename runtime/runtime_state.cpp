@@ -53,7 +53,8 @@ void install_runtime_hooks() {
   std::call_once(once, [] {
     halide_set_error_handler(&capture_halide_error);
     int threads = 0;
-    if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr) threads = std::atoi(env);
+    if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr)
+      threads = std::atoi(env);
     if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
     if (threads <= 0) threads = 1;
     g_num_threads = threads;
@@ -71,8 +72,8 @@ Status check_isa_usable(Isa isa) {
                                                 " was not compiled into this build of embag");
   }
   if (!cpu_supports(isa)) {
-    return Status(StatusCode::kUnsupported, std::string("ISA ") + isa_name(isa) +
-                                                " needs " + isa_requirement(isa) +
+    return Status(StatusCode::kUnsupported, std::string("ISA ") + isa_name(isa) + " needs " +
+                                                isa_requirement(isa) +
                                                 ", which this CPU does not support");
   }
   return Status::Ok();
@@ -121,9 +122,12 @@ using internal::kernel_table;
 
 const char* mode_name(Mode mode) {
   switch (mode) {
-    case Mode::kSum: return "sum";
-    case Mode::kMean: return "mean";
-    case Mode::kMax: return "max";
+    case Mode::kSum:
+      return "sum";
+    case Mode::kMean:
+      return "mean";
+    case Mode::kMax:
+      return "max";
   }
   return "?";
 }
@@ -137,9 +141,12 @@ std::optional<Mode> parse_mode(const std::string& name) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kSse41: return "sse41";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kSse41:
+      return "sse41";
   }
   return "?";
 }

@@ -14,9 +14,7 @@ namespace {
 
 constexpr int64_t kMaxExtent = std::numeric_limits<int32_t>::max();
 
-Status invalid(const std::string& message) {
-  return Status(StatusCode::kInvalidArgument, message);
-}
+Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
 std::string device_string(const Device& device) {
   return device.type == DeviceType::kCPU ? "cpu" : "cuda:" + std::to_string(device.index);
@@ -59,8 +57,8 @@ Status check_memory(const TensorView& v, const char* name, bool require_contiguo
                      "strides are " + strides_string(v));
     }
     if (require_contiguous && !v.is_contiguous()) {
-      return invalid(std::string(name) + " must be contiguous, but has shape " +
-                     v.shape_string() + " and strides " + strides_string(v));
+      return invalid(std::string(name) + " must be contiguous, but has shape " + v.shape_string() +
+                     " and strides " + strides_string(v));
     }
     if (v.ndim == 2 && v.shape[0] > 1 && v.strides[0] < v.shape[1]) {
       return invalid(std::string(name) + "'s row stride " + std::to_string(v.strides[0]) +
@@ -83,16 +81,16 @@ Status check_output(const TensorView* view, const char* name, DType dtype, const
                     int ndim, int64_t rows, int64_t cols) {
   if (view == nullptr) return Status::Ok();
   const TensorView& v = *view;
-  const std::string expected =
-      ndim == 1 ? "[" + std::to_string(rows) + "]"
-                : "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+  const std::string expected = ndim == 1
+                                   ? "[" + std::to_string(rows) + "]"
+                                   : "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
   if (v.ndim != ndim || v.shape[0] != rows || (ndim == 2 && v.shape[1] != cols)) {
     return invalid(std::string(name) + " must have shape " + expected + " but has shape " +
                    v.shape_string());
   }
   if (v.dtype != dtype) {
-    return invalid(std::string(name) + " must have dtype " + dtype_name(dtype) + " (" +
-                   dtype_rule + ") but has dtype " + dtype_name(v.dtype));
+    return invalid(std::string(name) + " must have dtype " + dtype_name(dtype) + " (" + dtype_rule +
+                   ") but has dtype " + dtype_name(v.dtype));
   }
   return check_memory(v, name, ndim == 1);
 }
@@ -121,8 +119,7 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
                    std::to_string(input.ndim));
   }
   if (!is_index_dtype(input.dtype)) {
-    return invalid(std::string("input must be int32 or int64, but got ") +
-                   dtype_name(input.dtype));
+    return invalid(std::string("input must be int32 or int64, but got ") + dtype_name(input.dtype));
   }
   if (Status s = check_memory(input, "input", true); !s.ok()) return s;
   const TensorView* offsets = in.offsets;
@@ -181,9 +178,8 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
   if (opt.padding_idx) {
     const int64_t p = *opt.padding_idx;
     if (p < -V || p > V - 1) {
-      return invalid("padding_idx must be within the number of embeddings, -" +
-                     std::to_string(V) + " through " + std::to_string(V - 1) + ", but got " +
-                     std::to_string(p));
+      return invalid("padding_idx must be within the number of embeddings, -" + std::to_string(V) +
+                     " through " + std::to_string(V - 1) + ", but got " + std::to_string(p));
     }
     padding = static_cast<int32_t>(p < 0 ? p + V : p);
   }

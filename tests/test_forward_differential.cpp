@@ -58,8 +58,10 @@ constexpr size_t kGuardBytes = 64;
 // guards alone.
 class GuardedBuffer {
  public:
-  explicit GuardedBuffer(size_t bytes) : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
-  explicit GuardedBuffer(const std::vector<unsigned char>& contents) : GuardedBuffer(contents.size()) {
+  explicit GuardedBuffer(size_t bytes)
+      : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
+  explicit GuardedBuffer(const std::vector<unsigned char>& contents)
+      : GuardedBuffer(contents.size()) {
     std::copy(contents.begin(), contents.end(), storage_.begin() + kGuardBytes);
   }
 
@@ -129,12 +131,12 @@ constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
 // Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
 constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
 
-// norm_type 3 goes through pow(), which the kernels may evaluate with a different (correctly
-// rounded or not) pow than the C library's, so the norm, then the scale, can differ by an ulp of
-// the accumulation type, and the renormed element by up to 2 ulps of the table's type after the
-// multiply and the final rounding. Every other norm is sums, compares, sqrt and one division:
-// all correctly rounded, so bitwise.
-constexpr uint64_t kPowUlps = 2;
+// norm_type 3 goes through pow(), which the kernels evaluate with Halide's pow (in float64,
+// rounded once) and the reference with the C library's powf; neither is correctly rounded, so
+// the norm, then the scale, differ by a few ulps (measured: up to 4 ulps in float32 after the
+// multiply and the final rounding). PyTorch's own vectorised pow is a third answer. Every other
+// norm is sums, compares, sqrt and one division: all correctly rounded, so bitwise.
+constexpr uint64_t kPowUlps = 8;
 
 std::vector<Variant> variants_for(Mode mode) {
   std::vector<Variant> v = {
@@ -154,8 +156,8 @@ std::vector<Variant> variants_for(Mode mode) {
   for (double p : {1.0, 2.0, 0.0, 3.0, double(INFINITY), -double(INFINITY)}) {
     v.push_back({"max_norm", Padding::kNone, 0, p});
   }
-  v.push_back({"max_norm+padding+tail", Padding::kPositive,
-               (mode == Mode::kSum ? kPsw : 0u) | kTail, 2.0});
+  v.push_back(
+      {"max_norm+padding+tail", Padding::kPositive, (mode == Mode::kSum ? kPsw : 0u) | kTail, 2.0});
   v.push_back({"max_norm+2d", Padding::kNegative, kTwoD, 1.0});
   return v;
 }
@@ -229,7 +231,10 @@ Problem make_problem(const Config& c, uint64_t seed) {
   const bool coarse = chance(rng, 0.3);
   const bool strided = chance(rng, 0.3);
 
-  p.num_rows = c.num_rows >= 0 ? c.num_rows : uniform(rng, 1, 40);
+  // One case in eight is bigger: enough bags and rows for a kernel to split work across
+  // threads and vectors, and bags longer than any unrolling.
+  const bool big = chance(rng, 0.125);
+  p.num_rows = c.num_rows >= 0 ? c.num_rows : uniform(rng, 1, big ? 500 : 40);
   p.row_stride = c.dim + (strided ? uniform(rng, 1, 7) : 0);
   const DType wd = c.weight_dtype;
   p.weight.assign(static_cast<size_t>(p.num_rows * p.row_stride) * element_size(wd), 0);
@@ -238,7 +243,7 @@ Problem make_problem(const Config& c, uint64_t seed) {
     for (int64_t d = 0; d < p.row_stride; ++d) {
       // Gap columns of a strided table hold junk the kernel must neither read into results nor
       // overwrite.
-      const double value = d >= c.dim                 ? 1e30
+      const double value = d >= c.dim               ? 1e30
                            : chance(rng, zero_rate) ? 0.0
                                                     : random_value(rng, coarse, specials);
       put_value(p.weight.data(), wd, r * p.row_stride + d, value);
@@ -254,8 +259,8 @@ Problem make_problem(const Config& c, uint64_t seed) {
   }
   o.include_last_offset = v.include_last_offset;
 
-  p.num_bags = c.num_bags >= 0 ? c.num_bags : uniform(rng, 1, 12);
-  const int64_t max_bag = c.max_bag_size >= 0 ? c.max_bag_size : uniform(rng, 0, 9);
+  p.num_bags = c.num_bags >= 0 ? c.num_bags : uniform(rng, 1, big ? 64 : 12);
+  const int64_t max_bag = c.max_bag_size >= 0 ? c.max_bag_size : uniform(rng, 0, big ? 64 : 9);
   const double pad_rate = pad ? 0.25 : 0.0;
   auto random_row = [&](bool bag_all_padding) -> int64_t {
     if (pad && (bag_all_padding || chance(rng, pad_rate))) return *pad;
@@ -293,9 +298,11 @@ Problem make_problem(const Config& c, uint64_t seed) {
   }
   const DType id = c.index_dtype;
   p.input.assign(idx.size() * element_size(id), 0);
-  for (size_t i = 0; i < idx.size(); ++i) put_index(p.input.data(), id, static_cast<int64_t>(i), idx[i]);
+  for (size_t i = 0; i < idx.size(); ++i)
+    put_index(p.input.data(), id, static_cast<int64_t>(i), idx[i]);
   p.offsets.assign(offs.size() * element_size(id), 0);
-  for (size_t i = 0; i < offs.size(); ++i) put_index(p.offsets.data(), id, static_cast<int64_t>(i), offs[i]);
+  for (size_t i = 0; i < offs.size(); ++i)
+    put_index(p.offsets.data(), id, static_cast<int64_t>(i), offs[i]);
   if (v.psw) {
     p.psw.assign(idx.size() * element_size(wd), 0);
     for (size_t i = 0; i < idx.size(); ++i) {
@@ -339,7 +346,8 @@ Views make_views(const Problem& p, unsigned char* weight, const unsigned char* i
   }
   v.offsets = make_view_1d(const_cast<unsigned char*>(offsets), c.index_dtype, p.num_offsets);
   if (c.variant.two_d) {
-    v.psw = make_view_2d(const_cast<unsigned char*>(psw), c.weight_dtype, p.input_rows, p.input_cols);
+    v.psw =
+        make_view_2d(const_cast<unsigned char*>(psw), c.weight_dtype, p.input_rows, p.input_cols);
   } else {
     v.psw = make_view_1d(const_cast<unsigned char*>(psw), c.weight_dtype, p.input_cols);
   }
@@ -400,7 +408,8 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   TensorView ref_out_view = make_view_2d(ref_out.data(), wd, p.num_bags, c.dim);
   TensorView ref_argmax_view = make_view_2d(ref_argmax.data(), DType::kInt64, p.num_bags, c.dim);
   TensorView ref_count_view = make_view_1d(ref_count.data(), DType::kInt64, p.num_bags);
-  ForwardOutputs ref_outputs{ref_out_view, &ref_count_view, c.mode == Mode::kMax ? &ref_argmax_view : nullptr};
+  ForwardOutputs ref_outputs{ref_out_view, &ref_count_view,
+                             c.mode == Mode::kMax ? &ref_argmax_view : nullptr};
   const Status ref_status = ref::forward(rv.inputs, ref_outputs, p.options);
   EXPECT_TRUE(ref_status.ok()) << "reference rejected a valid call: " << ref_status.message();
   if (!ref_status.ok()) return false;
@@ -440,15 +449,17 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   if (isa && has_work) {
     const std::string& ran = last_variant();
     if (ran.size() < expected_variant.size() ||
-        ran.compare(ran.size() - expected_variant.size(), std::string::npos, expected_variant) != 0) {
+        ran.compare(ran.size() - expected_variant.size(), std::string::npos, expected_variant) !=
+            0) {
       fail("last_variant() = '" + ran + "', expected a name ending in '" + expected_variant + "'");
     }
   }
   const std::pair<const char*, const GuardedBuffer*> guarded[] = {
-      {"weight", &weight}, {"input", &input},   {"offsets", &offsets},  {"per_sample_weights", &psw},
+      {"weight", &weight}, {"input", &input},   {"offsets", &offsets}, {"per_sample_weights", &psw},
       {"output", &out},    {"argmax", &argmax}, {"bag_count", &count}};
   for (const auto& [name, buffer] : guarded) {
-    if (!buffer->guards_intact()) fail(std::string("a guard byte around ") + name + " was overwritten");
+    if (!buffer->guards_intact())
+      fail(std::string("a guard byte around ") + name + " was overwritten");
   }
   if (input.contents() != p.input || offsets.contents() != p.offsets || psw.contents() != p.psw) {
     fail("embag modified a read-only input");
@@ -476,8 +487,8 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
       fail("reference rejected embag's renormed table");
     }
   }
-  const std::string out_diff = first_difference("output", "bag", wd, out.data(), want_out.data(),
-                                                p.num_bags, c.dim, c.dim);
+  const std::string out_diff =
+      first_difference("output", "bag", wd, out.data(), want_out.data(), p.num_bags, c.dim, c.dim);
   if (!out_diff.empty()) fail(out_diff);
   if (p.with_argmax) {
     const std::string d = first_difference("argmax", "bag", DType::kInt64, argmax.data(),
@@ -537,7 +548,11 @@ bool select(std::optional<Isa> isa) {
 
 constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest is noise
 
-// Every weight dtype x index dtype x D x variant of one mode, with two seeds each, on every ISA.
+// Seeds per (dtype, index type, D, variant): about 4,000 cases per mode and ISA, which take
+// under a second per mode and ISA in an optimised build.
+constexpr int kRepeats = 4;
+
+// Every weight dtype x index dtype x D x variant of one mode, kRepeats seeds each, on every ISA.
 void run_mode(Mode mode, uint64_t test_seed) {
   RestoreGlobals restore;
   const std::optional<uint64_t> only = only_seed();
@@ -550,7 +565,7 @@ void run_mode(Mode mode, uint64_t test_seed) {
       for (DType id : kIndexDTypes) {
         for (int64_t dim : kDims) {
           for (const Variant& variant : variants_for(mode)) {
-            for (int repeat = 0; repeat < 2; ++repeat) {
+            for (int repeat = 0; repeat < kRepeats; ++repeat) {
               // The seed does not depend on the ISA: every ISA sees the same cases.
               const uint64_t seed = mix(test_seed ^ mix(case_number++));
               if (only && *only != seed) continue;
@@ -586,9 +601,12 @@ TEST(ForwardDifferential, EdgeShapes) {
     bool all_padding;
   };
   const Edge edges[] = {
-      {"B=0", 5, 0, 4, 16, false},          {"N=0 (all bags empty)", 5, 6, 0, 33, false},
-      {"all-padding bags", 5, 4, 6, 33, true}, {"V=1", 1, 5, 6, 85, false},
-      {"D=0", 5, 4, 4, 0, false},           {"long bags, few rows", 3, 3, 200, 163, false},
+      {"B=0", 5, 0, 4, 16, false},
+      {"N=0 (all bags empty)", 5, 6, 0, 33, false},
+      {"all-padding bags", 5, 4, 6, 33, true},
+      {"V=1", 1, 5, 6, 85, false},
+      {"D=0", 5, 4, 4, 0, false},
+      {"long bags, few rows", 3, 3, 200, 163, false},
   };
   const std::vector<Variant> variants = {
       {"plain"},
@@ -638,7 +656,7 @@ TEST(ForwardDifferential, ThreadCountsGiveIdenticalBytes) {
   struct Shape {
     int64_t num_rows, num_bags, max_bag_size;
   };
-  const Shape shapes[] = {{1000, 200, 24}, {300, 2, 1500}};
+  const Shape shapes[] = {{2000, 300, 40}, {500, 2, 3000}};
   for (std::optional<Isa> isa : isas_to_test()) {
     SCOPED_TRACE("isa=" + isa_label(isa));
     if (!select(isa)) return;

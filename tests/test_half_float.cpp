@@ -17,6 +17,7 @@
 #include "reference/half_float.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define EMBAG_TEST_HAVE_F16C 1
 #endif
@@ -37,9 +38,9 @@ bool is_nan_bf16(uint16_t b) { return (b & 0x7F80u) == 0x7F80u && (b & 0x7Fu) !=
 double half_value_model(uint16_t h) {
   const int exp = (h >> 10) & 0x1F;
   const int mant = h & 0x3FF;
-  const double magnitude = exp == 0x1F  ? HUGE_VAL
-                           : exp == 0 ? std::ldexp(mant, -24)
-                                      : std::ldexp(1024 + mant, exp - 25);
+  const double magnitude = exp == 0x1F ? HUGE_VAL
+                           : exp == 0  ? std::ldexp(mant, -24)
+                                       : std::ldexp(1024 + mant, exp - 25);
   return (h & 0x8000u) ? -magnitude : magnitude;
 }
 
@@ -47,9 +48,9 @@ double half_value_model(uint16_t h) {
 double bf16_value_model(uint16_t b) {
   const int exp = (b >> 7) & 0xFF;
   const int mant = b & 0x7F;
-  const double magnitude = exp == 0xFF  ? HUGE_VAL
-                           : exp == 0 ? std::ldexp(mant, -133)
-                                      : std::ldexp(128 + mant, exp - 134);
+  const double magnitude = exp == 0xFF ? HUGE_VAL
+                           : exp == 0  ? std::ldexp(mant, -133)
+                                       : std::ldexp(128 + mant, exp - 134);
   return (b & 0x8000u) ? -magnitude : magnitude;
 }
 
@@ -64,8 +65,8 @@ class NearestEven {
     const uint16_t sign = std::signbit(f) ? 0x8000u : 0;
     const double a = std::fabs(static_cast<double>(f));
     if (a >= values_.back()) return static_cast<uint16_t>(sign | (values_.size() - 1));
-    const size_t hi = static_cast<size_t>(std::upper_bound(values_.begin(), values_.end(), a) -
-                                          values_.begin());
+    const size_t hi =
+        static_cast<size_t>(std::upper_bound(values_.begin(), values_.end(), a) - values_.begin());
     const size_t lo = hi - 1;  // values_[0] == 0 <= a, so hi >= 1
     const double below = a - values_[lo], above = values_[hi] - a;
     size_t pick = below < above ? lo : above < below ? hi : (lo % 2 == 0 ? lo : hi);
@@ -78,14 +79,16 @@ class NearestEven {
 
 NearestEven half_model() {
   std::vector<double> values;
-  for (uint32_t h = 0; h < 0x7C00u; ++h) values.push_back(half_value_model(static_cast<uint16_t>(h)));
+  for (uint32_t h = 0; h < 0x7C00u; ++h)
+    values.push_back(half_value_model(static_cast<uint16_t>(h)));
   values.push_back(65536.0);  // pattern 0x7C00 (infinity)
   return NearestEven(std::move(values));
 }
 
 NearestEven bf16_model() {
   std::vector<double> values;
-  for (uint32_t b = 0; b < 0x7F80u; ++b) values.push_back(bf16_value_model(static_cast<uint16_t>(b)));
+  for (uint32_t b = 0; b < 0x7F80u; ++b)
+    values.push_back(bf16_value_model(static_cast<uint16_t>(b)));
   values.push_back(std::ldexp(1.0, 128));  // pattern 0x7F80 (infinity)
   return NearestEven(std::move(values));
 }
@@ -100,7 +103,8 @@ std::vector<float> rounding_probe_floats(int low_bits) {
   std::vector<float> out;
   out.reserve((size_t{1} << (32 - low_bits)) * 8);
   for (uint64_t high = 0; high < (uint64_t{1} << (32 - low_bits)); ++high) {
-    for (uint32_t low : lows) out.push_back(bits_float(static_cast<uint32_t>(high << low_bits) | low));
+    for (uint32_t low : lows)
+      out.push_back(bits_float(static_cast<uint32_t>(high << low_bits) | low));
   }
   return out;
 }
@@ -139,8 +143,8 @@ TEST(HalfFloat, FloatToHalfRoundsToNearestEven) {
     const double v = half_value_model(static_cast<uint16_t>(h));
     const double next = h + 1 < 0x7C00u ? half_value_model(static_cast<uint16_t>(h + 1)) : 65536.0;
     const float mid = static_cast<float>((v + next) / 2);  // exact: needs 12 significant bits
-    for (float f : {static_cast<float>(v), mid, std::nextafter(mid, 0.0f),
-                    std::nextafter(mid, HUGE_VALF)}) {
+    for (float f :
+         {static_cast<float>(v), mid, std::nextafter(mid, 0.0f), std::nextafter(mid, HUGE_VALF)}) {
       probes.push_back(f);
       probes.push_back(-f);
     }
@@ -196,17 +200,29 @@ TEST(BFloat16, NarrowingRoundsToNearestEven) {
 }
 
 #ifdef EMBAG_TEST_HAVE_F16C
+// F16C is VEX-encoded, so it needs the CPU flag and the OS saving YMM state (XCR0 bits 1-2).
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const bool f16c = (ecx & bit_F16C) != 0, osxsave = (ecx & bit_OSXSAVE) != 0;
+  if (!f16c || !osxsave) return false;
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  return (xcr0_lo & 6u) == 6u;
+}
+
 __attribute__((target("f16c"))) float hardware_half_to_float(uint16_t h) {
-  return _cvtsh_ss(h);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 }
 __attribute__((target("f16c"))) uint16_t hardware_float_to_half(float f) {
-  return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m128i h = _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return static_cast<uint16_t>(_mm_cvtsi128_si32(h) & 0xFFFF);
 }
 #endif
 
 TEST(HalfFloat, MatchesF16CBitForBit) {
 #ifdef EMBAG_TEST_HAVE_F16C
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "this CPU has no F16C";
+  if (!cpu_has_f16c()) GTEST_SKIP() << "this CPU has no F16C";
   for (uint32_t h = 0; h <= 0xFFFFu; ++h) {
     ASSERT_EQ(float_bits(half_to_float(static_cast<uint16_t>(h))),
               float_bits(hardware_half_to_float(static_cast<uint16_t>(h))))

@@ -63,7 +63,7 @@ struct ForwardInputs {
 // Where a forward call writes. `output` is required; the auxiliary outputs (what backward
 // needs) are optional.
 struct ForwardOutputs {
-  TensorView output;                     // (B, D), weight's dtype, rows contiguous
+  TensorView output;                      // (B, D), weight's dtype, rows contiguous
   const TensorView* bag_count = nullptr;  // (B) int64: valid (non-padding) positions per bag
   const TensorView* argmax = nullptr;     // (B, D) int64, mode max only: winning row, -1 if empty
 };
@@ -111,13 +111,13 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
 
 // One compiled kernel, as listed by `embag info`.
 struct VariantInfo {
-  std::string name;         // C symbol of the kernel
-  std::string pipeline;     // "forward" or "renorm"
-  std::string mode;         // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" for renorm
+  std::string name;      // C symbol of the kernel
+  std::string pipeline;  // "forward" or "renorm"
+  std::string mode;      // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" for renorm
   DType weight_dtype;
   DType index_dtype;
   Isa isa;
-  std::string target;       // the Halide target string it was compiled for
+  std::string target;  // the Halide target string it was compiled for
 };
 const std::vector<VariantInfo>& compiled_variants();
 

@@ -37,7 +37,8 @@ inline bool is_float_dtype(DType dtype) { return dtype != DType::kInt32 && dtype
 // The raw bits of element `index` (in elements from `base`), zero-extended.
 inline uint64_t bits_at(const void* base, DType dtype, int64_t index) {
   const size_t size = element_size(dtype);
-  const unsigned char* p = static_cast<const unsigned char*>(base) + index * static_cast<int64_t>(size);
+  const unsigned char* p =
+      static_cast<const unsigned char*>(base) + index * static_cast<int64_t>(size);
   if (size == 2) {
     uint16_t v;
     std::memcpy(&v, p, 2);
@@ -102,7 +103,8 @@ inline std::string format_element(DType dtype, uint64_t bits) {
 // Stores `value` as element `index`, rounding to nearest even for the narrower float types
 // (through float for float16 / bfloat16, so pass values exact in float when that matters).
 inline void put_value(void* base, DType dtype, int64_t index, double value) {
-  unsigned char* p = static_cast<unsigned char*>(base) + index * static_cast<int64_t>(element_size(dtype));
+  unsigned char* p =
+      static_cast<unsigned char*>(base) + index * static_cast<int64_t>(element_size(dtype));
   switch (dtype) {
     case DType::kFloat16: {
       const uint16_t h = float_to_half(static_cast<float>(value));
@@ -137,7 +139,8 @@ inline void put_value(void* base, DType dtype, int64_t index, double value) {
 
 // Stores an index (int32 arrays get the low 32 bits, which is how tests write junk indices).
 inline void put_index(void* base, DType dtype, int64_t index, int64_t value) {
-  unsigned char* p = static_cast<unsigned char*>(base) + index * static_cast<int64_t>(element_size(dtype));
+  unsigned char* p =
+      static_cast<unsigned char*>(base) + index * static_cast<int64_t>(element_size(dtype));
   if (dtype == DType::kInt32) {
     const int32_t v = static_cast<int32_t>(value);
     std::memcpy(p, &v, 4);

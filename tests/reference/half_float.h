@@ -60,11 +60,11 @@ inline uint16_t float_to_half(float f) {
   uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u;        // with the implicit bit
   int32_t shift;                                        // bits dropped from the 24-bit mantissa
   uint32_t base;                                        // half exponent field, pre-shifted
-  if (exp >= 127 - 14) {  // normal half
+  if (exp >= 127 - 14) {                                // normal half
     shift = 13;
     base = static_cast<uint32_t>(exp - 127 + 15) << 10;
-    mant &= 0x7FFFFFu;  // the exponent field carries the implicit bit
-  } else {              // subnormal half (or rounds to zero)
+    mant &= 0x7FFFFFu;          // the exponent field carries the implicit bit
+  } else {                      // subnormal half (or rounds to zero)
     if (exp == 0) return sign;  // float subnormals are far below half's smallest subnormal
     shift = 13 + (127 - 14 - exp);
     if (shift > 24) return sign;  // below half of the smallest subnormal: rounds to zero

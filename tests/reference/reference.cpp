@@ -21,10 +21,19 @@ Status invalid(const std::string& message) {
   return Status(StatusCode::kInvalidArgument, "embag::ref: " + message);
 }
 
+// False for a view that claims elements but has no memory (reading it would crash).
+bool has_memory(const TensorView* view) {
+  if (view == nullptr) return true;
+  const int64_t count = view->ndim == 2   ? view->shape[0] * view->shape[1]
+                        : view->ndim == 1 ? view->shape[0]
+                                          : 1;
+  return count <= 0 || view->data != nullptr;
+}
+
 // Address of element (row, col) of a 2-D view, or of element `col` of a 1-D view (row ignored).
 unsigned char* address(const TensorView& view, int64_t row, int64_t col) {
-  int64_t offset = view.ndim == 2 ? row * view.strides[0] + col * view.strides[1]
-                                  : col * view.strides[0];
+  int64_t offset =
+      view.ndim == 2 ? row * view.strides[0] + col * view.strides[1] : col * view.strides[0];
   return static_cast<unsigned char*>(view.data) +
          offset * static_cast<int64_t>(element_size(view.dtype));
 }
@@ -34,8 +43,7 @@ unsigned char* address(const TensorView& view, int64_t row, int64_t col) {
 unsigned char* flat_address(const TensorView& view, int64_t pos) {
   if (view.ndim != 2) return address(view, 0, pos);
   const int64_t cols = view.shape[1];
-  return cols == 0 ? static_cast<unsigned char*>(view.data)
-                   : address(view, pos / cols, pos % cols);
+  return cols == 0 ? static_cast<unsigned char*>(view.data) : address(view, pos / cols, pos % cols);
 }
 
 // Reads a table element into the accumulation type. Only the pairs the accumulation rule allows
@@ -144,8 +152,8 @@ Status make_plan(const TensorView& weight, const TensorView& input, const Tensor
   if (weight.ndim != 2 || !is_float_dtype(weight.dtype)) {
     return invalid("weight must be a 2-D float tensor");
   }
-  if (weight.data == nullptr && weight.shape[0] * weight.shape[1] != 0) {
-    return invalid("weight has no data");
+  if (!has_memory(&weight) || !has_memory(&input) || !has_memory(offsets)) {
+    return invalid("a view with elements has a null data pointer");
   }
   plan->num_rows = weight.shape[0];
   plan->dim = weight.shape[1];
@@ -203,7 +211,7 @@ Acc norm_of_row(const TensorView& weight, int64_t row, double norm_type) {
     const Acc term = std::pow(std::fabs(load<Acc>(weight, row, d)), p);
     acc = acc + term;
   }
-  return std::pow(acc, static_cast<Acc>(1.0 / norm_type));
+  return std::pow(acc, Acc(1) / p);  // 1/p in the accumulation type, like the sum
 }
 
 template <typename Acc>
@@ -218,8 +226,7 @@ void renorm_rows(const TensorView& weight, const TensorView& input, const Plan& 
       const Acc norm = norm_of_row<Acc>(weight, row, options.norm_type);
       if (!(norm > *options.max_norm)) continue;  // exactly max_norm (or NaN) is left alone
       // The scale is computed in double whatever the table, then narrowed once.
-      const Acc scale =
-          static_cast<Acc>(*options.max_norm / (static_cast<double>(norm) + 1e-7));
+      const Acc scale = static_cast<Acc>(*options.max_norm / (static_cast<double>(norm) + 1e-7));
       for (int64_t d = 0; d < plan.dim; ++d) {
         const Acc scaled = load<Acc>(weight, row, d) * scale;
         store<Acc>(weight, row, d, scaled);
@@ -257,7 +264,8 @@ void reduce(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Op
             winner = row;
           }
         } else if (psw != nullptr) {
-          const Acc product = load_from<Acc>(*psw, flat_address(*psw, p)) * w;  // rounded before the add
+          const Acc product =
+              load_from<Acc>(*psw, flat_address(*psw, p)) * w;  // rounded before the add
           acc = acc + product;
         } else {
           acc = acc + w;
@@ -326,6 +334,10 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
   if (!status.ok()) return status;
   const int64_t num_bags = static_cast<int64_t>(plan.bags.size());
   const TensorView& out = outputs.output;
+  if (!has_memory(&out) || !has_memory(outputs.bag_count) || !has_memory(outputs.argmax) ||
+      !has_memory(inputs.per_sample_weights)) {
+    return invalid("a view with elements has a null data pointer");
+  }
   if (out.ndim != 2 || out.dtype != inputs.weight.dtype || out.shape[0] != num_bags ||
       out.shape[1] != plan.dim) {
     return invalid("output must be (B, D) of the weight's dtype");

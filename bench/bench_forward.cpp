@@ -1,0 +1,510 @@
+// bench_forward: embag::forward against the hand-written gather baseline (the machine's limit)
+// and, on warm shapes, the plain C++ reference.
+//
+// Run it from the build directory:
+//   bench/bench_forward                                   # every shape in bench/shapes/perf.txt
+//   bench/bench_forward --shapes=../bench/shapes/ci.txt   # tiny shapes, a few seconds
+//   bench/bench_forward --benchmark_filter='/cold/threads:1' --benchmark_repetitions=5
+//   bench/bench_forward --benchmark_format=json --benchmark_out=forward.json
+// Its own flags are taken out before Google Benchmark reads the rest:
+//   --shapes=FILE   `rows,dim,bags,pooling,distribution` a line (default: perf.txt in the source)
+//   --llc_mib=N     last-level cache size that decides cold or warm (default 32; sysconf is not
+//                   asked because VMs report the host's cache: 320 MiB on the dev machine)
+//
+// Rows, for every shape x mode (sum, mean, max) x threads (1, 2), each name ending in /real_time:
+//   embag/<mode>/rows:V/dim:D/bags:B/pool:L/<dist>/<cold|warm>/threads:N   embag::forward, float32
+//                  table, int64 indices, B+1 offsets (include_last_offset),
+//                  embag::set_num_threads(N)
+//   baseline/...   the gather loop of gather_baseline.h on N threads of its own pool
+//   reference/...  embag::ref::forward; threads:1 and warm shapes only (serial and slow)
+// Counters: GB/s = useful bytes per call / wall time, decimal (1e9): every position reads one
+// row (D * 4 bytes) and its index (8), plus the offsets and the B x D float32 output. The label
+// is the kernel variant that ran (embag::last_variant(), or the baseline's equivalent).
+//
+// Cold: the table is larger than half the LLC; indices are drawn over the whole table and the
+// timed loop cycles through 8 index batches, so a call finds none of its rows left in cache by
+// the previous one. Warm: the table fits; one batch. The perf shapes pair 1M-row (256/512 MiB)
+// cold tables with 10k-row warm ones. Zipf draws follow k^-1.05 with ranks scattered over the
+// table; every seed is fixed, so runs reproduce.
+//
+// Before timing, each embag and reference row checks its output for the first batch against the
+// baseline's: the maximum absolute difference must be 0 in every mode, since all of them fold
+// each column left to right from +0.0 and mean divides that float32 sum by the count. Each
+// baseline row checks its SIMD kernel against its own scalar one. A mismatch skips the row with
+// an error that names the first differing element, and the program then exits with status 1.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+#include "gather_baseline.h"
+#include "shape_file.h"
+
+#ifdef EMBAG_BENCH_HAVE_REFERENCE
+#include "reference/reference.h"
+#endif
+
+#ifndef EMBAG_BENCH_DEFAULT_SHAPES
+#define EMBAG_BENCH_DEFAULT_SHAPES "bench/shapes/perf.txt"
+#endif
+
+namespace {
+
+using embag::bench::Distribution;
+using embag::bench::GatherIsa;
+using embag::bench::GatherMode;
+using embag::bench::GatherProblem;
+using embag::bench::Shape;
+
+constexpr int kColdBatches = 8;
+constexpr int kThreadCounts[] = {1, 2};
+constexpr GatherMode kModes[] = {GatherMode::kSum, GatherMode::kMean, GatherMode::kMax};
+constexpr double kZipfExponent = 1.05;
+
+int64_t g_llc_bytes = int64_t{32} << 20;
+
+// 64x64->128-bit products for index draws; __extension__ keeps -Wpedantic quiet about it.
+__extension__ typedef unsigned __int128 Uint128;
+
+// Rows that failed a check; main() exits non-zero if any did, so a CI run of the tiny shapes
+// catches a kernel that disagrees with the baseline.
+int g_failures = 0;
+
+void fail(benchmark::State& state, const std::string& message) {
+  ++g_failures;
+  state.SkipWithError(message.c_str());
+}
+
+bool is_cold(const Shape& shape) {
+  return shape.rows * shape.dim * static_cast<int64_t>(sizeof(float)) > g_llc_bytes / 2;
+}
+
+embag::Mode to_embag(GatherMode mode) {
+  switch (mode) {
+    case GatherMode::kSum:
+      return embag::Mode::kSum;
+    case GatherMode::kMean:
+      return embag::Mode::kMean;
+    case GatherMode::kMax:
+      return embag::Mode::kMax;
+  }
+  return embag::Mode::kSum;
+}
+
+// ---- Deterministic data ------------------------------------------------------------------
+
+// splitmix64: tiny, fast and good enough to fill 128M floats in a fraction of a second.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [-1, 1): 24 random bits, exactly representable.
+  float symmetric_unit() {
+    return static_cast<float>(static_cast<int32_t>(next() >> 40) - (1 << 23)) * 0x1p-23f;
+  }
+  // Uniform in [0, n) by a 64x64->128 multiply (no modulo bias worth the name).
+  int64_t below(int64_t n) {
+    return static_cast<int64_t>((static_cast<Uint128>(next()) * n) >> 64);
+  }
+  double unit() { return static_cast<double>(next() >> 11) * 0x1p-53; }
+
+ private:
+  uint64_t state_;
+};
+
+uint64_t seed_for(const Shape& shape, uint64_t salt) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (uint64_t v : {static_cast<uint64_t>(shape.rows), static_cast<uint64_t>(shape.dim),
+                     static_cast<uint64_t>(shape.bags), static_cast<uint64_t>(shape.pooling),
+                     static_cast<uint64_t>(shape.distribution), salt}) {
+    h = (h ^ v) * 0x100000001B3ull;
+  }
+  return h;
+}
+
+// Zipf over `rows` ranks (rank k drawn with weight (k+1)^-s) by inverting the CDF. Rank k is
+// then sent to row (k * step) mod rows with step coprime to rows: a bijection that spreads the
+// hot rows over the table, as hashing spreads hot ids in production, instead of packing them
+// into a few pages at the start.
+class ZipfSampler {
+ public:
+  ZipfSampler(int64_t rows, double exponent) : rows_(rows), cdf_(static_cast<size_t>(rows)) {
+    double total = 0;
+    for (int64_t k = 0; k < rows; ++k) {
+      total += std::pow(static_cast<double>(k + 1), -exponent);
+      cdf_[static_cast<size_t>(k)] = total;
+    }
+    step_ = static_cast<int64_t>(0x9E3779B97F4A7C15ull % static_cast<uint64_t>(rows));
+    while (std::gcd(step_, rows_) != 1) ++step_;
+  }
+  int64_t sample(Rng& rng) const {
+    const double u = rng.unit() * cdf_.back();
+    const int64_t rank =
+        std::min<int64_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(), rows_ - 1);
+    return static_cast<int64_t>((static_cast<Uint128>(rank) * step_) % rows_);
+  }
+
+ private:
+  int64_t rows_;
+  std::vector<double> cdf_;
+  int64_t step_ = 1;
+};
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// One shape's inputs. Only one lives at a time (a cold table is up to 512 MiB), and the rows of
+// one shape are registered together, so each table is built once.
+struct Dataset {
+  Shape shape;
+  bool cold = false;
+  std::unique_ptr<float, FreeDeleter> table;
+  std::vector<std::vector<int64_t>> batches;  // index batches the timed loop cycles through
+  std::vector<int64_t> offsets;               // bags + 1 entries, shared by every batch
+  std::vector<float> output;                  // the timed implementation writes here
+  double bytes_per_call = 0;
+};
+
+std::unique_ptr<Dataset> g_dataset;
+
+// Builds (or reuses) the current shape's data; on failure reports it on `state` and returns null.
+Dataset* dataset_for(const Shape& shape, benchmark::State& state) {
+  if (g_dataset && g_dataset->shape.same_problem(shape)) return g_dataset.get();
+  g_dataset.reset();  // free the previous table before allocating the next
+
+  auto ds = std::make_unique<Dataset>();
+  ds->shape = shape;
+  ds->cold = is_cold(shape);
+  const int64_t elements = shape.rows * shape.dim;
+  // aligned_alloc wants a multiple of the alignment; 64 is a cache line, as PyTorch aligns.
+  const size_t bytes = (static_cast<size_t>(elements) * sizeof(float) + 63) / 64 * 64;
+  ds->table.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+  if (!ds->table) {
+    fail(state, "cannot allocate the " + std::to_string(bytes >> 20) + " MiB table");
+    return nullptr;
+  }
+  Rng values(seed_for(shape, 0));
+  float* table = ds->table.get();
+  for (int64_t i = 0; i < elements; ++i) table[i] = values.symmetric_unit();
+
+  const int64_t positions = shape.bags * shape.pooling;
+  ds->offsets.resize(static_cast<size_t>(shape.bags) + 1);
+  for (int64_t b = 0; b <= shape.bags; ++b) ds->offsets[static_cast<size_t>(b)] = b * shape.pooling;
+
+  std::unique_ptr<ZipfSampler> zipf;
+  if (shape.distribution == Distribution::kZipf) {
+    zipf = std::make_unique<ZipfSampler>(shape.rows, kZipfExponent);
+  }
+  ds->batches.resize(ds->cold ? kColdBatches : 1);
+  for (size_t k = 0; k < ds->batches.size(); ++k) {
+    Rng rng(seed_for(shape, k + 1));
+    std::vector<int64_t>& batch = ds->batches[k];
+    batch.resize(static_cast<size_t>(positions));
+    for (int64_t& idx : batch) idx = zipf ? zipf->sample(rng) : rng.below(shape.rows);
+  }
+  ds->output.assign(static_cast<size_t>(shape.bags * shape.dim), 0.0f);
+
+  ds->bytes_per_call = static_cast<double>(positions) * shape.dim * sizeof(float) +
+                       static_cast<double>(positions) * sizeof(int64_t) +
+                       static_cast<double>(shape.bags + 1) * sizeof(int64_t) +
+                       static_cast<double>(shape.bags) * shape.dim * sizeof(float);
+  g_dataset = std::move(ds);
+  return g_dataset.get();
+}
+
+GatherProblem<int64_t> baseline_problem(const Dataset& ds, size_t batch, GatherMode mode,
+                                        float* output) {
+  GatherProblem<int64_t> p;
+  p.table = ds.table.get();
+  p.rows = ds.shape.rows;
+  p.dim = ds.shape.dim;
+  p.indices = ds.batches[batch].data();
+  p.offsets = ds.offsets.data();
+  p.bags = ds.shape.bags;
+  p.mode = mode;
+  p.output = output;
+  return p;
+}
+
+// embag's views of one batch. The offsets view is shared and must outlive the inputs.
+struct EmbagCalls {
+  embag::TensorView offsets;
+  std::vector<embag::ForwardInputs> inputs;  // one per batch
+  embag::ForwardOutputs outputs;
+  embag::Options options;
+};
+
+void make_calls(Dataset& ds, GatherMode mode, EmbagCalls* calls) {
+  const Shape& s = ds.shape;
+  calls->offsets = embag::make_view_1d(ds.offsets.data(), embag::DType::kInt64, s.bags + 1);
+  calls->inputs.clear();
+  for (std::vector<int64_t>& batch : ds.batches) {
+    embag::ForwardInputs in;
+    in.weight = embag::make_view_2d(ds.table.get(), embag::DType::kFloat32, s.rows, s.dim);
+    in.input =
+        embag::make_view_1d(batch.data(), embag::DType::kInt64, static_cast<int64_t>(batch.size()));
+    in.offsets = &calls->offsets;
+    calls->inputs.push_back(in);
+  }
+  calls->outputs.output =
+      embag::make_view_2d(ds.output.data(), embag::DType::kFloat32, s.bags, s.dim);
+  calls->options.mode = to_embag(mode);
+  calls->options.include_last_offset = true;
+}
+
+// Empty when `got` equals `want` (max |difference| is 0, NaN matching NaN); otherwise says
+// where the first difference is and how large the largest one is.
+std::string compare(const std::vector<float>& got, const std::vector<float>& want, int64_t dim,
+                    const char* who, const char* oracle) {
+  double max_diff = 0;
+  int64_t first = -1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const bool both_nan = std::isnan(got[i]) && std::isnan(want[i]);
+    const double diff =
+        both_nan ? 0.0 : std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i]));
+    if (diff > 0 || (std::isnan(diff))) {
+      if (first < 0) first = static_cast<int64_t>(i);
+      max_diff = std::isnan(diff) ? diff : std::max(max_diff, diff);
+    }
+  }
+  if (first < 0) return "";
+  char message[256];
+  std::snprintf(message, sizeof(message),
+                "%s differs from %s: first at bag %lld column %lld (%.9g vs %.9g), max abs diff "
+                "%.9g; both must be the same left fold",
+                who, oracle, static_cast<long long>(first / dim),
+                static_cast<long long>(first % dim), got[static_cast<size_t>(first)],
+                want[static_cast<size_t>(first)], max_diff);
+  return message;
+}
+
+void report(benchmark::State& state, const Dataset& ds, const std::string& variant) {
+  // Iteration-invariant rate: bytes per call x iterations / wall time (UseRealTime below).
+  state.counters["GB/s"] =
+      benchmark::Counter(ds.bytes_per_call * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(variant);
+}
+
+// ---- The three kinds of row ---------------------------------------------------------------
+
+void bench_embag(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  embag::set_num_threads(threads);
+  EmbagCalls calls;
+  make_calls(*ds, mode, &calls);
+
+  std::vector<float> expected(ds->output.size());
+  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), threads)) {
+    fail(state, "baseline rejected the inputs (index out of range?)");
+    return;
+  }
+  embag::Status status = embag::forward(calls.inputs[0], calls.outputs, calls.options);
+  if (!status.ok()) {
+    fail(state, "embag::forward failed: " + status.message());
+    return;
+  }
+  const std::string mismatch = compare(ds->output, expected, shape.dim, "embag", "baseline");
+  if (!mismatch.empty()) {
+    fail(state, mismatch);
+    return;
+  }
+  const std::string variant = embag::last_variant();
+
+  size_t batch = 0;
+  for (auto _ : state) {
+    status = embag::forward(calls.inputs[batch], calls.outputs, calls.options);
+    if (!status.ok()) {
+      fail(state, "embag::forward failed: " + status.message());
+      break;
+    }
+    batch = batch + 1 == calls.inputs.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  report(state, *ds, variant);
+}
+
+void bench_baseline(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+
+  // The SIMD kernel must agree with the scalar one, or it is no baseline.
+  std::vector<float> scalar(ds->output.size());
+  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, scalar.data()), 1,
+                                    GatherIsa::kScalar) ||
+      !embag::bench::gather_forward(baseline_problem(*ds, 0, mode, ds->output.data()), threads)) {
+    fail(state, "baseline rejected the inputs (index out of range?)");
+    return;
+  }
+  const std::string mismatch =
+      compare(ds->output, scalar, shape.dim, "baseline", "the baseline's scalar loop");
+  if (!mismatch.empty()) {
+    fail(state, mismatch);
+    return;
+  }
+
+  std::vector<GatherProblem<int64_t>> problems;
+  for (size_t k = 0; k < ds->batches.size(); ++k) {
+    problems.push_back(baseline_problem(*ds, k, mode, ds->output.data()));
+  }
+  size_t batch = 0;
+  for (auto _ : state) {
+    if (!embag::bench::gather_forward(problems[batch], threads)) {
+      fail(state, "baseline rejected the inputs (index out of range?)");
+      break;
+    }
+    batch = batch + 1 == problems.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  report(state, *ds, embag::bench::gather_variant_name(mode, 64, shape.dim));
+}
+
+#ifdef EMBAG_BENCH_HAVE_REFERENCE
+void bench_reference(benchmark::State& state, const Shape& shape, GatherMode mode) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  EmbagCalls calls;
+  make_calls(*ds, mode, &calls);
+
+  std::vector<float> expected(ds->output.size());
+  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), 1)) {
+    fail(state, "baseline rejected the inputs (index out of range?)");
+    return;
+  }
+  embag::Status status = embag::ref::forward(calls.inputs[0], calls.outputs, calls.options);
+  if (!status.ok()) {
+    fail(state, "embag::ref::forward failed: " + status.message());
+    return;
+  }
+  const std::string mismatch = compare(ds->output, expected, shape.dim, "reference", "baseline");
+  if (!mismatch.empty()) {
+    fail(state, mismatch);
+    return;
+  }
+
+  size_t batch = 0;
+  for (auto _ : state) {
+    status = embag::ref::forward(calls.inputs[batch], calls.outputs, calls.options);
+    if (!status.ok()) {
+      fail(state, "embag::ref::forward failed: " + status.message());
+      break;
+    }
+    batch = batch + 1 == calls.inputs.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  report(state, *ds, "reference");
+}
+#endif
+
+// ---- Registration and main ----------------------------------------------------------------
+
+std::string row_name(const char* impl, GatherMode mode, const Shape& s, int threads) {
+  return std::string(impl) + "/" + embag::bench::gather_mode_name(mode) +
+         "/rows:" + std::to_string(s.rows) + "/dim:" + std::to_string(s.dim) +
+         "/bags:" + std::to_string(s.bags) + "/pool:" + std::to_string(s.pooling) + "/" +
+         embag::bench::distribution_name(s.distribution) + (is_cold(s) ? "/cold" : "/warm") +
+         "/threads:" + std::to_string(threads);
+}
+
+// Wall time, because the work runs on pools: the calling thread's CPU time would hide the
+// workers' share. (Google Benchmark appends "/real_time" to the names for it.)
+void configure(benchmark::internal::Benchmark* b) {
+  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+
+void register_shape(const Shape& shape) {
+  for (GatherMode mode : kModes) {
+    for (int threads : kThreadCounts) {
+      configure(benchmark::RegisterBenchmark(
+          row_name("embag", mode, shape, threads).c_str(),
+          [=](benchmark::State& state) { bench_embag(state, shape, mode, threads); }));
+      configure(benchmark::RegisterBenchmark(
+          row_name("baseline", mode, shape, threads).c_str(),
+          [=](benchmark::State& state) { bench_baseline(state, shape, mode, threads); }));
+    }
+#ifdef EMBAG_BENCH_HAVE_REFERENCE
+    if (!is_cold(shape)) {
+      configure(benchmark::RegisterBenchmark(
+          row_name("reference", mode, shape, 1).c_str(),
+          [=](benchmark::State& state) { bench_reference(state, shape, mode); }));
+    }
+#endif
+  }
+}
+
+void print_own_flags() {
+  std::printf(
+      "bench_forward flags (the rest go to Google Benchmark):\n"
+      "  --shapes=FILE   shape file, rows,dim,bags,pooling,distribution a line\n"
+      "                  (default %s)\n"
+      "  --llc_mib=N     LLC size deciding cold (table > LLC/2) or warm (default 32)\n\n",
+      EMBAG_BENCH_DEFAULT_SHAPES);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shapes_path = EMBAG_BENCH_DEFAULT_SHAPES;
+  // Take our flags out of argv so Google Benchmark does not reject them as unknown.
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--shapes=", 0) == 0) {
+      shapes_path = arg.substr(9);
+    } else if (arg.rfind("--llc_mib=", 0) == 0) {
+      char* end = nullptr;
+      const long mib = std::strtol(arg.c_str() + 10, &end, 10);
+      if (*end != '\0' || mib <= 0) {
+        std::fprintf(stderr, "bench_forward: --llc_mib wants a positive integer, got '%s'\n",
+                     arg.c_str() + 10);
+        return 1;
+      }
+      g_llc_bytes = static_cast<int64_t>(mib) << 20;
+    } else {
+      if (arg == "--help" || arg == "-h") print_own_flags();
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  argv[argc] = nullptr;
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  std::vector<Shape> shapes;
+  const embag::Status status = embag::bench::read_shape_file(shapes_path, &shapes);
+  if (!status.ok()) {
+    std::fprintf(stderr, "bench_forward: %s\n", status.message().c_str());
+    return 1;
+  }
+  for (const Shape& shape : shapes) register_shape(shape);
+
+  benchmark::AddCustomContext("shapes", shapes_path);
+  benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
+  benchmark::AddCustomContext("baseline_isa",
+                              embag::bench::gather_isa_name(embag::bench::gather_best_isa()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  g_dataset.reset();
+  if (g_failures > 0) {
+    std::fprintf(stderr, "bench_forward: %d row(s) failed (see ERROR OCCURRED above)\n",
+                 g_failures);
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,389 @@
+// SEMANTICS.md's error table as a table: one row per rule, each a valid call changed to break
+// exactly that rule, with a line saying why the rule exists.
+//
+// For every row, embag::validate and embag::forward must both refuse with kInvalidArgument (or
+// kUnsupported where a row says so) and a message holding the expected fragments: PyTorch's own
+// words with the actual values where PyTorch has a message, the offending name and value where
+// it does not. A refused call must change nothing: the output, bag_count and argmax buffers keep
+// their sentinel bytes, and the weight, given a max_norm that would renormalise every row it
+// reads, keeps its bytes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+#include "reference/reference.h"
+
+namespace embag {
+namespace {
+
+constexpr unsigned char kSentinel = 0x7F;
+
+// A valid call (SEMANTICS.md's worked example, float32, mode sum) with every buffer a row might
+// point a view at. Views point into this object's own vectors, so it is neither copied nor
+// moved.
+struct Call {
+  Call() {
+    // Rows 0..4 of a (5, 2) table; every norm is far above max_norm, so renorm would rewrite
+    // every referenced row if validation let a bad call through. The table sits inside a larger
+    // buffer so rows that describe a wider layout (bad strides) still point at owned memory.
+    weight_data.assign(64, 0.0f);
+    for (int i = 0; i < 10; ++i)
+      weight_data[static_cast<size_t>(i)] = 10.0f * static_cast<float>(i + 1);
+    output_data.assign(5 * 2 * sizeof(double), kSentinel);  // room for a float64 output
+    argmax_data.assign(5 * 2 * sizeof(int64_t), kSentinel);
+    count_data.assign(5 * sizeof(int64_t), kSentinel);
+
+    inputs.weight = make_view_2d(weight_data.data(), DType::kFloat32, 5, 2);
+    inputs.input = make_view_1d(input_data.data(), DType::kInt64, 6);
+    offsets = make_view_1d(offsets_data.data(), DType::kInt64, 5);
+    inputs.offsets = &offsets;
+    psw = make_view_1d(psw_data.data(), DType::kFloat32, 6);
+    outputs.output = make_view_2d(output_data.data(), DType::kFloat32, 5, 2);
+    bag_count = make_view_1d(count_data.data(), DType::kInt64, 5);
+    outputs.bag_count = &bag_count;
+    argmax = make_view_2d(argmax_data.data(), DType::kInt64, 5, 2);
+    options.mode = Mode::kSum;
+    options.max_norm = 1.0;
+  }
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+
+  // The input as a 2-D (2, 3) view of the same indices: bags [3,1,1] and [1,4,0].
+  void make_input_2d() {
+    inputs.input = make_view_2d(input_data.data(), DType::kInt64, 2, 3);
+    inputs.offsets = nullptr;
+    outputs.output = make_view_2d(output_data.data(), DType::kFloat32, 2, 2);
+    bag_count = make_view_1d(count_data.data(), DType::kInt64, 2);
+  }
+
+  std::vector<float> weight_data;
+  std::vector<int64_t> input_data = {3, 1, 1, 1, 4, 0};
+  std::vector<int64_t> offsets_data = {0, 0, 3, 3, 6};
+  std::vector<float> psw_data = {1, 2, 3, 4, 5, 6};
+  std::vector<double> psw64_data = {1, 2, 3, 4, 5, 6};
+  std::vector<float> float_data = {0, 0, 0, 0, 0, 0};
+  std::vector<int32_t> int32_data = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<unsigned char> output_data, argmax_data, count_data;
+  TensorView offsets, psw, bag_count, argmax;
+  ForwardInputs inputs;
+  ForwardOutputs outputs;
+  Options options;
+};
+
+struct ErrorRow {
+  const char* rule;  // the rule broken, and why it is a rule
+  std::function<void(Call&)> mutate;
+  std::vector<std::string> fragments;  // each must appear in the message (case-insensitive)
+  bool unsupported_allowed = false;    // kUnsupported is an acceptable code too
+};
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  return s;
+}
+
+std::vector<ErrorRow> error_rows() {
+  std::vector<ErrorRow> rows;
+  auto add = [&](const char* rule, std::function<void(Call&)> mutate,
+                 std::vector<std::string> fragments, bool unsupported = false) {
+    rows.push_back({rule, std::move(mutate), std::move(fragments), unsupported});
+  };
+
+  // ---- weight
+  add("weight 1-D: a table needs rows and columns",
+      [](Call& c) { c.inputs.weight = make_view_1d(c.weight_data.data(), DType::kFloat32, 10); },
+      {"weight has to be a 2D Tensor, but got Tensor of dimension 1"});
+  add("weight 3-D: a table needs exactly rows and columns",
+      [](Call& c) { c.inputs.weight.ndim = 3; },
+      {"weight has to be a 2D Tensor, but got Tensor of dimension 3"});
+  add("weight int32: tables hold floating point values",
+      [](Call& c) { c.inputs.weight.dtype = DType::kInt32; }, {"weight", "int32"});
+  add(
+      "weight on CUDA: this build runs on the CPU only",
+      [](Call& c) {
+        c.inputs.weight.device = {DeviceType::kCUDA, 0};
+      },
+      {"cuda"}, true);
+  add("weight null with 10 elements: there is nothing to read",
+      [](Call& c) { c.inputs.weight.data = nullptr; }, {"weight", "null"});
+  add("weight with column stride 2: kernels need contiguous rows",
+      [](Call& c) {
+        c.inputs.weight.strides[0] = 4;
+        c.inputs.weight.strides[1] = 2;
+      },
+      {"weight", "stride"});
+
+  // ---- input and offsets
+  add("input 3-D: bags are 1-D lists or rows of a 2-D input",
+      [](Call& c) { c.inputs.input.ndim = 3; },
+      {"input has to be 1D or 2D Tensor, but got Tensor of dimension 3"});
+  add("input float32: indices are integers",
+      [](Call& c) { c.inputs.input = make_view_1d(c.float_data.data(), DType::kFloat32, 6); },
+      {"input", "float32"});
+  add("1-D input without offsets: nothing says where bags start",
+      [](Call& c) { c.inputs.offsets = nullptr; }, {"offsets has to be a 1D Tensor but got None"});
+  add("offsets 2-D: offsets are one list of bag starts",
+      [](Call& c) { c.offsets = make_view_2d(c.offsets_data.data(), DType::kInt64, 5, 1); },
+      {"offsets has to be a 1D Tensor"});
+  add("offsets float32: offsets are positions",
+      [](Call& c) { c.offsets = make_view_1d(c.float_data.data(), DType::kFloat32, 5); },
+      {"offsets", "float32"});
+  add("2-D input with offsets: rows are the bags already",
+      [](Call& c) {
+        c.make_input_2d();
+        c.inputs.offsets = &c.offsets;
+      },
+      {"if input is 2D, then offsets has to be None"});
+  add("offsets[0] = 1: the first bag starts at position 0",
+      [](Call& c) {
+        c.offsets_data = {1, 1, 3, 3, 6};
+      },
+      {"offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start from "
+       "position 0. However, got 1"});
+  add("offsets[-1] = 7 > N = 6: a bag cannot end past the input",
+      [](Call& c) {
+        c.offsets_data = {0, 0, 3, 3, 7};
+      },
+      {"offsets[-1] can not be greater than input's length 6 but got offsets[-1] of 7"});
+  add("offsets decreasing: a bag cannot end before it starts",
+      [](Call& c) {
+        c.offsets_data = {0, 3, 2, 3, 6};
+      },
+      {"offsets must be non-decreasing, but offsets[1] = 3 > offsets[2] = 2"});
+  add("include_last_offset with no offsets: the last offset is the end of the last bag",
+      [](Call& c) {
+        c.options.include_last_offset = true;
+        c.offsets.shape[0] = 0;
+      },
+      {"include_last_offset: number of offset should be at least 1"});
+  add("input not contiguous (stride 2): indices are read as one flat list",
+      [](Call& c) {
+        c.input_data = {3, 0, 1, 0, 1, 0};
+        c.inputs.input.shape[0] = 3;
+        c.inputs.input.strides[0] = 2;
+        c.offsets_data = {0, 0, 1, 1, 3};
+      },
+      {"input", "stride"});
+
+  // ---- index range
+  add("index -1 at position 2: rows are numbered from 0", [](Call& c) { c.input_data[2] = -1; },
+      {"Index 2 of input takes value -1 which is not in the valid range [0, 5)"});
+  add("index 5 = V at position 4, in the fourth bag: the table has rows 0..4",
+      [](Call& c) { c.input_data[4] = 5; },
+      {"Index 4 of input takes value 5 which is not in the valid range [0, 5)"});
+  add("index 9 in a 2-D input at (1, 1): the position is counted in the flattened input",
+      [](Call& c) {
+        c.make_input_2d();
+        c.input_data[4] = 9;
+      },
+      {"Index 4", "takes value 9 which is not in the valid range [0, 5)"});
+
+  // ---- padding_idx
+  add("padding_idx = V: the padding row must exist", [](Call& c) { c.options.padding_idx = 5; },
+      {"padding_idx must be within the number of embeddings, -5 through 4, but got 5"});
+  add("padding_idx = -V-1: negative values wrap only once",
+      [](Call& c) { c.options.padding_idx = -6; },
+      {"padding_idx must be within the number of embeddings, -5 through 4, but got -6"});
+
+  // ---- mode and per_sample_weights
+  add("mode 7: only sum, mean and max exist",
+      [](Call& c) { c.options.mode = static_cast<Mode>(7); },
+      {"mode has to be one of sum, mean or max"});
+  add("per_sample_weights with mean: weights only make sense for a weighted sum",
+      [](Call& c) {
+        c.options.mode = Mode::kMean;
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"embedding_bag: per_sample_weights was not None. per_sample_weights is only supported "
+       "for mode='sum' (got mode='mean')"});
+  add("per_sample_weights with max: weights only make sense for a weighted sum",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"per_sample_weights is only supported for mode='sum' (got mode='max')"});
+  add("per_sample_weights of 5 for 6 indices: one weight per index",
+      [](Call& c) {
+        c.psw.shape[0] = 5;
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"embedding_bag: If per_sample_weights (",
+       "is not None, then it must have the same shape "
+       "as the input ("});
+  add("per_sample_weights float64 for a float32 table: one dtype per call",
+      [](Call& c) {
+        c.psw = make_view_1d(c.psw64_data.data(), DType::kFloat64, 6);
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"per_sample_weights", "float64"});
+  add("max with scale_grad_by_freq: max's gradient goes to one row, there is nothing to scale",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.options.scale_grad_by_freq = true;
+      },
+      {"max mode does not support scaling the gradient by the frequency"});
+  add("max with sparse: PyTorch has no sparse gradient for max",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.options.sparse = true;
+      },
+      {"max mode does not support sparse weights"});
+
+  // ---- outputs
+  add("output (4, 2) for 5 bags: the output has one row per bag",
+      [](Call& c) { c.outputs.output.shape[0] = 4; }, {"output", "shape"});
+  add("output float64 for a float32 table: the output has the weight's dtype",
+      [](Call& c) { c.outputs.output = make_view_2d(c.output_data.data(), DType::kFloat64, 5, 2); },
+      {"output", "float64"});
+  add("bag_count of 4 for 5 bags: one count per bag", [](Call& c) { c.bag_count.shape[0] = 4; },
+      {"bag_count"});
+  add("bag_count int32: counts are int64", [](Call& c) { c.bag_count.dtype = DType::kInt32; },
+      {"bag_count", "int32"});
+  // Decision: argmax is max's auxiliary output; asking for it in another mode is a caller's
+  // mistake (it would stay unwritten), so it is refused rather than ignored.
+  add("argmax with mode sum: only max has a winning row",
+      [](Call& c) { c.outputs.argmax = &c.argmax; }, {"argmax"});
+  add("argmax int32 with mode max: winning rows are int64",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.argmax.dtype = DType::kInt32;
+        c.outputs.argmax = &c.argmax;
+      },
+      {"argmax", "int32"});
+  return rows;
+}
+
+// The bytes a call may write: the table and every output buffer.
+struct Snapshot {
+  explicit Snapshot(const Call& c)
+      : weight(c.weight_data), output(c.output_data), argmax(c.argmax_data), count(c.count_data) {}
+  bool operator==(const Snapshot& o) const {
+    return weight == o.weight && output == o.output && argmax == o.argmax && count == o.count;
+  }
+  std::vector<float> weight;
+  std::vector<unsigned char> output, argmax, count;
+};
+
+TEST(Errors, BaselineCallIsValid) {
+  // Every row below breaks exactly one rule only if the call it starts from breaks none.
+  Call c;
+  ASSERT_TRUE(validate(c.inputs, c.outputs, c.options).ok())
+      << validate(c.inputs, c.outputs, c.options).message();
+  const Snapshot before(c);
+  const Status s = forward(c.inputs, c.outputs, c.options);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // And it would change the weight: the rows' "nothing changed" checks mean something.
+  EXPECT_NE(c.weight_data, before.weight);
+}
+
+TEST(Errors, EachRuleIsRefusedAndNothingIsWritten) {
+  for (const ErrorRow& row : error_rows()) {
+    SCOPED_TRACE(row.rule);
+    for (bool run : {false, true}) {
+      SCOPED_TRACE(run ? "embag::forward" : "embag::validate");
+      Call c;
+      row.mutate(c);
+      const Snapshot before(c);
+      const Status s =
+          run ? forward(c.inputs, c.outputs, c.options) : validate(c.inputs, c.outputs, c.options);
+      EXPECT_FALSE(s.ok());
+      if (row.unsupported_allowed) {
+        EXPECT_TRUE(s.code() == StatusCode::kInvalidArgument ||
+                    s.code() == StatusCode::kUnsupported)
+            << "code " << static_cast<int>(s.code()) << ": " << s.message();
+      } else {
+        EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
+      }
+      for (const std::string& fragment : row.fragments) {
+        EXPECT_NE(lower(s.message()).find(lower(fragment)), std::string::npos)
+            << "message: " << s.message() << "\nexpected to contain: " << fragment;
+      }
+      EXPECT_TRUE(Snapshot(c) == before) << "a refused call wrote to the weight or an output";
+    }
+  }
+}
+
+// SEMANTICS.md's choice: with include_last_offset and off[B] < N, positions past off[B] belong
+// to no bag, so junk there (out of range, negative) is neither read nor validated nor renormed.
+TEST(Errors, JunkPastLastOffsetIsAccepted) {
+  for (Mode mode : {Mode::kSum, Mode::kMean, Mode::kMax}) {
+    SCOPED_TRACE(mode_name(mode));
+    Call c;
+    c.input_data = {3, 1, 1, 99, -5, 1000000};
+    c.offsets_data = {0, 1, 3};  // bags [3] and [1, 1]; positions 3..5 are in no bag
+    c.options.include_last_offset = true;
+    c.options.mode = mode;
+    c.outputs.output = make_view_2d(c.output_data.data(), DType::kFloat32, 2, 2);
+    c.offsets.shape[0] = 3;
+    c.bag_count.shape[0] = 2;
+    if (mode == Mode::kMax) {
+      c.argmax.shape[0] = 2;
+      c.outputs.argmax = &c.argmax;
+    }
+    const Status v = validate(c.inputs, c.outputs, c.options);
+    ASSERT_TRUE(v.ok()) << v.message();
+
+    // The reference on a copy says what must come out.
+    std::vector<float> ref_weight = c.weight_data;
+    std::vector<float> ref_out(4, 0);
+    std::vector<int64_t> ref_count(2, 0), ref_argmax(4, 0);
+    ForwardInputs ref_inputs = c.inputs;
+    ref_inputs.weight = make_view_2d(ref_weight.data(), DType::kFloat32, 5, 2);
+    TensorView count_view = make_view_1d(ref_count.data(), DType::kInt64, 2);
+    TensorView argmax_view = make_view_2d(ref_argmax.data(), DType::kInt64, 2, 2);
+    ASSERT_TRUE(ref::forward(ref_inputs,
+                             {make_view_2d(ref_out.data(), DType::kFloat32, 2, 2), &count_view,
+                              mode == Mode::kMax ? &argmax_view : nullptr},
+                             c.options)
+                    .ok());
+
+    const Status s = forward(c.inputs, c.outputs, c.options);
+    ASSERT_TRUE(s.ok()) << s.message();
+    EXPECT_EQ(c.weight_data, ref_weight) << "only rows 1 and 3 may be renormalised";
+    EXPECT_EQ(0, std::memcmp(c.output_data.data(), ref_out.data(), sizeof(float) * 4));
+    EXPECT_EQ(0, std::memcmp(c.count_data.data(), ref_count.data(), sizeof(int64_t) * 2));
+    if (mode == Mode::kMax) {
+      EXPECT_EQ(0, std::memcmp(c.argmax_data.data(), ref_argmax.data(), sizeof(int64_t) * 4));
+    }
+  }
+}
+
+// Forcing an ISA that is not compiled in, or that this CPU lacks, must fail and change nothing.
+TEST(Errors, SetIsaRefusesAnUnavailableIsa) {
+  const std::vector<Isa> compiled = compiled_isas(), supported = supported_isas();
+  auto has = [](const std::vector<Isa>& list, Isa isa) {
+    return std::find(list.begin(), list.end(), isa) != list.end();
+  };
+  std::vector<Isa> unavailable;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+    if (!has(compiled, isa) || !has(supported, isa)) unavailable.push_back(isa);
+  }
+  if (unavailable.empty()) {
+    GTEST_SKIP() << "every ISA embag knows is both compiled in and supported by this CPU, so "
+                    "there is none to refuse";
+  }
+  ASSERT_TRUE(set_isa(std::nullopt).ok());
+  Isa before{};
+  ASSERT_TRUE(selected_isa(&before).ok());
+  for (Isa isa : unavailable) {
+    SCOPED_TRACE(isa_name(isa));
+    const Status s = set_isa(isa);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
+    EXPECT_NE(s.message().find(isa_name(isa)), std::string::npos) << s.message();
+    Isa after{};
+    ASSERT_TRUE(selected_isa(&after).ok());
+    EXPECT_EQ(after, before) << "a refused set_isa changed the selection";
+  }
+  ASSERT_TRUE(set_isa(std::nullopt).ok());
+}
+
+}  // namespace
+}  // namespace embag
