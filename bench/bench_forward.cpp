@@ -39,7 +39,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -69,6 +68,9 @@ constexpr int kColdBatches = 8;
 constexpr int kThreadCounts[] = {1, 2};
 constexpr GatherMode kModes[] = {GatherMode::kSum, GatherMode::kMean, GatherMode::kMax};
 constexpr double kZipfExponent = 1.05;
+// The check before timing reads batch 0; timing starts at the next one so that its first call
+// does not find batch 0's rows still in cache.
+constexpr size_t kFirstTimedBatch = 1;
 
 int64_t g_llc_bytes = int64_t{32} << 20;
 
@@ -326,7 +328,7 @@ void bench_embag(benchmark::State& state, const Shape& shape, GatherMode mode, i
   }
   const std::string variant = embag::last_variant();
 
-  size_t batch = 0;
+  size_t batch = kFirstTimedBatch % calls.inputs.size();
   for (auto _ : state) {
     status = embag::forward(calls.inputs[batch], calls.outputs, calls.options);
     if (!status.ok()) {
@@ -362,7 +364,7 @@ void bench_baseline(benchmark::State& state, const Shape& shape, GatherMode mode
   for (size_t k = 0; k < ds->batches.size(); ++k) {
     problems.push_back(baseline_problem(*ds, k, mode, ds->output.data()));
   }
-  size_t batch = 0;
+  size_t batch = kFirstTimedBatch % problems.size();
   for (auto _ : state) {
     if (!embag::bench::gather_forward(problems[batch], threads)) {
       fail(state, "baseline rejected the inputs (index out of range?)");
@@ -397,7 +399,7 @@ void bench_reference(benchmark::State& state, const Shape& shape, GatherMode mod
     return;
   }
 
-  size_t batch = 0;
+  size_t batch = kFirstTimedBatch % calls.inputs.size();
   for (auto _ : state) {
     status = embag::ref::forward(calls.inputs[batch], calls.outputs, calls.options);
     if (!status.ok()) {

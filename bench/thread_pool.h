@@ -1,7 +1,7 @@
 // A persistent pool of worker threads for the gather baseline.
 //
 // Calls take 100 us to 10 ms, so spawning threads per call (tens of us each, more on a loaded
-// VM) would show up in the numbers; the pool keeps its workers alive, has them spin briefly
+// VM) would show up in the numbers; the pool keeps its workers alive, has them poll briefly
 // after each job so back-to-back calls start without a wake-up, and then sleep so an idle pool
 // does not steal the cores the next benchmark (embag's own pool) needs.
 #pragma once
