@@ -19,10 +19,14 @@
 #include <string>
 
 #include "Halide.h"
+#include "float_bits.h"
 
 namespace {
 
 using namespace Halide;
+using embag_generators::is_nan_by_bits;
+using embag_generators::narrow_float;
+using embag_generators::widen_float;
 
 enum class Pooling { kSum, kWeightedSum, kMean, kMax };
 
@@ -91,7 +95,7 @@ class EmbagForward : public Generator<EmbagForward> {
     if (prefetch_distance > 0) r.where(prefetch_row_ahead(begin + r) == 0);
     r_ = r;
 
-    Expr value = cast(acc_type, weight(d_, row));
+    Expr value = widen_float(weight(d_, row), acc_type, get_target());
 
     if (mode == Pooling::kMax) {
       // (value, row) per column. The first valid position always wins; after that a value
@@ -107,8 +111,8 @@ class EmbagForward : public Generator<EmbagForward> {
       Expr take =
           current_row < 0 || (!is_nan_by_bits(current) && (value_is_nan || value > current));
       pooled_(d_, b_) = Tuple(select(take, value, current), select(take, row, current_row));
-      (*output_)(d_, b_) =
-          Tuple(cast(weight_type, pooled_(d_, b_)[0]), cast<int64_t>(pooled_(d_, b_)[1]));
+      (*output_)(d_, b_) = Tuple(narrow_float(pooled_(d_, b_)[0], weight_type, get_target()),
+                                 cast<int64_t>(pooled_(d_, b_)[1]));
       return;
     }
 
@@ -131,12 +135,13 @@ class EmbagForward : public Generator<EmbagForward> {
       count_(b_) = cast<int64_t>(0);
       count_(b_) += one_per_position;
       Expr n = count_(b_);
-      (*output_)(d_, b_) =
-          cast(weight_type, select(n > 0, pooled_(d_, b_) / cast(acc_type, n), cast(acc_type, 0)));
+      Expr mean =
+          strict_float(select(n > 0, pooled_(d_, b_) / cast(acc_type, n), cast(acc_type, 0)));
+      (*output_)(d_, b_) = narrow_float(mean, weight_type, get_target());
       (*bag_count_)(b_) = cast<int64_t>(0);
       (*bag_count_)(b_) += one_per_position;
     } else {
-      (*output_)(d_, b_) = cast(weight_type, pooled_(d_, b_));
+      (*output_)(d_, b_) = narrow_float(pooled_(d_, b_), weight_type, get_target());
     }
   }
 
@@ -196,25 +201,6 @@ class EmbagForward : public Generator<EmbagForward> {
   }
 
  private:
-  // True where `v` is a NaN, decided with integer operations on its bits.
-  static Expr is_nan_by_bits(Expr v) {
-    const Type t = v.type();
-    const Type bits = UInt(t.bits());
-    Expr magnitude =
-        reinterpret(bits, v) & Internal::make_const(bits, (uint64_t{1} << (t.bits() - 1)) - 1);
-    uint64_t infinity_bits = 0;
-    if (t.is_bfloat()) {
-      infinity_bits = 0x7f80;
-    } else if (t.bits() == 16) {
-      infinity_bits = 0x7c00;
-    } else if (t.bits() == 32) {
-      infinity_bits = 0x7f800000;
-    } else {
-      infinity_bits = 0x7ff0000000000000;
-    }
-    return magnitude > Internal::make_const(bits, infinity_bits);
-  }
-
   // Issues prefetches for the first `prefetch_lines` cache lines of the row `prefetch_distance`
   // positions after `position` and returns 0, so it can sit in an RDom condition: Halide's
   // schedule-level prefetch() cannot follow a data-dependent row (it would prefetch the whole

@@ -18,6 +18,7 @@
 #include <limits>
 
 #include "Halide.h"
+#include "float_bits.h"
 
 namespace {
 
@@ -61,7 +62,7 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     Expr row = unsafe_promise_clamped(cast<int32_t>(rows(k_)), 0, weight.dim(1).extent() - 1);
 
     RDom c(0, dim, "c");
-    Expr x = abs(cast(acc_type, weight(c, row)));
+    Expr x = abs(embag_generators::widen_float(weight(c, row), acc_type, get_target()));
     // Halide's pow is a few ulps from the C library's in float32; evaluating the general-p
     // powers in float64 and rounding once keeps them within an ulp of a correctly rounded powf.
     // (the divisor of 1/p is p only for the general kind, which never has p == 0; the select keeps
