@@ -36,6 +36,13 @@ set(EMBAG_DTYPE_ENUM_i64 kInt64)
 # carries no multiply).
 set(EMBAG_FORWARD_MODES sum wsum mean max)
 
+# Schedule knobs (GeneratorParams) per forward mode and ISA, as "name=value" lists: the place to
+# retune. EMBAG_FORWARD_PARAMS_<mode> applies to every ISA, EMBAG_FORWARD_PARAMS_<mode>_<isa> to
+# one; both may be set on the CMake command line. See generators/forward_generator.cpp.
+foreach (mode IN LISTS EMBAG_FORWARD_MODES)
+  set(EMBAG_FORWARD_PARAMS_${mode} "" CACHE STRING "Extra GeneratorParams for ${mode} kernels")
+endforeach ()
+
 # Features every kernel gets: 64-bit addressing so tables over 2^31 elements work.
 set(EMBAG_KERNEL_FEATURES large_buffers)
 if (EMBAG_CHECK_PROMISES)
@@ -95,7 +102,9 @@ foreach (isa IN LISTS EMBAG_X86_ISAS)
                          ROW "EMBAG_FORWARD_KERNEL_${mode}(${wenum}, ${ienum}"
                          PARAMS mode=${mode}
                                 weight_type=${EMBAG_HALIDE_TYPE_${w}}
-                                index_type=${EMBAG_HALIDE_TYPE_${i}})
+                                index_type=${EMBAG_HALIDE_TYPE_${i}}
+                                ${EMBAG_FORWARD_PARAMS_${mode}}
+                                ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
       endforeach ()
     endforeach ()
     embag_add_kernel(embag_renorm_${w}_${isa}

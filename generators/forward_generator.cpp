@@ -15,6 +15,7 @@
 //   output (D, B)            (mode "max": output_0 is the pooled value, output_1 (D, B) int64 is
 //                            the winning row per column, -1 for an empty bag)
 //   bag_count (B) int64      mode "mean" only: valid positions per bag
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -84,35 +85,33 @@ class EmbagForward : public Generator<EmbagForward> {
     Expr begin = cast<int32_t>(offsets(b_));
     Expr length = cast<int32_t>(offsets(b_ + 1)) - begin;
 
-    // One reduction domain over a bag's positions. The first condition bounds the loop (Halide
-    // turns it into the loop extent, so the loop is exactly the bag); the second skips padding
-    // positions without reading their rows.
-    RDom r(0, num_positions, "r");
+    // A reduction domain over a bag's valid positions. The first condition bounds the loop
+    // (Halide turns it into the loop extent, so the loop is exactly the bag); the second skips
+    // padding positions without reading their rows.
+    auto bag_positions = [&](const char* name) {
+      RDom domain(0, num_positions, name);
+      Expr at = unsafe_promise_clamped(begin + domain, 0, num_positions - 1);
+      domain.where(domain < length);
+      domain.where(cast<int32_t>(indices(at)) != *padding_idx_);
+      return domain;
+    };
+    RDom r = bag_positions("r");
     Expr position = unsafe_promise_clamped(begin + r, 0, num_positions - 1);
     Expr row = unsafe_promise_clamped(cast<int32_t>(indices(position)), 0, num_rows - 1);
-    r.where(r < length);
-    r.where(row != *padding_idx_);
-    if (prefetch_distance > 0) r.where(prefetch_row_ahead(begin + r) == 0);
+    if (prefetch_distance > 0) {
+      // The row `prefetch_distance` positions ahead is prefetched by a Func of (position, bag)
+      // computed once per position (see schedule()), so it is not repeated per vector; it sits
+      // in a condition only so the reduction depends on it.
+      Var pos("pos"), bag("bag");
+      prefetch_(pos, bag) = prefetch_row_ahead(cast<int32_t>(offsets(bag)) + pos);
+      r.where(prefetch_(r, b_) == 0);
+    }
     r_ = r;
 
     Expr value = widen_float(weight(d_, row), acc_type, get_target());
 
     if (mode == Pooling::kMax) {
-      // (value, row) per column. The first valid position always wins; after that a value
-      // replaces the current one only if strictly greater (ties keep the first occurrence), and
-      // a NaN, once held, stays (like torch.max).
-      pooled_(d_, b_) = Tuple(cast(acc_type, 0), cast<int32_t>(-1));
-      Expr current = pooled_(d_, b_)[0];
-      Expr current_row = pooled_(d_, b_)[1];
-      // NaN tests look at the bits: the kernels are compiled with fast-math flags, under which
-      // LLVM assumes a widened float16 is never NaN and would delete is_nan(). When either side
-      // is NaN the comparison's result is never used, so its flags do not matter.
-      Expr value_is_nan = is_nan_by_bits(weight(d_, row));
-      Expr take =
-          current_row < 0 || (!is_nan_by_bits(current) && (value_is_nan || value > current));
-      pooled_(d_, b_) = Tuple(select(take, value, current), select(take, row, current_row));
-      (*output_)(d_, b_) = Tuple(narrow_float(pooled_(d_, b_)[0], weight_type, get_target()),
-                                 cast<int64_t>(pooled_(d_, b_)[1]));
+      define_max(value, row, bag_positions);
       return;
     }
 
@@ -129,9 +128,10 @@ class EmbagForward : public Generator<EmbagForward> {
     if (mode == Pooling::kMean) {
       // The divisor is counted per bag next to the sum; the bag_count output counts again in its
       // own cheap pass over the indices, because an output cannot be computed inside another
-      // output's loops.
-      // `r >= 0` is always true; it is there so the update iterates over r (and its conditions).
-      Expr one_per_position = cast<int64_t>(r >= 0);
+      // output's loops. Both count over their own domain, which reads indices only (no
+      // prefetches). `c >= 0` is always true; it makes the update iterate over c.
+      RDom c = bag_positions("c");
+      Expr one_per_position = cast<int64_t>(c >= 0);
       count_(b_) = cast<int64_t>(0);
       count_(b_) += one_per_position;
       Expr n = count_(b_);
@@ -150,10 +150,14 @@ class EmbagForward : public Generator<EmbagForward> {
     const int vector_lanes = natural_vector_size(acc_type);
     int widest = max_tile_vectors;
     if (widest <= 0) {
-      // AVX-512 has 32 vector registers: 8 accumulators hold a 128-float row, leaving room for
-      // loads and conversions. AVX2 and SSE have 16: 8 accumulators is the most that does not
-      // spill once the loaded row vectors and (for 16-bit tables) conversions need registers.
-      widest = 8;
+      // Sums: 8 accumulators hold a 128-float row in AVX-512 registers (AVX2/SSE: 64 / 32
+      // floats), so each row is walked once. Measured on the cold 1M-row shapes (AMD EPYC,
+      // AVX-512), sum reaches the hand-written gather loop's GB/s with 8.
+      // Max carries a row-index vector and a blend per value vector, about 10 instructions per
+      // vector instead of 1; with 8 vectors a position fills so much of the out-of-order window
+      // that too few row fetches overlap. Tiles of 4 vectors measured 0.76-0.80 of the gather
+      // loop against 0.68-0.78 with 8 (the second half of a row then comes from L2).
+      widest = mode == Pooling::kMax ? 4 : 8;
     }
 
     Func output = *output_;
@@ -173,25 +177,28 @@ class EmbagForward : public Generator<EmbagForward> {
     for (int vectors = widest; vectors >= 1; vectors /= 2)
       tile_widths.push_back(vectors * vector_lanes);
 
+    // Each tile's accumulators are native vectors, unrolled, so they stay in registers; the
+    // prefetch is a Func computed once per position (below) rather than once per vector.
+    pooled_.compute_at(output, tile);
+    if (prefetch_distance > 0) prefetch_.compute_at(pooled_, r_);
     for (int width : tile_widths) {
       output.specialize(dim >= width)
           .split(d_, tile, lane, width, TailStrategy::ShiftInwards)
           .reorder(lane, tile, bag_in_task, bag_task)
           .vectorize(lane, vector_lanes)
           .unroll(lane);
+      pooled_.specialize(dim >= width).vectorize(d_, vector_lanes).unroll(d_);
+      pooled_.update()
+          .specialize(dim >= width)
+          .reorder(d_, r_)
+          .vectorize(d_, vector_lanes)
+          .unroll(d_);
     }
     // Rows narrower than one vector (D < lanes): one scalar column at a time.
     output.split(d_, tile, lane, 1).reorder(lane, tile, bag_in_task, bag_task);
+    pooled_.update().reorder(d_, r_);
 
-    // GuardWithIf only matters in the narrow-row branch (a one-column tile becomes one masked
-    // vector); in the wide branches the tile is a whole number of vectors and the guard vanishes.
-    pooled_.compute_at(output, tile)
-        .vectorize(d_, vector_lanes, TailStrategy::GuardWithIf)
-        .unroll(d_);
-    pooled_.update()
-        .reorder(d_, r_)
-        .vectorize(d_, vector_lanes, TailStrategy::GuardWithIf)
-        .unroll(d_);
+    if (mode == Pooling::kMax) first_row_.compute_at(output, bag_in_task);
     if (mode == Pooling::kMean) {
       count_.compute_at(output, bag_in_task);
       Func bag_count = *bag_count_;
@@ -201,6 +208,50 @@ class EmbagForward : public Generator<EmbagForward> {
   }
 
  private:
+  // Max: (value, row) per column, scanned in input order. A value replaces the current one only
+  // if strictly greater (ties keep the first occurrence), and a NaN, once held, stays (like
+  // torch.max). The fold starts from -inf with row -1, so the per-position step is a compare
+  // and two blends; the one case that start gets wrong -- a bag whose valid values are all
+  // -inf, which never beat the start -- is fixed once per bag at the end from the bag's first
+  // valid row. Empty bags give 0 and row -1.
+  template <typename BagPositions>
+  void define_max(Expr value, Expr row, BagPositions bag_positions) {
+    const Type acc_type = accumulator_type();
+    Input<Buffer<>>& weight = *weight_;
+    Input<Buffer<>>& indices = *indices_;
+    Input<Buffer<>>& offsets = *offsets_;
+    Expr minus_infinity = cast(acc_type, Internal::make_const(Float(64), -INFINITY));
+
+    pooled_(d_, b_) = Tuple(strict_float(minus_infinity), cast<int32_t>(-1));
+    Expr current = pooled_(d_, b_)[0];
+    Expr current_row = pooled_(d_, b_)[1];
+    // NaN is decided on the bits: under the fast-math flags Halide gives LLVM (even with the
+    // strict_float target feature), LLVM folds float NaN tests and these compares into a
+    // NaN-dropping form. A NaN value is taken only while the current value is not NaN; otherwise
+    // a strictly greater value is taken (a compare that is false whenever either side is NaN).
+    Expr value_is_nan = is_nan_by_bits(weight(d_, row));
+    Expr current_is_nan = is_nan_by_bits(current);
+    Expr take = (value_is_nan && !current_is_nan) ||
+                (!value_is_nan && !current_is_nan && strict_float(value > current));
+    pooled_(d_, b_) =
+        Tuple(strict_float(select(take, value, current)), select(take, row, current_row));
+
+    // Per bag: the first valid row, or -1 for a bag with none.
+    RDom c = bag_positions("c");
+    Expr at =
+        unsafe_promise_clamped(cast<int32_t>(offsets(b_)) + c, 0, indices.dim(0).extent() - 1);
+    Expr row_at = unsafe_promise_clamped(cast<int32_t>(indices(at)), 0, weight.dim(1).extent() - 1);
+    first_row_(b_) = cast<int32_t>(-1);
+    first_row_(b_) = select(first_row_(b_) < 0, row_at, first_row_(b_));
+
+    Expr won = pooled_(d_, b_)[1] >= 0;
+    Expr any_valid = first_row_(b_) >= 0;
+    Expr result = strict_float(select(won || any_valid, pooled_(d_, b_)[0], cast(acc_type, 0)));
+    Expr winner = select(won, pooled_(d_, b_)[1], first_row_(b_));
+    (*output_)(d_, b_) =
+        Tuple(narrow_float(result, weight_type, get_target()), cast<int64_t>(winner));
+  }
+
   // Issues prefetches for the first `prefetch_lines` cache lines of the row `prefetch_distance`
   // positions after `position` and returns 0, so it can sit in an RDom condition: Halide's
   // schedule-level prefetch() cannot follow a data-dependent row (it would prefetch the whole
@@ -234,7 +285,7 @@ class EmbagForward : public Generator<EmbagForward> {
 
   Var d_{"d"}, b_{"b"};
   RDom r_;
-  Func pooled_{"pooled"}, count_{"count"};
+  Func pooled_{"pooled"}, count_{"count"}, first_row_{"first_row"}, prefetch_{"prefetch"};
 
   Input<Buffer<>>* weight_ = nullptr;
   Input<Buffer<>>* indices_ = nullptr;

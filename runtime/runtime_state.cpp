@@ -10,6 +10,7 @@
 
 #include "cpu_features.h"
 #include "kernel_registry.h"
+#include "kernel_thread_pool.h"
 
 namespace embag::internal {
 namespace {
@@ -36,8 +37,6 @@ IsaChoice& isa_choice() {
   return *choice;
 }
 
-std::atomic<int> g_num_threads{0};
-
 // Halide reports errors through a global handler, possibly from a worker thread; keep the most
 // recent message of the current call so the caller's Status can carry it.
 std::mutex g_error_mutex;
@@ -52,13 +51,13 @@ void install_runtime_hooks() {
   static std::once_flag once;
   std::call_once(once, [] {
     halide_set_error_handler(&capture_halide_error);
+    halide_set_custom_do_par_for(&kernel_do_par_for);
     int threads = 0;
-    if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr)
+    if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr) {
       threads = std::atoi(env);
+    }
     if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-    if (threads <= 0) threads = 1;
-    g_num_threads = threads;
-    halide_set_num_threads(threads);
+    set_kernel_threads(threads);
   });
 }
 
@@ -220,14 +219,12 @@ const std::vector<VariantInfo>& compiled_variants() {
 
 void set_num_threads(int n) {
   internal::install_runtime_hooks();
-  if (n <= 0) n = 1;
-  internal::g_num_threads = n;
-  halide_set_num_threads(n);
+  internal::set_kernel_threads(n);
 }
 
 int num_threads() {
   internal::install_runtime_hooks();
-  return internal::g_num_threads.load();
+  return internal::kernel_threads();
 }
 
 }  // namespace embag

@@ -121,7 +121,8 @@ struct VariantInfo {
 };
 const std::vector<VariantInfo>& compiled_variants();
 
-// Worker threads used by the kernels (Halide's thread pool). The environment variable
+// Threads used by the kernels (the calling thread included; embag's own pool runs the kernels'
+// parallel loops on exactly this many). The environment variable
 // EMBAG_NUM_THREADS sets the initial value; default is the number of cores. Results are
 // bitwise identical for every thread count.
 void set_num_threads(int n);

@@ -1,0 +1,121 @@
+// A small persistent thread pool for the kernels' parallel loops.
+#include "kernel_thread_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace embag::internal {
+namespace {
+
+class KernelThreadPool {
+ public:
+  void set_threads(int n) {
+    std::lock_guard<std::mutex> job_lock(job_mutex_);
+    threads_ = n < 1 ? 1 : n;
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (static_cast<int>(workers_.size()) < threads_ - 1) {
+      const int id = static_cast<int>(workers_.size());
+      workers_.emplace_back([this, id] { worker_loop(id); });
+    }
+  }
+
+  int threads() const { return threads_; }
+
+  int run(void* user_context, halide_task_t task, int min, int size, uint8_t* closure) {
+    // One parallel loop at a time uses the workers. A second caller (another application
+    // thread, or a nested loop) runs its loop on its own thread: same results, no waiting.
+    std::unique_lock<std::mutex> job_lock(job_mutex_, std::try_to_lock);
+    if (!job_lock.owns_lock() || threads_ == 1 || size <= 1) {
+      return run_serially(user_context, task, min, size, closure);
+    }
+    const int helpers = std::min(threads_ - 1, size - 1);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = Job{user_context, task, min, size, closure};
+      next_.store(0, std::memory_order_relaxed);
+      status_.store(0, std::memory_order_relaxed);
+      helpers_wanted_ = helpers;
+      helpers_running_ = helpers;
+      ++generation_;
+    }
+    wake_workers_.notify_all();
+    take_tasks();
+    std::unique_lock<std::mutex> lock(mutex_);
+    helpers_done_.wait(lock, [this] { return helpers_running_ == 0; });
+    return status_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  struct Job {
+    void* user_context = nullptr;
+    halide_task_t task = nullptr;
+    int min = 0, size = 0;
+    uint8_t* closure = nullptr;
+  };
+
+  static int run_serially(void* user_context, halide_task_t task, int min, int size,
+                          uint8_t* closure) {
+    for (int i = 0; i < size; ++i) {
+      if (int result = task(user_context, min + i, closure); result != 0) return result;
+    }
+    return 0;
+  }
+
+  // Takes tasks from the shared counter until none are left; records the first failure.
+  void take_tasks() {
+    for (;;) {
+      const int i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= job_.size) return;
+      if (int result = job_.task(job_.user_context, job_.min + i, job_.closure); result != 0) {
+        int expected = 0;
+        status_.compare_exchange_strong(expected, result, std::memory_order_relaxed);
+      }
+    }
+  }
+
+  void worker_loop(int id) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_workers_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (id >= helpers_wanted_) continue;  // this loop needs fewer threads
+      lock.unlock();
+      take_tasks();
+      lock.lock();
+      if (--helpers_running_ == 0) helpers_done_.notify_one();
+    }
+  }
+
+  std::mutex job_mutex_;  // held by the caller whose loop owns the workers
+  std::mutex mutex_;      // guards the fields below and the condition variables
+  std::condition_variable wake_workers_, helpers_done_;
+  std::vector<std::thread> workers_;
+  int threads_ = 1;
+  Job job_;
+  uint64_t generation_ = 0;
+  int helpers_wanted_ = 0, helpers_running_ = 0;
+  std::atomic<int> next_{0};
+  std::atomic<int> status_{0};
+};
+
+KernelThreadPool& pool() {
+  // Never destroyed: workers may still be parked when static destructors run at exit.
+  static KernelThreadPool* instance = new KernelThreadPool;
+  return *instance;
+}
+
+}  // namespace
+
+void set_kernel_threads(int n) { pool().set_threads(n); }
+int kernel_threads() { return pool().threads(); }
+
+int kernel_do_par_for(void* user_context, halide_task_t task, int min, int size, uint8_t* closure) {
+  return pool().run(user_context, task, min, size, closure);
+}
+
+}  // namespace embag::internal

@@ -1,0 +1,21 @@
+// The thread pool that runs the kernels' parallel loops (installed as Halide's do_par_for).
+//
+// Why not Halide's own pool: it cannot be shrunk reliably once its workers exist (threads that
+// are already awake keep taking tasks after halide_set_num_threads(1)), and embag promises that
+// set_num_threads(n) means n threads. This pool runs a parallel loop on exactly the caller plus
+// n - 1 workers. Which thread runs which task does not change any result: each task writes its
+// own bags, computed in input order.
+#pragma once
+
+#include <HalideRuntime.h>
+
+namespace embag::internal {
+
+// Sets the number of threads kernels use (the calling thread included); n >= 1.
+void set_kernel_threads(int n);
+int kernel_threads();
+
+// Halide's do_par_for entry point: runs task(min) ... task(min + size - 1).
+int kernel_do_par_for(void* user_context, halide_task_t task, int min, int size, uint8_t* closure);
+
+}  // namespace embag::internal
