@@ -12,9 +12,9 @@
 //   offsets (B + 1)          bag b is positions [offsets[b], offsets[b+1])
 //   per_sample_weights (N)   mode "wsum" only
 //   padding_idx              normalised to [0, V) or -1 for none
+//   bags_per_task            bags in each parallel task (>= 1)
 //   output (D, B)            (mode "max": output_0 is the pooled value, output_1 (D, B) int64 is
 //                            the winning row per column, -1 for an empty bag)
-//   bag_count (B) int64      mode "mean" only: valid positions per bag
 #include <cmath>
 #include <map>
 #include <string>
@@ -46,7 +46,6 @@ class EmbagForward : public Generator<EmbagForward> {
 
   // Schedule knobs (see schedule() for what they trade off). Retuning a machine means changing
   // these in the CMake variant table, not the algorithm.
-  GeneratorParam<int> bags_per_task{"bags_per_task", 16};
   // Software prefetch: at each position, prefetch the row this many positions ahead (crossing
   // into later bags), as FBGEMM does; 0 turns it off. Cold tables are latency-bound gathers, so
   // this is what keeps enough cache misses in flight.
@@ -65,12 +64,15 @@ class EmbagForward : public Generator<EmbagForward> {
       per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
     }
     padding_idx_ = add_input<int32_t>("padding_idx");
+    // Bags per parallel task, chosen per call by the runtime from B and the thread count: large
+    // enough that each thread walks long runs of consecutive bags (the prefetch runs ahead
+    // across bag boundaries, and only restarts at a task boundary), small enough to balance.
+    bags_per_task_ = add_input<int32_t>("bags_per_task");
     // Max returns the value and the winning row from one Tuple-valued Func, so both come out of
     // the same register tile in one pass.
     std::vector<Type> output_types{weight_type};
     if (mode == Pooling::kMax) output_types.push_back(Int(64));
     output_ = add_output<Func>("output", output_types, 2);
-    if (mode == Pooling::kMean) bag_count_ = add_output<Func>("bag_count", Int(64), 1);
   }
 
   void generate() {
@@ -126,10 +128,8 @@ class EmbagForward : public Generator<EmbagForward> {
     }
 
     if (mode == Pooling::kMean) {
-      // The divisor is counted per bag next to the sum; the bag_count output counts again in its
-      // own cheap pass over the indices, because an output cannot be computed inside another
-      // output's loops. Both count over their own domain, which reads indices only (no
-      // prefetches). `c >= 0` is always true; it makes the update iterate over c.
+      // The divisor is counted per bag next to the sum, over its own domain that reads indices
+      // only (no prefetches). `c >= 0` is always true; it makes the update iterate over c.
       RDom c = bag_positions("c");
       Expr one_per_position = cast<int64_t>(c >= 0);
       count_(b_) = cast<int64_t>(0);
@@ -138,8 +138,6 @@ class EmbagForward : public Generator<EmbagForward> {
       Expr mean =
           strict_float(select(n > 0, pooled_(d_, b_) / cast(acc_type, n), cast(acc_type, 0)));
       (*output_)(d_, b_) = narrow_float(mean, weight_type, get_target());
-      (*bag_count_)(b_) = cast<int64_t>(0);
-      (*bag_count_)(b_) += one_per_position;
     } else {
       (*output_)(d_, b_) = narrow_float(pooled_(d_, b_), weight_type, get_target());
     }
@@ -167,7 +165,7 @@ class EmbagForward : public Generator<EmbagForward> {
 
     // Bags are independent: threads take blocks of bags, each bag computed by exactly one thread
     // in input order, so results are identical for any thread count.
-    output.split(b_, bag_task, bag_in_task, bags_per_task, TailStrategy::GuardWithIf)
+    output.split(b_, bag_task, bag_in_task, max(*bags_per_task_, 1), TailStrategy::GuardWithIf)
         .parallel(bag_task);
     // Register tiles over D: for each bag and tile, the accumulators live in registers while the
     // bag's rows stream through (load index, add row vectors), which is FBGEMM's inner loop.
@@ -199,12 +197,7 @@ class EmbagForward : public Generator<EmbagForward> {
     pooled_.update().reorder(d_, r_);
 
     if (mode == Pooling::kMax) first_row_.compute_at(output, bag_in_task);
-    if (mode == Pooling::kMean) {
-      count_.compute_at(output, bag_in_task);
-      Func bag_count = *bag_count_;
-      bag_count.split(b_, bag_task, bag_in_task, 256, TailStrategy::GuardWithIf).parallel(bag_task);
-      bag_count.update().unscheduled();
-    }
+    if (mode == Pooling::kMean) count_.compute_at(output, bag_in_task);
   }
 
  private:
@@ -292,8 +285,8 @@ class EmbagForward : public Generator<EmbagForward> {
   Input<Buffer<>>* offsets_ = nullptr;
   Input<Buffer<>>* per_sample_weights_ = nullptr;
   Input<int32_t>* padding_idx_ = nullptr;
+  Input<int32_t>* bags_per_task_ = nullptr;
   Output<Func>* output_ = nullptr;
-  Output<Func>* bag_count_ = nullptr;
 };
 
 }  // namespace

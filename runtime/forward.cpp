@@ -6,6 +6,7 @@
 #include "forward_plan.h"
 #include "halide_buffer.h"
 #include "kernel_registry.h"
+#include "kernel_thread_pool.h"
 #include "renorm.h"
 #include "runtime_state.h"
 
@@ -47,12 +48,12 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, KernelPooling
   return Status::Ok();
 }
 
-// Scratch for auxiliary outputs the caller did not ask for; reused across calls on a thread.
-thread_local std::vector<int64_t> t_scratch_bag_count;
+// Scratch for the argmax when the caller does not ask for it; reused across calls on a thread.
 thread_local std::vector<int64_t> t_scratch_argmax;
 
-// Valid (non-padding) positions per bag, for callers that ask for bag_count where no kernel
-// counts (max mode, and calls with nothing to read).
+// Valid (non-padding) positions per bag, for callers that ask for bag_count. Kernels do not
+// produce it: most callers do not want it, and a pass over the indices is cheap next to the
+// rows.
 void count_valid_positions(const ForwardPlan& plan, const BagLayout& layout, int64_t* counts) {
   const TensorView offsets =
       make_view_1d(const_cast<void*>(layout.offsets), layout.index_dtype, plan.num_bags + 1);
@@ -98,30 +99,21 @@ Status run_pooling_kernel(const KernelEntry& kernel, const ForwardInputs& in,
   HalideBuffer offsets(layout.offsets, layout.index_dtype, B + 1);
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
+  const int32_t bags_per_task = internal::bags_per_task(B);
 
   switch (kernel.pooling) {
     case KernelPooling::kSum:
+    case KernelPooling::kMean:
       return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.sum(weight.get(), indices.get(), offsets.get(), padding, output.get());
+        return kernel.fn.sum(weight.get(), indices.get(), offsets.get(), padding, bags_per_task,
+                             output.get());
       });
     case KernelPooling::kWeightedSum: {
       HalideBuffer psw(in.per_sample_weights->data, in.per_sample_weights->dtype,
                        plan.positions_end);
       return internal::run_kernel(kernel.name, [&] {
         return kernel.fn.weighted_sum(weight.get(), indices.get(), offsets.get(), psw.get(),
-                                      padding, output.get());
-      });
-    }
-    case KernelPooling::kMean: {
-      void* counts = out.bag_count ? out.bag_count->data : nullptr;
-      if (counts == nullptr) {
-        t_scratch_bag_count.resize(static_cast<size_t>(B));
-        counts = t_scratch_bag_count.data();
-      }
-      HalideBuffer bag_count(counts, DType::kInt64, B);
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.mean(weight.get(), indices.get(), offsets.get(), padding, output.get(),
-                              bag_count.get());
+                                      padding, bags_per_task, output.get());
       });
     }
     case KernelPooling::kMax: {
@@ -133,8 +125,8 @@ Status run_pooling_kernel(const KernelEntry& kernel, const ForwardInputs& in,
       }
       HalideBuffer argmax(winners, DType::kInt64, B, D, winners_stride);
       Status s = internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.max(weight.get(), indices.get(), offsets.get(), padding, output.get(),
-                             argmax.get());
+        return kernel.fn.max(weight.get(), indices.get(), offsets.get(), padding, bags_per_task,
+                             output.get(), argmax.get());
       });
       return s;
     }
@@ -146,8 +138,7 @@ Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
                           const ForwardOutputs& out, const ForwardPlan& plan,
                           const BagLayout& layout) {
   Status s = run_pooling_kernel(kernel, in, out, plan, layout);
-  // Only the mean kernel counts (it needs the divisor); count here for callers who ask.
-  if (s.ok() && out.bag_count && kernel.pooling != KernelPooling::kMean) {
+  if (s.ok() && out.bag_count) {
     count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
   }
   return s;

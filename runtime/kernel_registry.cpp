@@ -32,7 +32,7 @@ std::vector<KernelEntry> build_table() {
   table.push_back(e);
 #define EMBAG_FORWARD_KERNEL_mean(W, I, NAME, ISA, TARGET)                              \
   e = forward_entry(#NAME, KernelPooling::kMean, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.mean = &NAME;                                                                    \
+  e.fn.sum = &NAME;                                                                     \
   table.push_back(e);
 #define EMBAG_FORWARD_KERNEL_max(W, I, NAME, ISA, TARGET)                              \
   e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::I, Isa::ISA, TARGET); \

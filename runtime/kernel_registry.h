@@ -19,18 +19,17 @@ const char* kernel_pooling_name(KernelPooling pooling);
 KernelPooling pooling_for(Mode mode, bool has_per_sample_weights);
 
 // Signatures of the generated functions (see the generators' header comments for arguments).
+// Sum and mean share one.
 using ForwardSumFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
-                             halide_buffer_t* offsets, int32_t padding_idx,
+                             halide_buffer_t* offsets, int32_t padding_idx, int32_t bags_per_task,
                              halide_buffer_t* output);
 using ForwardWeightedSumFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
                                      halide_buffer_t* offsets, halide_buffer_t* per_sample_weights,
-                                     int32_t padding_idx, halide_buffer_t* output);
-using ForwardMeanFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
-                              halide_buffer_t* offsets, int32_t padding_idx,
-                              halide_buffer_t* output, halide_buffer_t* bag_count);
+                                     int32_t padding_idx, int32_t bags_per_task,
+                                     halide_buffer_t* output);
 using ForwardMaxFn = int (*)(halide_buffer_t* weight, halide_buffer_t* indices,
-                             halide_buffer_t* offsets, int32_t padding_idx, halide_buffer_t* output,
-                             halide_buffer_t* argmax);
+                             halide_buffer_t* offsets, int32_t padding_idx, int32_t bags_per_task,
+                             halide_buffer_t* output, halide_buffer_t* argmax);
 using RenormFn = int (*)(halide_buffer_t* rows, double max_norm, double norm_type,
                          int32_t norm_kind, halide_buffer_t* weight, halide_buffer_t* renormed,
                          halide_buffer_t* changed);
@@ -49,7 +48,6 @@ struct KernelEntry {
   union {
     ForwardSumFn sum;
     ForwardWeightedSumFn weighted_sum;
-    ForwardMeanFn mean;
     ForwardMaxFn max;
     RenormFn renorm;
   } fn;

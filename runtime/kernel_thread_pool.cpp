@@ -1,6 +1,7 @@
 // A small persistent thread pool for the kernels' parallel loops.
 #include "kernel_thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -39,13 +40,16 @@ class KernelThreadPool {
       next_.store(0, std::memory_order_relaxed);
       status_.store(0, std::memory_order_relaxed);
       helpers_wanted_ = helpers;
-      helpers_running_ = helpers;
-      ++generation_;
+      helpers_running_.store(helpers, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_workers_.notify_all();
     take_tasks();
-    std::unique_lock<std::mutex> lock(mutex_);
-    helpers_done_.wait(lock, [this] { return helpers_running_ == 0; });
+    // The helpers finish within a task of the caller; spin briefly before sleeping.
+    if (!spin_until([this] { return helpers_running_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      helpers_done_.wait(lock, [this] { return helpers_running_.load() == 0; });
+    }
     return status_.load(std::memory_order_relaxed);
   }
 
@@ -77,17 +81,43 @@ class KernelThreadPool {
     }
   }
 
+  // Spins (with a pause) for up to kSpinTime waiting for `done`; false if it never came.
+  // Kernel calls often follow each other closely (a training step runs many), and waking a
+  // sleeping thread costs tens of microseconds; spinning longer than that would only burn a
+  // core that another program may want.
+  template <typename Done>
+  static bool spin_until(Done done) {
+    constexpr auto kSpinTime = std::chrono::microseconds(50);
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0;; ++i) {
+      if (done()) return true;
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() - start > kSpinTime) return false;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+
   void worker_loop(int id) {
     uint64_t seen = 0;
-    std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      wake_workers_.wait(lock, [&] { return generation_ != seen; });
-      seen = generation_;
-      if (id >= helpers_wanted_) continue;  // this loop needs fewer threads
-      lock.unlock();
+      auto new_job = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(new_job)) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_workers_.wait(lock, new_job);
+      }
+      int wanted = 0;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        seen = generation_.load(std::memory_order_relaxed);
+        wanted = helpers_wanted_;
+      }
+      if (id >= wanted) continue;  // this loop needs fewer threads
       take_tasks();
-      lock.lock();
-      if (--helpers_running_ == 0) helpers_done_.notify_one();
+      if (helpers_running_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        helpers_done_.notify_one();
+      }
     }
   }
 
@@ -97,8 +127,9 @@ class KernelThreadPool {
   std::vector<std::thread> workers_;
   int threads_ = 1;
   Job job_;
-  uint64_t generation_ = 0;
-  int helpers_wanted_ = 0, helpers_running_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  int helpers_wanted_ = 0;
+  std::atomic<int> helpers_running_{0};
   std::atomic<int> next_{0};
   std::atomic<int> status_{0};
 };
@@ -112,6 +143,12 @@ KernelThreadPool& pool() {
 }  // namespace
 
 void set_kernel_threads(int n) { pool().set_threads(n); }
+
+int32_t bags_per_task(int64_t num_bags) {
+  const int64_t tasks = 4 * static_cast<int64_t>(pool().threads());
+  const int64_t per_task = (num_bags + tasks - 1) / tasks;
+  return static_cast<int32_t>(std::clamp<int64_t>(per_task, 16, 1 << 20));
+}
 int kernel_threads() { return pool().threads(); }
 
 int kernel_do_par_for(void* user_context, halide_task_t task, int min, int size, uint8_t* closure) {

@@ -15,6 +15,11 @@ namespace embag::internal {
 void set_kernel_threads(int n);
 int kernel_threads();
 
+// Bags per parallel task for a call with `num_bags` bags: about four tasks per thread, so each
+// thread walks long runs of consecutive bags (a row prefetch only restarts at a task boundary)
+// while uneven bags still balance; at least 16 bags per task.
+int32_t bags_per_task(int64_t num_bags);
+
 // Halide's do_par_for entry point: runs task(min) ... task(min + size - 1).
 int kernel_do_par_for(void* user_context, halide_task_t task, int min, int size, uint8_t* closure);
 
