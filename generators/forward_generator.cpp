@@ -130,9 +130,12 @@ class EmbagForward : public Generator<EmbagForward> {
     if (mode == Pooling::kMean) {
       // The divisor is counted per bag next to the sum, over its own domain that reads indices
       // only (no prefetches). `c >= 0` is always true; it makes the update iterate over c.
+      // Without a padding index every position counts: the count is the bag's length and the
+      // counting loop (its domain is empty when padding_idx < 0) does not run.
       RDom c = bag_positions("c");
+      c.where(*padding_idx_ >= 0);
       Expr one_per_position = cast<int64_t>(c >= 0);
-      count_(b_) = cast<int64_t>(0);
+      count_(b_) = select(*padding_idx_ < 0, cast<int64_t>(length), cast<int64_t>(0));
       count_(b_) += one_per_position;
       Expr n = count_(b_);
       Expr mean =
