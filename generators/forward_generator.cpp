@@ -50,8 +50,6 @@ class EmbagForward : public Generator<EmbagForward> {
   // into later bags), as FBGEMM does; 0 turns it off. Cold tables are latency-bound gathers, so
   // this is what keeps enough cache misses in flight.
   GeneratorParam<int> prefetch_distance{"prefetch_distance", 16};
-  // Cache lines prefetched per row: enough for the widest register tile.
-  GeneratorParam<int> prefetch_lines{"prefetch_lines", 8};
   // Widest register tile over D, in vectors. 0 means "by target": enough accumulators to keep a
   // whole 128-float row in registers where the register file allows it.
   GeneratorParam<int> max_tile_vectors{"max_tile_vectors", 0};
@@ -104,8 +102,7 @@ class EmbagForward : public Generator<EmbagForward> {
       // The row `prefetch_distance` positions ahead is prefetched by a Func of (position, bag)
       // computed once per position (see schedule()), so it is not repeated per vector; it sits
       // in a condition only so the reduction depends on it.
-      Var pos("pos"), bag("bag");
-      prefetch_(pos, bag) = prefetch_row_ahead(cast<int32_t>(offsets(bag)) + pos);
+      define_prefetch();
       r.where(prefetch_(r, b_) == 0);
     }
     r_ = r;
@@ -248,30 +245,44 @@ class EmbagForward : public Generator<EmbagForward> {
         Tuple(narrow_float(result, weight_type, get_target()), cast<int64_t>(winner));
   }
 
-  // Issues prefetches for the first `prefetch_lines` cache lines of the row `prefetch_distance`
-  // positions after `position` and returns 0, so it can sit in an RDom condition: Halide's
-  // schedule-level prefetch() cannot follow a data-dependent row (it would prefetch the whole
-  // table), so the prefetch intrinsic is placed in the algorithm directly. Lines past the end of
-  // the row are clamped to its last element (a repeated prefetch of a line costs almost nothing).
-  Expr prefetch_row_ahead(Expr position) {
+  // Defines prefetch_(position, bag): issues a prefetch for every cache line of the row
+  // `prefetch_distance` positions after the bag's position `position` and evaluates to 0, so it
+  // can sit in an RDom condition. Halide's schedule-level prefetch() cannot follow a
+  // data-dependent row (it would prefetch the whole table), so the prefetch intrinsic is placed
+  // in the algorithm directly. The whole row is prefetched even when D is walked in several
+  // register tiles: the later tiles then find their lines in cache.
+  void define_prefetch() {
     Input<Buffer<>>& weight = *weight_;
     Input<Buffer<>>& indices = *indices_;
+    Input<Buffer<>>& offsets = *offsets_;
+    Var pos("pos"), bag("bag");
     Expr last_position = indices.dim(0).extent() - 1;
-    Expr ahead =
-        unsafe_promise_clamped(min(position + prefetch_distance, last_position), 0, last_position);
+    Expr ahead = unsafe_promise_clamped(
+        min(cast<int32_t>(offsets(bag)) + pos + prefetch_distance, last_position), 0,
+        last_position);
     Expr ahead_row =
         unsafe_promise_clamped(cast<int32_t>(indices(ahead)), 0, weight.dim(1).extent() - 1);
     Expr row_start = cast<int64_t>(ahead_row) * cast<int64_t>(weight.dim(1).stride());
     Expr base = Internal::Variable::make(Handle(), "weight", ImageParam(weight).parameter());
     const int elements_per_line = 64 / static_cast<Type>(weight_type).bytes();
+    Expr dim = weight.dim(0).extent();
+    auto prefetch_line = [&](Expr line) {
+      Expr column = min(line * elements_per_line, dim - 1);
+      return Internal::Call::make(Int(32), Internal::Call::prefetch,
+                                  {base, row_start + cast<int64_t>(column), 1, 1},
+                                  Internal::Call::Intrinsic);
+    };
+    // The first kUnrolledLines lines are issued straight-line (a loop costs more instructions
+    // than the prefetches, and instructions per position are what limits max): lines past a
+    // short row are clamped to its last element, and a repeated prefetch of a line is nearly
+    // free. Rows longer than that (D > 128 floats) prefetch the rest in a loop.
+    constexpr int kUnrolledLines = 8;
     Expr issued = cast<int32_t>(0);
-    for (int line = 0; line < prefetch_lines; ++line) {
-      Expr column = min(line * elements_per_line, weight.dim(0).extent() - 1);
-      issued = issued | Internal::Call::make(Int(32), Internal::Call::prefetch,
-                                             {base, row_start + cast<int64_t>(column), 1, 1},
-                                             Internal::Call::Intrinsic);
-    }
-    return issued;
+    for (int line = 0; line < kUnrolledLines; ++line) issued = issued | prefetch_line(line);
+    prefetch_(pos, bag) = issued;
+    Expr lines = (dim + elements_per_line - 1) / elements_per_line;
+    RDom more(0, max(lines - kUnrolledLines, 0), "more_lines");
+    prefetch_(pos, bag) = prefetch_(pos, bag) | prefetch_line(kUnrolledLines + more);
   }
 
   Type accumulator_type() const {
