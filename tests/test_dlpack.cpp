@@ -1,0 +1,108 @@
+// embag::from_dlpack: DLTensor descriptions become the TensorViews embag validates and runs.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "embag/dlpack.h"
+#include "embag/embag.h"
+
+namespace {
+
+DLTensor make_tensor(void* data, DLDataType dtype, std::vector<int64_t>& shape,
+                     int64_t* strides = nullptr, DLDeviceType device = kDLCPU) {
+  DLTensor t{};
+  t.data = data;
+  t.device = DLDevice{device, 0};
+  t.ndim = static_cast<int32_t>(shape.size());
+  t.dtype = dtype;
+  t.shape = shape.data();
+  t.strides = strides;
+  t.byte_offset = 0;
+  return t;
+}
+
+TEST(DLPack, CompactTensorsBecomeRowMajorViews) {
+  std::vector<float> table(12);
+  std::vector<int64_t> shape = {3, 4};
+  DLTensor t = make_tensor(table.data(), DLDataType{kDLFloat, 32, 1}, shape);
+  embag::TensorView v;
+  ASSERT_TRUE(embag::from_dlpack(t, &v).ok());
+  EXPECT_EQ(v.dtype, embag::DType::kFloat32);
+  EXPECT_EQ(v.ndim, 2);
+  EXPECT_EQ(v.shape[0], 3);
+  EXPECT_EQ(v.shape[1], 4);
+  EXPECT_EQ(v.strides[0], 4);
+  EXPECT_EQ(v.strides[1], 1);
+  EXPECT_EQ(v.data, table.data());
+  EXPECT_EQ(v.device.type, embag::DeviceType::kCPU);
+}
+
+TEST(DLPack, StridesByteOffsetAndDtypesAreCarried) {
+  std::vector<uint16_t> table(40);
+  std::vector<int64_t> shape = {3, 4};
+  int64_t strides[] = {10, 1};  // a slice of a wider table
+  DLTensor t = make_tensor(table.data(), DLDataType{kDLBfloat, 16, 1}, shape, strides);
+  t.byte_offset = 4;
+  embag::TensorView v;
+  ASSERT_TRUE(embag::from_dlpack(t, &v).ok());
+  EXPECT_EQ(v.dtype, embag::DType::kBFloat16);
+  EXPECT_EQ(v.strides[0], 10);
+  EXPECT_EQ(v.data, reinterpret_cast<char*>(table.data()) + 4);
+
+  struct Case {
+    DLDataType dl;
+    embag::DType expected;
+  };
+  for (const Case& c :
+       {Case{{kDLInt, 32, 1}, embag::DType::kInt32}, Case{{kDLInt, 64, 1}, embag::DType::kInt64},
+        Case{{kDLFloat, 16, 1}, embag::DType::kFloat16},
+        Case{{kDLFloat, 64, 1}, embag::DType::kFloat64}}) {
+    DLTensor u = make_tensor(table.data(), c.dl, shape);
+    ASSERT_TRUE(embag::from_dlpack(u, &v).ok());
+    EXPECT_EQ(v.dtype, c.expected);
+  }
+}
+
+TEST(DLPack, UnsupportedDescriptionsAreRefusedAndLeaveTheViewAlone) {
+  std::vector<float> table(8);
+  std::vector<int64_t> shape3 = {2, 2, 2};
+  std::vector<int64_t> shape2 = {2, 4};
+  const embag::TensorView untouched = embag::make_view_1d(nullptr, embag::DType::kInt64, 7);
+  struct Case {
+    DLTensor tensor;
+    const char* fragment;
+  };
+  const Case cases[] = {
+      {make_tensor(table.data(), {kDLFloat, 32, 1}, shape3), "at most 2 dimensions"},
+      {make_tensor(table.data(), {kDLUInt, 8, 1}, shape2), "no embag equivalent"},
+      {make_tensor(table.data(), {kDLFloat, 32, 4}, shape2), "lanes 4"},
+      {make_tensor(table.data(), {kDLFloat, 32, 1}, shape2, nullptr, kDLOpenCL),
+       "neither CPU nor CUDA"},
+  };
+  for (const Case& c : cases) {
+    embag::TensorView v = untouched;
+    const embag::Status s = embag::from_dlpack(c.tensor, &v);
+    EXPECT_EQ(s.code(), embag::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find(c.fragment), std::string::npos) << s.message();
+    EXPECT_EQ(v.shape[0], 7);
+  }
+}
+
+TEST(DLPack, CudaTensorsAreDescribedAndThenRefusedByValidation) {
+  std::vector<float> table(8), out(4);
+  std::vector<int64_t> shape = {2, 4};
+  DLTensor t = make_tensor(table.data(), {kDLFloat, 32, 1}, shape, nullptr, kDLCUDA);
+  embag::ForwardInputs in;
+  ASSERT_TRUE(embag::from_dlpack(t, &in.weight).ok());
+  EXPECT_EQ(in.weight.device.type, embag::DeviceType::kCUDA);
+  std::vector<int64_t> idx = {0, 1};
+  in.input = embag::make_view_2d(idx.data(), embag::DType::kInt64, 1, 2);
+  embag::ForwardOutputs outs;
+  outs.output = embag::make_view_2d(out.data(), embag::DType::kFloat32, 1, 4);
+  const embag::Status s = embag::validate(in, outs, embag::Options{});
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("CUDA"), std::string::npos) << s.message();
+}
+
+}  // namespace
