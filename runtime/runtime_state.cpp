@@ -19,6 +19,9 @@ namespace {
 struct IsaChoice {
   std::atomic<int> forced{-1};
   std::string env_error;  // non-empty when EMBAG_ISA held a value that is not an ISA name
+  // set_isa() overrides a bad EMBAG_ISA; env_error itself is never written after start-up, so
+  // concurrent callers can read it while another thread calls set_isa().
+  std::atomic<bool> env_error_overridden{false};
 };
 
 IsaChoice& isa_choice() {
@@ -83,7 +86,9 @@ Status check_isa_usable(Isa isa) {
 Status resolve_isa(Isa* isa) {
   install_runtime_hooks();
   IsaChoice& choice = isa_choice();
-  if (!choice.env_error.empty()) return Status(StatusCode::kInvalidArgument, choice.env_error);
+  if (!choice.env_error.empty() && !choice.env_error_overridden.load()) {
+    return Status(StatusCode::kInvalidArgument, choice.env_error);
+  }
   const int forced = choice.forced.load();
   if (forced >= 0) {
     Status s = check_isa_usable(static_cast<Isa>(forced));
@@ -188,7 +193,7 @@ Status set_isa(std::optional<Isa> isa) {
   }
   choice.forced = isa ? static_cast<int>(*isa) : -1;
   // An explicit choice overrides a bad EMBAG_ISA.
-  choice.env_error.clear();
+  choice.env_error_overridden = true;
   return Status::Ok();
 }
 

@@ -1,0 +1,173 @@
+// The `embag` command-line program's contract: results in .npy files, PyTorch's default mode,
+// the table file never modified, and on any error a message, a non-zero exit and no output file.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+#include "npy/npy_file.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using embag::DType;
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("embag_cli_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // SEMANTICS.md's worked example.
+    save_f64("W.npy", {5, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    save_i64("I.npy", {6}, {3, 1, 1, 1, 4, 0});
+    save_i64("O.npy", {5}, {0, 0, 3, 3, 6});
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  void save_f64(const std::string& name, std::vector<int64_t> shape, std::vector<double> values) {
+    embag::npy::Array a = embag::npy::make_array(DType::kFloat64, shape);
+    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(double));
+    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
+  }
+  void save_i64(const std::string& name, std::vector<int64_t> shape, std::vector<int64_t> values) {
+    embag::npy::Array a = embag::npy::make_array(DType::kInt64, shape);
+    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(int64_t));
+    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
+  }
+  std::vector<double> load_f64(const std::string& name) {
+    embag::npy::Array a;
+    EXPECT_TRUE(embag::npy::load(path(name), &a).ok());
+    EXPECT_EQ(a.dtype, DType::kFloat64);
+    std::vector<double> v(static_cast<size_t>(a.numel()));
+    std::memcpy(v.data(), a.data.data(), v.size() * sizeof(double));
+    return v;
+  }
+  std::string file_bytes(const std::string& name) {
+    std::ifstream in(path(name), std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+  // Runs the CLI with `args` (paths relative to the test directory); returns the exit status
+  // and what it printed on stderr.
+  int run(const std::string& args, std::string* err = nullptr) {
+    const std::string stderr_path = path("stderr.txt");
+    const std::string command = "cd '" + dir_.string() + "' && '" EMBAG_CLI_PATH "' " + args +
+                                " > /dev/null 2> '" + stderr_path + "'";
+    const int status = std::system(command.c_str());
+    if (err) *err = file_bytes("stderr.txt");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(Cli, ForwardWritesTheResultAndDefaultsToMean) {
+  ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode sum "
+                "--output out.npy"),
+            0);
+  EXPECT_EQ(load_f64("out.npy"), (std::vector<double>{0, 0, 13, 16, 0, 0, 13, 16, 0, 0}));
+  // No --mode: PyTorch's default, mean.
+  ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --output mean.npy"), 0);
+  const std::vector<double> mean = load_f64("mean.npy");
+  EXPECT_DOUBLE_EQ(mean[2], 13.0 / 3);
+  EXPECT_DOUBLE_EQ(mean[3], 16.0 / 3);
+}
+
+TEST_F(Cli, MaxNormWritesTheRenormalisedTableAndLeavesTheInputFileAlone) {
+  const std::string before = file_bytes("W.npy");
+  ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode max --max-norm 5 "
+                "--output out.npy --weight-output W2.npy"),
+            0);
+  EXPECT_EQ(file_bytes("W.npy"), before);
+  const std::vector<double> renormed = load_f64("W2.npy");
+  // Row 2 ([5, 6]) is referenced by no bag: untouched. Row 0 ([1, 2], norm 2.24) is within.
+  EXPECT_EQ(renormed[4], 5.0);
+  EXPECT_EQ(renormed[0], 1.0);
+  // Row 3 ([7, 8], norm 10.63) is scaled to norm 5.
+  EXPECT_NEAR(std::hypot(renormed[6], renormed[7]), 5.0, 1e-6);
+}
+
+TEST_F(Cli, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
+  save_i64("bad_index.npy", {6}, {3, 1, 1, 1, 9, 0});
+  save_i64("bad_offsets.npy", {3}, {1, 3, 6});
+  const struct {
+    std::string args;
+    int status;
+    std::string fragment;
+  } cases[] = {
+      {"forward --weight W.npy --input bad_index.npy --offsets O.npy --output out.npy "
+       "--weight-output W2.npy --max-norm 1",
+       1, "Index 4 of input takes value 9 which is not in the valid range [0, 5)"},
+      {"forward --weight W.npy --input I.npy --offsets bad_offsets.npy --output out.npy", 1,
+       "offsets[0] has to be 0"},
+      {"forward --weight W.npy --input I.npy --offsets O.npy --mode mean "
+       "--per-sample-weights W.npy --output out.npy",
+       1, "per_sample_weights"},
+      {"forward --weight W.npy --input I.npy --offsets O.npy --padding-idx 5 --output out.npy", 1,
+       "padding_idx must be within the number of embeddings"},
+      {"forward --weight missing.npy --input I.npy --offsets O.npy --output out.npy", 1,
+       "missing.npy"},
+      {"forward --weight W.npy --input I.npy --offsets O.npy --mode median --output out.npy", 2,
+       "median"},
+      {"forward --weight W.npy --input I.npy --offsets O.npy", 2, "--output"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args);
+    std::string err;
+    EXPECT_EQ(run(c.args, &err), c.status);
+    EXPECT_NE(err.find("embag: error:"), std::string::npos) << err;
+    EXPECT_NE(err.find(c.fragment), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(path("out.npy")));
+    EXPECT_FALSE(fs::exists(path("W2.npy")));
+  }
+}
+
+TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
+  std::string err;
+  EXPECT_EQ(run("info", &err), 0) << err;
+  // A value that is no ISA makes every call fail, with the variable named.
+  const std::string bad = "EMBAG_ISA=bogus";
+  EXPECT_NE(std::system(("cd '" + dir_.string() + "' && " + bad +
+                         " '" EMBAG_CLI_PATH
+                         "' forward --weight W.npy --input I.npy --offsets O.npy --output o.npy "
+                         "2> err.txt")
+                            .c_str()),
+            0);
+  EXPECT_NE(file_bytes("err.txt").find("EMBAG_ISA=bogus is not an instruction set"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(path("o.npy")));
+  // Each ISA compiled in and supported here runs when forced, and `info` names it.
+  for (embag::Isa isa : embag::compiled_isas()) {
+    bool supported = false;
+    for (embag::Isa s : embag::supported_isas()) supported = supported || s == isa;
+    if (!supported) continue;
+    const std::string name = embag::isa_name(isa);
+    ASSERT_EQ(std::system(("cd '" + dir_.string() + "' && EMBAG_ISA=" + name +
+                           " '" EMBAG_CLI_PATH "' info > info.txt")
+                              .c_str()),
+              0);
+    // The line saying which variant a float32/int64 sum runs (the variant table lists them all).
+    const std::string info = file_bytes("info.txt");
+    const size_t at = info.find("float32/int64 sum:");
+    ASSERT_NE(at, std::string::npos) << info;
+    const std::string line = info.substr(at, info.find('\n', at) - at);
+    EXPECT_NE(line.find("embag_forward_sum_f32_i64_" + name), std::string::npos) << line;
+  }
+}
+
+}  // namespace
