@@ -78,6 +78,53 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, cons
 // Runs embedding_bag forward. Validates first; on error nothing is written.
 Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
 
+// ---- Backward -----------------------------------------------------------------------------
+//
+//   valid p = positions inside bags whose index is not the padding index; b = bag(p), r = idx[p]
+//   term(p)[d] = g[b][d]                 (sum)
+//              = g[b][d] * psw[p]        (sum with per_sample_weights)
+//              = g[b][d] / n_b           (mean; n_b = valid positions of bag b)
+//   G[r][d]    = fold(+, 0, term(p)[d]) over the valid p with idx[p] = r, in input order
+//                then, with scale_grad_by_freq, G[r][d] / count(r), where count(r) counts the
+//                positions inside bags holding r (padding positions included)
+//   max:         G[r][d] = fold(+, 0, g[b][d]) over non-empty bags b with argmax[b][d] = r
+//   grad_psw[p]  = fold(+, 0, g[b][d] * W[r][d]) over d; 0 at padding positions and at
+//                  positions in no bag
+//   float16 / bfloat16: every fold is in float32, rounded once. Results are bitwise identical
+//   for every thread count.
+
+// Everything a backward call reads. The table, input, offsets and per_sample_weights are those
+// of the forward call (the table as the forward read it, i.e. after max_norm).
+struct BackwardInputs {
+  TensorView weight;                               // (V, D)
+  TensorView input;                                // (N) or (B, L)
+  const TensorView* offsets = nullptr;             // 1-D input only
+  const TensorView* per_sample_weights = nullptr;  // mode sum only
+  TensorView grad_output;                          // (B, D), the weight's dtype
+  const TensorView* argmax = nullptr;              // (B, D) int64: required for mode max
+};
+
+// Where a backward call writes. Give either grad_weight (dense) or, with options.sparse,
+// grad_weight_rows + grad_weight_values; grad_per_sample_weights only with per_sample_weights.
+struct BackwardOutputs {
+  const TensorView* grad_weight = nullptr;              // (V, D), the weight's dtype
+  const TensorView* grad_weight_rows = nullptr;         // (U) int64: strictly ascending rows
+  const TensorView* grad_weight_values = nullptr;       // (U, D), the weight's dtype
+  const TensorView* grad_per_sample_weights = nullptr;  // input's shape, the weight's dtype
+};
+
+// U: the number of distinct non-padding rows the bags reference, which sizes a sparse
+// gradient. Validates the inputs (not the outputs).
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows);
+
+// Checks a backward call without running it.
+Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                         const Options& options);
+
+// Computes the gradients. Validates first; on error nothing is written.
+Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                const Options& options);
+
 // ---- Variants, ISA selection and threads -------------------------------------------------
 
 // Instruction sets a CPU variant can be compiled for, best first within an architecture.
