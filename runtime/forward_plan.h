@@ -19,10 +19,20 @@ struct ForwardPlan {
   KernelPooling pooling = KernelPooling::kSum;
 };
 
-// Validates every argument of a forward call (see SEMANTICS.md's error table) without writing
-// anything, and fills `plan` on success.
+// Validates the inputs and options of a forward call (see SEMANTICS.md's error table) without
+// writing anything, and fills `plan` on success.
+Status validate_forward_inputs(const ForwardInputs& inputs, const Options& options,
+                               ForwardPlan* plan);
+
+// The same, plus the forward outputs' shapes and dtypes.
 Status validate_forward(const ForwardInputs& inputs, const ForwardOutputs& outputs,
                         const Options& options, ForwardPlan* plan);
+
+// Validates what a backward call adds to the forward's inputs (grad_output, argmax, the
+// gradient outputs), given the plan validate_forward_inputs made of the rest. `sparse_rows` is
+// U, the distinct rows the bags reference (used to check sparse outputs).
+Status validate_backward_rest(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                              const Options& options, const ForwardPlan& plan, int64_t sparse_rows);
 
 // Reads element `i` of a contiguous int32/int64 view as int64.
 inline int64_t load_index(const TensorView& view, int64_t i) {

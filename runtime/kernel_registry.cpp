@@ -48,7 +48,38 @@ std::vector<KernelEntry> build_table() {
   e.target = TARGET;                              \
   e.fn.renorm = &NAME;                            \
   table.push_back(e);
+#define EMBAG_BACKWARD_ROWS_ENTRY(POOLING, W, NAME, ISA, TARGET)                               \
+  e = forward_entry(#NAME, KernelPooling::POOLING, DType::W, DType::kInt32, Isa::ISA, TARGET); \
+  e.pipeline = KernelPipeline::kBackwardRows;
+#define EMBAG_BACKWARD_ROWS_KERNEL_sum(W, NAME, ISA, TARGET) \
+  EMBAG_BACKWARD_ROWS_ENTRY(kSum, W, NAME, ISA, TARGET)      \
+  e.fn.backward_rows = &NAME;                                \
+  table.push_back(e);
+#define EMBAG_BACKWARD_ROWS_KERNEL_wsum(W, NAME, ISA, TARGET)   \
+  EMBAG_BACKWARD_ROWS_ENTRY(kWeightedSum, W, NAME, ISA, TARGET) \
+  e.fn.backward_rows_with = &NAME;                              \
+  table.push_back(e);
+#define EMBAG_BACKWARD_ROWS_KERNEL_mean(W, NAME, ISA, TARGET) \
+  EMBAG_BACKWARD_ROWS_ENTRY(kMean, W, NAME, ISA, TARGET)      \
+  e.fn.backward_rows_with = &NAME;                            \
+  table.push_back(e);
+#define EMBAG_BACKWARD_MAX_KERNEL(W, NAME, ISA, TARGET)                                     \
+  e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::kInt64, Isa::ISA, TARGET); \
+  e.pipeline = KernelPipeline::kBackwardMax;                                                \
+  e.fn.backward_max = &NAME;                                                                \
+  table.push_back(e);
+#define EMBAG_PSW_GRAD_KERNEL(W, I, NAME, ISA, TARGET)                                         \
+  e = forward_entry(#NAME, KernelPooling::kWeightedSum, DType::W, DType::I, Isa::ISA, TARGET); \
+  e.pipeline = KernelPipeline::kPswGrad;                                                       \
+  e.fn.psw_grad = &NAME;                                                                       \
+  table.push_back(e);
 #include "embag_kernel_table.inc"
+#undef EMBAG_BACKWARD_ROWS_ENTRY
+#undef EMBAG_BACKWARD_ROWS_KERNEL_sum
+#undef EMBAG_BACKWARD_ROWS_KERNEL_wsum
+#undef EMBAG_BACKWARD_ROWS_KERNEL_mean
+#undef EMBAG_BACKWARD_MAX_KERNEL
+#undef EMBAG_PSW_GRAD_KERNEL
 #undef EMBAG_FORWARD_KERNEL_sum
 #undef EMBAG_FORWARD_KERNEL_wsum
 #undef EMBAG_FORWARD_KERNEL_mean
@@ -90,14 +121,49 @@ const std::vector<KernelEntry>& kernel_table() {
   return table;
 }
 
-const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DType index, Isa isa) {
+namespace {
+const KernelEntry* find_kernel(KernelPipeline pipeline, KernelPooling pooling, DType weight,
+                               DType index, Isa isa) {
   for (const KernelEntry& e : kernel_table()) {
-    if (e.pipeline == KernelPipeline::kForward && e.pooling == pooling &&
-        e.weight_dtype == weight && e.index_dtype == index && e.isa == isa) {
+    if (e.pipeline == pipeline && e.pooling == pooling && e.weight_dtype == weight &&
+        e.index_dtype == index && e.isa == isa) {
       return &e;
     }
   }
   return nullptr;
+}
+}  // namespace
+
+const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DType index, Isa isa) {
+  return find_kernel(KernelPipeline::kForward, pooling, weight, index, isa);
+}
+
+const char* kernel_pipeline_name(KernelPipeline pipeline) {
+  switch (pipeline) {
+    case KernelPipeline::kForward:
+      return "forward";
+    case KernelPipeline::kRenorm:
+      return "renorm";
+    case KernelPipeline::kBackwardRows:
+      return "backward";
+    case KernelPipeline::kBackwardMax:
+      return "backward_max";
+    case KernelPipeline::kPswGrad:
+      return "psw_grad";
+  }
+  return "?";
+}
+
+const KernelEntry* find_backward_rows_kernel(KernelPooling pooling, DType weight, Isa isa) {
+  return find_kernel(KernelPipeline::kBackwardRows, pooling, weight, DType::kInt32, isa);
+}
+
+const KernelEntry* find_backward_max_kernel(DType weight, Isa isa) {
+  return find_kernel(KernelPipeline::kBackwardMax, KernelPooling::kMax, weight, DType::kInt64, isa);
+}
+
+const KernelEntry* find_psw_grad_kernel(DType weight, DType index, Isa isa) {
+  return find_kernel(KernelPipeline::kPswGrad, KernelPooling::kWeightedSum, weight, index, isa);
 }
 
 const KernelEntry* find_renorm_kernel(DType weight, Isa isa) {

@@ -34,12 +34,27 @@ using RenormFn = int (*)(halide_buffer_t* rows, double max_norm, double norm_typ
                          int32_t norm_kind, halide_buffer_t* weight, halide_buffer_t* renormed,
                          halide_buffer_t* changed);
 
-enum class KernelPipeline : uint8_t { kForward, kRenorm };
+using BackwardRowsFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* segments,
+                               halide_buffer_t* sorted_positions, halide_buffer_t* position_bag,
+                               bool scale_grad_by_freq, halide_buffer_t* values);
+// Weighted sum takes per_sample_weights, mean the bag divisors, before scale_grad_by_freq.
+using BackwardRowsWithFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* segments,
+                                   halide_buffer_t* sorted_positions, halide_buffer_t* position_bag,
+                                   halide_buffer_t* extra, bool scale_grad_by_freq,
+                                   halide_buffer_t* values);
+using BackwardMaxFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* argmax,
+                              halide_buffer_t* grad_weight);
+using PswGradFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* weight,
+                          halide_buffer_t* indices, halide_buffer_t* position_bag,
+                          int32_t padding_idx, halide_buffer_t* grad_per_sample_weights);
+
+enum class KernelPipeline : uint8_t { kForward, kRenorm, kBackwardRows, kBackwardMax, kPswGrad };
+const char* kernel_pipeline_name(KernelPipeline pipeline);
 
 struct KernelEntry {
   const char* name;
   KernelPipeline pipeline;
-  KernelPooling pooling;  // forward only
+  KernelPooling pooling;  // forward and backward rows
   DType weight_dtype;
   DType index_dtype;  // forward only (renorm takes int64 row lists)
   Isa isa;
@@ -50,6 +65,10 @@ struct KernelEntry {
     ForwardWeightedSumFn weighted_sum;
     ForwardMaxFn max;
     RenormFn renorm;
+    BackwardRowsFn backward_rows;           // sum
+    BackwardRowsWithFn backward_rows_with;  // wsum, mean
+    BackwardMaxFn backward_max;
+    PswGradFn psw_grad;
   } fn;
 };
 
@@ -58,5 +77,8 @@ const std::vector<KernelEntry>& kernel_table();
 // nullptr when no such kernel was compiled.
 const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DType index, Isa isa);
 const KernelEntry* find_renorm_kernel(DType weight, Isa isa);
+const KernelEntry* find_backward_rows_kernel(KernelPooling pooling, DType weight, Isa isa);
+const KernelEntry* find_backward_max_kernel(DType weight, Isa isa);
+const KernelEntry* find_psw_grad_kernel(DType weight, DType index, Isa isa);
 
 }  // namespace embag::internal

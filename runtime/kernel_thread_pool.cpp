@@ -144,6 +144,23 @@ KernelThreadPool& pool() {
 
 void set_kernel_threads(int n) { pool().set_threads(n); }
 
+namespace {
+struct ParallelForClosure {
+  void (*body)(void*, int);
+  void* context;
+};
+int run_parallel_for_task(void* /*user_context*/, int task, uint8_t* closure) {
+  const auto* c = reinterpret_cast<const ParallelForClosure*>(closure);
+  c->body(c->context, task);
+  return 0;
+}
+}  // namespace
+
+void parallel_for(int tasks, void (*body)(void* context, int task), void* context) {
+  ParallelForClosure closure{body, context};
+  pool().run(nullptr, &run_parallel_for_task, 0, tasks, reinterpret_cast<uint8_t*>(&closure));
+}
+
 int32_t bags_per_task(int64_t num_bags) {
   const int64_t tasks = 4 * static_cast<int64_t>(pool().threads());
   const int64_t per_task = (num_bags + tasks - 1) / tasks;

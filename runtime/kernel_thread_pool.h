@@ -20,6 +20,10 @@ int kernel_threads();
 // while uneven bags still balance; at least 16 bags per task.
 int32_t bags_per_task(int64_t num_bags);
 
+// Runs body(i) for i in [0, tasks) on the kernel threads (for the runtime's own bulk work:
+// zeroing and scattering gradients). Tasks must be independent.
+void parallel_for(int tasks, void (*body)(void* context, int task), void* context);
+
 // Halide's do_par_for entry point: runs task(min) ... task(min + size - 1).
 int kernel_do_par_for(void* user_context, halide_task_t task, int min, int size, uint8_t* closure);
 

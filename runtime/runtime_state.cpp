@@ -207,10 +207,10 @@ const std::vector<VariantInfo>& compiled_variants() {
     for (const internal::KernelEntry& e : kernel_table()) {
       VariantInfo v;
       v.name = e.name;
-      v.pipeline = e.pipeline == internal::KernelPipeline::kForward ? "forward" : "renorm";
-      v.mode = e.pipeline == internal::KernelPipeline::kForward
-                   ? internal::kernel_pooling_name(e.pooling)
-                   : "";
+      v.pipeline = internal::kernel_pipeline_name(e.pipeline);
+      const bool has_mode = e.pipeline == internal::KernelPipeline::kForward ||
+                            e.pipeline == internal::KernelPipeline::kBackwardRows;
+      v.mode = has_mode ? internal::kernel_pooling_name(e.pooling) : "";
       v.weight_dtype = e.weight_dtype;
       v.index_dtype = e.index_dtype;
       v.isa = e.isa;

@@ -97,8 +97,7 @@ Status check_output(const TensorView* view, const char* name, DType dtype, const
 
 }  // namespace
 
-Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
-                        ForwardPlan* plan) {
+Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan) {
   const TensorView& weight = in.weight;
   const TensorView& input = in.input;
 
@@ -250,8 +249,22 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
     }
   }
 
-  // Outputs.
-  if (Status s = check_output(&out.output, "output", weight.dtype, "the weight's dtype", 2, B, D);
+  plan->num_rows = V;
+  plan->dim = D;
+  plan->num_bags = B;
+  plan->num_indices = N;
+  plan->positions_end = positions_end;
+  plan->padding_idx = padding;
+  plan->pooling = pooling_for(opt.mode, psw != nullptr);
+  return Status::Ok();
+}
+
+Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
+                        ForwardPlan* plan) {
+  if (Status s = validate_forward_inputs(in, opt, plan); !s.ok()) return s;
+  const int64_t B = plan->num_bags, D = plan->dim;
+  const DType weight_dtype = in.weight.dtype;
+  if (Status s = check_output(&out.output, "output", weight_dtype, "the weight's dtype", 2, B, D);
       !s.ok()) {
     return s;
   }
@@ -263,17 +276,100 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
     return invalid(std::string("argmax is only produced by mode='max' (mode is '") +
                    mode_name(opt.mode) + "'); pass no argmax view");
   }
-  if (Status s = check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
-    return s;
+  return check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D);
+}
+
+Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& out,
+                              const Options& opt, const ForwardPlan& plan, int64_t sparse_rows) {
+  const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
+  const DType weight_dtype = in.weight.dtype;
+  const TensorView& g = in.grad_output;
+  if (g.ndim != 2 || g.shape[0] != B || g.shape[1] != D) {
+    std::string which = g.ndim != 2       ? "it has " + std::to_string(g.ndim) + " dimensions"
+                        : g.shape[0] != B ? "dimension 0 is " + std::to_string(g.shape[0]) +
+                                                ", the number of bags is " + std::to_string(B)
+                                          : "dimension 1 is " + std::to_string(g.shape[1]) +
+                                                ", the embedding dimension is " + std::to_string(D);
+    return invalid("grad_output must have shape [" + std::to_string(B) + ", " + std::to_string(D) +
+                   "] but has shape " + g.shape_string() + " (" + which + ")");
+  }
+  if (g.dtype != weight_dtype) {
+    return invalid(std::string("grad_output must have dtype ") + dtype_name(weight_dtype) +
+                   " (the weight's dtype) but has dtype " + dtype_name(g.dtype));
+  }
+  if (Status s = check_memory(g, "grad_output", false); !s.ok()) return s;
+
+  if (opt.mode == Mode::kMax) {
+    if (in.argmax == nullptr) {
+      return invalid("mode='max' backward needs the argmax that forward produced");
+    }
+    if (Status s = check_output(in.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
+      return s;
+    }
+    // The kernel adds to the row an argmax names: each must be a row, or -1 (empty bag).
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t* row = static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
+      for (int64_t d = 0; d < D; ++d) {
+        if (row[d] < -1 || row[d] >= V) {
+          return invalid("argmax[" + std::to_string(b) + "][" + std::to_string(d) + "] is " +
+                         std::to_string(row[d]) + ", which is neither -1 nor a row in [0, " +
+                         std::to_string(V) + ")");
+        }
+      }
+    }
+  } else if (in.argmax != nullptr) {
+    return invalid(std::string("argmax is only used by mode='max' (mode is '") +
+                   mode_name(opt.mode) + "'); pass no argmax view");
   }
 
-  plan->num_rows = V;
-  plan->dim = D;
-  plan->num_bags = B;
-  plan->num_indices = N;
-  plan->positions_end = positions_end;
-  plan->padding_idx = padding;
-  plan->pooling = pooling_for(opt.mode, psw != nullptr);
+  const bool dense = out.grad_weight != nullptr;
+  const bool sparse = out.grad_weight_rows != nullptr || out.grad_weight_values != nullptr;
+  if (opt.sparse) {
+    if (dense || out.grad_weight_rows == nullptr || out.grad_weight_values == nullptr) {
+      return invalid(
+          "sparse=True writes grad_weight_rows and grad_weight_values (and no dense grad_weight)");
+    }
+    if (Status s = check_output(out.grad_weight_rows, "grad_weight_rows", DType::kInt64, "int64", 1,
+                                sparse_rows, 0);
+        !s.ok()) {
+      return Status(s.code(), s.message() + " (the bags reference " + std::to_string(sparse_rows) +
+                                  " distinct rows; see sparse_gradient_rows)");
+    }
+    if (Status s = check_output(out.grad_weight_values, "grad_weight_values", weight_dtype,
+                                "the weight's dtype", 2, sparse_rows, D);
+        !s.ok()) {
+      return Status(s.code(), s.message() + " (the bags reference " + std::to_string(sparse_rows) +
+                                  " distinct rows; see sparse_gradient_rows)");
+    }
+  } else {
+    if (!dense || sparse) {
+      return invalid(
+          "sparse=False writes the dense grad_weight (and no grad_weight_rows / "
+          "grad_weight_values)");
+    }
+    if (Status s = check_output(out.grad_weight, "grad_weight", weight_dtype, "the weight's dtype",
+                                2, V, D);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (out.grad_per_sample_weights != nullptr) {
+    if (in.per_sample_weights == nullptr) {
+      return invalid("grad_per_sample_weights needs per_sample_weights");
+    }
+    const TensorView& gp = *out.grad_per_sample_weights;
+    if (gp.ndim != in.input.ndim || gp.shape[0] != in.input.shape[0] ||
+        (gp.ndim == 2 && gp.shape[1] != in.input.shape[1])) {
+      return invalid("grad_per_sample_weights must have the input's shape " +
+                     in.input.shape_string() + " but has shape " + gp.shape_string());
+    }
+    if (gp.dtype != weight_dtype) {
+      return invalid(std::string("grad_per_sample_weights must have dtype ") +
+                     dtype_name(weight_dtype) + " (the weight's dtype) but has dtype " +
+                     dtype_name(gp.dtype));
+    }
+    if (Status s = check_memory(gp, "grad_per_sample_weights", true); !s.ok()) return s;
+  }
   return Status::Ok();
 }
 

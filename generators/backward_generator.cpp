@@ -1,0 +1,227 @@
+// Halide generators for the embedding_bag backward pass.
+//
+// embag_backward_rows: the weight gradient of sum / weighted sum / mean, one row per distinct
+//   referenced table row. The runtime has sorted the valid positions by row with a stable sort,
+//   so row u's positions are sorted_positions[segments[u] .. segments[u+1]) in input order; each
+//   row is a left fold over its positions, rows are independent (parallel), and there are no
+//   atomics: the result does not depend on the thread count.
+//   Arguments: grad_output (D, B), segments (U + 1) int32, sorted_positions (M) int32,
+//   position_bag (N) int32, [per_sample_weights (N), mode wsum], [bag_divisor (B) int32, mode
+//   mean], scale_grad_by_freq (bool), values (D, U) output.
+//
+// embag_backward_max: the dense weight gradient of max. Each column d is independent: bags are
+//   scanned in order and g[b][d] is added to the row that won column d of bag b.
+//   Arguments: grad_output (D, B), argmax (D, B) int64 (-1: empty bag),
+//   grad_weight (D, V) output.
+//
+// embag_psw_grad: the gradient of per_sample_weights, a dot product per position.
+//   Arguments: grad_output (D, B), weight (D, V), indices (N), position_bag (N) int32,
+//   padding_idx, grad_per_sample_weights (N) output.
+//
+// float16 / bfloat16 fold in float32 and round once; float64 folds in float64. The runtime has
+// validated every index, so data-dependent accesses are stated with unsafe_promise_clamped.
+#include <map>
+#include <string>
+
+#include "Halide.h"
+#include "float_bits.h"
+
+namespace {
+
+using namespace Halide;
+using embag_generators::narrow_float;
+using embag_generators::widen_float;
+
+Type accumulator_for(const Type& t) { return t.bits() == 64 ? Float(64) : Float(32); }
+
+enum class RowPooling { kSum, kWeightedSum, kMean };
+
+const std::map<std::string, RowPooling> kRowPoolingNames = {
+    {"sum", RowPooling::kSum},
+    {"wsum", RowPooling::kWeightedSum},
+    {"mean", RowPooling::kMean},
+};
+
+class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
+ public:
+  GeneratorParam<RowPooling> mode{"mode", RowPooling::kSum, kRowPoolingNames};
+  GeneratorParam<Type> weight_type{"weight_type", Float(32)};
+  GeneratorParam<int> rows_per_task{"rows_per_task", 32};
+
+  void configure() {
+    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
+    segments_ = add_input<Buffer<int32_t, 1>>("segments");
+    sorted_positions_ = add_input<Buffer<int32_t, 1>>("sorted_positions");
+    position_bag_ = add_input<Buffer<int32_t, 1>>("position_bag");
+    if (mode == RowPooling::kWeightedSum) {
+      per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
+    }
+    if (mode == RowPooling::kMean) bag_divisor_ = add_input<Buffer<int32_t, 1>>("bag_divisor");
+    scale_grad_by_freq_ = add_input<bool>("scale_grad_by_freq");
+    values_ = add_output<Func>("values", Type(weight_type), 2);
+  }
+
+  void generate() {
+    const Type acc = accumulator_for(weight_type);
+    Input<Buffer<>>& grad = *grad_output_;
+    Input<Buffer<int32_t, 1>>& segments = *segments_;
+    Input<Buffer<int32_t, 1>>& sorted_positions = *sorted_positions_;
+    Input<Buffer<int32_t, 1>>& position_bag = *position_bag_;
+
+    Expr begin = segments(u_);
+    Expr length = segments(u_ + 1) - begin;
+    Expr num_sorted = sorted_positions.dim(0).extent();
+    Expr num_positions = position_bag.dim(0).extent();
+    Expr num_bags = grad.dim(1).extent();
+
+    RDom k(0, num_sorted, "k");
+    k.where(k < length);
+    Expr at = unsafe_promise_clamped(begin + k, 0, num_sorted - 1);
+    Expr position = unsafe_promise_clamped(sorted_positions(at), 0, num_positions - 1);
+    Expr bag = unsafe_promise_clamped(position_bag(position), 0, num_bags - 1);
+    Expr g = widen_float(grad(d_, bag), acc, get_target());
+
+    Expr term = g;
+    if (mode == RowPooling::kWeightedSum) {
+      term = g * widen_float((*per_sample_weights_)(position), acc, get_target());
+    } else if (mode == RowPooling::kMean) {
+      term = g / cast(acc, (*bag_divisor_)(bag));
+    }
+    folded_(d_, u_) = cast(acc, 0);
+    folded_(d_, u_) = strict_float(folded_(d_, u_) + term);
+    k_ = k;
+
+    // scale_grad_by_freq divides by count(r): every position of row r is in its segment (the
+    // padding row has no segment), so count(r) is the segment's length.
+    Expr scaled =
+        select(*scale_grad_by_freq_, folded_(d_, u_) / cast(acc, length), folded_(d_, u_));
+    (*values_)(d_, u_) = narrow_float(strict_float(scaled), weight_type, get_target());
+  }
+
+  void schedule() {
+    const int lanes = natural_vector_size(accumulator_for(weight_type));
+    Func values = *values_;
+    Var task("task"), u_in("u_in");
+    // Rows are independent; each is one thread's left fold over its positions in order.
+    values.split(u_, task, u_in, rows_per_task, TailStrategy::GuardWithIf)
+        .parallel(task)
+        .vectorize(d_, lanes, TailStrategy::GuardWithIf);
+    folded_.compute_at(values, u_in).vectorize(d_, lanes, TailStrategy::GuardWithIf);
+    folded_.update().reorder(d_, k_).vectorize(d_, lanes, TailStrategy::GuardWithIf);
+  }
+
+ private:
+  Var d_{"d"}, u_{"u"};
+  RDom k_;
+  Func folded_{"folded"};
+  Input<Buffer<>>* grad_output_ = nullptr;
+  Input<Buffer<int32_t, 1>>* segments_ = nullptr;
+  Input<Buffer<int32_t, 1>>* sorted_positions_ = nullptr;
+  Input<Buffer<int32_t, 1>>* position_bag_ = nullptr;
+  Input<Buffer<>>* per_sample_weights_ = nullptr;
+  Input<Buffer<int32_t, 1>>* bag_divisor_ = nullptr;
+  Input<bool>* scale_grad_by_freq_ = nullptr;
+  Output<Func>* values_ = nullptr;
+};
+
+class EmbagBackwardMax : public Generator<EmbagBackwardMax> {
+ public:
+  GeneratorParam<Type> weight_type{"weight_type", Float(32)};
+
+  void configure() {
+    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
+    argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
+    grad_weight_ = add_output<Func>("grad_weight", Type(weight_type), 2);
+  }
+
+  void generate() {
+    const Type acc = accumulator_for(weight_type);
+    Input<Buffer<>>& grad = *grad_output_;
+    Input<Buffer<int64_t, 2>>& argmax = *argmax_;
+    Expr num_rows = Func(*grad_weight_).output_buffer().dim(1).extent();
+
+    RDom b(0, grad.dim(1).extent(), "b");
+    Expr winner = argmax(d_, b);
+    b.where(winner >= 0);
+    Expr row = unsafe_promise_clamped(cast<int32_t>(winner), 0, num_rows - 1);
+    summed_(d_, v_) = cast(acc, 0);
+    summed_(d_, row) = strict_float(summed_(d_, row) + widen_float(grad(d_, b), acc, get_target()));
+    b_ = b;
+    (*grad_weight_)(d_, v_) = narrow_float(summed_(d_, v_), weight_type, get_target());
+  }
+
+  void schedule() {
+    Func out = *grad_weight_;
+    Var task("task"), inner("inner");
+    // Zeroing the table-sized gradient dominates; it runs in parallel over rows. The scatter is
+    // parallel over columns: a column's sum only ever touches that column, and within it bags are
+    // added in order.
+    out.split(v_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
+    summed_.compute_root().split(v_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
+    summed_.update().split(d_, task, inner, 8, TailStrategy::GuardWithIf).parallel(task);
+  }
+
+ private:
+  Var d_{"d"}, v_{"v"};
+  RDom b_;
+  Func summed_{"summed"};
+  Input<Buffer<>>* grad_output_ = nullptr;
+  Input<Buffer<int64_t, 2>>* argmax_ = nullptr;
+  Output<Func>* grad_weight_ = nullptr;
+};
+
+class EmbagPswGrad : public Generator<EmbagPswGrad> {
+ public:
+  GeneratorParam<Type> weight_type{"weight_type", Float(32)};
+  GeneratorParam<Type> index_type{"index_type", Int(64)};
+
+  void configure() {
+    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
+    weight_ = add_input<Buffer<>>("weight", weight_type, 2);
+    indices_ = add_input<Buffer<>>("indices", index_type, 1);
+    position_bag_ = add_input<Buffer<int32_t, 1>>("position_bag");
+    padding_idx_ = add_input<int32_t>("padding_idx");
+    grad_psw_ = add_output<Func>("grad_per_sample_weights", Type(weight_type), 1);
+  }
+
+  void generate() {
+    const Type acc = accumulator_for(weight_type);
+    Input<Buffer<>>& grad = *grad_output_;
+    Input<Buffer<>>& weight = *weight_;
+    Var p("p");
+    Expr row = unsafe_promise_clamped(cast<int32_t>((*indices_)(p)), 0, weight.dim(1).extent() - 1);
+    Expr bag = (*position_bag_)(p);
+    Expr safe_bag = unsafe_promise_clamped(bag, 0, grad.dim(1).extent() - 1);
+    RDom d(0, weight.dim(0).extent(), "d");
+    dot_(p) = cast(acc, 0);
+    dot_(p) = strict_float(dot_(p) + widen_float(grad(d, safe_bag), acc, get_target()) *
+                                         widen_float(weight(d, row), acc, get_target()));
+    Expr counted = bag >= 0 && row != *padding_idx_;
+    (*grad_psw_)(p) =
+        narrow_float(select(counted, dot_(p), cast(acc, 0)), weight_type, get_target());
+    p_ = p;
+  }
+
+  void schedule() {
+    Func out = *grad_psw_;
+    Var task("task"), inner("inner");
+    out.split(p_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
+    dot_.compute_at(out, inner);
+  }
+
+ private:
+  Var p_;
+  Func dot_{"dot"};
+  Input<Buffer<>>* grad_output_ = nullptr;
+  Input<Buffer<>>* weight_ = nullptr;
+  Input<Buffer<>>* indices_ = nullptr;
+  Input<Buffer<int32_t, 1>>* position_bag_ = nullptr;
+  Input<int32_t>* padding_idx_ = nullptr;
+  Output<Func>* grad_psw_ = nullptr;
+};
+
+}  // namespace
+
+HALIDE_REGISTER_GENERATOR(EmbagBackwardRows, embag_backward_rows)
+HALIDE_REGISTER_GENERATOR(EmbagBackwardMax, embag_backward_max)
+HALIDE_REGISTER_GENERATOR(EmbagPswGrad, embag_psw_grad)

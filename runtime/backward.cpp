@@ -1,0 +1,305 @@
+// embag::backward: validate, sort the valid positions by row (stable, no atomics), run the
+// per-row / per-column Halide kernels, and lay the result out dense or sparse.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "bag_layout.h"
+#include "forward_plan.h"
+#include "halide_buffer.h"
+#include "kernel_registry.h"
+#include "kernel_thread_pool.h"
+#include "runtime_state.h"
+
+namespace embag {
+namespace {
+
+using internal::BagLayout;
+using internal::ForwardPlan;
+using internal::HalideBuffer;
+using internal::KernelEntry;
+using internal::KernelPooling;
+
+ForwardInputs forward_inputs_of(const BackwardInputs& in) {
+  return ForwardInputs{in.weight, in.input, in.offsets, in.per_sample_weights};
+}
+
+// The valid positions (inside a bag, not padding) grouped by row: rows ascending, and within a
+// row the positions in input order. Built by an LSD radix sort on the row, which is stable, so
+// each row's gradient is folded in input order whatever the thread count; its cost grows with
+// the batch (and the number of digits of V), never with V itself.
+struct RowGroups {
+  std::vector<int64_t> rows;              // U distinct rows, ascending
+  std::vector<int32_t> segments;          // U + 1: row u is sorted_positions[seg[u], seg[u+1])
+  std::vector<int32_t> sorted_positions;  // M valid positions
+  std::vector<int32_t> position_bag;      // bag of each position in [0, positions_end)
+  std::vector<int32_t> bag_valid;         // B: valid positions per bag
+};
+
+void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, RowGroups* g) {
+  const int64_t B = plan.num_bags;
+  const TensorView offsets =
+      make_view_1d(const_cast<void*>(layout.offsets), layout.index_dtype, B + 1);
+  const TensorView indices =
+      make_view_1d(const_cast<void*>(layout.indices), layout.index_dtype, plan.positions_end);
+
+  g->position_bag.assign(static_cast<size_t>(plan.positions_end), -1);
+  g->bag_valid.assign(static_cast<size_t>(B), 0);
+  std::vector<uint32_t> keys;
+  std::vector<int32_t> values;
+  keys.reserve(static_cast<size_t>(plan.positions_end));
+  values.reserve(static_cast<size_t>(plan.positions_end));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t end = internal::load_index(offsets, b + 1);
+    for (int64_t p = internal::load_index(offsets, b); p < end; ++p) {
+      g->position_bag[p] = static_cast<int32_t>(b);
+      const int64_t row = internal::load_index(indices, p);
+      if (row == plan.padding_idx) continue;
+      ++g->bag_valid[b];
+      keys.push_back(static_cast<uint32_t>(row));
+      values.push_back(static_cast<int32_t>(p));
+    }
+  }
+
+  // LSD radix sort, 11 bits a pass, as many passes as V - 1 has digits.
+  constexpr int kBits = 11;
+  constexpr uint32_t kBuckets = 1u << kBits;
+  const size_t m = keys.size();
+  std::vector<uint32_t> keys_out(m);
+  std::vector<int32_t> values_out(m);
+  const uint64_t largest = plan.num_rows > 0 ? static_cast<uint64_t>(plan.num_rows - 1) : 0;
+  for (int shift = 0; shift == 0 || (largest >> shift) != 0; shift += kBits) {
+    std::vector<size_t> start(kBuckets + 1, 0);
+    for (uint32_t k : keys) ++start[((k >> shift) & (kBuckets - 1)) + 1];
+    for (uint32_t i = 0; i < kBuckets; ++i) start[i + 1] += start[i];
+    for (size_t i = 0; i < m; ++i) {
+      const size_t at = start[(keys[i] >> shift) & (kBuckets - 1)]++;
+      keys_out[at] = keys[i];
+      values_out[at] = values[i];
+    }
+    keys.swap(keys_out);
+    values.swap(values_out);
+  }
+
+  g->sorted_positions = std::move(values);
+  g->rows.clear();
+  g->segments.clear();
+  for (size_t i = 0; i < m; ++i) {
+    if (i == 0 || keys[i] != keys[i - 1]) {
+      g->rows.push_back(keys[i]);
+      g->segments.push_back(static_cast<int32_t>(i));
+    }
+  }
+  g->segments.push_back(static_cast<int32_t>(m));
+}
+
+// The kernels a backward call needs on the selected ISA.
+struct BackwardKernels {
+  const KernelEntry* rows = nullptr;  // sum / wsum / mean
+  const KernelEntry* max = nullptr;
+  const KernelEntry* psw = nullptr;
+};
+
+Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& out,
+                               const ForwardPlan& plan, BackwardKernels* k) {
+  Isa isa;
+  if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
+  const DType w = in.weight.dtype;
+  auto missing = [&](const char* what) {
+    return Status(StatusCode::kUnsupported, std::string("no ") + what +
+                                                " kernel was compiled for weight " + dtype_name(w) +
+                                                " on " + isa_name(isa));
+  };
+  if (plan.pooling == KernelPooling::kMax) {
+    k->max = internal::find_backward_max_kernel(w, isa);
+    if (!k->max) return missing("max backward");
+  } else {
+    k->rows = internal::find_backward_rows_kernel(plan.pooling, w, isa);
+    if (!k->rows) return missing("backward");
+  }
+  if (out.grad_per_sample_weights) {
+    k->psw = internal::find_psw_grad_kernel(w, in.input.dtype, isa);
+    if (!k->psw) return missing("per_sample_weights gradient");
+  }
+  return Status::Ok();
+}
+
+// Zeroes rows [0, V) of a (V, D) gradient in parallel, except that rows listed in `rows` get
+// the matching row of `values` (U x D, contiguous) instead.
+struct DenseScatter {
+  unsigned char* grad;
+  int64_t row_stride_bytes;
+  int64_t row_bytes;
+  int64_t num_rows;
+  const std::vector<int64_t>* rows;
+  const unsigned char* values;
+  int tasks;
+};
+
+void dense_scatter_task(void* context, int task) {
+  const auto* s = static_cast<const DenseScatter*>(context);
+  const int64_t begin = s->num_rows * task / s->tasks;
+  const int64_t end = s->num_rows * (task + 1) / s->tasks;
+  // rows is ascending: find the first listed row in this block.
+  auto next = std::lower_bound(s->rows->begin(), s->rows->end(), begin);
+  for (int64_t r = begin; r < end; ++r) {
+    unsigned char* dst = s->grad + r * s->row_stride_bytes;
+    if (next != s->rows->end() && *next == r) {
+      const size_t u = static_cast<size_t>(next - s->rows->begin());
+      std::memcpy(dst, s->values + u * static_cast<size_t>(s->row_bytes),
+                  static_cast<size_t>(s->row_bytes));
+      ++next;
+    } else {
+      std::memset(dst, 0, static_cast<size_t>(s->row_bytes));
+    }
+  }
+}
+
+Status run_rows_kernel(const KernelEntry& kernel, const BackwardInputs& in, const ForwardPlan& plan,
+                       const Options& opt, const RowGroups& groups, void* values,
+                       int64_t values_row_stride) {
+  const int64_t U = static_cast<int64_t>(groups.rows.size());
+  const int64_t D = plan.dim;
+  HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                    in.grad_output.strides[0]);
+  HalideBuffer segments(groups.segments.data(), DType::kInt32, U + 1);
+  HalideBuffer sorted(groups.sorted_positions.data(), DType::kInt32,
+                      static_cast<int64_t>(groups.sorted_positions.size()));
+  HalideBuffer position_bag(groups.position_bag.data(), DType::kInt32,
+                            static_cast<int64_t>(groups.position_bag.size()));
+  HalideBuffer out(values, in.weight.dtype, U, D, values_row_stride);
+  const bool scale = opt.scale_grad_by_freq;
+  switch (kernel.pooling) {
+    case KernelPooling::kWeightedSum: {
+      HalideBuffer psw(in.per_sample_weights->data, in.per_sample_weights->dtype,
+                       plan.positions_end);
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.backward_rows_with(grad.get(), segments.get(), sorted.get(),
+                                            position_bag.get(), psw.get(), scale, out.get());
+      });
+    }
+    case KernelPooling::kMean: {
+      HalideBuffer divisor(groups.bag_valid.data(), DType::kInt32, plan.num_bags);
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.backward_rows_with(grad.get(), segments.get(), sorted.get(),
+                                            position_bag.get(), divisor.get(), scale, out.get());
+      });
+    }
+    default:
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.backward_rows(grad.get(), segments.get(), sorted.get(), position_bag.get(),
+                                       scale, out.get());
+      });
+  }
+}
+
+// Everything up to the kernels: validation of inputs and outputs, the layout and the row groups.
+Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
+               ForwardPlan* plan, BagLayout* layout, RowGroups* groups) {
+  const ForwardInputs fin = forward_inputs_of(in);
+  if (Status s = internal::validate_forward_inputs(fin, opt, plan); !s.ok()) return s;
+  internal::make_bag_layout(fin, opt, *plan, layout);
+  group_positions_by_row(*layout, *plan, groups);
+  return internal::validate_backward_rest(in, out, opt, *plan,
+                                          static_cast<int64_t>(groups->rows.size()));
+}
+
+}  // namespace
+
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows) {
+  ForwardPlan plan;
+  const ForwardInputs fin = forward_inputs_of(inputs);
+  if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+  BagLayout layout;
+  internal::make_bag_layout(fin, options, plan, &layout);
+  RowGroups groups;
+  group_positions_by_row(layout, plan, &groups);
+  *rows = static_cast<int64_t>(groups.rows.size());
+  return Status::Ok();
+}
+
+Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                         const Options& options) {
+  ForwardPlan plan;
+  BagLayout layout;
+  RowGroups groups;
+  if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
+  BackwardKernels kernels;
+  return select_backward_kernels(inputs, outputs, plan, &kernels);
+}
+
+Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt) {
+  ForwardPlan plan;
+  BagLayout layout;
+  RowGroups groups;
+  if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;
+  BackwardKernels kernels;
+  if (Status s = select_backward_kernels(in, out, plan, &kernels); !s.ok()) return s;
+
+  const int64_t V = plan.num_rows, D = plan.dim;
+  const size_t element = dtype_size(in.weight.dtype);
+  const int64_t U = static_cast<int64_t>(groups.rows.size());
+
+  // Weight gradient.
+  if (kernels.max != nullptr) {
+    if (V > 0 && D > 0) {
+      HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                        in.grad_output.strides[0]);
+      HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
+      HalideBuffer dense(out.grad_weight->data, in.weight.dtype, V, D, out.grad_weight->strides[0]);
+      Status s = internal::run_kernel(kernels.max->name, [&] {
+        return kernels.max->fn.backward_max(grad.get(), argmax.get(), dense.get());
+      });
+      if (!s.ok()) return s;
+    }
+  } else if (opt.sparse) {
+    std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
+    if (U > 0 && D > 0) {
+      Status s = run_rows_kernel(*kernels.rows, in, plan, opt, groups, out.grad_weight_values->data,
+                                 out.grad_weight_values->strides[0]);
+      if (!s.ok()) return s;
+    }
+  } else if (V > 0 && D > 0) {
+    std::vector<unsigned char> values(static_cast<size_t>(U * D) * element);
+    if (U > 0) {
+      Status s = run_rows_kernel(*kernels.rows, in, plan, opt, groups, values.data(), D);
+      if (!s.ok()) return s;
+    }
+    DenseScatter scatter{static_cast<unsigned char*>(out.grad_weight->data),
+                         out.grad_weight->strides[0] * static_cast<int64_t>(element),
+                         D * static_cast<int64_t>(element),
+                         V,
+                         &groups.rows,
+                         values.data(),
+                         static_cast<int>(std::min<int64_t>(V, 64))};
+    internal::parallel_for(scatter.tasks, &dense_scatter_task, &scatter);
+  }
+
+  // per_sample_weights gradient: positions in bags from the kernel, the rest 0.
+  if (kernels.psw != nullptr) {
+    const int64_t N = plan.num_indices;
+    auto* gp = static_cast<unsigned char*>(out.grad_per_sample_weights->data);
+    if (plan.positions_end > 0 && D > 0) {
+      HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                        in.grad_output.strides[0]);
+      HalideBuffer weight(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]);
+      HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
+      HalideBuffer position_bag(groups.position_bag.data(), DType::kInt32, plan.positions_end);
+      HalideBuffer result(gp, in.weight.dtype, plan.positions_end);
+      Status s = internal::run_kernel(kernels.psw->name, [&] {
+        return kernels.psw->fn.psw_grad(grad.get(), weight.get(), indices.get(), position_bag.get(),
+                                        plan.padding_idx, result.get());
+      });
+      if (!s.ok()) return s;
+    } else if (plan.positions_end > 0) {
+      std::memset(gp, 0, static_cast<size_t>(plan.positions_end) * element);
+    }
+    std::memset(gp + static_cast<size_t>(plan.positions_end) * element, 0,
+                static_cast<size_t>(N - plan.positions_end) * element);
+  }
+  if (kernels.max) internal::record_last_variant(kernels.max->name);
+  if (kernels.rows) internal::record_last_variant(kernels.rows->name);
+  return Status::Ok();
+}
+
+}  // namespace embag
