@@ -9,6 +9,8 @@ namespace embag::cli {
 
 // embag forward: embedding_bag on .npy files (cli_forward.cpp).
 int run_forward(const std::vector<std::string>& args);
+// embag backward: the gradients of embedding_bag on .npy files (cli_backward.cpp).
+int run_backward(const std::vector<std::string>& args);
 // embag info: compiled variants, CPU ISAs and what the dispatcher picks (cli_info.cpp).
 int run_info(const std::vector<std::string>& args);
 // embag demo: a generated DLRM-like batch, checked against a plain loop, then timed

@@ -3,7 +3,6 @@
 // Everything is loaded and validated before anything is written, and the outputs are written
 // only after the kernel succeeded, all of them or none: a failed run leaves no output file and
 // never touches the weight file (max_norm renormalises the in-memory copy only).
-#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -12,6 +11,7 @@
 
 #include "cli_args.h"
 #include "cli_commands.h"
+#include "cli_files.h"
 #include "embag/embag.h"
 #include "npy/npy_file.h"
 
@@ -69,16 +69,6 @@ struct ForwardRequest {
   Options options;
 };
 
-// True when two paths name the same file, whether or not it exists yet.
-bool same_file(const std::string& a, const std::string& b) {
-  std::error_code error;
-  if (std::filesystem::equivalent(a, b, error)) {
-    return true;
-  }
-  return std::filesystem::absolute(a, error).lexically_normal() ==
-         std::filesystem::absolute(b, error).lexically_normal();
-}
-
 Status usage_error(const std::string& message) {
   return Status(StatusCode::kInvalidArgument, message);
 }
@@ -128,81 +118,19 @@ Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
   }
   options.include_last_offset = flags.has("include-last-offset");
 
-  // Writing over an input would break the promise that inputs are never modified, and two
-  // outputs on one path would silently lose one of them.
-  std::vector<std::pair<const char*, std::string>> inputs = {{"--weight", request->weight_path},
-                                                             {"--input", request->input_path}};
+  std::vector<FlagPath> inputs = {{"--weight", request->weight_path},
+                                  {"--input", request->input_path}};
   if (request->offsets_path) {
-    inputs.emplace_back("--offsets", *request->offsets_path);
+    inputs.push_back({"--offsets", *request->offsets_path});
   }
   if (request->per_sample_weights_path) {
-    inputs.emplace_back("--per-sample-weights", *request->per_sample_weights_path);
+    inputs.push_back({"--per-sample-weights", *request->per_sample_weights_path});
   }
-  std::vector<std::pair<const char*, std::string>> outputs = {{"--output", request->output_path}};
+  std::vector<FlagPath> outputs = {{"--output", request->output_path}};
   if (request->weight_output_path) {
-    outputs.emplace_back("--weight-output", *request->weight_output_path);
+    outputs.push_back({"--weight-output", *request->weight_output_path});
   }
-  for (const auto& [output_flag, output_path] : outputs) {
-    for (const auto& [input_flag, input_path] : inputs) {
-      if (same_file(output_path, input_path)) {
-        return usage_error(std::string(output_flag) + " " + output_path + " is the same file as " +
-                           input_flag + "; inputs are never overwritten");
-      }
-    }
-  }
-  if (request->weight_output_path &&
-      same_file(request->output_path, *request->weight_output_path)) {
-    return usage_error("--output and --weight-output are the same file");
-  }
-  return Status::Ok();
-}
-
-// A view that reports the array's real number of dimensions: npy::Array::view() shows a 0-d
-// array as one element, but validation should tell the user "got Tensor of dimension 0".
-TensorView view_with_true_ndim(npy::Array& array) {
-  TensorView view = array.view();
-  if (array.shape.empty()) {
-    view.ndim = 0;
-  }
-  return view;
-}
-
-// Writes every (path, array) pair or none of them. npy::save is atomic per file; for two files,
-// each is first saved complete under a staging name beside its target and only then renamed
-// into place, so the failures that happen (disk full, unwritable folder) leave no target
-// changed; what remains is a rename within a folder just written to, which in practice does not
-// fail.
-Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::Array*>>& files) {
-  if (files.size() == 1) {
-    return npy::save(files[0].first, *files[0].second);
-  }
-  std::vector<std::string> staged;
-  auto discard_staged = [&staged] {
-    for (const std::string& path : staged) {
-      std::error_code ignored;
-      std::filesystem::remove(path, ignored);
-    }
-  };
-  for (const auto& [path, array] : files) {
-    const std::string staging_path = path + ".embag-staged";
-    Status status = npy::save(staging_path, *array);
-    if (!status.ok()) {
-      discard_staged();
-      return status;
-    }
-    staged.push_back(staging_path);
-  }
-  for (size_t i = 0; i < files.size(); ++i) {
-    std::error_code error;
-    std::filesystem::rename(staged[i], files[i].first, error);
-    if (error) {
-      discard_staged();
-      return Status(
-          StatusCode::kInvalidArgument,
-          files[i].first + ": cannot move the finished file into place: " + error.message());
-    }
-  }
-  return Status::Ok();
+  return check_output_paths(inputs, outputs);
 }
 
 int run(const ForwardRequest& request) {

@@ -17,6 +17,7 @@ PyTorch's torch.nn.functional.embedding_bag as ahead-of-time compiled Halide ker
 
 commands:
   forward   run embedding_bag on arrays stored as .npy files
+  backward  compute embedding_bag's gradients on arrays stored as .npy files
   info      list the compiled kernel variants, the CPU's ISAs and which variant runs here
   demo      run a generated DLRM-like batch, check it against a plain loop, and time it
 
@@ -27,6 +28,9 @@ int dispatch(const std::string& command, const std::vector<std::string>& args) {
   using namespace embag::cli;
   if (command == "forward") {
     return run_forward(args);
+  }
+  if (command == "backward") {
+    return run_backward(args);
   }
   if (command == "info") {
     return run_info(args);
