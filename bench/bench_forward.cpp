@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_data.h"
 #include "embag/embag.h"
 #include "gather_baseline.h"
 #include "shape_file.h"
@@ -62,20 +63,20 @@ using embag::bench::Distribution;
 using embag::bench::GatherIsa;
 using embag::bench::GatherMode;
 using embag::bench::GatherProblem;
+using embag::bench::kZipfExponent;
+using embag::bench::Rng;
+using embag::bench::seed_for;
 using embag::bench::Shape;
+using embag::bench::ZipfSampler;
 
 constexpr int kColdBatches = 8;
 constexpr int kThreadCounts[] = {1, 2};
 constexpr GatherMode kModes[] = {GatherMode::kSum, GatherMode::kMean, GatherMode::kMax};
-constexpr double kZipfExponent = 1.05;
 // The check before timing reads batch 0; timing starts at the next one so that its first call
 // does not find batch 0's rows still in cache.
 constexpr size_t kFirstTimedBatch = 1;
 
 int64_t g_llc_bytes = int64_t{32} << 20;
-
-// 64x64->128-bit products for index draws; __extension__ keeps -Wpedantic quiet about it.
-__extension__ typedef unsigned __int128 Uint128;
 
 // Rows that failed a check; main() exits non-zero if any did, so a CI run of the tiny shapes
 // catches a kernel that disagrees with the baseline.
@@ -102,80 +103,12 @@ embag::Mode to_embag(GatherMode mode) {
   return embag::Mode::kSum;
 }
 
-// ---- Deterministic data ------------------------------------------------------------------
-
-// splitmix64: tiny, fast and good enough to fill 128M floats in a fraction of a second.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [-1, 1): 24 random bits, exactly representable.
-  float symmetric_unit() {
-    return static_cast<float>(static_cast<int32_t>(next() >> 40) - (1 << 23)) * 0x1p-23f;
-  }
-  // Uniform in [0, n) by a 64x64->128 multiply (no modulo bias worth the name).
-  int64_t below(int64_t n) {
-    return static_cast<int64_t>((static_cast<Uint128>(next()) * n) >> 64);
-  }
-  double unit() { return static_cast<double>(next() >> 11) * 0x1p-53; }
-
- private:
-  uint64_t state_;
-};
-
-uint64_t seed_for(const Shape& shape, uint64_t salt) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (uint64_t v : {static_cast<uint64_t>(shape.rows), static_cast<uint64_t>(shape.dim),
-                     static_cast<uint64_t>(shape.bags), static_cast<uint64_t>(shape.pooling),
-                     static_cast<uint64_t>(shape.distribution), salt}) {
-    h = (h ^ v) * 0x100000001B3ull;
-  }
-  return h;
-}
-
-// Zipf over `rows` ranks (rank k drawn with weight (k+1)^-s) by inverting the CDF. Rank k is
-// then sent to row (k * step) mod rows with step coprime to rows: a bijection that spreads the
-// hot rows over the table, as hashing spreads hot ids in production, instead of packing them
-// into a few pages at the start.
-class ZipfSampler {
- public:
-  ZipfSampler(int64_t rows, double exponent) : rows_(rows), cdf_(static_cast<size_t>(rows)) {
-    double total = 0;
-    for (int64_t k = 0; k < rows; ++k) {
-      total += std::pow(static_cast<double>(k + 1), -exponent);
-      cdf_[static_cast<size_t>(k)] = total;
-    }
-    step_ = static_cast<int64_t>(0x9E3779B97F4A7C15ull % static_cast<uint64_t>(rows));
-    while (std::gcd(step_, rows_) != 1) ++step_;
-  }
-  int64_t sample(Rng& rng) const {
-    const double u = rng.unit() * cdf_.back();
-    const int64_t rank =
-        std::min<int64_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(), rows_ - 1);
-    return static_cast<int64_t>((static_cast<Uint128>(rank) * step_) % rows_);
-  }
-
- private:
-  int64_t rows_;
-  std::vector<double> cdf_;
-  int64_t step_ = 1;
-};
-
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-
 // One shape's inputs. Only one lives at a time (a cold table is up to 512 MiB), and the rows of
 // one shape are registered together, so each table is built once.
 struct Dataset {
   Shape shape;
   bool cold = false;
-  std::unique_ptr<float, FreeDeleter> table;
+  embag::bench::AlignedFloats table;
   std::vector<std::vector<int64_t>> batches;  // index batches the timed loop cycles through
   std::vector<int64_t> offsets;               // bags + 1 entries, shared by every batch
   std::vector<float> output;                  // the timed implementation writes here
@@ -193,11 +126,9 @@ Dataset* dataset_for(const Shape& shape, benchmark::State& state) {
   ds->shape = shape;
   ds->cold = is_cold(shape);
   const int64_t elements = shape.rows * shape.dim;
-  // aligned_alloc wants a multiple of the alignment; 64 is a cache line, as PyTorch aligns.
-  const size_t bytes = (static_cast<size_t>(elements) * sizeof(float) + 63) / 64 * 64;
-  ds->table.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+  ds->table = embag::bench::allocate_floats(elements);
   if (!ds->table) {
-    fail(state, "cannot allocate the " + std::to_string(bytes >> 20) + " MiB table");
+    fail(state, "cannot allocate the " + std::to_string((elements * 4) >> 20) + " MiB table");
     return nullptr;
   }
   Rng values(seed_for(shape, 0));

@@ -112,20 +112,15 @@ foreach (isa IN LISTS EMBAG_X86_ISAS)
                      ISA ${isa}
                      ROW "EMBAG_RENORM_KERNEL(${wenum}"
                      PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}})
-    # Backward: per-row folds for the sum family (no index dtype: the runtime hands them sorted
-    # int32 positions), the column scatter of max, and the per_sample_weights gradient.
-    foreach (mode IN ITEMS sum wsum mean)
+    # Backward: per-row folds (no index dtype: the runtime hands them sorted int32 positions)
+    # and the per_sample_weights gradient.
+    foreach (mode IN ITEMS sum wsum mean max)
       embag_add_kernel(embag_backward_rows_${mode}_${w}_${isa}
                        GENERATOR embag_backward_rows
                        ISA ${isa}
                        ROW "EMBAG_BACKWARD_ROWS_KERNEL_${mode}(${wenum}"
                        PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}})
     endforeach ()
-    embag_add_kernel(embag_backward_max_${w}_${isa}
-                     GENERATOR embag_backward_max
-                     ISA ${isa}
-                     ROW "EMBAG_BACKWARD_MAX_KERNEL(${wenum}"
-                     PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}})
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
       embag_add_kernel(embag_psw_grad_${w}_${i}_${isa}
                        GENERATOR embag_psw_grad

@@ -9,10 +9,10 @@
 //   position_bag (N) int32, [per_sample_weights (N), mode wsum], [bag_divisor (B) int32, mode
 //   mean], scale_grad_by_freq (bool), values (D, U) output.
 //
-// embag_backward_max: the dense weight gradient of max. Each column d is independent: bags are
-//   scanned in order and g[b][d] is added to the row that won column d of bag b.
-//   Arguments: grad_output (D, B), argmax (D, B) int64 (-1: empty bag),
-//   grad_weight (D, V) output.
+//   Mode max (argmax (D, B) int64 and rows (U) int64 instead of the per-position inputs): row u
+//   adds g[b][d] for each bag b holding it (once per bag, in order) whose column d it won. The
+//   bags that can name row r as a winner are exactly those holding r, so the same row groups
+//   serve, and the cost grows with the batch, not the table.
 //
 // embag_psw_grad: the gradient of per_sample_weights, a dot product per position.
 //   Arguments: grad_output (D, B), weight (D, V), indices (N), position_bag (N) int32,
@@ -34,12 +34,13 @@ using embag_generators::widen_float;
 
 Type accumulator_for(const Type& t) { return t.bits() == 64 ? Float(64) : Float(32); }
 
-enum class RowPooling { kSum, kWeightedSum, kMean };
+enum class RowPooling { kSum, kWeightedSum, kMean, kMax };
 
 const std::map<std::string, RowPooling> kRowPoolingNames = {
     {"sum", RowPooling::kSum},
     {"wsum", RowPooling::kWeightedSum},
     {"mean", RowPooling::kMean},
+    {"max", RowPooling::kMax},
 };
 
 class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
@@ -57,6 +58,10 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
       per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
     }
     if (mode == RowPooling::kMean) bag_divisor_ = add_input<Buffer<int32_t, 1>>("bag_divisor");
+    if (mode == RowPooling::kMax) {
+      argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
+      rows_ = add_input<Buffer<int64_t, 1>>("rows");
+    }
     scale_grad_by_freq_ = add_input<bool>("scale_grad_by_freq");
     values_ = add_output<Func>("values", Type(weight_type), 2);
   }
@@ -82,7 +87,17 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
     Expr g = widen_float(grad(d_, bag), acc, get_target());
 
     Expr term = g;
-    if (mode == RowPooling::kWeightedSum) {
+    if (mode == RowPooling::kMax) {
+      // A row held twice by one bag still adds that bag's gradient once: its positions are
+      // adjacent in the segment (input order), so only the first of a run of one bag counts.
+      Expr previous_at = unsafe_promise_clamped(begin + k - 1, 0, num_sorted - 1);
+      Expr previous_bag = unsafe_promise_clamped(
+          position_bag(unsafe_promise_clamped(sorted_positions(previous_at), 0, num_positions - 1)),
+          0, num_bags - 1);
+      Expr first_of_bag = k == 0 || previous_bag != bag;
+      Expr won = (*argmax_)(d_, bag) == (*rows_)(u_);
+      term = select(first_of_bag && won, g, cast(acc, 0));
+    } else if (mode == RowPooling::kWeightedSum) {
       term = g * widen_float((*per_sample_weights_)(position), acc, get_target());
     } else if (mode == RowPooling::kMean) {
       term = g / cast(acc, (*bag_divisor_)(bag));
@@ -120,54 +135,10 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
   Input<Buffer<int32_t, 1>>* position_bag_ = nullptr;
   Input<Buffer<>>* per_sample_weights_ = nullptr;
   Input<Buffer<int32_t, 1>>* bag_divisor_ = nullptr;
+  Input<Buffer<int64_t, 2>>* argmax_ = nullptr;
+  Input<Buffer<int64_t, 1>>* rows_ = nullptr;
   Input<bool>* scale_grad_by_freq_ = nullptr;
   Output<Func>* values_ = nullptr;
-};
-
-class EmbagBackwardMax : public Generator<EmbagBackwardMax> {
- public:
-  GeneratorParam<Type> weight_type{"weight_type", Float(32)};
-
-  void configure() {
-    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
-    argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
-    grad_weight_ = add_output<Func>("grad_weight", Type(weight_type), 2);
-  }
-
-  void generate() {
-    const Type acc = accumulator_for(weight_type);
-    Input<Buffer<>>& grad = *grad_output_;
-    Input<Buffer<int64_t, 2>>& argmax = *argmax_;
-    Expr num_rows = Func(*grad_weight_).output_buffer().dim(1).extent();
-
-    RDom b(0, grad.dim(1).extent(), "b");
-    Expr winner = argmax(d_, b);
-    b.where(winner >= 0);
-    Expr row = unsafe_promise_clamped(cast<int32_t>(winner), 0, num_rows - 1);
-    summed_(d_, v_) = cast(acc, 0);
-    summed_(d_, row) = strict_float(summed_(d_, row) + widen_float(grad(d_, b), acc, get_target()));
-    b_ = b;
-    (*grad_weight_)(d_, v_) = narrow_float(summed_(d_, v_), weight_type, get_target());
-  }
-
-  void schedule() {
-    Func out = *grad_weight_;
-    Var task("task"), inner("inner");
-    // Zeroing the table-sized gradient dominates; it runs in parallel over rows. The scatter is
-    // parallel over columns: a column's sum only ever touches that column, and within it bags are
-    // added in order.
-    out.split(v_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
-    summed_.compute_root().split(v_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
-    summed_.update().split(d_, task, inner, 8, TailStrategy::GuardWithIf).parallel(task);
-  }
-
- private:
-  Var d_{"d"}, v_{"v"};
-  RDom b_;
-  Func summed_{"summed"};
-  Input<Buffer<>>* grad_output_ = nullptr;
-  Input<Buffer<int64_t, 2>>* argmax_ = nullptr;
-  Output<Func>* grad_weight_ = nullptr;
 };
 
 class EmbagPswGrad : public Generator<EmbagPswGrad> {
@@ -223,5 +194,4 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(EmbagBackwardRows, embag_backward_rows)
-HALIDE_REGISTER_GENERATOR(EmbagBackwardMax, embag_backward_max)
 HALIDE_REGISTER_GENERATOR(EmbagPswGrad, embag_psw_grad)

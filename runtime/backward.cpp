@@ -95,9 +95,8 @@ void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, Ro
 
 // The kernels a backward call needs on the selected ISA.
 struct BackwardKernels {
-  const KernelEntry* rows = nullptr;  // sum / wsum / mean
-  const KernelEntry* max = nullptr;
-  const KernelEntry* psw = nullptr;
+  const KernelEntry* rows = nullptr;  // the weight gradient, every mode
+  const KernelEntry* psw = nullptr;   // the per_sample_weights gradient, when asked for
 };
 
 Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& out,
@@ -110,13 +109,8 @@ Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& 
                                                 " kernel was compiled for weight " + dtype_name(w) +
                                                 " on " + isa_name(isa));
   };
-  if (plan.pooling == KernelPooling::kMax) {
-    k->max = internal::find_backward_max_kernel(w, isa);
-    if (!k->max) return missing("max backward");
-  } else {
-    k->rows = internal::find_backward_rows_kernel(plan.pooling, w, isa);
-    if (!k->rows) return missing("backward");
-  }
+  k->rows = internal::find_backward_rows_kernel(plan.pooling, w, isa);
+  if (!k->rows) return missing("backward");
   if (out.grad_per_sample_weights) {
     k->psw = internal::find_psw_grad_kernel(w, in.input.dtype, isa);
     if (!k->psw) return missing("per_sample_weights gradient");
@@ -176,6 +170,15 @@ Status run_rows_kernel(const KernelEntry& kernel, const BackwardInputs& in, cons
       return internal::run_kernel(kernel.name, [&] {
         return kernel.fn.backward_rows_with(grad.get(), segments.get(), sorted.get(),
                                             position_bag.get(), psw.get(), scale, out.get());
+      });
+    }
+    case KernelPooling::kMax: {
+      HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
+      HalideBuffer rows(groups.rows.data(), DType::kInt64, U);
+      return internal::run_kernel(kernel.name, [&] {
+        return kernel.fn.backward_rows_max(grad.get(), segments.get(), sorted.get(),
+                                           position_bag.get(), argmax.get(), rows.get(), scale,
+                                           out.get());
       });
     }
     case KernelPooling::kMean: {
@@ -241,18 +244,7 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
   const int64_t U = static_cast<int64_t>(groups.rows.size());
 
   // Weight gradient.
-  if (kernels.max != nullptr) {
-    if (V > 0 && D > 0) {
-      HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
-                        in.grad_output.strides[0]);
-      HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
-      HalideBuffer dense(out.grad_weight->data, in.weight.dtype, V, D, out.grad_weight->strides[0]);
-      Status s = internal::run_kernel(kernels.max->name, [&] {
-        return kernels.max->fn.backward_max(grad.get(), argmax.get(), dense.get());
-      });
-      if (!s.ok()) return s;
-    }
-  } else if (opt.sparse) {
+  if (opt.sparse) {
     std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
     if (U > 0 && D > 0) {
       Status s = run_rows_kernel(*kernels.rows, in, plan, opt, groups, out.grad_weight_values->data,
@@ -297,8 +289,7 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     std::memset(gp + static_cast<size_t>(plan.positions_end) * element, 0,
                 static_cast<size_t>(N - plan.positions_end) * element);
   }
-  if (kernels.max) internal::record_last_variant(kernels.max->name);
-  if (kernels.rows) internal::record_last_variant(kernels.rows->name);
+  internal::record_last_variant(kernels.rows->name);
   return Status::Ok();
 }
 

@@ -63,10 +63,9 @@ std::vector<KernelEntry> build_table() {
   EMBAG_BACKWARD_ROWS_ENTRY(kMean, W, NAME, ISA, TARGET)      \
   e.fn.backward_rows_with = &NAME;                            \
   table.push_back(e);
-#define EMBAG_BACKWARD_MAX_KERNEL(W, NAME, ISA, TARGET)                                     \
-  e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::kInt64, Isa::ISA, TARGET); \
-  e.pipeline = KernelPipeline::kBackwardMax;                                                \
-  e.fn.backward_max = &NAME;                                                                \
+#define EMBAG_BACKWARD_ROWS_KERNEL_max(W, NAME, ISA, TARGET) \
+  EMBAG_BACKWARD_ROWS_ENTRY(kMax, W, NAME, ISA, TARGET)      \
+  e.fn.backward_rows_max = &NAME;                            \
   table.push_back(e);
 #define EMBAG_PSW_GRAD_KERNEL(W, I, NAME, ISA, TARGET)                                         \
   e = forward_entry(#NAME, KernelPooling::kWeightedSum, DType::W, DType::I, Isa::ISA, TARGET); \
@@ -78,7 +77,7 @@ std::vector<KernelEntry> build_table() {
 #undef EMBAG_BACKWARD_ROWS_KERNEL_sum
 #undef EMBAG_BACKWARD_ROWS_KERNEL_wsum
 #undef EMBAG_BACKWARD_ROWS_KERNEL_mean
-#undef EMBAG_BACKWARD_MAX_KERNEL
+#undef EMBAG_BACKWARD_ROWS_KERNEL_max
 #undef EMBAG_PSW_GRAD_KERNEL
 #undef EMBAG_FORWARD_KERNEL_sum
 #undef EMBAG_FORWARD_KERNEL_wsum
@@ -146,8 +145,6 @@ const char* kernel_pipeline_name(KernelPipeline pipeline) {
       return "renorm";
     case KernelPipeline::kBackwardRows:
       return "backward";
-    case KernelPipeline::kBackwardMax:
-      return "backward_max";
     case KernelPipeline::kPswGrad:
       return "psw_grad";
   }
@@ -156,10 +153,6 @@ const char* kernel_pipeline_name(KernelPipeline pipeline) {
 
 const KernelEntry* find_backward_rows_kernel(KernelPooling pooling, DType weight, Isa isa) {
   return find_kernel(KernelPipeline::kBackwardRows, pooling, weight, DType::kInt32, isa);
-}
-
-const KernelEntry* find_backward_max_kernel(DType weight, Isa isa) {
-  return find_kernel(KernelPipeline::kBackwardMax, KernelPooling::kMax, weight, DType::kInt64, isa);
 }
 
 const KernelEntry* find_psw_grad_kernel(DType weight, DType index, Isa isa) {

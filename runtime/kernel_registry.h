@@ -42,13 +42,15 @@ using BackwardRowsWithFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t
                                    halide_buffer_t* sorted_positions, halide_buffer_t* position_bag,
                                    halide_buffer_t* extra, bool scale_grad_by_freq,
                                    halide_buffer_t* values);
-using BackwardMaxFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* argmax,
-                              halide_buffer_t* grad_weight);
+using BackwardRowsMaxFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* segments,
+                                  halide_buffer_t* sorted_positions, halide_buffer_t* position_bag,
+                                  halide_buffer_t* argmax, halide_buffer_t* rows,
+                                  bool scale_grad_by_freq, halide_buffer_t* values);
 using PswGradFn = int (*)(halide_buffer_t* grad_output, halide_buffer_t* weight,
                           halide_buffer_t* indices, halide_buffer_t* position_bag,
                           int32_t padding_idx, halide_buffer_t* grad_per_sample_weights);
 
-enum class KernelPipeline : uint8_t { kForward, kRenorm, kBackwardRows, kBackwardMax, kPswGrad };
+enum class KernelPipeline : uint8_t { kForward, kRenorm, kBackwardRows, kPswGrad };
 const char* kernel_pipeline_name(KernelPipeline pipeline);
 
 struct KernelEntry {
@@ -67,7 +69,7 @@ struct KernelEntry {
     RenormFn renorm;
     BackwardRowsFn backward_rows;           // sum
     BackwardRowsWithFn backward_rows_with;  // wsum, mean
-    BackwardMaxFn backward_max;
+    BackwardRowsMaxFn backward_rows_max;
     PswGradFn psw_grad;
   } fn;
 };
@@ -78,7 +80,6 @@ const std::vector<KernelEntry>& kernel_table();
 const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DType index, Isa isa);
 const KernelEntry* find_renorm_kernel(DType weight, Isa isa);
 const KernelEntry* find_backward_rows_kernel(KernelPooling pooling, DType weight, Isa isa);
-const KernelEntry* find_backward_max_kernel(DType weight, Isa isa);
 const KernelEntry* find_psw_grad_kernel(DType weight, DType index, Isa isa);
 
 }  // namespace embag::internal

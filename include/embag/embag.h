@@ -87,7 +87,9 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
 //   G[r][d]    = fold(+, 0, term(p)[d]) over the valid p with idx[p] = r, in input order
 //                then, with scale_grad_by_freq, G[r][d] / count(r), where count(r) counts the
 //                positions inside bags holding r (padding positions included)
-//   max:         G[r][d] = fold(+, 0, g[b][d]) over non-empty bags b with argmax[b][d] = r
+//   max:         G[r][d] = fold(+, 0, g[b][d]) over the non-empty bags b that hold r with
+//                argmax[b][d] = r (argmax as forward produced it; an entry naming a row its bag
+//                does not hold is ignored)
 //   grad_psw[p]  = fold(+, 0, g[b][d] * W[r][d]) over d; 0 at padding positions and at
 //                  positions in no bag
 //   float16 / bfloat16: every fold is in float32, rounded once. Results are bitwise identical

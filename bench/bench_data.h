@@ -1,0 +1,101 @@
+// Deterministic benchmark data shared by bench_forward and bench_backward: a fast seeded RNG,
+// per-shape seeds, a Zipf sampler and 64-byte-aligned float tables.
+//
+// Every seed is derived from the shape and a salt, so both benchmarks draw the same table and
+// index batches for the same shape and runs reproduce exactly.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "shape_file.h"
+
+namespace embag::bench {
+
+// Rank k of a Zipf draw has weight (k+1)^-kZipfExponent.
+constexpr double kZipfExponent = 1.05;
+
+// 64x64->128-bit products for index draws; __extension__ keeps -Wpedantic quiet about it.
+__extension__ typedef unsigned __int128 Uint128;
+
+// splitmix64: tiny, fast and good enough to fill 128M floats in a fraction of a second.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [-1, 1): 24 random bits, exactly representable.
+  float symmetric_unit() {
+    return static_cast<float>(static_cast<int32_t>(next() >> 40) - (1 << 23)) * 0x1p-23f;
+  }
+  // Uniform in [0, n) by a 64x64->128 multiply (no modulo bias worth the name).
+  int64_t below(int64_t n) {
+    return static_cast<int64_t>((static_cast<Uint128>(next()) * n) >> 64);
+  }
+  double unit() { return static_cast<double>(next() >> 11) * 0x1p-53; }
+
+ private:
+  uint64_t state_;
+};
+
+// FNV-1a over the shape's fields and a salt: one independent stream per (shape, purpose).
+inline uint64_t seed_for(const Shape& shape, uint64_t salt) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (uint64_t v : {static_cast<uint64_t>(shape.rows), static_cast<uint64_t>(shape.dim),
+                     static_cast<uint64_t>(shape.bags), static_cast<uint64_t>(shape.pooling),
+                     static_cast<uint64_t>(shape.distribution), salt}) {
+    h = (h ^ v) * 0x100000001B3ull;
+  }
+  return h;
+}
+
+// Zipf over `rows` ranks (rank k drawn with weight (k+1)^-s) by inverting the CDF. Rank k is
+// then sent to row (k * step) mod rows with step coprime to rows: a bijection that spreads the
+// hot rows over the table, as hashing spreads hot ids in production, instead of packing them
+// into a few pages at the start.
+class ZipfSampler {
+ public:
+  ZipfSampler(int64_t rows, double exponent) : rows_(rows), cdf_(static_cast<size_t>(rows)) {
+    double total = 0;
+    for (int64_t k = 0; k < rows; ++k) {
+      total += std::pow(static_cast<double>(k + 1), -exponent);
+      cdf_[static_cast<size_t>(k)] = total;
+    }
+    step_ = static_cast<int64_t>(0x9E3779B97F4A7C15ull % static_cast<uint64_t>(rows));
+    while (std::gcd(step_, rows_) != 1) ++step_;
+  }
+  int64_t sample(Rng& rng) const {
+    const double u = rng.unit() * cdf_.back();
+    const int64_t rank =
+        std::min<int64_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(), rows_ - 1);
+    return static_cast<int64_t>((static_cast<Uint128>(rank) * step_) % rows_);
+  }
+
+ private:
+  int64_t rows_;
+  std::vector<double> cdf_;
+  int64_t step_ = 1;
+};
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using AlignedFloats = std::unique_ptr<float, FreeDeleter>;
+
+// `elements` floats on a 64-byte boundary (a cache line, as PyTorch aligns), uninitialised;
+// null when the allocation fails. aligned_alloc wants a multiple of the alignment.
+inline AlignedFloats allocate_floats(int64_t elements) {
+  const size_t bytes = (static_cast<size_t>(elements) * sizeof(float) + 63) / 64 * 64;
+  return AlignedFloats(static_cast<float*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+}
+
+}  // namespace embag::bench
