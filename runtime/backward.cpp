@@ -134,19 +134,31 @@ void dense_scatter_task(void* context, int task) {
   const auto* s = static_cast<const DenseScatter*>(context);
   const int64_t begin = s->num_rows * task / s->tasks;
   const int64_t end = s->num_rows * (task + 1) / s->tasks;
-  // rows is ascending: find the first listed row in this block.
-  auto next = std::lower_bound(s->rows->begin(), s->rows->end(), begin);
-  for (int64_t r = begin; r < end; ++r) {
-    unsigned char* dst = s->grad + r * s->row_stride_bytes;
-    if (next != s->rows->end() && *next == r) {
-      const size_t u = static_cast<size_t>(next - s->rows->begin());
-      std::memcpy(dst, s->values + u * static_cast<size_t>(s->row_bytes),
-                  static_cast<size_t>(s->row_bytes));
-      ++next;
-    } else {
-      std::memset(dst, 0, static_cast<size_t>(s->row_bytes));
+  // Zeroes rows [from, to): one memset for the whole run when rows are contiguous.
+  auto zero_rows = [s](int64_t from, int64_t to) {
+    if (from >= to) return;
+    if (s->row_stride_bytes == s->row_bytes) {
+      std::memset(s->grad + from * s->row_bytes, 0,
+                  static_cast<size_t>((to - from) * s->row_bytes));
+      return;
     }
+    for (int64_t r = from; r < to; ++r) {
+      std::memset(s->grad + r * s->row_stride_bytes, 0, static_cast<size_t>(s->row_bytes));
+    }
+  };
+  // rows is ascending: walk the listed rows of this block, zeroing the gaps between them.
+  auto next = std::lower_bound(s->rows->begin(), s->rows->end(), begin);
+  int64_t zero_from = begin;
+  for (; next != s->rows->end() && *next < end; ++next) {
+    const int64_t r = *next;
+    zero_rows(zero_from, r);
+    const size_t u = static_cast<size_t>(next - s->rows->begin());
+    std::memcpy(s->grad + r * s->row_stride_bytes,
+                s->values + u * static_cast<size_t>(s->row_bytes),
+                static_cast<size_t>(s->row_bytes));
+    zero_from = r + 1;
   }
+  zero_rows(zero_from, end);
 }
 
 Status run_rows_kernel(const KernelEntry& kernel, const BackwardInputs& in, const ForwardPlan& plan,
@@ -259,11 +271,9 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     }
     DenseScatter scatter{static_cast<unsigned char*>(out.grad_weight->data),
                          out.grad_weight->strides[0] * static_cast<int64_t>(element),
-                         D * static_cast<int64_t>(element),
-                         V,
-                         &groups.rows,
-                         values.data(),
-                         static_cast<int>(std::min<int64_t>(V, 64))};
+                         D * static_cast<int64_t>(element), V, &groups.rows, values.data(),
+                         // Enough blocks to balance the threads; each is one long run.
+                         static_cast<int>(std::min<int64_t>(V, 4 * internal::kernel_threads()))};
     internal::parallel_for(scatter.tasks, &dense_scatter_task, &scatter);
   }
 
