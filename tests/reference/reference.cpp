@@ -1,7 +1,9 @@
-// The reference embedding_bag forward: SEMANTICS.md as plain loops (see reference.h).
+// The reference embedding_bag forward and backward: SEMANTICS.md and embag.h's pseudocode as plain
+// loops (see reference.h).
 //
-// Compiled with -ffp-contract=off: `acc + psw * w` must round the product before the sum, as the
-// kernels do, or the differential tests could not compare bit for bit.
+// Compiled with -ffp-contract=off: `acc + psw * w` (and backward's `acc + g * w`) must round the
+// product before the sum, as the kernels do, or the differential tests could not compare bit for
+// bit.
 #include "reference/reference.h"
 
 #include <cmath>
@@ -76,10 +78,9 @@ Acc load(const TensorView& view, int64_t row, int64_t col) {
   return load_from<Acc>(view, address(view, row, col));
 }
 
-// Rounds an accumulation-type value once to the view's dtype and stores it.
+// Rounds an accumulation-type value once to the view's dtype and stores it at `p`.
 template <typename Acc>
-void store(const TensorView& view, int64_t row, int64_t col, Acc value) {
-  unsigned char* p = address(view, row, col);
+void store_to(const TensorView& view, unsigned char* p, Acc value) {
   if constexpr (std::is_same_v<Acc, double>) {
     std::memcpy(p, &value, sizeof value);
   } else {
@@ -98,6 +99,11 @@ void store(const TensorView& view, int64_t row, int64_t col, Acc value) {
         break;
     }
   }
+}
+
+template <typename Acc>
+void store(const TensorView& view, int64_t row, int64_t col, Acc value) {
+  store_to<Acc>(view, address(view, row, col), value);
 }
 
 void store_int64(const TensorView& view, int64_t row, int64_t col, int64_t value) {
@@ -280,6 +286,216 @@ void reduce(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Op
   }
 }
 
+// ---- Backward ---------------------------------------------------------------------------------
+
+int64_t load_int64(const TensorView& view, int64_t row, int64_t col) {
+  int64_t v;
+  std::memcpy(&v, address(view, row, col), sizeof v);
+  return v;
+}
+
+bool is_matrix(const TensorView* view, DType dtype, int64_t rows, int64_t cols) {
+  return view != nullptr && view->ndim == 2 && view->dtype == dtype && view->shape[0] == rows &&
+         view->shape[1] == cols;
+}
+
+bool is_vector(const TensorView* view, DType dtype, int64_t n) {
+  return view != nullptr && view->ndim == 1 && view->dtype == dtype && view->shape[0] == n;
+}
+
+// True when `view` has the input's shape and the table's dtype (per_sample_weights and its
+// gradient).
+bool like_input(const TensorView& view, const TensorView& input, DType dtype) {
+  return view.dtype == dtype && view.ndim == input.ndim && view.shape[0] == input.shape[0] &&
+         (input.ndim != 2 || view.shape[1] == input.shape[1]);
+}
+
+// Checks a backward call's inputs (not its outputs) as far as the loops below rely on them.
+Status make_backward_plan(const BackwardInputs& in, const Options& options, Plan* plan) {
+  if (options.mode != Mode::kSum && options.mode != Mode::kMean && options.mode != Mode::kMax) {
+    return invalid("bad mode");
+  }
+  Status status = make_plan(in.weight, in.input, in.offsets, options, plan);
+  if (!status.ok()) return status;
+  if (!has_memory(&in.grad_output) || !has_memory(in.per_sample_weights) ||
+      !has_memory(in.argmax)) {
+    return invalid("a view with elements has a null data pointer");
+  }
+  const int64_t num_bags = static_cast<int64_t>(plan->bags.size());
+  if (!is_matrix(&in.grad_output, in.weight.dtype, num_bags, plan->dim)) {
+    return invalid("grad_output must be (B, D) of the weight's dtype");
+  }
+  const TensorView* psw = in.per_sample_weights;
+  if (psw != nullptr &&
+      (options.mode != Mode::kSum || !like_input(*psw, in.input, in.weight.dtype))) {
+    return invalid("per_sample_weights must be mode sum, the input's shape, weight's dtype");
+  }
+  if (options.mode == Mode::kMax) {
+    if (options.sparse || options.scale_grad_by_freq) {
+      return invalid("max takes neither sparse nor scale_grad_by_freq");
+    }
+    if (!is_matrix(in.argmax, DType::kInt64, num_bags, plan->dim)) {
+      return invalid("max needs argmax, (B, D) int64");
+    }
+    // Entries are rows or -1; anything else would index out of the gradient.
+    for (int64_t b = 0; b < num_bags; ++b) {
+      for (int64_t d = 0; d < plan->dim; ++d) {
+        const int64_t row = load_int64(*in.argmax, b, d);
+        if (row < -1 || row >= plan->num_rows) return invalid("argmax entry out of range");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// The rows of a sparse gradient: distinct non-padding rows read by positions inside bags, in
+// ascending order.
+std::vector<int64_t> referenced_rows(const TensorView& input, const Plan& plan) {
+  std::vector<bool> seen(static_cast<size_t>(plan.num_rows), false);
+  for (const Bag& bag : plan.bags) {
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      const int64_t row = index_at(input, p);
+      if (row != plan.padding) seen[static_cast<size_t>(row)] = true;
+    }
+  }
+  std::vector<int64_t> rows;
+  for (int64_t r = 0; r < plan.num_rows; ++r) {
+    if (seen[static_cast<size_t>(r)]) rows.push_back(r);
+  }
+  return rows;
+}
+
+Status check_backward_outputs(const BackwardInputs& in, const BackwardOutputs& out,
+                              const Options& options, const Plan& plan, int64_t unique_rows) {
+  if (!has_memory(out.grad_weight) || !has_memory(out.grad_weight_rows) ||
+      !has_memory(out.grad_weight_values) || !has_memory(out.grad_per_sample_weights)) {
+    return invalid("a view with elements has a null data pointer");
+  }
+  const DType dtype = in.weight.dtype;
+  if (options.sparse) {
+    if (out.grad_weight != nullptr ||
+        !is_vector(out.grad_weight_rows, DType::kInt64, unique_rows) ||
+        !is_matrix(out.grad_weight_values, dtype, unique_rows, plan.dim)) {
+      return invalid("sparse needs (U) int64 rows and (U, D) values, and no dense gradient");
+    }
+  } else if (out.grad_weight_rows != nullptr || out.grad_weight_values != nullptr ||
+             !is_matrix(out.grad_weight, dtype, plan.num_rows, plan.dim)) {
+    return invalid("dense needs a (V, D) gradient of the weight's dtype, and no sparse one");
+  }
+  const TensorView* grad_psw = out.grad_per_sample_weights;
+  if (grad_psw != nullptr &&
+      (in.per_sample_weights == nullptr || !like_input(*grad_psw, in.input, dtype))) {
+    return invalid("grad_per_sample_weights needs per_sample_weights, the input's shape");
+  }
+  return Status::Ok();
+}
+
+// G of embag.h's pseudocode, row-major (V, D), in the accumulation type and not yet rounded.
+template <typename Acc>
+std::vector<Acc> weight_gradient(const BackwardInputs& in, const Options& options,
+                                 const Plan& plan) {
+  const int64_t dim = plan.dim;
+  // Every element starts at +0.0, so an untouched element is +0.0 and a fold of -0.0 terms
+  // is +0.0, as PyTorch's zero-initialised gradient gives.
+  std::vector<Acc> grad(static_cast<size_t>(plan.num_rows * dim), Acc(0));
+  auto element = [&](int64_t row, int64_t d) -> Acc& {
+    return grad[static_cast<size_t>(row * dim + d)];
+  };
+  const TensorView& g = in.grad_output;
+  const TensorView* psw = in.per_sample_weights;
+  std::vector<int64_t> count(static_cast<size_t>(plan.num_rows), 0);
+  for (size_t b = 0; b < plan.bags.size(); ++b) {
+    const Bag& bag = plan.bags[b];
+    const int64_t bag_index = static_cast<int64_t>(b);
+    int64_t valid = 0;
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      if (index_at(in.input, p) != plan.padding) ++valid;
+    }
+    if (options.mode == Mode::kMax) {
+      if (valid == 0) continue;  // an empty or all-padding bag gives no gradient
+      for (int64_t d = 0; d < dim; ++d) {
+        const int64_t row = load_int64(*in.argmax, bag_index, d);
+        if (row < 0 || row == plan.padding) continue;
+        // Only a row the bag holds can have won one of its columns (embag.h); an argmax that
+        // names another row did not come from this forward and is ignored.
+        bool held = false;
+        for (int64_t p = bag.begin; p < bag.end && !held; ++p) held = index_at(in.input, p) == row;
+        if (!held) continue;
+        element(row, d) = element(row, d) + load<Acc>(g, bag_index, d);
+      }
+      continue;
+    }
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      const int64_t row = index_at(in.input, p);
+      ++count[static_cast<size_t>(row)];  // padding positions count too (only P's count)
+      if (row == plan.padding) continue;
+      for (int64_t d = 0; d < dim; ++d) {
+        Acc term = load<Acc>(g, bag_index, d);
+        if (psw != nullptr) {
+          term = term * load_from<Acc>(*psw, flat_address(*psw, p));  // rounded before the add
+        } else if (options.mode == Mode::kMean) {
+          term = term / static_cast<Acc>(valid);
+        }
+        element(row, d) = element(row, d) + term;
+      }
+    }
+  }
+  if (options.scale_grad_by_freq) {
+    for (int64_t r = 0; r < plan.num_rows; ++r) {
+      const int64_t n = count[static_cast<size_t>(r)];
+      if (n == 0 || r == plan.padding) continue;
+      for (int64_t d = 0; d < dim; ++d) element(r, d) = element(r, d) / static_cast<Acc>(n);
+    }
+  }
+  return grad;
+}
+
+template <typename Acc>
+void psw_gradient(const BackwardInputs& in, const TensorView& out, const Plan& plan) {
+  const TensorView& input = in.input;
+  const int64_t positions = input.ndim == 2 ? input.shape[0] * input.shape[1] : input.shape[0];
+  // Padding positions and positions in no bag stay +0.0.
+  for (int64_t p = 0; p < positions; ++p) store_to<Acc>(out, flat_address(out, p), Acc(0));
+  for (size_t b = 0; b < plan.bags.size(); ++b) {
+    const Bag& bag = plan.bags[b];
+    const int64_t bag_index = static_cast<int64_t>(b);
+    for (int64_t p = bag.begin; p < bag.end; ++p) {
+      const int64_t row = index_at(input, p);
+      if (row == plan.padding) continue;
+      Acc acc = 0;
+      for (int64_t d = 0; d < plan.dim; ++d) {
+        const Acc product = load<Acc>(in.grad_output, bag_index, d) * load<Acc>(in.weight, row, d);
+        acc = acc + product;
+      }
+      store_to<Acc>(out, flat_address(out, p), acc);
+    }
+  }
+}
+
+template <typename Acc>
+void write_backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& options,
+                    const Plan& plan, const std::vector<int64_t>& rows) {
+  const std::vector<Acc> grad = weight_gradient<Acc>(in, options, plan);
+  const int64_t dim = plan.dim;
+  auto element = [&](int64_t row, int64_t d) { return grad[static_cast<size_t>(row * dim + d)]; };
+  if (options.sparse) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t u = static_cast<int64_t>(i);
+      store_int64(*out.grad_weight_rows, 0, u, rows[i]);
+      for (int64_t d = 0; d < dim; ++d) {
+        store<Acc>(*out.grad_weight_values, u, d, element(rows[i], d));
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < plan.num_rows; ++r) {
+      for (int64_t d = 0; d < dim; ++d) store<Acc>(*out.grad_weight, r, d, element(r, d));
+    }
+  }
+  if (out.grad_per_sample_weights != nullptr) {
+    psw_gradient<Acc>(in, *out.grad_per_sample_weights, plan);
+  }
+}
+
 }  // namespace
 
 std::vector<Bag> bags(const TensorView& input, const TensorView* offsets, const Options& options) {
@@ -371,6 +587,31 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
     reduce<double>(inputs, outputs, options, plan);
   } else {
     reduce<float>(inputs, outputs, options, plan);
+  }
+  return Status::Ok();
+}
+
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows) {
+  Plan plan;
+  Status status = make_backward_plan(inputs, options, &plan);
+  if (!status.ok()) return status;
+  if (rows != nullptr) *rows = static_cast<int64_t>(referenced_rows(inputs.input, plan).size());
+  return Status::Ok();
+}
+
+Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                const Options& options) {
+  Plan plan;
+  Status status = make_backward_plan(inputs, options, &plan);
+  if (!status.ok()) return status;
+  const std::vector<int64_t> rows = referenced_rows(inputs.input, plan);
+  status =
+      check_backward_outputs(inputs, outputs, options, plan, static_cast<int64_t>(rows.size()));
+  if (!status.ok()) return status;
+  if (inputs.weight.dtype == DType::kFloat64) {
+    write_backward<double>(inputs, outputs, options, plan, rows);
+  } else {
+    write_backward<float>(inputs, outputs, options, plan, rows);
   }
   return Status::Ok();
 }

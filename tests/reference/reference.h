@@ -6,9 +6,9 @@
 // compare embag with it bit for bit. It must be compiled with -ffp-contract=off (the
 // embag_reference target does that).
 //
-// The reference assumes its arguments already passed embag::validate(). It still checks what it
-// needs to stay in bounds and returns kInvalidArgument instead of crashing, but its messages are
-// terse and not the ones embag promises.
+// The reference assumes its arguments already passed embag::validate() (or validate_backward()).
+// It still checks what it needs to stay in bounds and returns kInvalidArgument instead of
+// crashing, but its messages are terse and not the ones embag promises.
 #pragma once
 
 #include <cstdint>
@@ -55,5 +55,21 @@ Status renorm(const TensorView& weight, const TensorView& input, const TensorVie
 // embedding_bag forward: renorm (when max_norm is set), then the per-bag reduction. Writes
 // outputs.output, and outputs.bag_count / outputs.argmax when given.
 Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
+
+// U: the number of distinct non-padding rows referenced by positions inside bags (the rows of a
+// sparse gradient). Checks the inputs as backward does.
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows);
+
+// embedding_bag backward, embag.h's pseudocode as loops: every gradient element is a left fold
+// in input order (bag order for max) from +0.0 in the accumulation type (double for float64
+// tables, float otherwise), divided by count(r) at the end with scale_grad_by_freq, rounded once
+// to the table's dtype. Writes the dense gradient (zeros where untouched) or, with
+// options.sparse, the ascending referenced rows and their values; and grad_per_sample_weights
+// (0 at padding positions and positions in no bag) when given. max follows argmax[b][d] only
+// to a row that bag b holds at a valid position (so never for an empty or all-padding bag), and
+// the padding row's gradient is 0 in every mode. max_norm is ignored: the weight is the table as
+// the forward read it.
+Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+                const Options& options);
 
 }  // namespace embag::ref
