@@ -63,6 +63,7 @@
 #include <vector>
 
 #include "bench_data.h"
+#include "bench_main_support.h"
 #include "embag/embag.h"
 #include "shape_file.h"
 #include "thread_pool.h"
@@ -106,9 +107,7 @@ void fail(benchmark::State& state, const std::string& message) {
   state.SkipWithError(message.c_str());
 }
 
-bool is_cold(const Shape& shape) {
-  return shape.rows * shape.dim * static_cast<int64_t>(sizeof(float)) > g_llc_bytes / 2;
-}
+bool is_cold(const Shape& shape) { return embag::bench::is_cold_shape(shape, g_llc_bytes); }
 
 const char* form_name(Form form) { return form == Form::kDense ? "dense" : "sparse"; }
 
@@ -622,16 +621,7 @@ void bench_pytorch_style(benchmark::State& state, const Shape& shape, Mode mode,
 
 // `impl` is "embag/<mode>/<form>" or "pytorch_style_dense/<mode>".
 std::string row_name(const std::string& impl, const Shape& s, int threads) {
-  return impl + "/rows:" + std::to_string(s.rows) + "/dim:" + std::to_string(s.dim) +
-         "/bags:" + std::to_string(s.bags) + "/pool:" + std::to_string(s.pooling) + "/" +
-         embag::bench::distribution_name(s.distribution) + (is_cold(s) ? "/cold" : "/warm") +
-         "/threads:" + std::to_string(threads);
-}
-
-// Wall time, because the work runs on pools: the calling thread's CPU time would hide the
-// workers' share. (Google Benchmark appends "/real_time" to the names for it.)
-void configure(benchmark::internal::Benchmark* b) {
-  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+  return impl + embag::bench::shape_row_suffix(s, is_cold(s), threads);
 }
 
 void register_shape(const Shape& shape) {
@@ -642,7 +632,7 @@ void register_shape(const Shape& shape) {
     for (int threads : kThreadCounts) {
       const std::string impl =
           std::string("embag/") + embag::mode_name(mode) + "/" + form_name(Form::kSparse);
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name(impl, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag_sparse(state, shape, mode, threads); }));
     }
@@ -651,60 +641,24 @@ void register_shape(const Shape& shape) {
     for (int threads : kThreadCounts) {
       const std::string impl =
           std::string("embag/") + embag::mode_name(mode) + "/" + form_name(Form::kDense);
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name(impl, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag_dense(state, shape, mode, threads); }));
       const std::string torch = std::string("pytorch_style_dense/") + embag::mode_name(mode);
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name(torch, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_pytorch_style(state, shape, mode, threads); }));
     }
   }
 }
 
-void print_own_flags() {
-  std::printf(
-      "bench_backward flags (the rest go to Google Benchmark):\n"
-      "  --shapes=FILE   shape file, rows,dim,bags,pooling,distribution a line\n"
-      "                  (default %s)\n"
-      "  --llc_mib=N     LLC size deciding cold (table > LLC/2) or warm (default 32)\n\n",
-      EMBAG_BENCH_DEFAULT_SHAPES);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shapes_path = EMBAG_BENCH_DEFAULT_SHAPES;
-  // Take our flags out of argv so Google Benchmark does not reject them as unknown.
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--shapes=", 0) == 0) {
-      shapes_path = arg.substr(9);
-    } else if (arg.rfind("--llc_mib=", 0) == 0) {
-      char* end = nullptr;
-      const long mib = std::strtol(arg.c_str() + 10, &end, 10);
-      if (*end != '\0' || mib <= 0) {
-        std::fprintf(stderr, "bench_backward: --llc_mib wants a positive integer, got '%s'\n",
-                     arg.c_str() + 10);
-        return 1;
-      }
-      g_llc_bytes = static_cast<int64_t>(mib) << 20;
-    } else {
-      if (arg == "--help" || arg == "-h") print_own_flags();
-      argv[kept++] = argv[i];
-    }
-  }
-  argc = kept;
-  argv[argc] = nullptr;
-
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-
+  std::string shapes_path;
   std::vector<Shape> shapes;
-  const embag::Status status = embag::bench::read_shape_file(shapes_path, &shapes);
-  if (!status.ok()) {
-    std::fprintf(stderr, "bench_backward: %s\n", status.message().c_str());
+  if (!embag::bench::parse_flags_and_shapes("bench_backward", EMBAG_BENCH_DEFAULT_SHAPES, argc,
+                                            argv, &shapes_path, &g_llc_bytes, &shapes)) {
     return 1;
   }
   for (const Shape& shape : shapes) register_shape(shape);
@@ -714,10 +668,5 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_dataset.reset();
-  if (g_failures > 0) {
-    std::fprintf(stderr, "bench_backward: %d row(s) failed (see ERROR OCCURRED above)\n",
-                 g_failures);
-    return 1;
-  }
-  return 0;
+  return embag::bench::exit_status("bench_backward", g_failures);
 }

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "bench_data.h"
+#include "bench_main_support.h"
 #include "embag/embag.h"
 #include "gather_baseline.h"
 #include "shape_file.h"
@@ -87,9 +88,7 @@ void fail(benchmark::State& state, const std::string& message) {
   state.SkipWithError(message.c_str());
 }
 
-bool is_cold(const Shape& shape) {
-  return shape.rows * shape.dim * static_cast<int64_t>(sizeof(float)) > g_llc_bytes / 2;
-}
+bool is_cold(const Shape& shape) { return embag::bench::is_cold_shape(shape, g_llc_bytes); }
 
 embag::Mode to_embag(GatherMode mode) {
   switch (mode) {
@@ -348,31 +347,22 @@ void bench_reference(benchmark::State& state, const Shape& shape, GatherMode mod
 
 std::string row_name(const char* impl, GatherMode mode, const Shape& s, int threads) {
   return std::string(impl) + "/" + embag::bench::gather_mode_name(mode) +
-         "/rows:" + std::to_string(s.rows) + "/dim:" + std::to_string(s.dim) +
-         "/bags:" + std::to_string(s.bags) + "/pool:" + std::to_string(s.pooling) + "/" +
-         embag::bench::distribution_name(s.distribution) + (is_cold(s) ? "/cold" : "/warm") +
-         "/threads:" + std::to_string(threads);
-}
-
-// Wall time, because the work runs on pools: the calling thread's CPU time would hide the
-// workers' share. (Google Benchmark appends "/real_time" to the names for it.)
-void configure(benchmark::internal::Benchmark* b) {
-  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+         embag::bench::shape_row_suffix(s, is_cold(s), threads);
 }
 
 void register_shape(const Shape& shape) {
   for (GatherMode mode : kModes) {
     for (int threads : kThreadCounts) {
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("embag", mode, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag(state, shape, mode, threads); }));
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("baseline", mode, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_baseline(state, shape, mode, threads); }));
     }
 #ifdef EMBAG_BENCH_HAVE_REFERENCE
     if (!is_cold(shape)) {
-      configure(benchmark::RegisterBenchmark(
+      embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("reference", mode, shape, 1).c_str(),
           [=](benchmark::State& state) { bench_reference(state, shape, mode); }));
     }
@@ -380,49 +370,13 @@ void register_shape(const Shape& shape) {
   }
 }
 
-void print_own_flags() {
-  std::printf(
-      "bench_forward flags (the rest go to Google Benchmark):\n"
-      "  --shapes=FILE   shape file, rows,dim,bags,pooling,distribution a line\n"
-      "                  (default %s)\n"
-      "  --llc_mib=N     LLC size deciding cold (table > LLC/2) or warm (default 32)\n\n",
-      EMBAG_BENCH_DEFAULT_SHAPES);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shapes_path = EMBAG_BENCH_DEFAULT_SHAPES;
-  // Take our flags out of argv so Google Benchmark does not reject them as unknown.
-  int kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--shapes=", 0) == 0) {
-      shapes_path = arg.substr(9);
-    } else if (arg.rfind("--llc_mib=", 0) == 0) {
-      char* end = nullptr;
-      const long mib = std::strtol(arg.c_str() + 10, &end, 10);
-      if (*end != '\0' || mib <= 0) {
-        std::fprintf(stderr, "bench_forward: --llc_mib wants a positive integer, got '%s'\n",
-                     arg.c_str() + 10);
-        return 1;
-      }
-      g_llc_bytes = static_cast<int64_t>(mib) << 20;
-    } else {
-      if (arg == "--help" || arg == "-h") print_own_flags();
-      argv[kept++] = argv[i];
-    }
-  }
-  argc = kept;
-  argv[argc] = nullptr;
-
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-
+  std::string shapes_path;
   std::vector<Shape> shapes;
-  const embag::Status status = embag::bench::read_shape_file(shapes_path, &shapes);
-  if (!status.ok()) {
-    std::fprintf(stderr, "bench_forward: %s\n", status.message().c_str());
+  if (!embag::bench::parse_flags_and_shapes("bench_forward", EMBAG_BENCH_DEFAULT_SHAPES, argc, argv,
+                                            &shapes_path, &g_llc_bytes, &shapes)) {
     return 1;
   }
   for (const Shape& shape : shapes) register_shape(shape);
@@ -434,10 +388,5 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_dataset.reset();
-  if (g_failures > 0) {
-    std::fprintf(stderr, "bench_forward: %d row(s) failed (see ERROR OCCURRED above)\n",
-                 g_failures);
-    return 1;
-  }
-  return 0;
+  return embag::bench::exit_status("bench_forward", g_failures);
 }

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "differential_support.h"
 #include "embag/embag.h"
 #include "reference/element_access.h"
 #include "reference/reference.h"
@@ -38,41 +39,8 @@ using ref::is_nan_bits;
 using ref::put_index;
 using ref::put_value;
 
-// ---- Buffers with guard regions -------------------------------------------------------------
-
-constexpr unsigned char kSentinel = 0x7F;  // 0x7F7F... is a huge finite float, not a likely result
-constexpr size_t kGuardBytes = 64;
-
-// Memory for one array with kGuardBytes of sentinel on each side. Every embag call must leave the
-// guards alone; the contents start as sentinel too, so an element a kernel forgets shows up.
-class GuardedBuffer {
- public:
-  explicit GuardedBuffer(size_t bytes)
-      : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
-  explicit GuardedBuffer(const std::vector<unsigned char>& contents)
-      : GuardedBuffer(contents.size()) {
-    std::copy(contents.begin(), contents.end(), storage_.begin() + kGuardBytes);
-  }
-
-  unsigned char* data() { return storage_.data() + kGuardBytes; }
-  const unsigned char* data() const { return storage_.data() + kGuardBytes; }
-  std::vector<unsigned char> contents() const {
-    return std::vector<unsigned char>(data(), data() + bytes_);
-  }
-  bool guards_intact() const {
-    auto untouched = [](unsigned char c) { return c == kSentinel; };
-    return std::all_of(storage_.begin(), storage_.begin() + kGuardBytes, untouched) &&
-           std::all_of(storage_.end() - kGuardBytes, storage_.end(), untouched);
-  }
-
- private:
-  size_t bytes_;
-  std::vector<unsigned char> storage_;
-};
-
+using namespace difftest;  // NOLINT(google-build-using-namespace)
 // ---- Case configuration ---------------------------------------------------------------------
-
-enum class Padding { kNone, kPositive, kNegative };
 
 enum VariantFlag : unsigned {
   kPsw = 1u << 0,         // per_sample_weights (mode sum only)
@@ -107,12 +75,6 @@ struct Config {
   bool all_padding = false;               // every bag holds only the padding index
   std::optional<RowPattern> row_pattern;  // forced pattern; otherwise from the seed
 };
-
-constexpr DType kWeightDTypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,
-                                   DType::kBFloat16};
-constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
-// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
-constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
 
 std::vector<Variant> variants_for(Mode mode) {
   std::vector<Variant> v = {
@@ -158,21 +120,6 @@ std::string describe(const Config& c, uint64_t seed) {
   return s.str();
 }
 
-// splitmix64: turns (test seed, case number) into well-spread, reproducible case seeds.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// EMBAG_DIFF_SEED=<seed> runs only the case with that seed.
-std::optional<uint64_t> only_seed() {
-  const char* env = std::getenv("EMBAG_DIFF_SEED");
-  if (env == nullptr || *env == '\0') return std::nullopt;
-  return std::strtoull(env, nullptr, 0);
-}
-
 // ---- One generated problem ------------------------------------------------------------------
 
 struct Problem {
@@ -190,23 +137,6 @@ struct Problem {
 
   int64_t positions() const { return input_rows * input_cols; }
 };
-
-int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-}
-bool chance(std::mt19937_64& rng, double p) { return std::bernoulli_distribution(p)(rng); }
-
-// A value: continuous over a few binades (so sums round), or small integers (so sums are exact
-// and ties and cancellations to zero are common), or now and then a special value.
-double random_value(std::mt19937_64& rng, bool coarse, bool specials) {
-  if (specials && chance(rng, 0.06)) {
-    const double kSpecials[] = {NAN, -NAN, INFINITY, -INFINITY, -0.0, 0.0};
-    return kSpecials[uniform(rng, 0, 5)];
-  }
-  if (coarse) return static_cast<double>(uniform(rng, -3, 3));
-  const double unit = std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
-  return std::ldexp(unit, static_cast<int>(uniform(rng, -3, 3)));
-}
 
 Problem make_problem(const Config& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -369,27 +299,6 @@ TensorView psw_grad_view(const Problem& p, unsigned char* data) {
              : make_view_1d(data, p.config.weight_dtype, p.input_cols);
 }
 
-// The first element where `got` and `want` differ (NaNs of any payload count as equal: IEEE
-// leaves payloads of computed NaNs unspecified and 16-bit conversions may canonicalise them),
-// as "<what> differs at <row_name> r, column c: embag X vs reference Y", or "" when they agree.
-std::string first_difference(const char* what, const char* row_name, DType dtype,
-                             const unsigned char* got, int64_t got_stride,
-                             const unsigned char* want, int64_t want_stride, int64_t rows,
-                             int64_t cols) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const uint64_t g = bits_at(got, dtype, r * got_stride + c);
-      const uint64_t w = bits_at(want, dtype, r * want_stride + c);
-      if (g == w || (is_nan_bits(dtype, g) && is_nan_bits(dtype, w))) continue;
-      std::ostringstream s;
-      s << what << " differs at " << row_name << " " << r << ", column " << c << ": embag "
-        << format_element(dtype, g) << " vs reference " << format_element(dtype, w);
-      return s.str();
-    }
-  }
-  return "";
-}
-
 // "" when the gap columns [cols, stride) of every row still hold the sentinel.
 std::string gaps_untouched(const char* what, DType dtype, const unsigned char* data, int64_t rows,
                            int64_t cols, int64_t stride) {
@@ -427,11 +336,6 @@ struct Produced {
            sparse_psw == o.sparse_psw;
   }
 };
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), std::string::npos, suffix) == 0;
-}
 
 // Runs one problem through embag (on whatever ISA is selected) and the reference and reports
 // every disagreement. Returns false if anything failed. `produced`, when given, receives embag's
@@ -655,44 +559,6 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   }
   return ok;
 }
-
-// ---- ISA and thread scopes --------------------------------------------------------------------
-
-// The ISAs to run every test on: compiled in and supported here. On a host with none of them
-// (an ARM build) the automatic choice is tested once instead, without a name check.
-std::vector<std::optional<Isa>> isas_to_test() {
-  std::vector<std::optional<Isa>> out;
-  const std::vector<Isa> supported = supported_isas();
-  for (Isa isa : compiled_isas()) {
-    if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
-  }
-  if (out.empty()) out.push_back(std::nullopt);
-  return out;
-}
-
-// Puts the automatic ISA choice and the thread count back however a test ends.
-class RestoreGlobals {
- public:
-  RestoreGlobals() : threads_(num_threads()) {}
-  ~RestoreGlobals() {
-    (void)set_isa(std::nullopt);
-    set_num_threads(threads_);
-  }
-
- private:
-  int threads_;
-};
-
-std::string isa_label(std::optional<Isa> isa) { return isa ? isa_name(*isa) : "automatic"; }
-
-// Selects `isa` (a failure here fails the test: these ISAs were listed as usable).
-bool select(std::optional<Isa> isa) {
-  const Status s = set_isa(isa);
-  EXPECT_TRUE(s.ok()) << "set_isa(" << isa_label(isa) << "): " << s.message();
-  return s.ok();
-}
-
-constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest is noise
 
 // Seeds per (dtype, index type, D, variant): about 8,700 cases for sum, fewer for the other
 // modes, per ISA; a few seconds per mode and ISA in an optimised build.

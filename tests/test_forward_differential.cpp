@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "differential_support.h"
 #include "embag/embag.h"
 #include "reference/element_access.h"
 #include "reference/reference.h"
@@ -36,55 +37,8 @@ using ref::is_nan_bits;
 using ref::put_index;
 using ref::put_value;
 
-// Distance in units in the last place, counting across zero.
-uint64_t ulp_distance(DType dtype, uint64_t a, uint64_t b) {
-  const int width = static_cast<int>(element_size(dtype) * 8);
-  const uint64_t sign = uint64_t{1} << (width - 1);
-  auto ordered = [&](uint64_t v) -> int64_t {
-    // Magnitude bits fit in 63 bits, so the negation cannot overflow.
-    const int64_t magnitude = static_cast<int64_t>(v & (sign - 1));
-    return (v & sign) ? -magnitude : magnitude;
-  };
-  const int64_t d = ordered(a) - ordered(b);
-  return static_cast<uint64_t>(d < 0 ? -d : d);
-}
-
-// ---- Buffers with guard regions -------------------------------------------------------------
-
-constexpr unsigned char kSentinel = 0x7F;  // 0x7F7F... is a huge finite float, not a likely result
-constexpr size_t kGuardBytes = 64;
-
-// Memory for one array with kGuardBytes of sentinel on each side. Every embag call must leave the
-// guards alone.
-class GuardedBuffer {
- public:
-  explicit GuardedBuffer(size_t bytes)
-      : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
-  explicit GuardedBuffer(const std::vector<unsigned char>& contents)
-      : GuardedBuffer(contents.size()) {
-    std::copy(contents.begin(), contents.end(), storage_.begin() + kGuardBytes);
-  }
-
-  unsigned char* data() { return storage_.data() + kGuardBytes; }
-  const unsigned char* data() const { return storage_.data() + kGuardBytes; }
-  size_t size() const { return bytes_; }
-  std::vector<unsigned char> contents() const {
-    return std::vector<unsigned char>(data(), data() + bytes_);
-  }
-  bool guards_intact() const {
-    auto untouched = [](unsigned char c) { return c == kSentinel; };
-    return std::all_of(storage_.begin(), storage_.begin() + kGuardBytes, untouched) &&
-           std::all_of(storage_.end() - kGuardBytes, storage_.end(), untouched);
-  }
-
- private:
-  size_t bytes_;
-  std::vector<unsigned char> storage_;
-};
-
+using namespace difftest;  // NOLINT(google-build-using-namespace)
 // ---- Case configuration ---------------------------------------------------------------------
-
-enum class Padding { kNone, kPositive, kNegative };
 
 enum VariantFlag : unsigned {
   kPsw = 1u << 0,         // per_sample_weights (mode sum only)
@@ -124,12 +78,6 @@ struct Config {
   int64_t num_rows = -1, num_bags = -1, max_bag_size = -1;
   bool all_padding = false;  // every bag holds only the padding index
 };
-
-constexpr DType kWeightDTypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,
-                                   DType::kBFloat16};
-constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
-// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
-constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
 
 // norm_type 3 goes through pow(), which the kernels evaluate with Halide's pow (in float64,
 // rounded once) and the reference with the C library's powf; neither is correctly rounded, so
@@ -174,21 +122,6 @@ std::string describe(const Config& c, uint64_t seed) {
   return s.str();
 }
 
-// splitmix64: turns (test seed, case number) into well-spread, reproducible case seeds.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// EMBAG_DIFF_SEED=<seed> runs only the case with that seed.
-std::optional<uint64_t> only_seed() {
-  const char* env = std::getenv("EMBAG_DIFF_SEED");
-  if (env == nullptr || *env == '\0') return std::nullopt;
-  return std::strtoull(env, nullptr, 0);
-}
-
 // ---- One generated problem ------------------------------------------------------------------
 
 struct Problem {
@@ -201,23 +134,6 @@ struct Problem {
   int64_t num_offsets = 0;
   bool with_bag_count = false, with_argmax = false;
 };
-
-int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-}
-bool chance(std::mt19937_64& rng, double p) { return std::bernoulli_distribution(p)(rng); }
-
-// A table value: continuous values over a few binades (so sums round), or small integers (so
-// max sees many ties and sums are exact), or now and then a special value.
-double random_value(std::mt19937_64& rng, bool coarse, bool specials) {
-  if (specials && chance(rng, 0.06)) {
-    const double kSpecials[] = {NAN, -NAN, INFINITY, -INFINITY, -0.0, 0.0};
-    return kSpecials[uniform(rng, 0, 5)];
-  }
-  if (coarse) return static_cast<double>(uniform(rng, -3, 3));
-  const double unit = std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
-  return std::ldexp(unit, static_cast<int>(uniform(rng, -3, 3)));
-}
 
 Problem make_problem(const Config& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -358,33 +274,6 @@ Views make_views(const Problem& p, unsigned char* weight, const unsigned char* i
   return v;
 }
 
-// The first element where `got` and `want` differ (NaNs of any payload count as equal: IEEE
-// leaves payloads of computed NaNs unspecified and 16-bit conversions may canonicalise them),
-// as "<what> [row, col]: embag X vs reference Y", or "" when they agree. `tolerance_ulps` > 0
-// allows that many ulps between finite values.
-std::string first_difference(const char* what, const char* row_name, DType dtype,
-                             const unsigned char* got, const unsigned char* want, int64_t rows,
-                             int64_t cols, int64_t row_stride, uint64_t tolerance_ulps = 0) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = r * row_stride + c;
-      const uint64_t g = bits_at(got, dtype, i), w = bits_at(want, dtype, i);
-      if (g == w) continue;
-      if (is_nan_bits(dtype, g) && is_nan_bits(dtype, w)) continue;
-      if (tolerance_ulps > 0 && !is_nan_bits(dtype, g) && !is_nan_bits(dtype, w) &&
-          ulp_distance(dtype, g, w) <= tolerance_ulps) {
-        continue;
-      }
-      std::ostringstream s;
-      s << what << " differs at " << row_name << " " << r << ", column " << c << ": embag "
-        << format_element(dtype, g) << " vs reference " << format_element(dtype, w);
-      if (tolerance_ulps > 0) s << " (allowed " << tolerance_ulps << " ulps)";
-      return s.str();
-    }
-  }
-  return "";
-}
-
 // Everything one embag call produced, for comparing runs with each other.
 struct Produced {
   std::vector<unsigned char> weight, output, argmax, bag_count;
@@ -426,9 +315,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   const std::string expected_variant = isa ? std::string("_") + isa_name(*isa) : "";
   if (isa) {
     const std::string planned = forward_variant_name(ev.inputs, p.options);
-    EXPECT_TRUE(planned.size() >= expected_variant.size() &&
-                planned.compare(planned.size() - expected_variant.size(), std::string::npos,
-                                expected_variant) == 0)
+    EXPECT_TRUE(ends_with(planned, expected_variant))
         << "forward_variant_name() = " << planned << " on ISA " << isa_name(*isa);
   }
   const Status status = forward(ev.inputs, outputs, p.options);
@@ -448,9 +335,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   }
   if (isa && has_work) {
     const std::string& ran = last_variant();
-    if (ran.size() < expected_variant.size() ||
-        ran.compare(ran.size() - expected_variant.size(), std::string::npos, expected_variant) !=
-            0) {
+    if (!ends_with(ran, expected_variant)) {
       fail("last_variant() = '" + ran + "', expected a name ending in '" + expected_variant + "'");
     }
   }
@@ -468,8 +353,8 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   // The table after renorm. Gap columns of a strided table must be untouched too.
   const bool pow_norm = c.variant.norm_type && *c.variant.norm_type == 3.0;
   const std::string weight_diff =
-      first_difference("renormed weight", "row", wd, weight.data(), ref_weight.data(), p.num_rows,
-                       p.row_stride, p.row_stride, pow_norm ? kPowUlps : 0);
+      first_difference("renormed weight", "row", wd, weight.data(), p.row_stride, ref_weight.data(),
+                       p.row_stride, p.num_rows, p.row_stride, pow_norm ? kPowUlps : 0);
   if (!weight_diff.empty()) fail(weight_diff);
 
   // What the lookup must produce from the table as embag renormed it. That is the reference's
@@ -487,19 +372,19 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
       fail("reference rejected embag's renormed table");
     }
   }
-  const std::string out_diff =
-      first_difference("output", "bag", wd, out.data(), want_out.data(), p.num_bags, c.dim, c.dim);
+  const std::string out_diff = first_difference("output", "bag", wd, out.data(), c.dim,
+                                                want_out.data(), c.dim, p.num_bags, c.dim);
   if (!out_diff.empty()) fail(out_diff);
   if (p.with_argmax) {
-    const std::string d = first_difference("argmax", "bag", DType::kInt64, argmax.data(),
-                                           want_argmax.data(), p.num_bags, c.dim, c.dim);
+    const std::string d = first_difference("argmax", "bag", DType::kInt64, argmax.data(), c.dim,
+                                           want_argmax.data(), c.dim, p.num_bags, c.dim);
     if (!d.empty()) fail(d);
   } else if (argmax.contents() != std::vector<unsigned char>(argmax_bytes, kSentinel)) {
     fail("argmax memory was written although no argmax view was passed");
   }
   if (p.with_bag_count) {
-    const std::string d = first_difference("bag_count", "bag", DType::kInt64, count.data(),
-                                           want_count.data(), p.num_bags, 1, 1);
+    const std::string d = first_difference("bag_count", "bag", DType::kInt64, count.data(), 1,
+                                           want_count.data(), 1, p.num_bags, 1);
     if (!d.empty()) fail(d);
   } else if (count.contents() != std::vector<unsigned char>(count_bytes, kSentinel)) {
     fail("bag_count memory was written although no bag_count view was passed");
@@ -509,44 +394,6 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   }
   return ok;
 }
-
-// ---- ISA and thread scopes --------------------------------------------------------------------
-
-// The ISAs to run every test on: compiled in and supported here. On a host with none of them
-// (an ARM build) the automatic choice is tested once instead, without a name check.
-std::vector<std::optional<Isa>> isas_to_test() {
-  std::vector<std::optional<Isa>> out;
-  const std::vector<Isa> supported = supported_isas();
-  for (Isa isa : compiled_isas()) {
-    if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
-  }
-  if (out.empty()) out.push_back(std::nullopt);
-  return out;
-}
-
-// Puts the automatic ISA choice and the thread count back however a test ends.
-class RestoreGlobals {
- public:
-  RestoreGlobals() : threads_(num_threads()) {}
-  ~RestoreGlobals() {
-    (void)set_isa(std::nullopt);
-    set_num_threads(threads_);
-  }
-
- private:
-  int threads_;
-};
-
-std::string isa_label(std::optional<Isa> isa) { return isa ? isa_name(*isa) : "automatic"; }
-
-// Selects `isa` (a failure here fails the test: these ISAs were listed as usable).
-bool select(std::optional<Isa> isa) {
-  const Status s = set_isa(isa);
-  EXPECT_TRUE(s.ok()) << "set_isa(" << isa_label(isa) << "): " << s.message();
-  return s.ok();
-}
-
-constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest is noise
 
 // Seeds per (dtype, index type, D, variant): about 4,000 cases per mode and ISA, which take
 // under a second per mode and ISA in an optimised build.

@@ -98,4 +98,25 @@ Status parse_double(const std::string& flag, const std::string& text, double* ou
   return Status::Ok();
 }
 
+int run_subcommand(const std::vector<std::string>& args, const std::vector<FlagSpec>& specs,
+                   const std::string& usage, const std::string& usage_hint,
+                   const std::function<Status(const ParsedFlags&)>& parse_request,
+                   const std::function<int()>& run) {
+  ParsedFlags flags;
+  Status status = parse_flags(args, specs, &flags);
+  if (status.ok() && flags.help()) {
+    std::cout << usage;
+    return kExitOk;
+  }
+  if (status.ok()) {
+    status = parse_request(flags);
+  }
+  if (!status.ok()) {
+    report_error(kExitUsage, status.message());
+    std::cerr << usage_hint;
+    return kExitUsage;
+  }
+  return run();
+}
+
 }  // namespace embag::cli

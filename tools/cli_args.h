@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -53,5 +54,14 @@ Status parse_flags(const std::vector<std::string>& args, const std::vector<FlagS
 // Whole-string conversions; the error names the flag and the text. parse_double accepts "inf".
 Status parse_int64(const std::string& flag, const std::string& text, int64_t* out);
 Status parse_double(const std::string& flag, const std::string& text, double* out);
+
+// The flow every array subcommand shares: parse `args` against `specs`; with --help print
+// `usage` to stdout and return kExitOk; then build the request with `parse_request`. A mistake
+// in either step is reported (kExitUsage) followed by `usage_hint` on stderr. Otherwise returns
+// what `run` returns.
+int run_subcommand(const std::vector<std::string>& args, const std::vector<FlagSpec>& specs,
+                   const std::string& usage, const std::string& usage_hint,
+                   const std::function<Status(const ParsedFlags&)>& parse_request,
+                   const std::function<int()>& run);
 
 }  // namespace embag::cli

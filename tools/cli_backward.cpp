@@ -268,32 +268,18 @@ int run(const BackwardRequest& request) {
   if (request.grad_per_sample_weights_path) {
     files.emplace_back(*request.grad_per_sample_weights_path, &grad_per_sample_weights);
   }
-  status = save_all_or_nothing(files);
-  if (!status.ok()) {
-    return report_error(kExitFailure, status.message());
-  }
-  return kExitOk;
+  return save_outputs(files);
 }
 
 }  // namespace
 
 int run_backward(const std::vector<std::string>& args) {
-  ParsedFlags flags;
   BackwardRequest request;
-  Status status = parse_flags(args, kFlags, &flags);
-  if (status.ok() && flags.help()) {
-    std::cout << kUsage;
-    return kExitOk;
-  }
-  if (status.ok()) {
-    status = parse_request(flags, &request);
-  }
-  if (!status.ok()) {
-    report_error(kExitUsage, status.message());
-    std::cerr << kShortUsage << "       ('embag backward --help' lists the options)\n";
-    return kExitUsage;
-  }
-  return run(request);
+  return run_subcommand(
+      args, kFlags, kUsage,
+      std::string(kShortUsage) + "       ('embag backward --help' lists the options)\n",
+      [&](const ParsedFlags& flags) { return parse_request(flags, &request); },
+      [&] { return run(request); });
 }
 
 }  // namespace embag::cli

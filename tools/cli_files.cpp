@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <system_error>
 
+#include "cli_args.h"
+
 namespace embag::cli {
 
 bool same_file(const std::string& a, const std::string& b) {
@@ -78,6 +80,14 @@ Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::A
     }
   }
   return Status::Ok();
+}
+
+int save_outputs(const std::vector<std::pair<std::string, const npy::Array*>>& files) {
+  const Status status = save_all_or_nothing(files);
+  if (!status.ok()) {
+    return report_error(kExitFailure, status.message());
+  }
+  return kExitOk;
 }
 
 }  // namespace embag::cli

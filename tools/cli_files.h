@@ -34,4 +34,7 @@ TensorView view_with_true_ndim(npy::Array& array);
 // Writes every (path, array) pair or none of them (see cli_files.cpp for how far that holds).
 Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::Array*>>& files);
 
+// save_all_or_nothing for a subcommand: kExitOk, or the error reported and kExitFailure.
+int save_outputs(const std::vector<std::pair<std::string, const npy::Array*>>& files);
+
 }  // namespace embag::cli

@@ -181,33 +181,19 @@ int run(const ForwardRequest& request) {
   if (request.weight_output_path) {
     files.emplace_back(*request.weight_output_path, &weight);
   }
-  status = save_all_or_nothing(files);
-  if (!status.ok()) {
-    return report_error(kExitFailure, status.message());
-  }
-  return kExitOk;
+  return save_outputs(files);
 }
 
 }  // namespace
 
 int run_forward(const std::vector<std::string>& args) {
-  ParsedFlags flags;
   ForwardRequest request;
-  Status status = parse_flags(args, kFlags, &flags);
-  if (status.ok() && flags.help()) {
-    std::cout << kUsage;
-    return kExitOk;
-  }
-  if (status.ok()) {
-    status = parse_request(flags, &request);
-  }
-  if (!status.ok()) {
-    report_error(kExitUsage, status.message());
-    std::cerr << "usage: embag forward --weight W.npy --input I.npy [options] --output OUT.npy\n"
-                 "       ('embag forward --help' lists the options)\n";
-    return kExitUsage;
-  }
-  return run(request);
+  return run_subcommand(
+      args, kFlags, kUsage,
+      std::string("usage: embag forward --weight W.npy --input I.npy [options] --output OUT.npy\n"
+                  "       ('embag forward --help' lists the options)\n"),
+      [&](const ParsedFlags& flags) { return parse_request(flags, &request); },
+      [&] { return run(request); });
 }
 
 }  // namespace embag::cli

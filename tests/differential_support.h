@@ -1,0 +1,195 @@
+// Shared helpers for the randomized differential tests (test_forward_differential.cpp and
+// test_backward_differential.cpp): guard-byte buffers, the dtype/index/D grids, seed mixing,
+// random value generators, bitwise (NaN-tolerant, optionally ulp-tolerant) comparison, and the
+// per-ISA scaffolding (which ISAs to run, selecting one, restoring the global ISA and thread
+// count). Test-only; not part of the library.
+#ifndef EMBAG_TESTS_DIFFERENTIAL_SUPPORT_H_
+#define EMBAG_TESTS_DIFFERENTIAL_SUPPORT_H_
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+#include "reference/element_access.h"
+
+namespace embag {
+namespace difftest {
+
+// ---- Buffers with guard regions -------------------------------------------------------------
+
+inline constexpr unsigned char kSentinel = 0x7F;  // 0x7F7F... is a huge finite float
+inline constexpr size_t kGuardBytes = 64;
+
+// Memory for one array with kGuardBytes of sentinel on each side. Every embag call must leave the
+// guards alone; the contents start as sentinel too, so an element a kernel forgets shows up.
+class GuardedBuffer {
+ public:
+  explicit GuardedBuffer(size_t bytes)
+      : bytes_(bytes), storage_(bytes + 2 * kGuardBytes, kSentinel) {}
+  explicit GuardedBuffer(const std::vector<unsigned char>& contents)
+      : GuardedBuffer(contents.size()) {
+    std::copy(contents.begin(), contents.end(), storage_.begin() + kGuardBytes);
+  }
+
+  unsigned char* data() { return storage_.data() + kGuardBytes; }
+  const unsigned char* data() const { return storage_.data() + kGuardBytes; }
+  size_t size() const { return bytes_; }
+  std::vector<unsigned char> contents() const {
+    return std::vector<unsigned char>(data(), data() + bytes_);
+  }
+  bool guards_intact() const {
+    auto untouched = [](unsigned char c) { return c == kSentinel; };
+    return std::all_of(storage_.begin(), storage_.begin() + kGuardBytes, untouched) &&
+           std::all_of(storage_.end() - kGuardBytes, storage_.end(), untouched);
+  }
+
+ private:
+  size_t bytes_;
+  std::vector<unsigned char> storage_;
+};
+
+// ---- Case grid and seeds --------------------------------------------------------------------
+
+enum class Padding { kNone, kPositive, kNegative };
+
+inline constexpr DType kWeightDTypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,
+                                          DType::kBFloat16};
+inline constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
+// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
+inline constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
+
+// splitmix64: turns (test seed, case number) into well-spread, reproducible case seeds.
+inline uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// EMBAG_DIFF_SEED=<seed> runs only the case with that seed.
+inline std::optional<uint64_t> only_seed() {
+  const char* env = std::getenv("EMBAG_DIFF_SEED");
+  if (env == nullptr || *env == '\0') return std::nullopt;
+  return std::strtoull(env, nullptr, 0);
+}
+
+// ---- Random values --------------------------------------------------------------------------
+
+inline int64_t uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {  // inclusive
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+inline bool chance(std::mt19937_64& rng, double p) { return std::bernoulli_distribution(p)(rng); }
+
+// A value: continuous over a few binades (so sums round), or small integers (so sums are exact
+// and ties and cancellations to zero are common), or now and then a special value.
+inline double random_value(std::mt19937_64& rng, bool coarse, bool specials) {
+  if (specials && chance(rng, 0.06)) {
+    const double kSpecials[] = {NAN, -NAN, INFINITY, -INFINITY, -0.0, 0.0};
+    return kSpecials[uniform(rng, 0, 5)];
+  }
+  if (coarse) return static_cast<double>(uniform(rng, -3, 3));
+  const double unit = std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
+  return std::ldexp(unit, static_cast<int>(uniform(rng, -3, 3)));
+}
+
+// ---- Comparing ------------------------------------------------------------------------------
+
+// Distance in units in the last place, counting across zero.
+inline uint64_t ulp_distance(DType dtype, uint64_t a, uint64_t b) {
+  const int width = static_cast<int>(ref::element_size(dtype) * 8);
+  const uint64_t sign = uint64_t{1} << (width - 1);
+  auto ordered = [&](uint64_t v) -> int64_t {
+    // Magnitude bits fit in 63 bits, so the negation cannot overflow.
+    const int64_t magnitude = static_cast<int64_t>(v & (sign - 1));
+    return (v & sign) ? -magnitude : magnitude;
+  };
+  const int64_t d = ordered(a) - ordered(b);
+  return static_cast<uint64_t>(d < 0 ? -d : d);
+}
+
+// The first element where `got` and `want` differ (NaNs of any payload count as equal: IEEE
+// leaves payloads of computed NaNs unspecified and 16-bit conversions may canonicalise them),
+// as "<what> differs at <row_name> r, column c: embag X vs reference Y", or "" when they agree.
+// `tolerance_ulps` > 0 allows that many ulps between finite values.
+inline std::string first_difference(const char* what, const char* row_name, DType dtype,
+                                    const unsigned char* got, int64_t got_stride,
+                                    const unsigned char* want, int64_t want_stride, int64_t rows,
+                                    int64_t cols, uint64_t tolerance_ulps = 0) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint64_t g = ref::bits_at(got, dtype, r * got_stride + c);
+      const uint64_t w = ref::bits_at(want, dtype, r * want_stride + c);
+      if (g == w) continue;
+      const bool g_nan = ref::is_nan_bits(dtype, g), w_nan = ref::is_nan_bits(dtype, w);
+      if (g_nan && w_nan) continue;
+      if (tolerance_ulps > 0 && !g_nan && !w_nan && ulp_distance(dtype, g, w) <= tolerance_ulps) {
+        continue;
+      }
+      std::ostringstream s;
+      s << what << " differs at " << row_name << " " << r << ", column " << c << ": embag "
+        << ref::format_element(dtype, g) << " vs reference " << ref::format_element(dtype, w);
+      if (tolerance_ulps > 0) s << " (allowed " << tolerance_ulps << " ulps)";
+      return s.str();
+    }
+  }
+  return "";
+}
+
+inline bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), std::string::npos, suffix) == 0;
+}
+
+// ---- ISA and thread scopes ------------------------------------------------------------------
+
+// The ISAs to run every test on: compiled in and supported here. On a host with none of them
+// (an ARM build) the automatic choice is tested once instead, without a name check.
+inline std::vector<std::optional<Isa>> isas_to_test() {
+  std::vector<std::optional<Isa>> out;
+  const std::vector<Isa> supported = supported_isas();
+  for (Isa isa : compiled_isas()) {
+    if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
+  }
+  if (out.empty()) out.push_back(std::nullopt);
+  return out;
+}
+
+// Puts the automatic ISA choice and the thread count back however a test ends.
+class RestoreGlobals {
+ public:
+  RestoreGlobals() : threads_(num_threads()) {}
+  ~RestoreGlobals() {
+    (void)set_isa(std::nullopt);
+    set_num_threads(threads_);
+  }
+  RestoreGlobals(const RestoreGlobals&) = delete;
+  RestoreGlobals& operator=(const RestoreGlobals&) = delete;
+
+ private:
+  int threads_;
+};
+
+inline std::string isa_label(std::optional<Isa> isa) { return isa ? isa_name(*isa) : "automatic"; }
+
+// Selects `isa` (a failure here fails the test: these ISAs were listed as usable).
+inline bool select(std::optional<Isa> isa) {
+  const Status s = set_isa(isa);
+  EXPECT_TRUE(s.ok()) << "set_isa(" << isa_label(isa) << "): " << s.message();
+  return s.ok();
+}
+
+inline constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest noise
+
+}  // namespace difftest
+}  // namespace embag
+
+#endif  // EMBAG_TESTS_DIFFERENTIAL_SUPPORT_H_
