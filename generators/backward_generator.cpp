@@ -90,7 +90,8 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
     if (mode == RowPooling::kMax) {
       // A row held twice by one bag still adds that bag's gradient once: its positions are
       // adjacent in the segment (input order), so only the first of a run of one bag counts.
-      Expr previous_at = unsafe_promise_clamped(begin + k - 1, 0, num_sorted - 1);
+      // (for k == 0 the previous position is not read: begin - 1 may lie before the buffer)
+      Expr previous_at = unsafe_promise_clamped(begin + max(k, 1) - 1, 0, num_sorted - 1);
       Expr previous_bag = unsafe_promise_clamped(
           position_bag(unsafe_promise_clamped(sorted_positions(previous_at), 0, num_positions - 1)),
           0, num_bags - 1);
