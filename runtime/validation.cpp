@@ -285,7 +285,7 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
   const DType weight_dtype = in.weight.dtype;
   const TensorView& g = in.grad_output;
   if (g.ndim != 2 || g.shape[0] != B || g.shape[1] != D) {
-    std::string which = g.ndim != 2       ? "it has " + std::to_string(g.ndim) + " dimensions"
+    std::string which = g.ndim != 2       ? "it is " + std::to_string(g.ndim) + "-D"
                         : g.shape[0] != B ? "dimension 0 is " + std::to_string(g.shape[0]) +
                                                 ", the number of bags is " + std::to_string(B)
                                           : "dimension 1 is " + std::to_string(g.shape[1]) +
