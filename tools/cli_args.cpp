@@ -119,4 +119,23 @@ int run_subcommand(const std::vector<std::string>& args, const std::vector<FlagS
   return run();
 }
 
+Status parse_bag_options(const ParsedFlags& flags, Options* options) {
+  if (const auto mode_text = flags.value("mode")) {
+    const std::optional<Mode> mode = parse_mode(*mode_text);
+    if (!mode) {
+      return usage_error("--mode must be sum, mean or max, got '" + *mode_text + "'");
+    }
+    options->mode = *mode;
+  }
+  if (const auto text = flags.value("padding-idx")) {
+    int64_t padding_idx = 0;
+    if (Status status = parse_int64("padding-idx", *text, &padding_idx); !status.ok()) {
+      return status;
+    }
+    options->padding_idx = padding_idx;
+  }
+  options->include_last_offset = flags.has("include-last-offset");
+  return Status::Ok();
+}
+
 }  // namespace embag::cli

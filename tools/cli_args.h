@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "embag/embag.h"
 #include "embag/status.h"
 
 namespace embag::cli {
@@ -54,6 +55,10 @@ Status parse_flags(const std::vector<std::string>& args, const std::vector<FlagS
 // Whole-string conversions; the error names the flag and the text. parse_double accepts "inf".
 Status parse_int64(const std::string& flag, const std::string& text, int64_t* out);
 Status parse_double(const std::string& flag, const std::string& text, double* out);
+
+// Reads --mode, --padding-idx and --include-last-offset, the bag options forward and backward
+// share, into `options` (flags not given leave PyTorch's defaults).
+Status parse_bag_options(const ParsedFlags& flags, Options* options);
 
 // The flow every array subcommand shares: parse `args` against `specs`; with --help print
 // `usage` to stdout and return kExitOk; then build the request with `parse_request`. A mistake

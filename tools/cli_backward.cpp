@@ -106,22 +106,7 @@ Status parse_request(const ParsedFlags& flags, BackwardRequest* request) {
   request->grad_per_sample_weights_path = flags.value("grad-per-sample-weights");
 
   Options& options = request->options;
-  if (const auto mode_text = flags.value("mode")) {
-    const std::optional<Mode> mode = parse_mode(*mode_text);
-    if (!mode) {
-      return usage_error("--mode must be sum, mean or max, got '" + *mode_text + "'");
-    }
-    options.mode = *mode;
-  }
-  if (const auto text = flags.value("padding-idx")) {
-    int64_t padding_idx = 0;
-    Status status = parse_int64("padding-idx", *text, &padding_idx);
-    if (!status.ok()) {
-      return status;
-    }
-    options.padding_idx = padding_idx;
-  }
-  options.include_last_offset = flags.has("include-last-offset");
+  if (Status status = parse_bag_options(flags, &options); !status.ok()) return status;
   options.scale_grad_by_freq = flags.has("scale-grad-by-freq");
   options.sparse = flags.has("sparse");
 

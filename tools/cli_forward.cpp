@@ -87,21 +87,7 @@ Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
   request->weight_output_path = flags.value("weight-output");
 
   Options& options = request->options;
-  if (const auto mode_text = flags.value("mode")) {
-    const std::optional<Mode> mode = parse_mode(*mode_text);
-    if (!mode) {
-      return usage_error("--mode must be sum, mean or max, got '" + *mode_text + "'");
-    }
-    options.mode = *mode;
-  }
-  if (const auto text = flags.value("padding-idx")) {
-    int64_t padding_idx = 0;
-    Status status = parse_int64("padding-idx", *text, &padding_idx);
-    if (!status.ok()) {
-      return status;
-    }
-    options.padding_idx = padding_idx;
-  }
+  if (Status status = parse_bag_options(flags, &options); !status.ok()) return status;
   if (const auto text = flags.value("max-norm")) {
     double max_norm = 0;
     Status status = parse_double("max-norm", *text, &max_norm);
@@ -116,7 +102,6 @@ Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
       return status;
     }
   }
-  options.include_last_offset = flags.has("include-last-offset");
 
   std::vector<FlagPath> inputs = {{"--weight", request->weight_path},
                                   {"--input", request->input_path}};
