@@ -6,11 +6,11 @@
 #include <iostream>
 
 namespace embag::cli {
-namespace {
-
 Status usage_error(const std::string& message) {
   return Status(StatusCode::kInvalidArgument, message);
 }
+
+namespace {
 
 const FlagSpec* find_spec(const std::vector<FlagSpec>& specs, const std::string& name) {
   for (const FlagSpec& spec : specs) {

@@ -24,6 +24,9 @@ enum ExitCode : int {
 // Prints "embag: error: <message>" on stderr and returns `exit_code`.
 int report_error(int exit_code, const std::string& message);
 
+// A mistake in the command line, as the Status that run_subcommand reports with kExitUsage.
+Status usage_error(const std::string& message);
+
 // A flag a subcommand accepts, named without its leading "--".
 struct FlagSpec {
   std::string name;

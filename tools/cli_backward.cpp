@@ -86,10 +86,6 @@ struct BackwardRequest {
   Options options;
 };
 
-Status usage_error(const std::string& message) {
-  return Status(StatusCode::kInvalidArgument, message);
-}
-
 Status parse_request(const ParsedFlags& flags, BackwardRequest* request) {
   for (const char* required : {"weight", "input", "grad-output", "grad-weight"}) {
     if (!flags.has(required)) {

@@ -69,10 +69,6 @@ struct ForwardRequest {
   Options options;
 };
 
-Status usage_error(const std::string& message) {
-  return Status(StatusCode::kInvalidArgument, message);
-}
-
 Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
   for (const char* required : {"weight", "input", "output"}) {
     if (!flags.has(required)) {
