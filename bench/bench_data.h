@@ -98,4 +98,40 @@ inline AlignedFloats allocate_floats(int64_t elements) {
   return AlignedFloats(static_cast<float*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
 }
 
+// What a forward or backward benchmark gathers from: a random table, the bag offsets (every bag
+// holds `pooling` positions) and `batch_count` index batches drawn by the shape's distribution.
+// The same shape always gives the same data, in both benchmarks.
+struct GatherData {
+  AlignedFloats table;
+  std::vector<int64_t> offsets;               // bags + 1 entries, shared by every batch
+  std::vector<std::vector<int64_t>> batches;  // index batches the timed loop cycles through
+};
+
+// False when the table cannot be allocated.
+inline bool make_gather_data(const Shape& shape, size_t batch_count, GatherData* data) {
+  const int64_t elements = shape.rows * shape.dim;
+  data->table = allocate_floats(elements);
+  if (!data->table) return false;
+  Rng values(seed_for(shape, 0));
+  float* table = data->table.get();
+  for (int64_t i = 0; i < elements; ++i) table[i] = values.symmetric_unit();
+
+  data->offsets.resize(static_cast<size_t>(shape.bags) + 1);
+  for (int64_t b = 0; b <= shape.bags; ++b) {
+    data->offsets[static_cast<size_t>(b)] = b * shape.pooling;
+  }
+  std::unique_ptr<ZipfSampler> zipf;
+  if (shape.distribution == Distribution::kZipf) {
+    zipf = std::make_unique<ZipfSampler>(shape.rows, kZipfExponent);
+  }
+  data->batches.resize(batch_count);
+  for (size_t k = 0; k < batch_count; ++k) {
+    Rng rng(seed_for(shape, k + 1));
+    std::vector<int64_t>& batch = data->batches[k];
+    batch.resize(static_cast<size_t>(shape.bags * shape.pooling));
+    for (int64_t& idx : batch) idx = zipf ? zipf->sample(rng) : rng.below(shape.rows);
+  }
+  return true;
+}
+
 }  // namespace embag::bench

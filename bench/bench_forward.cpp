@@ -124,31 +124,16 @@ Dataset* dataset_for(const Shape& shape, benchmark::State& state) {
   auto ds = std::make_unique<Dataset>();
   ds->shape = shape;
   ds->cold = is_cold(shape);
-  const int64_t elements = shape.rows * shape.dim;
-  ds->table = embag::bench::allocate_floats(elements);
-  if (!ds->table) {
-    fail(state, "cannot allocate the " + std::to_string((elements * 4) >> 20) + " MiB table");
+  embag::bench::GatherData data;
+  if (!embag::bench::make_gather_data(shape, ds->cold ? kColdBatches : 1, &data)) {
+    const int64_t bytes = shape.rows * shape.dim * 4;
+    fail(state, "cannot allocate the " + std::to_string(bytes >> 20) + " MiB table");
     return nullptr;
   }
-  Rng values(seed_for(shape, 0));
-  float* table = ds->table.get();
-  for (int64_t i = 0; i < elements; ++i) table[i] = values.symmetric_unit();
-
+  ds->table = std::move(data.table);
+  ds->offsets = std::move(data.offsets);
+  ds->batches = std::move(data.batches);
   const int64_t positions = shape.bags * shape.pooling;
-  ds->offsets.resize(static_cast<size_t>(shape.bags) + 1);
-  for (int64_t b = 0; b <= shape.bags; ++b) ds->offsets[static_cast<size_t>(b)] = b * shape.pooling;
-
-  std::unique_ptr<ZipfSampler> zipf;
-  if (shape.distribution == Distribution::kZipf) {
-    zipf = std::make_unique<ZipfSampler>(shape.rows, kZipfExponent);
-  }
-  ds->batches.resize(ds->cold ? kColdBatches : 1);
-  for (size_t k = 0; k < ds->batches.size(); ++k) {
-    Rng rng(seed_for(shape, k + 1));
-    std::vector<int64_t>& batch = ds->batches[k];
-    batch.resize(static_cast<size_t>(positions));
-    for (int64_t& idx : batch) idx = zipf ? zipf->sample(rng) : rng.below(shape.rows);
-  }
   ds->output.assign(static_cast<size_t>(shape.bags * shape.dim), 0.0f);
 
   ds->bytes_per_call = static_cast<double>(positions) * shape.dim * sizeof(float) +
