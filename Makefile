@@ -2,21 +2,35 @@
 # every test. Both install what is missing first (scripts/install-deps.sh) and rebuild
 # incrementally.
 #
-# Knobs: BUILD_DIR (default build), BUILD_TYPE (Release), ISAS (semicolon list of x86 ISAs to
-# compile, default all: "avx512;avx2;sse41"; a development build may pick one), WERROR (ON in CI),
-# JOBS (parallel build jobs), CMAKE_ARGS (anything else for CMake).
+# Also: `make test-aarch64` cross-compiles for 64-bit ARM and runs the whole suite under
+# qemu-aarch64, then installs and builds examples/consumer against the install; `make
+# test-install` does the install check for this machine; `make install PREFIX=...`.
+#
+# Knobs: BUILD_DIR (default build), AARCH64_BUILD_DIR (build-aarch64), BUILD_TYPE (Release), ISAS
+# (semicolon list of ISAs to compile, default all of this machine's: "avx512;avx2;sse41" on
+# x86-64; a development build may pick one), WERROR (ON in CI), JOBS (parallel build jobs),
+# CMAKE_ARGS (anything else for CMake), PREFIX (for make install).
 
 BUILD_DIR ?= build
+AARCH64_BUILD_DIR ?= build-aarch64
 BUILD_TYPE ?= Release
+ifeq ($(shell uname -m),aarch64)
+ISAS ?= neon
+else
 ISAS ?= avx512;avx2;sse41
+endif
 WERROR ?= OFF
 CMAKE_ARGS ?=
 JOBS ?= $(shell nproc)
+PREFIX ?= /usr/local
 VENV := .venv
 CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
+# Ninja (and CMake) from the project's .venv, for CMake's presets too.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps configure build run test test-promises bench info format clean
+.PHONY: all deps deps-aarch64 configure generators build run test test-promises bench info \
+	install test-install configure-aarch64 build-aarch64 test-aarch64 format clean
 
 all: build
 
@@ -29,8 +43,7 @@ configure: deps
 	@$(CMAKE) -S . -B $(BUILD_DIR) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	  -DHalide_DIR="$$($(VENV)/bin/python -c 'import halide, os; print(os.path.join(halide.install_dir(), "lib64", "cmake", "Halide"))')" \
-	  -DEMBAG_X86_ISAS="$(ISAS)" -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
+	  -DEMBAG_ISAS="$(ISAS)" -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
 	  > $(BUILD_DIR)/configure.log 2>&1 \
 	  || (cat $(BUILD_DIR)/configure.log; exit 1)
 
@@ -50,6 +63,42 @@ test: build
 test-promises:
 	$(MAKE) test BUILD_DIR=build-promises ISAS=avx2 \
 	  CMAKE_ARGS="-DEMBAG_CHECK_PROMISES=ON -DEMBAG_BUILD_BENCHMARKS=OFF"
+
+install: build
+	$(CMAKE) --install $(BUILD_DIR) --prefix $(PREFIX)
+
+# Installs into a scratch prefix, moves it (the package must be relocatable) and builds and runs
+# examples/consumer against it with CMake and with pkg-config; checks the libraries' architecture,
+# duplicate symbols and hidden internals.
+test-install: build
+	scripts/check-install.sh $(BUILD_DIR)
+
+# ---- 64-bit ARM: Halide's two-build pattern -------------------------------------------------
+# The host build's generators (only that target) compile the kernels for arm-64-linux; the
+# aarch64-linux-gnu toolchain compiles everything else (CMakePresets.json, preset aarch64).
+deps-aarch64:
+	@scripts/install-deps.sh --aarch64
+
+generators: configure
+	@$(CMAKE) --build $(BUILD_DIR) --target embag_generators
+
+configure-aarch64: deps-aarch64 generators
+	@mkdir -p $(AARCH64_BUILD_DIR)
+	@$(CMAKE) --preset aarch64 -B $(AARCH64_BUILD_DIR) \
+	  -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -Dembag-halide_generators_DIR=$(abspath $(BUILD_DIR))/cmake \
+	  -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
+	  > $(AARCH64_BUILD_DIR)/configure.log 2>&1 \
+	  || (cat $(AARCH64_BUILD_DIR)/configure.log; exit 1)
+
+build-aarch64: configure-aarch64
+	@$(CMAKE) --build $(AARCH64_BUILD_DIR) --parallel $(JOBS)
+
+# The whole suite under qemu-aarch64 (CMake runs every target program through the toolchain
+# file's CMAKE_CROSSCOMPILING_EMULATOR), then the install check for the aarch64 package.
+test-aarch64: build-aarch64
+	$(CTEST) --test-dir $(AARCH64_BUILD_DIR) --output-on-failure --parallel $(JOBS)
+	scripts/check-install.sh $(AARCH64_BUILD_DIR) cmake/toolchains/aarch64-linux-gnu.cmake
 
 bench: build
 	$(BUILD_DIR)/bench/bench_forward --shapes=bench/shapes/perf.txt

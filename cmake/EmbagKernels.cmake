@@ -5,16 +5,28 @@
 # C symbol, the static library, the header and the row in the runtime's registry, which is
 # generated here as embag_kernel_table.inc so the registry can never disagree with the build.
 #
-# To add an ISA: add a row to the ISA table below (name, Halide target, registry enum) and a
-# predicate in runtime/cpu_features.cpp. To retune: change the PARAMS passed to a pipeline.
+# All kernels go into one archive, embag_kernels, beside the one Halide runtime they share
+# (embag_halide_runtime); the per-variant targets Halide's CMake helpers create are only the
+# steps that run the generator.
+#
+# To add an ISA: add a row to the ISA table below (name, Halide target, registry enum), a value
+# to the Isa enum in include/embag/embag.h and a predicate in runtime/cpu_features.cpp. To retune:
+# change the PARAMS passed to a pipeline.
 
-# ISA table: embag name -> explicit Halide target (never `host`) and runtime enum.
+# ISA table: embag name -> explicit Halide target (never `host`) and runtime enum. The target's
+# first three fields (arch-bits-os) are the platform the kernels link into: every ISA of one
+# build must share it, and it must be the platform CMake compiles the runtime for.
 set(EMBAG_ISA_TARGET_avx512 "x86-64-linux-avx512_skylake")
 set(EMBAG_ISA_ENUM_avx512 "kAvx512")
 set(EMBAG_ISA_TARGET_avx2 "x86-64-linux-avx-avx2-fma-f16c-sse41")
 set(EMBAG_ISA_ENUM_avx2 "kAvx2")
 set(EMBAG_ISA_TARGET_sse41 "x86-64-linux-sse41")
 set(EMBAG_ISA_ENUM_sse41 "kSse41")
+# ARMv8-A: Advanced SIMD (NEON) is part of the base architecture, so the plain target runs on
+# every 64-bit ARM Linux board (Cortex-A53 and up).
+set(EMBAG_ISA_TARGET_neon "arm-64-linux")
+set(EMBAG_ISA_ENUM_neon "kNeon")
+set(EMBAG_KNOWN_ISAS avx512 avx2 sse41 neon)
 
 # Element types: short name used in variant names -> Halide type name -> runtime enum.
 set(EMBAG_WEIGHT_TYPES f32 f64 f16 bf16)
@@ -49,19 +61,30 @@ if (EMBAG_CHECK_PROMISES)
   list(APPEND EMBAG_KERNEL_FEATURES check_unsafe_promises)
 endif ()
 
-foreach (isa IN LISTS EMBAG_X86_ISAS)
-  if (NOT DEFINED EMBAG_ISA_TARGET_${isa})
-    message(FATAL_ERROR "EMBAG_X86_ISAS: unknown ISA '${isa}' (known: avx512, avx2, sse41)")
-  endif ()
-endforeach ()
-if (NOT EMBAG_X86_ISAS)
-  message(FATAL_ERROR "EMBAG_X86_ISAS is empty: at least one ISA must be compiled")
+if (NOT EMBAG_ISAS)
+  message(FATAL_ERROR "EMBAG_ISAS is empty: at least one ISA must be compiled")
 endif ()
+set(EMBAG_PLATFORM "")
+foreach (isa IN LISTS EMBAG_ISAS)
+  if (NOT DEFINED EMBAG_ISA_TARGET_${isa})
+    list(JOIN EMBAG_KNOWN_ISAS ", " known)
+    message(FATAL_ERROR "EMBAG_ISAS: unknown ISA '${isa}' (known: ${known})")
+  endif ()
+  string(REGEX MATCH "^[^-]+-[^-]+-[^-]+" platform "${EMBAG_ISA_TARGET_${isa}}")
+  if (NOT platform IN_LIST Halide_CMAKE_TARGET)
+    message(FATAL_ERROR
+            "EMBAG_ISAS: '${isa}' compiles for ${platform}, but this build compiles for "
+            "${Halide_CMAKE_TARGET} (CMAKE_SYSTEM_PROCESSOR=${CMAKE_SYSTEM_PROCESSOR}). Pick the "
+            "ISAs of that platform, or cross-compile with a toolchain file (see README).")
+  endif ()
+  set(EMBAG_PLATFORM "${platform}")
+endforeach ()
 
 # One Halide runtime shared by every kernel: one thread pool, one set of runtime symbols.
-add_halide_runtime(embag_halide_runtime TARGETS x86-64-linux)
+add_halide_runtime(embag_halide_runtime TARGETS ${EMBAG_PLATFORM})
 
 set(EMBAG_KERNEL_LIBRARIES "")
+set(EMBAG_KERNEL_OBJECTS "")
 set(EMBAG_KERNEL_TABLE "")
 set(EMBAG_KERNEL_HEADERS "")
 
@@ -81,16 +104,24 @@ function(embag_add_kernel NAME)
                      USE_RUNTIME embag_halide_runtime
                      PARAMS ${ARG_PARAMS}
                      ${extra_outputs})
+  # The platform check above keeps Halide on its "compile for the CMake target" path, where the
+  # library is one object file; that object goes into embag_kernels.
+  get_target_property(object ${NAME} SOURCES)
+  if (NOT object MATCHES "\\.o$")
+    message(FATAL_ERROR "${NAME}: expected Halide to produce one object file, got '${object}'")
+  endif ()
+  set_target_properties(${NAME} PROPERTIES EXCLUDE_FROM_ALL ON)
   list(JOIN EMBAG_KERNEL_FEATURES "-" features)
   set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}-${features}")
   set(EMBAG_KERNEL_LIBRARIES ${EMBAG_KERNEL_LIBRARIES} ${NAME} PARENT_SCOPE)
+  set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)
   set(EMBAG_KERNEL_TABLE
       "${EMBAG_KERNEL_TABLE}${ARG_ROW}, ${NAME}, ${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\")\n"
       PARENT_SCOPE)
 endfunction()
 
-foreach (isa IN LISTS EMBAG_X86_ISAS)
+foreach (isa IN LISTS EMBAG_ISAS)
   foreach (w IN LISTS EMBAG_WEIGHT_TYPES)
     set(wenum ${EMBAG_DTYPE_ENUM_${w}})
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
@@ -139,3 +170,14 @@ file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_table.inc"
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_headers.h"
      CONTENT "// Generated by cmake/EmbagKernels.cmake: the header of every compiled kernel.\n#pragma once\n@EMBAG_KERNEL_HEADERS@"
      @ONLY)
+
+# Every kernel in one static library. Its objects are the generator outputs above, so building it
+# runs the generators; the kernels' headers (next to the objects) come with it.
+add_library(embag_kernels STATIC ${EMBAG_KERNEL_OBJECTS})
+set_target_properties(embag_kernels PROPERTIES LINKER_LANGUAGE CXX)
+foreach (kernel IN LISTS EMBAG_KERNEL_LIBRARIES)
+  add_dependencies(embag_kernels ${kernel}.update)
+endforeach ()
+target_include_directories(embag_kernels INTERFACE $<BUILD_INTERFACE:${CMAKE_CURRENT_BINARY_DIR}>
+                                                   $<BUILD_INTERFACE:${EMBAG_GENERATED_DIR}>)
+target_link_libraries(embag_kernels PUBLIC embag_halide_runtime)

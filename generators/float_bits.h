@@ -32,11 +32,13 @@ inline Halide::Expr is_nan_by_bits(const Halide::Expr& v) {
   return magnitude > Internal::make_const(bits, infinity_bits);
 }
 
-// True when float16 conversions on `target` are emulated and so need the NaN fix-ups below.
+// True when float16 conversions on `target` are emulated and so need the NaN fix-ups below. Only
+// x86 with F16C converts in hardware here: Halide emulates the conversions on SSE4.1 and on ARM
+// too (arm-64-linux without the arm_fp16 feature turned float16 NaNs into infinities, under
+// qemu-aarch64, before ARM took these fix-ups).
 inline bool float16_conversions_emulated(const Halide::Type& t, const Halide::Target& target) {
   return t.is_float() && !t.is_bfloat() && t.bits() == 16 &&
-         !(target.arch == Halide::Target::X86 && target.has_feature(Halide::Target::F16C)) &&
-         target.arch == Halide::Target::X86;
+         !(target.arch == Halide::Target::X86 && target.has_feature(Halide::Target::F16C));
 }
 
 // `raw` converted to `wide`, with a float16 NaN becoming the float32 NaN of the same sign and

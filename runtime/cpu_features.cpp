@@ -1,17 +1,29 @@
-// CPU feature detection with cpuid and xgetbv. Every other file asks cpu_supports().
+// CPU feature detection: cpuid and xgetbv on x86-64, the kernel's hardware capabilities
+// (getauxval) on 64-bit ARM. Every other file asks cpu_supports().
 #include "cpu_features.h"
 
+#if defined(__x86_64__)
 #include <cpuid.h>
+#elif defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 #include <cstdint>
 
 namespace embag::internal {
 namespace {
 
+// On another architecture than the one a flag belongs to, it stays false: an x86 build never
+// claims NEON, and an ARM build never claims AVX.
 struct CpuFeatures {
   bool sse41 = false, avx = false, avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512cd = false;
+  // ARM: Advanced SIMD, and the optional half-precision arithmetic (reported, not required).
+  bool asimd = false, asimd_fp16 = false;
 };
+
+#if defined(__x86_64__)
 
 uint64_t read_xcr0() {
   uint32_t eax = 0, edx = 0;
@@ -45,6 +57,17 @@ CpuFeatures detect() {
   }
   return f;
 }
+#elif defined(__aarch64__)
+CpuFeatures detect() {
+  CpuFeatures f;
+  const unsigned long hwcap = getauxval(AT_HWCAP);
+  f.asimd = hwcap & HWCAP_ASIMD;
+  f.asimd_fp16 = hwcap & HWCAP_ASIMDHP;
+  return f;
+}
+#else
+CpuFeatures detect() { return {}; }
+#endif
 
 const CpuFeatures& features() {
   static const CpuFeatures cached = detect();
@@ -65,6 +88,9 @@ bool cpu_supports(Isa isa) {
     case Isa::kAvx512:
       return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.avx2 && f.fma &&
              f.f16c;
+    // ARMv8-A Advanced SIMD; mandatory in the architecture, but asked rather than assumed.
+    case Isa::kNeon:
+      return f.asimd;
   }
   return false;
 }
@@ -77,6 +103,8 @@ const char* isa_requirement(Isa isa) {
       return "AVX2, FMA and F16C";
     case Isa::kAvx512:
       return "AVX-512 F, BW, DQ, VL and CD";
+    case Isa::kNeon:
+      return "a 64-bit ARM CPU with Advanced SIMD (NEON)";
   }
   return "?";
 }
@@ -99,6 +127,8 @@ std::string cpu_feature_summary() {
   add(f.avx512dq, "avx512dq");
   add(f.avx512vl, "avx512vl");
   add(f.avx512cd, "avx512cd");
+  add(f.asimd, "asimd");
+  add(f.asimd_fp16, "asimdhp");
   return s.empty() ? "(none of interest)" : s;
 }
 

@@ -32,7 +32,7 @@ IsaChoice& isa_choice() {
         c->forced = static_cast<int>(*isa);
       } else {
         c->env_error = std::string("EMBAG_ISA=") + env +
-                       " is not an instruction set embag knows; use avx512, avx2 or sse41";
+                       " is not an instruction set embag knows; use avx512, avx2, sse41 or neon";
       }
     }
     return c;
@@ -151,12 +151,19 @@ const char* isa_name(Isa isa) {
       return "avx2";
     case Isa::kSse41:
       return "sse41";
+    case Isa::kNeon:
+      return "neon";
   }
   return "?";
 }
 
+const std::vector<Isa>& known_isas() {
+  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2, Isa::kSse41, Isa::kNeon};
+  return isas;
+}
+
 std::optional<Isa> parse_isa(const std::string& name) {
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+  for (Isa isa : known_isas()) {
     if (name == isa_name(isa)) return isa;
   }
   return std::nullopt;
@@ -164,7 +171,7 @@ std::optional<Isa> parse_isa(const std::string& name) {
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+  for (Isa isa : known_isas()) {
     if (internal::cpu_supports(isa)) out.push_back(isa);
   }
   return out;
@@ -172,7 +179,7 @@ std::vector<Isa> supported_isas() {
 
 std::vector<Isa> compiled_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kSse41}) {
+  for (Isa isa : known_isas()) {
     for (const internal::KernelEntry& e : kernel_table()) {
       if (e.isa == isa) {
         out.push_back(isa);

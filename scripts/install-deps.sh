@@ -6,10 +6,28 @@
 #    ships the C++ library and its CMake package), CMake and Ninja from PyPI.
 # A stamp inside .venv records the requirements it was built from; a second run with the same
 # requirements does nothing.
+#
+# With --aarch64 it also installs what cross-compiling for 64-bit ARM needs (make test-aarch64):
+# Debian's aarch64-linux-gnu toolchain, user-mode QEMU to run the target's programs, and the arm64
+# builds of GoogleTest and Google Benchmark (Debian multiarch: the arm64 architecture is added to
+# dpkg, which only widens what apt may install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(g++ make python3 libgtest-dev libgmock-dev libbenchmark-dev libdlpack-dev)
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
+debian_packages=(g++ make python3 libgtest-dev libgmock-dev libbenchmark-dev libdlpack-dev
+                 pkg-config file binutils)
+if [ "${1:-}" = "--aarch64" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "install-deps: enabling the arm64 architecture for Debian's arm64 libraries"
+    "${sudo_cmd[@]}" dpkg --add-architecture arm64
+  fi
+  debian_packages+=(g++-aarch64-linux-gnu qemu-user libgtest-dev:arm64 libgmock-dev:arm64
+                    libbenchmark-dev:arm64)
+fi
+
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -18,10 +36,9 @@ done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
 fi
 
 requirements=scripts/requirements.txt

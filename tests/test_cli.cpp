@@ -66,7 +66,7 @@ class Cli : public ::testing::Test {
   // and what it printed on stderr.
   int run(const std::string& args, std::string* err = nullptr) {
     const std::string stderr_path = path("stderr.txt");
-    const std::string command = "cd '" + dir_.string() + "' && '" EMBAG_CLI_PATH "' " + args +
+    const std::string command = "cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " " + args +
                                 " > /dev/null 2> '" + stderr_path + "'";
     const int status = std::system(command.c_str());
     if (err) *err = file_bytes("stderr.txt");
@@ -143,8 +143,8 @@ TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
   // A value that is no ISA makes every call fail, with the variable named.
   const std::string bad = "EMBAG_ISA=bogus";
   EXPECT_NE(std::system(("cd '" + dir_.string() + "' && " + bad +
-                         " '" EMBAG_CLI_PATH
-                         "' forward --weight W.npy --input I.npy --offsets O.npy --output o.npy "
+                         " " EMBAG_CLI_COMMAND
+                         " forward --weight W.npy --input I.npy --offsets O.npy --output o.npy "
                          "2> err.txt")
                             .c_str()),
             0);
@@ -158,7 +158,7 @@ TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
     if (!supported) continue;
     const std::string name = embag::isa_name(isa);
     ASSERT_EQ(std::system(("cd '" + dir_.string() + "' && EMBAG_ISA=" + name +
-                           " '" EMBAG_CLI_PATH "' info > info.txt")
+                           " " EMBAG_CLI_COMMAND " info > info.txt")
                               .c_str()),
               0);
     // The line saying which variant a float32/int64 sum runs (the variant table lists them all).

@@ -82,7 +82,7 @@ class CliBackward : public ::testing::Test {
   // and what it printed on stderr.
   int run(const std::string& args, std::string* err = nullptr) {
     const std::string stderr_path = path("stderr.txt");
-    const std::string command = "cd '" + dir_.string() + "' && '" EMBAG_CLI_PATH "' " + args +
+    const std::string command = "cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " " + args +
                                 " > /dev/null 2> '" + stderr_path + "'";
     const int status = std::system(command.c_str());
     const std::string text = file_bytes("stderr.txt");
@@ -231,9 +231,9 @@ TEST_F(CliBackward, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
 
 TEST_F(CliBackward, HelpIsListed) {
   const std::string out = path("help.txt");
-  ASSERT_EQ(std::system(("'" EMBAG_CLI_PATH "' --help > '" + out + "'").c_str()), 0);
+  ASSERT_EQ(std::system((EMBAG_CLI_COMMAND " --help > '" + out + "'").c_str()), 0);
   EXPECT_NE(file_bytes("help.txt").find("backward"), std::string::npos);
-  ASSERT_EQ(std::system(("'" EMBAG_CLI_PATH "' backward --help > '" + out + "'").c_str()), 0);
+  ASSERT_EQ(std::system((EMBAG_CLI_COMMAND " backward --help > '" + out + "'").c_str()), 0);
   const std::string help = file_bytes("help.txt");
   EXPECT_NE(help.find("--grad-weight-rows"), std::string::npos) << help;
   EXPECT_NE(help.find("--grad-per-sample-weights"), std::string::npos) << help;

@@ -6,10 +6,11 @@
 
 #include <dlpack/dlpack.h>
 
+#include "embag/export.h"
 #include "embag/status.h"
 #include "embag/tensor.h"
 
-namespace embag {
+namespace EMBAG_API embag {
 
 // Describes `tensor`'s memory as a TensorView (no copy). Fails, leaving `view` unchanged, for
 // dtypes embag does not know, more than 2 dimensions, vector lanes, or a device other than CPU

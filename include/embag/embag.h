@@ -29,10 +29,11 @@
 #include <string>
 #include <vector>
 
+#include "embag/export.h"
 #include "embag/status.h"
 #include "embag/tensor.h"
 
-namespace embag {
+namespace EMBAG_API embag {
 
 enum class Mode : uint8_t { kSum, kMean, kMax };
 
@@ -129,10 +130,14 @@ Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
 
 // ---- Variants, ISA selection and threads -------------------------------------------------
 
-// Instruction sets a CPU variant can be compiled for, best first within an architecture.
-enum class Isa : uint8_t { kAvx512, kAvx2, kSse41 };
+// Instruction sets a CPU variant can be compiled for, best first within an architecture:
+// x86-64 (avx512, avx2, sse41) and 64-bit ARM (neon). One build holds the ISAs of one
+// architecture (see compiled_isas()).
+enum class Isa : uint8_t { kAvx512, kAvx2, kSse41, kNeon };
 
-// "avx512", "avx2", "sse41".
+// Every ISA embag knows, in the order above, whether or not this build contains it.
+const std::vector<Isa>& known_isas();
+// "avx512", "avx2", "sse41", "neon".
 const char* isa_name(Isa isa);
 std::optional<Isa> parse_isa(const std::string& name);
 
@@ -145,7 +150,7 @@ std::string cpu_features();
 
 // Forces every later call onto one ISA (nullopt returns to automatic choice: the best ISA that
 // is both compiled in and supported). Fails, changing nothing, when the ISA is not compiled in
-// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41 sets the initial
+// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41|neon sets the initial
 // value; a bad EMBAG_ISA makes every call fail with a message saying so.
 Status set_isa(std::optional<Isa> isa);
 // The ISA later calls will use.

@@ -8,7 +8,9 @@
 #include <string>
 #include <utility>
 
-namespace embag {
+#include "embag/export.h"
+
+namespace EMBAG_API embag {
 
 enum class StatusCode : int {
   kOk = 0,

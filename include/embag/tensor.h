@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <string>
 
-namespace embag {
+#include "embag/export.h"
+
+namespace EMBAG_API embag {
 
 // Element types embag understands. Index arrays are Int32/Int64; tables, outputs and
 // per-sample weights are floating point.

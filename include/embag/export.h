@@ -1,0 +1,12 @@
+// EMBAG_API: the visibility of embag's public API.
+//
+// The library is compiled with hidden visibility, so when a program links embag into a shared
+// object of its own, only these declarations (the namespace embag of the public headers) are
+// visible outside it; the runtime's internals (namespace embag::internal) never are.
+#pragma once
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EMBAG_API __attribute__((visibility("default")))
+#else
+#define EMBAG_API
+#endif
