@@ -156,6 +156,19 @@ class EmbagForward : public Generator<EmbagForward> {
       // that too few row fetches overlap. Tiles of 4 vectors measured 0.76-0.80 of the gather
       // loop against 0.68-0.78 with 8 (the second half of a row then comes from L2).
       widest = mode == Pooling::kMax ? 4 : 8;
+      // 64-bit ARM has 32 NEON registers of 128 bits, so a tile of 8 holds only 32 floats and
+      // a 64-float row is walked twice. Sums of float32 / float64 rows take 16 vectors there
+      // (half the register file for accumulators, half for the rows being added): the
+      // generated arm-64-linux assembly has no vector register spills at 16, as at 8. Not for
+      // float16 (emulated widening needs temporaries: vector spills grow from 25 at 4 vectors
+      // to 63 at 8 and 139 at 16), bfloat16 (spills appear at 16) or max (two registers per
+      // vector, value and row: 51 spills at 4 -- the same as at 2, outside the inner loop --
+      // 87 at 8).
+      const Target target = get_target();
+      const bool wide_float = weight_type.value() == Float(32) || weight_type.value() == Float(64);
+      if (target.arch == Target::ARM && target.bits == 64 && mode != Pooling::kMax && wide_float) {
+        widest *= 2;
+      }
     }
 
     Func output = *output_;

@@ -3,8 +3,8 @@
 // Every other test trusts these conversions to define "the right answer" for 16-bit tables, so
 // they are checked against models that share no code with them: the value formula of each
 // format for widening, and "nearest representable value, ties to even" found by searching a
-// table of all values for narrowing. On x86 hosts with F16C the float16 conversions are also
-// compared bit for bit (NaN payloads included) with the hardware instructions.
+// table of all values for narrowing. The float16 conversions are also compared bit for bit (NaN
+// payloads included) with the hardware's: F16C on x86-64, FCVT on 64-bit ARM.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,6 +20,9 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #define EMBAG_TEST_HAVE_F16C 1
+#elif defined(__aarch64__)
+#include <cstring>
+#define EMBAG_TEST_HAVE_ARM_FP16 1
 #endif
 
 namespace embag::ref {
@@ -220,9 +223,29 @@ __attribute__((target("f16c"))) uint16_t hardware_float_to_half(float f) {
 }
 #endif
 
-TEST(HalfFloat, MatchesF16CBitForBit) {
-#ifdef EMBAG_TEST_HAVE_F16C
+#ifdef EMBAG_TEST_HAVE_ARM_FP16
+// __fp16 is the ARM storage format (IEEE binary16 here: GCC's default -mfp16-format); the
+// casts compile to FCVT, which every ARMv8-A CPU has.
+float hardware_half_to_float(uint16_t h) {
+  __fp16 v;
+  std::memcpy(&v, &h, sizeof v);
+  return static_cast<float>(v);
+}
+uint16_t hardware_float_to_half(float f) {
+  const __fp16 v = static_cast<__fp16>(f);
+  uint16_t h;
+  std::memcpy(&h, &v, sizeof h);
+  return h;
+}
+#endif
+
+TEST(HalfFloat, MatchesHardwareConversionsBitForBit) {
+#if defined(EMBAG_TEST_HAVE_F16C)
   if (!cpu_has_f16c()) GTEST_SKIP() << "this CPU has no F16C";
+#elif !defined(EMBAG_TEST_HAVE_ARM_FP16)
+  GTEST_SKIP() << "hardware float16 conversions are tested on x86-64 (F16C) and aarch64 only";
+#endif
+#if defined(EMBAG_TEST_HAVE_F16C) || defined(EMBAG_TEST_HAVE_ARM_FP16)
   for (uint32_t h = 0; h <= 0xFFFFu; ++h) {
     ASSERT_EQ(float_bits(half_to_float(static_cast<uint16_t>(h))),
               float_bits(hardware_half_to_float(static_cast<uint16_t>(h))))
@@ -232,8 +255,6 @@ TEST(HalfFloat, MatchesF16CBitForBit) {
   for (float f : probes) {
     ASSERT_EQ(float_to_half(f), hardware_float_to_half(f)) << hex(float_bits(f));
   }
-#else
-  GTEST_SKIP() << "F16C comparison needs an x86-64 GCC/Clang build";
 #endif
 }
 

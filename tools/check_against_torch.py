@@ -17,6 +17,9 @@ Run (needs a Python with numpy and torch, CPU only; see tools/record_golden.py):
         --embag build/tools/embag --cases 200 --seed 1
     /tmp/torch-venv/bin/python tools/check_against_torch.py \
         --embag build/tools/embag --backward --cases 300 --seed 5
+    # The aarch64 build, under user-mode QEMU:
+    /tmp/torch-venv/bin/python tools/check_against_torch.py \
+        --embag build-aarch64/tools/embag --emulator qemu-aarch64 --cases 200 --seed 3
 
     # Without embag: check that the case generator only draws calls PyTorch
     # accepts and that PyTorch agrees with the NumPy model of SEMANTICS.md:
@@ -70,6 +73,7 @@ Prints `N passed, M failed` and exits non-zero on any failure.
 import argparse
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -462,7 +466,7 @@ def write_case(c, d):
 
 
 def cli_args(embag, c, paths):
-    a = [embag, "forward", "--weight", paths["weight"], "--input", paths["input"]]
+    a = [*embag, "forward", "--weight", paths["weight"], "--input", paths["input"]]
     if "offsets" in paths:
         a += ["--offsets", paths["offsets"]]
     if "psw" in paths:
@@ -780,7 +784,7 @@ def write_backward_case(c, d):
 
 
 def backward_cli_args(embag, c, paths, outputs):
-    a = [embag, "backward", "--weight", paths["weight"], "--input", paths["input"]]
+    a = [*embag, "backward", "--weight", paths["weight"], "--input", paths["input"]]
     if "offsets" in paths:
         a += ["--offsets", paths["offsets"]]
     if "psw" in paths:
@@ -953,6 +957,9 @@ def check_backward_error_case(c, torch_ok, embag, tmp, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--embag", default="build/tools/embag", help="path of the embag CLI")
+    ap.add_argument("--emulator", default="",
+                    help="command that runs the CLI when it is built for another architecture, "
+                         "e.g. 'qemu-aarch64' for build-aarch64/tools/embag")
     ap.add_argument("--cases", type=int, default=200, help="number of random cases")
     ap.add_argument("--seed", type=int, default=0, help="seed of the case generator")
     ap.add_argument("--backward", action="store_true",
@@ -967,8 +974,8 @@ def main():
 
     embag = None
     if not args.torch_only:
-        embag = os.path.abspath(args.embag)
-        if not os.access(embag, os.X_OK):
+        embag = shlex.split(args.emulator) + [os.path.abspath(args.embag)]
+        if not os.access(embag[-1], os.X_OK):
             print(f"error: {args.embag} is not an executable file (build it, or pass --embag)",
                   file=sys.stderr)
             return 2
