@@ -2,17 +2,17 @@
 # every test. Both install what is missing first (scripts/install-deps.sh) and rebuild
 # incrementally.
 #
-# Also: `make test-aarch64` cross-compiles for 64-bit ARM and runs the whole suite under
-# qemu-aarch64, then installs and builds examples/consumer against the install; `make
-# test-install` does the install check for this machine; `make install PREFIX=...`.
+# Also: `make test-aarch64` (and `make test-armv7`) cross-compiles for 64-bit (32-bit) ARM in
+# build-aarch64 (build-armv7) and runs the whole suite under QEMU, then installs and builds
+# examples/consumer against the install; `make test-install` does the install check for this
+# machine; `make install PREFIX=...`.
 #
-# Knobs: BUILD_DIR (default build), AARCH64_BUILD_DIR (build-aarch64), BUILD_TYPE (Release), ISAS
+# Knobs: BUILD_DIR (default build), BUILD_TYPE (Release), ISAS
 # (semicolon list of ISAs to compile, default all of this machine's: "avx512;avx2;sse41" on
 # x86-64; a development build may pick one), WERROR (ON in CI), JOBS (parallel build jobs),
 # CMAKE_ARGS (anything else for CMake), PREFIX (for make install).
 
 BUILD_DIR ?= build
-AARCH64_BUILD_DIR ?= build-aarch64
 BUILD_TYPE ?= Release
 ifeq ($(shell uname -m),aarch64)
 ISAS ?= neon
@@ -29,8 +29,8 @@ CTEST := $(VENV)/bin/ctest
 # Ninja (and CMake) from the project's .venv, for CMake's presets too.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps deps-aarch64 configure generators build run test test-promises bench info \
-	install test-install configure-aarch64 build-aarch64 test-aarch64 format clean
+.PHONY: all deps configure generators build run test test-promises bench info install \
+	test-install format clean $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
 
 all: build
 
@@ -73,32 +73,37 @@ install: build
 test-install: build
 	scripts/check-install.sh $(BUILD_DIR)
 
-# ---- 64-bit ARM: Halide's two-build pattern -------------------------------------------------
-# The host build's generators (only that target) compile the kernels for arm-64-linux; the
-# aarch64-linux-gnu toolchain compiles everything else (CMakePresets.json, preset aarch64).
-deps-aarch64:
-	@scripts/install-deps.sh --aarch64
+# ---- ARM: Halide's two-build pattern ----------------------------------------------------------
+# The host build's generators (only that target) compile the kernels for the ARM target; the
+# Debian cross toolchain compiles everything else (CMakePresets.json: presets aarch64, armv7).
+# make test-aarch64 / make test-armv7: install what is missing, cross-build in build-<arch>, run
+# the whole suite under QEMU (CMake runs every target program through the toolchain file's
+# CMAKE_CROSSCOMPILING_EMULATOR), then the install check for that architecture's package.
+CROSS_ARCHS := aarch64 armv7
+TOOLCHAIN_aarch64 := cmake/toolchains/aarch64-linux-gnu.cmake
+TOOLCHAIN_armv7 := cmake/toolchains/arm-linux-gnueabihf.cmake
 
 generators: configure
 	@$(CMAKE) --build $(BUILD_DIR) --target embag_generators
 
-configure-aarch64: deps-aarch64 generators
-	@mkdir -p $(AARCH64_BUILD_DIR)
-	@$(CMAKE) --preset aarch64 -B $(AARCH64_BUILD_DIR) \
+$(addprefix deps-,$(CROSS_ARCHS)): deps-%:
+	@scripts/install-deps.sh --$*
+
+$(addprefix configure-,$(CROSS_ARCHS)): configure-%: deps-% generators
+	@mkdir -p build-$*
+	@$(CMAKE) --preset $* -B build-$* \
 	  -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -Dembag-halide_generators_DIR=$(abspath $(BUILD_DIR))/cmake \
 	  -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
-	  > $(AARCH64_BUILD_DIR)/configure.log 2>&1 \
-	  || (cat $(AARCH64_BUILD_DIR)/configure.log; exit 1)
+	  > build-$*/configure.log 2>&1 \
+	  || (cat build-$*/configure.log; exit 1)
 
-build-aarch64: configure-aarch64
-	@$(CMAKE) --build $(AARCH64_BUILD_DIR) --parallel $(JOBS)
+$(addprefix build-,$(CROSS_ARCHS)): build-%: configure-%
+	@$(CMAKE) --build build-$* --parallel $(JOBS)
 
-# The whole suite under qemu-aarch64 (CMake runs every target program through the toolchain
-# file's CMAKE_CROSSCOMPILING_EMULATOR), then the install check for the aarch64 package.
-test-aarch64: build-aarch64
-	$(CTEST) --test-dir $(AARCH64_BUILD_DIR) --output-on-failure --parallel $(JOBS)
-	scripts/check-install.sh $(AARCH64_BUILD_DIR) cmake/toolchains/aarch64-linux-gnu.cmake
+$(addprefix test-,$(CROSS_ARCHS)): test-%: build-%
+	$(CTEST) --test-dir build-$* --output-on-failure --parallel $(JOBS)
+	scripts/check-install.sh build-$* $(TOOLCHAIN_$*)
 
 bench: build
 	$(BUILD_DIR)/bench/bench_forward --shapes=bench/shapes/perf.txt

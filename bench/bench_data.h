@@ -20,8 +20,34 @@ namespace embag::bench {
 // Rank k of a Zipf draw has weight (k+1)^-kZipfExponent.
 constexpr double kZipfExponent = 1.05;
 
-// 64x64->128-bit products for index draws; __extension__ keeps -Wpedantic quiet about it.
+// The high 64 bits of a 64x64-bit product, and a product modulo m, for index draws: with a
+// 128-bit integer where the compiler has one (__extension__ keeps -Wpedantic quiet), else from
+// 32-bit halves and by doubling (32-bit targets such as armv7).
+#if defined(__SIZEOF_INT128__)
 __extension__ typedef unsigned __int128 Uint128;
+inline uint64_t multiply_high(uint64_t a, uint64_t b) {
+  return static_cast<uint64_t>((static_cast<Uint128>(a) * b) >> 64);
+}
+inline uint64_t multiply_modulo(uint64_t a, uint64_t b, uint64_t m) {
+  return static_cast<uint64_t>((static_cast<Uint128>(a) * b) % m);
+}
+#else
+inline uint64_t multiply_high(uint64_t a, uint64_t b) {
+  const uint64_t a_lo = a & 0xFFFFFFFFu, a_hi = a >> 32, b_lo = b & 0xFFFFFFFFu, b_hi = b >> 32;
+  const uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi;
+  const uint64_t middle = (lo_lo >> 32) + (hi_lo & 0xFFFFFFFFu) + lo_hi;
+  return a_hi * b_hi + (hi_lo >> 32) + (middle >> 32);
+}
+inline uint64_t multiply_modulo(uint64_t a, uint64_t b, uint64_t m) {
+  uint64_t result = 0;
+  a %= m;
+  for (; b != 0; b >>= 1) {
+    if (b & 1) result = result >= m - a ? result - (m - a) : result + a;
+    a = a >= m - a ? a - (m - a) : a + a;
+  }
+  return result;
+}
+#endif
 
 // splitmix64: tiny, fast and good enough to fill 128M floats in a fraction of a second.
 class Rng {
@@ -39,7 +65,7 @@ class Rng {
   }
   // Uniform in [0, n) by a 64x64->128 multiply (no modulo bias worth the name).
   int64_t below(int64_t n) {
-    return static_cast<int64_t>((static_cast<Uint128>(next()) * n) >> 64);
+    return static_cast<int64_t>(multiply_high(next(), static_cast<uint64_t>(n)));
   }
   double unit() { return static_cast<double>(next() >> 11) * 0x1p-53; }
 
@@ -77,7 +103,8 @@ class ZipfSampler {
     const double u = rng.unit() * cdf_.back();
     const int64_t rank =
         std::min<int64_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(), rows_ - 1);
-    return static_cast<int64_t>((static_cast<Uint128>(rank) * step_) % rows_);
+    return static_cast<int64_t>(multiply_modulo(
+        static_cast<uint64_t>(rank), static_cast<uint64_t>(step_), static_cast<uint64_t>(rows_)));
   }
 
  private:

@@ -26,7 +26,11 @@ set(EMBAG_ISA_ENUM_sse41 "kSse41")
 # every 64-bit ARM Linux board (Cortex-A53 and up).
 set(EMBAG_ISA_TARGET_neon "arm-64-linux")
 set(EMBAG_ISA_ENUM_neon "kNeon")
-set(EMBAG_KNOWN_ISAS avx512 avx2 sse41 neon)
+# ARMv7-A with NEON and hard-float calling convention (Halide's arm-32-linux: VFPv3 + NEON, tuned
+# for Cortex-A9), for older 32-bit boards.
+set(EMBAG_ISA_TARGET_armv7 "arm-32-linux")
+set(EMBAG_ISA_ENUM_armv7 "kArmv7")
+set(EMBAG_KNOWN_ISAS avx512 avx2 sse41 neon armv7)
 
 # Element types: short name used in variant names -> Halide type name -> runtime enum.
 set(EMBAG_WEIGHT_TYPES f32 f64 f16 bf16)
@@ -55,11 +59,6 @@ foreach (mode IN LISTS EMBAG_FORWARD_MODES)
   set(EMBAG_FORWARD_PARAMS_${mode} "" CACHE STRING "Extra GeneratorParams for ${mode} kernels")
 endforeach ()
 
-# Features every kernel gets: 64-bit addressing so tables over 2^31 elements work.
-set(EMBAG_KERNEL_FEATURES large_buffers)
-if (EMBAG_CHECK_PROMISES)
-  list(APPEND EMBAG_KERNEL_FEATURES check_unsafe_promises)
-endif ()
 
 if (NOT EMBAG_ISAS)
   message(FATAL_ERROR "EMBAG_ISAS is empty: at least one ISA must be compiled")
@@ -79,6 +78,17 @@ foreach (isa IN LISTS EMBAG_ISAS)
   endif ()
   set(EMBAG_PLATFORM "${platform}")
 endforeach ()
+
+# Features every kernel gets: 64-bit addressing so tables over 2^31 elements work (on 64-bit
+# platforms; Halide ignores it on 32-bit ones, where no table can be that large, so it is left
+# out of their target strings).
+set(EMBAG_KERNEL_FEATURES "")
+if (NOT EMBAG_PLATFORM MATCHES "-32-")
+  list(APPEND EMBAG_KERNEL_FEATURES large_buffers)
+endif ()
+if (EMBAG_CHECK_PROMISES)
+  list(APPEND EMBAG_KERNEL_FEATURES check_unsafe_promises)
+endif ()
 
 # One Halide runtime shared by every kernel: one thread pool, one set of runtime symbols.
 add_halide_runtime(embag_halide_runtime TARGETS ${EMBAG_PLATFORM})
@@ -111,8 +121,11 @@ function(embag_add_kernel NAME)
     message(FATAL_ERROR "${NAME}: expected Halide to produce one object file, got '${object}'")
   endif ()
   set_target_properties(${NAME} PROPERTIES EXCLUDE_FROM_ALL ON)
-  list(JOIN EMBAG_KERNEL_FEATURES "-" features)
-  set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}-${features}")
+  set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}")
+  if (EMBAG_KERNEL_FEATURES)
+    list(JOIN EMBAG_KERNEL_FEATURES "-" features)
+    string(APPEND target "-${features}")
+  endif ()
   set(EMBAG_KERNEL_LIBRARIES ${EMBAG_KERNEL_LIBRARIES} ${NAME} PARENT_SCOPE)
   set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)

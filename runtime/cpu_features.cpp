@@ -1,10 +1,10 @@
 // CPU feature detection: cpuid and xgetbv on x86-64, the kernel's hardware capabilities
-// (getauxval) on 64-bit ARM. Every other file asks cpu_supports().
+// (getauxval) on ARM. Every other file asks cpu_supports().
 #include "cpu_features.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__arm__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
 #endif
@@ -19,8 +19,10 @@ namespace {
 struct CpuFeatures {
   bool sse41 = false, avx = false, avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512cd = false;
-  // ARM: Advanced SIMD, and the optional half-precision arithmetic (reported, not required).
+  // 64-bit ARM: Advanced SIMD, and the optional half-precision arithmetic (reported, not
+  // required). 32-bit ARM: NEON and VFPv3 (Halide's arm-32-linux code uses both).
   bool asimd = false, asimd_fp16 = false;
+  bool neon = false, vfpv3 = false;
 };
 
 #if defined(__x86_64__)
@@ -65,6 +67,14 @@ CpuFeatures detect() {
   f.asimd_fp16 = hwcap & HWCAP_ASIMDHP;
   return f;
 }
+#elif defined(__arm__)
+CpuFeatures detect() {
+  CpuFeatures f;
+  const unsigned long hwcap = getauxval(AT_HWCAP);
+  f.neon = hwcap & HWCAP_NEON;
+  f.vfpv3 = hwcap & HWCAP_VFPv3;
+  return f;
+}
 #else
 CpuFeatures detect() { return {}; }
 #endif
@@ -91,6 +101,8 @@ bool cpu_supports(Isa isa) {
     // ARMv8-A Advanced SIMD; mandatory in the architecture, but asked rather than assumed.
     case Isa::kNeon:
       return f.asimd;
+    case Isa::kArmv7:
+      return f.neon && f.vfpv3;
   }
   return false;
 }
@@ -105,6 +117,8 @@ const char* isa_requirement(Isa isa) {
       return "AVX-512 F, BW, DQ, VL and CD";
     case Isa::kNeon:
       return "a 64-bit ARM CPU with Advanced SIMD (NEON)";
+    case Isa::kArmv7:
+      return "a 32-bit ARM CPU with NEON and VFPv3";
   }
   return "?";
 }
@@ -129,6 +143,8 @@ std::string cpu_feature_summary() {
   add(f.avx512cd, "avx512cd");
   add(f.asimd, "asimd");
   add(f.asimd_fp16, "asimdhp");
+  add(f.neon, "neon");
+  add(f.vfpv3, "vfpv3");
   return s.empty() ? "(none of interest)" : s;
 }
 

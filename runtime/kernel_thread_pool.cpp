@@ -94,7 +94,7 @@ class KernelThreadPool {
       if ((i & 63) == 63 && std::chrono::steady_clock::now() - start > kSpinTime) return false;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__arm__)
       __asm__ volatile("yield");
 #endif
     }

@@ -32,7 +32,7 @@ IsaChoice& isa_choice() {
         c->forced = static_cast<int>(*isa);
       } else {
         c->env_error = std::string("EMBAG_ISA=") + env +
-                       " is not an instruction set embag knows; use avx512, avx2, sse41 or neon";
+                       " is not an instruction set embag knows; use avx512, avx2, sse41, neon or armv7";
       }
     }
     return c;
@@ -153,12 +153,15 @@ const char* isa_name(Isa isa) {
       return "sse41";
     case Isa::kNeon:
       return "neon";
+    case Isa::kArmv7:
+      return "armv7";
   }
   return "?";
 }
 
 const std::vector<Isa>& known_isas() {
-  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2, Isa::kSse41, Isa::kNeon};
+  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2, Isa::kSse41, Isa::kNeon,
+                                        Isa::kArmv7};
   return isas;
 }
 

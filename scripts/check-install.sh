@@ -11,7 +11,8 @@
 #      find_package(embag) and with pkg-config, and runs (under the toolchain's emulator when
 #      cross-compiling).
 #
-# usage: scripts/check-install.sh BUILD_DIR [TOOLCHAIN_FILE]
+# usage: scripts/check-install.sh BUILD_DIR [TOOLCHAIN_FILE]   (the file the build was configured
+#        with, for a cross build: cmake/toolchains/<triple>.cmake)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=$1
@@ -19,23 +20,29 @@ toolchain=${2:-}
 cmake=.venv/bin/cmake
 ctest=.venv/bin/ctest
 export PATH="$PWD/.venv/bin:$PATH"
+fail() {
+  echo "check-install: FAILED: $*" >&2
+  exit 1
+}
 
 if [ -n "$toolchain" ]; then
-  arch_words="ARM aarch64"
-  tool_prefix=aarch64-linux-gnu-
+  # The toolchain file is named after the triple, which prefixes its binutils.
+  tool_prefix="$(basename "$toolchain" .cmake)-"
+  case "$tool_prefix" in
+    aarch64-*) arch_words="ARM aarch64" arch_label="aarch64" ;;
+    arm-*) arch_words="32-bit LSB .*ARM, EABI5" arch_label="32-bit ARM" ;;
+    *) fail "no expected architecture for toolchain $toolchain" ;;
+  esac
   toolchain_args=(-DCMAKE_TOOLCHAIN_FILE="$PWD/$toolchain")
 else
   arch_words="x86-64"
+  arch_label="x86-64"
   tool_prefix=""
   toolchain_args=()
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/embag-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-fail() {
-  echo "check-install: FAILED: $*" >&2
-  exit 1
-}
 
 # 1. Install, then move the prefix.
 "$cmake" --install "$build_dir" --prefix "$work/staged" > "$work/install.log"
@@ -56,11 +63,11 @@ for lib in "$prefix"/lib/*.a; do
   total=$(find "$work/objects-$name" -type f | wc -l)
   wrong=$(find "$work/objects-$name" -type f -exec file {} + | grep -v -c "$arch_words" || true)
   [ "$total" -gt 0 ] || fail "$name holds no objects"
-  [ "$wrong" -eq 0 ] || fail "$name: $wrong of $total objects are not $arch_words"
+  [ "$wrong" -eq 0 ] || fail "$name: $wrong of $total objects are not $arch_label"
   example=$(find "$work/objects-$name" -type f -print -quit)
   echo "check-install: $name: $total objects, all $(file -b "$example" | cut -d, -f1-2)"
 done
-file -b "$prefix/bin/embag" | grep -q "$arch_words" || fail "bin/embag is not $arch_words"
+file -b "$prefix/bin/embag" | grep -q "$arch_words" || fail "bin/embag is not $arch_label"
 echo "check-install: bin/embag: $(file -b "$prefix/bin/embag" | cut -d, -f1-2)"
 
 # 3. Duplicate strong definitions across the libraries, and the visibility of libembag.a.
@@ -92,4 +99,4 @@ echo "check-install: no duplicate strong symbols; libembag.a exports $public pub
 "$cmake" --build "$work/consumer" > "$work/consumer-build.log" ||
   { cat "$work/consumer-build.log"; fail "consumer build"; }
 "$ctest" --test-dir "$work/consumer" --output-on-failure --verbose | grep -v "^UpdateCTestConfiguration\|^Parse\|^Add\|^Constructing\|^Checking\|^Updating"
-echo "check-install: passed ($arch_words)"
+echo "check-install: passed ($arch_label)"

@@ -7,10 +7,11 @@
 # A stamp inside .venv records the requirements it was built from; a second run with the same
 # requirements does nothing.
 #
-# With --aarch64 it also installs what cross-compiling for 64-bit ARM needs (make test-aarch64):
-# Debian's aarch64-linux-gnu toolchain, user-mode QEMU to run the target's programs, and the arm64
-# builds of GoogleTest and Google Benchmark (Debian multiarch: the arm64 architecture is added to
-# dpkg, which only widens what apt may install).
+# With --aarch64 (--armv7) it also installs what cross-compiling for 64-bit (32-bit) ARM needs
+# (make test-aarch64, make test-armv7): Debian's aarch64-linux-gnu (arm-linux-gnueabihf)
+# toolchain, user-mode QEMU to run the target's programs, and the arm64 (armhf) builds of
+# GoogleTest and Google Benchmark (Debian multiarch: the architecture is added to dpkg, which only
+# widens what apt may install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,13 +20,20 @@ sudo_cmd=()
 
 debian_packages=(g++ make python3 libgtest-dev libgmock-dev libbenchmark-dev libdlpack-dev
                  pkg-config file binutils)
-if [ "${1:-}" = "--aarch64" ]; then
-  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    echo "install-deps: enabling the arm64 architecture for Debian's arm64 libraries"
-    "${sudo_cmd[@]}" dpkg --add-architecture arm64
+cross_arch=""
+case "${1:-}" in
+  "") ;;
+  --aarch64) cross_arch=arm64 cross_triple=aarch64-linux-gnu ;;
+  --armv7) cross_arch=armhf cross_triple=arm-linux-gnueabihf ;;
+  *) echo "usage: $0 [--aarch64 | --armv7]" >&2; exit 2 ;;
+esac
+if [ -n "$cross_arch" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx "$cross_arch"; then
+    echo "install-deps: enabling the $cross_arch architecture for Debian's $cross_arch libraries"
+    "${sudo_cmd[@]}" dpkg --add-architecture "$cross_arch"
   fi
-  debian_packages+=(g++-aarch64-linux-gnu qemu-user libgtest-dev:arm64 libgmock-dev:arm64
-                    libbenchmark-dev:arm64)
+  debian_packages+=("g++-$cross_triple" qemu-user "libgtest-dev:$cross_arch"
+                    "libgmock-dev:$cross_arch" "libbenchmark-dev:$cross_arch")
 fi
 
 missing=()

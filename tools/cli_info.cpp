@@ -18,7 +18,7 @@ namespace {
 constexpr char kUsage[] = R"(usage: embag info
 
 Lists the kernel variants compiled into this build, the ISAs this CPU supports, the ISA calls
-will use (EMBAG_ISA=avx512|avx2|sse41|neon forces one), the worker thread count (EMBAG_NUM_THREADS)
+will use (EMBAG_ISA=avx512|...|armv7 forces one), the worker thread count (EMBAG_NUM_THREADS)
 and the variant a float32 table / int64 indices / mode sum call runs here.
 
 Exits 1 when no ISA can be selected (a bad EMBAG_ISA), since every call would fail.

@@ -131,13 +131,13 @@ Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
 // ---- Variants, ISA selection and threads -------------------------------------------------
 
 // Instruction sets a CPU variant can be compiled for, best first within an architecture:
-// x86-64 (avx512, avx2, sse41) and 64-bit ARM (neon). One build holds the ISAs of one
-// architecture (see compiled_isas()).
-enum class Isa : uint8_t { kAvx512, kAvx2, kSse41, kNeon };
+// x86-64 (avx512, avx2, sse41), 64-bit ARM (neon) and 32-bit ARM (armv7: ARMv7-A with NEON,
+// hard-float). One build holds the ISAs of one architecture (see compiled_isas()).
+enum class Isa : uint8_t { kAvx512, kAvx2, kSse41, kNeon, kArmv7 };
 
 // Every ISA embag knows, in the order above, whether or not this build contains it.
 const std::vector<Isa>& known_isas();
-// "avx512", "avx2", "sse41", "neon".
+// "avx512", "avx2", "sse41", "neon", "armv7".
 const char* isa_name(Isa isa);
 std::optional<Isa> parse_isa(const std::string& name);
 
@@ -150,7 +150,7 @@ std::string cpu_features();
 
 // Forces every later call onto one ISA (nullopt returns to automatic choice: the best ISA that
 // is both compiled in and supported). Fails, changing nothing, when the ISA is not compiled in
-// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41|neon sets the initial
+// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41|neon|armv7 sets the initial
 // value; a bad EMBAG_ISA makes every call fail with a message saying so.
 Status set_isa(std::optional<Isa> isa);
 // The ISA later calls will use.
