@@ -42,11 +42,27 @@ for pkg in "${debian_packages[@]}"; do
 done
 # A python3 without the venv module (Debian's split packaging) needs python3-venv too.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+# apt-get update fails as a whole when one index does (a mirror caught mid-sync: "File has
+# unexpected size"), though apt keeps the lists it did get. Retry a few times, then go on with
+# what there is: the install below is what must succeed.
+apt_update() {
+  for attempt in 1 2 3; do
+    if "${sudo_cmd[@]}" apt-get update -qq; then return 0; fi
+    echo "install-deps: apt-get update failed (attempt $attempt of 3)" >&2
+    sleep $((attempt * 10))
+  done
+  echo "install-deps: going on with the package lists apt has" >&2
+}
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing Debian packages: ${missing[*]}"
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}"
+  apt_update
+  install=(apt-get install -y -qq --no-install-recommends "${missing[@]}")
+  if ! DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" "${install[@]}"; then
+    echo "install-deps: apt-get install failed; updating the package lists and trying again" >&2
+    sleep 20
+    apt_update
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" "${install[@]}"
+  fi
 fi
 
 requirements=scripts/requirements.txt
