@@ -2,7 +2,7 @@
 #
 # A variant is one generator run with fixed GeneratorParams for one target. Its name encodes its
 # configuration — embag_<pipeline>[_<mode>]_<weight>[_<index>]_<isa> — and the same name is the
-# C symbol, the static library, the header and the row in the runtime's registry, which is
+# C symbol, the object file, the header and the row in the runtime's registry, which is
 # generated here as embag_kernel_table.inc so the registry can never disagree with the build.
 #
 # All kernels go into one archive, embag_kernels, beside the one Halide runtime they share
@@ -58,7 +58,6 @@ set(EMBAG_FORWARD_MODES sum wsum mean max)
 foreach (mode IN LISTS EMBAG_FORWARD_MODES)
   set(EMBAG_FORWARD_PARAMS_${mode} "" CACHE STRING "Extra GeneratorParams for ${mode} kernels")
 endforeach ()
-
 
 if (NOT EMBAG_ISAS)
   message(FATAL_ERROR "EMBAG_ISAS is empty: at least one ISA must be compiled")
