@@ -31,8 +31,9 @@ IsaChoice& isa_choice() {
       if (std::optional<Isa> isa = parse_isa(env)) {
         c->forced = static_cast<int>(*isa);
       } else {
-        c->env_error = std::string("EMBAG_ISA=") + env +
-                       " is not an instruction set embag knows; use avx512, avx2, sse41, neon or armv7";
+        c->env_error =
+            std::string("EMBAG_ISA=") + env +
+            " is not an instruction set embag knows; use avx512, avx2, sse41, neon or armv7";
       }
     }
     return c;

@@ -150,8 +150,8 @@ std::string cpu_features();
 
 // Forces every later call onto one ISA (nullopt returns to automatic choice: the best ISA that
 // is both compiled in and supported). Fails, changing nothing, when the ISA is not compiled in
-// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41|neon|armv7 sets the initial
-// value; a bad EMBAG_ISA makes every call fail with a message saying so.
+// or this CPU lacks it. The environment variable EMBAG_ISA=avx512|avx2|sse41|neon|armv7 sets the
+// initial value; a bad EMBAG_ISA makes every call fail with a message saying so.
 Status set_isa(std::optional<Isa> isa);
 // The ISA later calls will use.
 Status selected_isa(Isa* isa);
