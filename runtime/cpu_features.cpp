@@ -59,20 +59,17 @@ CpuFeatures detect() {
   }
   return f;
 }
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__arm__)
 CpuFeatures detect() {
   CpuFeatures f;
   const unsigned long hwcap = getauxval(AT_HWCAP);
+#if defined(__aarch64__)
   f.asimd = hwcap & HWCAP_ASIMD;
   f.asimd_fp16 = hwcap & HWCAP_ASIMDHP;
-  return f;
-}
-#elif defined(__arm__)
-CpuFeatures detect() {
-  CpuFeatures f;
-  const unsigned long hwcap = getauxval(AT_HWCAP);
+#else
   f.neon = hwcap & HWCAP_NEON;
   f.vfpv3 = hwcap & HWCAP_VFPv3;
+#endif
   return f;
 }
 #else
