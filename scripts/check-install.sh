@@ -76,18 +76,19 @@ echo "check-install: bin/embag: $(file -b "$prefix/bin/embag" | cut -d, -f1-2)"
 if [ -s "$work/duplicates.txt" ]; then
   fail "symbols defined in more than one installed object: $(head -5 "$work/duplicates.txt")"
 fi
+# Global definitions of libembag.a as "visibility name"; the exported ones (DEFAULT) must all be
+# API: in namespace embag but not embag::internal (typeinfo and vtables of API classes go with it).
 "${tool_prefix}readelf" -sW "$prefix/lib/libembag.a" |
-  awk '$5 == "GLOBAL" && $6 == "DEFAULT" && $7 != "UND" { print $8 }' | c++filt |
-  grep -v '^embag::' | grep -v '^typeinfo\|^vtable' > "$work/exported.txt" || true
-grep '^embag::internal::' "$work/exported.txt" >> "$work/exported.txt.internal" || true
-if [ -s "$work/exported.txt" ]; then
-  fail "libembag.a exports symbols outside the public API: $(head -5 "$work/exported.txt")"
+  awk '$5 == "GLOBAL" && $7 != "UND" { print $6, $8 }' > "$work/globals.txt"
+awk '$1 == "DEFAULT" { print $2 }' "$work/globals.txt" | c++filt |
+  sed -e 's/^typeinfo name for //' -e 's/^typeinfo for //' -e 's/^vtable for //' > "$work/exported.txt"
+grep -v '^embag::' "$work/exported.txt" > "$work/not-api.txt" || true
+grep '^embag::internal::' "$work/exported.txt" >> "$work/not-api.txt" || true
+if [ -s "$work/not-api.txt" ]; then
+  fail "libembag.a exports symbols outside the public API: $(head -5 "$work/not-api.txt")"
 fi
-public=$("${tool_prefix}readelf" -sW "$prefix/lib/libembag.a" |
-  awk '$5 == "GLOBAL" && $6 == "DEFAULT" && $7 != "UND" { print $8 }' | c++filt |
-  grep -c '^embag::' || true)
-hidden=$("${tool_prefix}readelf" -sW "$prefix/lib/libembag.a" |
-  awk '$5 == "GLOBAL" && $6 == "HIDDEN" && $7 != "UND"' | wc -l)
+public=$(wc -l < "$work/exported.txt")
+hidden=$(awk '$1 == "HIDDEN"' "$work/globals.txt" | wc -l)
 [ "$hidden" -gt 0 ] || fail "libembag.a has no hidden symbols: was it built with hidden visibility?"
 echo "check-install: no duplicate strong symbols; libembag.a exports $public public API symbols," \
      "$hidden internal symbols hidden"
