@@ -8,17 +8,14 @@
 # machine; `make install PREFIX=...`.
 #
 # Knobs: BUILD_DIR (default build), BUILD_TYPE (Release), ISAS
-# (semicolon list of ISAs to compile, default all of this machine's: "avx512;avx2;sse41" on
-# x86-64; a development build may pick one), WERROR (ON in CI), JOBS (parallel build jobs),
+# (semicolon list of ISAs to compile; empty, the default, means every ISA of this machine's
+# architecture, as CMakeLists.txt decides -- the cache entry is dropped so an earlier ISAS does
+# not stick; a development build may pick one), WERROR (ON in CI), JOBS (parallel build jobs),
 # CMAKE_ARGS (anything else for CMake), PREFIX (for make install).
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
-ifeq ($(shell uname -m),aarch64)
-ISAS ?= neon
-else
-ISAS ?= avx512;avx2;sse41
-endif
+ISAS ?=
 WERROR ?= OFF
 CMAKE_ARGS ?=
 JOBS ?= $(shell nproc)
@@ -43,7 +40,7 @@ configure: deps
 	@$(CMAKE) -S . -B $(BUILD_DIR) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	  -DEMBAG_ISAS="$(ISAS)" -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
+	  $(if $(ISAS),-DEMBAG_ISAS="$(ISAS)",-UEMBAG_ISAS) -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
 	  > $(BUILD_DIR)/configure.log 2>&1 \
 	  || (cat $(BUILD_DIR)/configure.log; exit 1)
 
