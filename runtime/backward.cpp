@@ -221,7 +221,8 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
 
 }  // namespace
 
-Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows) {
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows,
+                            const Execution& /*execution*/) {
   ForwardPlan plan;
   const ForwardInputs fin = forward_inputs_of(inputs);
   if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
@@ -234,7 +235,7 @@ Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options
 }
 
 Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
-                         const Options& options) {
+                         const Options& options, const Execution& /*execution*/) {
   ForwardPlan plan;
   BagLayout layout;
   RowGroups groups;
@@ -243,7 +244,8 @@ Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& ou
   return select_backward_kernels(inputs, outputs, plan, &kernels);
 }
 
-Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt) {
+Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
+                const Execution& /*execution*/) {
   ForwardPlan plan;
   BagLayout layout;
   RowGroups groups;

@@ -100,6 +100,11 @@ bool cpu_supports(Isa isa) {
       return f.asimd;
     case Isa::kArmv7:
       return f.neon && f.vfpv3;
+    // GPU instruction sets: the device decides, not the CPU.
+    case Isa::kCudaSm86:
+    case Isa::kCudaSm80:
+    case Isa::kOpenCL:
+      return false;
   }
   return false;
 }
@@ -116,6 +121,10 @@ const char* isa_requirement(Isa isa) {
       return "a 64-bit ARM CPU with Advanced SIMD (NEON)";
     case Isa::kArmv7:
       return "a 32-bit ARM CPU with NEON and VFPv3";
+    case Isa::kCudaSm86:
+    case Isa::kCudaSm80:
+    case Isa::kOpenCL:
+      return "a GPU (it is chosen by the tensors' device, not by set_isa)";
   }
   return "?";
 }

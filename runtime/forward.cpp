@@ -154,15 +154,16 @@ int64_t num_bags(const TensorView& input, const TensorView* offsets, const Optio
   return n;
 }
 
-Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs,
-                const Options& options) {
+Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
+                const Execution& /*execution*/) {
   ForwardPlan plan;
   if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
   SelectedKernels kernels;
   return select_kernels(inputs, options, plan.pooling, &kernels);
 }
 
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options) {
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
+               const Execution& /*execution*/) {
   ForwardPlan plan;
   if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
   SelectedKernels kernels;

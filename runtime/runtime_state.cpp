@@ -156,13 +156,31 @@ const char* isa_name(Isa isa) {
       return "neon";
     case Isa::kArmv7:
       return "armv7";
+    case Isa::kCudaSm86:
+      return "cuda_sm86";
+    case Isa::kCudaSm80:
+      return "cuda_sm80";
+    case Isa::kOpenCL:
+      return "opencl";
   }
   return "?";
 }
 
+DeviceType isa_device(Isa isa) {
+  switch (isa) {
+    case Isa::kCudaSm86:
+    case Isa::kCudaSm80:
+      return DeviceType::kCUDA;
+    case Isa::kOpenCL:
+      return DeviceType::kOpenCL;
+    default:
+      return DeviceType::kCPU;
+  }
+}
+
 const std::vector<Isa>& known_isas() {
-  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2, Isa::kSse41, Isa::kNeon,
-                                        Isa::kArmv7};
+  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2,     Isa::kSse41,    Isa::kNeon,
+                                        Isa::kArmv7,  Isa::kCudaSm86, Isa::kCudaSm80, Isa::kOpenCL};
   return isas;
 }
 
@@ -196,6 +214,8 @@ std::vector<Isa> compiled_isas() {
 
 std::string cpu_features() { return internal::cpu_feature_summary(); }
 
+std::string cuda_status() { return "this build has no CUDA kernels"; }
+
 Status set_isa(std::optional<Isa> isa) {
   internal::IsaChoice& choice = internal::isa_choice();
   if (isa) {
@@ -225,6 +245,7 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.weight_dtype = e.weight_dtype;
       v.index_dtype = e.index_dtype;
       v.isa = e.isa;
+      v.device = isa_device(e.isa);
       v.target = e.target;
       out.push_back(v);
     }

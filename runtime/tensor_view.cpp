@@ -23,6 +23,18 @@ const char* dtype_name(DType dtype) {
   return "unknown";
 }
 
+const char* device_type_name(DeviceType type) {
+  switch (type) {
+    case DeviceType::kCPU:
+      return "cpu";
+    case DeviceType::kCUDA:
+      return "cuda";
+    case DeviceType::kOpenCL:
+      return "opencl";
+  }
+  return "unknown";
+}
+
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::kFloat16:

@@ -745,8 +745,10 @@ void check_max_backward(const std::vector<int64_t>& input, const std::vector<int
   options.mode = Mode::kMax;
   options.padding_idx = padding_idx;
   using BackwardFn = Status (*)(const BackwardInputs&, const BackwardOutputs&, const Options&);
+  const BackwardFn embag_backward = [](const BackwardInputs& i, const BackwardOutputs& o,
+                                       const Options& opt) { return backward(i, o, opt); };
   const std::pair<const char*, BackwardFn> implementations[] = {{"reference", &ref::backward},
-                                                                {"embag", &backward}};
+                                                                {"embag", embag_backward}};
   for (const auto& [name, run] : implementations) {
     SCOPED_TRACE(name);
     std::vector<double> grad(10, -1.0);

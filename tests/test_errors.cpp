@@ -363,6 +363,7 @@ TEST(Errors, SetIsaRefusesAnUnavailableIsa) {
   };
   std::vector<Isa> unavailable;
   for (Isa isa : known_isas()) {
+    // GPU ISAs are chosen by the tensors' device; set_isa refuses them all (tested below too).
     if (!has(compiled, isa) || !has(supported, isa)) unavailable.push_back(isa);
   }
   if (unavailable.empty()) {

@@ -60,7 +60,16 @@ struct Implementation {
 };
 const Implementation kImplementations[] = {
     {"reference", &ref::forward, &ref::backward, &ref::sparse_gradient_rows},
-    {"embag", &forward, &backward, &sparse_gradient_rows}};
+    {"embag",
+     [](const ForwardInputs& i, const ForwardOutputs& o, const Options& opt) {
+       return forward(i, o, opt);
+     },
+     [](const BackwardInputs& i, const BackwardOutputs& o, const Options& opt) {
+       return backward(i, o, opt);
+     },
+     [](const BackwardInputs& i, const Options& opt, int64_t* rows) {
+       return sparse_gradient_rows(i, opt, rows);
+     }}};
 
 // Puts the automatic ISA choice back however a test ends.
 class DefaultIsa {

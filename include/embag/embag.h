@@ -53,6 +53,29 @@ struct Options {
   std::optional<int64_t> padding_idx;  // in [-V, V-1]; positions holding it are skipped
 };
 
+// How a call runs, beyond what it computes. The default runs on the CPU tensors' memory, or on
+// a GPU device's default stream.
+enum class IndexCheck : uint8_t {
+  // Every offset and every index a bag reads is checked before anything is written. On a GPU
+  // this is a small kernel whose verdict is copied back: one synchronisation of the stream.
+  kFull,
+  // GPU only: the caller guarantees valid offsets and indices (as FBGEMM's BoundsCheckMode::NONE),
+  // and the call never waits for the device. A bad index then reads or writes out of bounds. CPU
+  // calls always check (a pass over the indices, small next to the rows).
+  kNone,
+};
+
+struct Execution {
+  // The queue the kernels are issued on, and so the context they run in:
+  //   kCUDA: a CUstream (cudaStream_t) of the caller's; nullptr = the legacy default stream of
+  //          the context current on the calling thread (or, if none is, the device's primary
+  //          context). Kernels are asynchronous on that stream, as CUDA kernels are.
+  //   kOpenCL: the cl_command_queue to use (required); the call finishes before it returns.
+  //   kCPU: unused.
+  void* stream = nullptr;
+  IndexCheck index_check = IndexCheck::kFull;
+};
+
 // Everything a forward call reads. Optional arrays are null pointers when absent.
 struct ForwardInputs {
   TensorView weight;                               // (V, D); modified in place iff max_norm
@@ -74,10 +97,12 @@ int64_t num_bags(const TensorView& input, const TensorView* offsets, const Optio
 
 // Checks every rule without running anything: shapes, dtypes, devices, offsets, index range,
 // padding_idx, option combinations, and that the outputs have the right shapes and dtypes.
-Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
+Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
+                const Execution& execution = {});
 
 // Runs embedding_bag forward. Validates first; on error nothing is written.
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
+Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
+               const Execution& execution = {});
 
 // ---- Backward -----------------------------------------------------------------------------
 //
@@ -118,33 +143,43 @@ struct BackwardOutputs {
 
 // U: the number of distinct non-padding rows the bags reference, which sizes a sparse
 // gradient. Validates the inputs (not the outputs).
-Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows);
+Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows,
+                            const Execution& execution = {});
 
 // Checks a backward call without running it.
 Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
-                         const Options& options);
+                         const Options& options, const Execution& execution = {});
 
 // Computes the gradients. Validates first; on error nothing is written.
 Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
-                const Options& options);
+                const Options& options, const Execution& execution = {});
 
 // ---- Variants, ISA selection and threads -------------------------------------------------
 
-// Instruction sets a CPU variant can be compiled for, best first within an architecture:
-// x86-64 (avx512, avx2, sse41), 64-bit ARM (neon) and 32-bit ARM (armv7: ARMv7-A with NEON,
-// hard-float). One build holds the ISAs of one architecture (see compiled_isas()).
-enum class Isa : uint8_t { kAvx512, kAvx2, kSse41, kNeon, kArmv7 };
+// Instruction sets a variant can be compiled for, best first within a device and architecture:
+// CPU: x86-64 (avx512, avx2, sse41), 64-bit ARM (neon) and 32-bit ARM (armv7: ARMv7-A with NEON,
+// hard-float); one build holds the CPU ISAs of one architecture (see compiled_isas()).
+// GPU: CUDA PTX for compute capability 8.6 and 8.0 (cuda_sm86, cuda_sm80; newer GPUs run the
+// sm86 PTX, compiled by the driver), and OpenCL C (opencl). A GPU call's ISA follows from its
+// tensors' device, never from set_isa().
+enum class Isa : uint8_t { kAvx512, kAvx2, kSse41, kNeon, kArmv7, kCudaSm86, kCudaSm80, kOpenCL };
 
 // Every ISA embag knows, in the order above, whether or not this build contains it.
 const std::vector<Isa>& known_isas();
-// "avx512", "avx2", "sse41", "neon", "armv7".
+// "avx512", "avx2", "sse41", "neon", "armv7", "cuda_sm86", "cuda_sm80", "opencl".
 const char* isa_name(Isa isa);
 std::optional<Isa> parse_isa(const std::string& name);
+// The device an ISA's kernels run on.
+DeviceType isa_device(Isa isa);
 
-// ISAs this CPU can run (asks the CPU once), best first.
+// CPU ISAs this CPU can run (asks the CPU once), best first.
 std::vector<Isa> supported_isas();
-// ISAs this build of embag contains kernels for, best first.
+// ISAs this build of embag contains kernels for, best first (CPU, then GPU).
 std::vector<Isa> compiled_isas();
+// Whether CUDA calls can run here, in one line: the devices found ("cuda:0 NVIDIA H100 (sm_90,
+// runs cuda_sm86 PTX)"), or why not ("no driver: libcuda.so.1 not found", "no device", "this
+// build has no CUDA kernels"). Loads the driver on first use; never fails.
+std::string cuda_status();
 // The CPU features embag looks at that this CPU has, e.g. "sse4.1 avx avx2 fma f16c avx512f".
 std::string cpu_features();
 
@@ -166,10 +201,11 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
 // One compiled kernel, as listed by `embag info`.
 struct VariantInfo {
   std::string name;      // C symbol of the kernel
-  std::string pipeline;  // "forward" or "renorm"
-  std::string mode;      // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" for renorm
+  std::string pipeline;  // "forward", "renorm", "backward", "psw_grad", ... (see embag info)
+  std::string mode;      // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" otherwise
   DType weight_dtype;
   DType index_dtype;
+  DeviceType device;
   Isa isa;
   std::string target;  // the Halide target string it was compiled for
 };

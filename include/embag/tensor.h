@@ -22,9 +22,14 @@ const char* dtype_name(DType dtype);
 // Size of one element in bytes.
 size_t dtype_size(DType dtype);
 
-// Where memory lives. Only kCPU runs today; kCUDA is reserved so that device-aware callers and
-// the registry need no change when GPU variants arrive.
-enum class DeviceType : uint8_t { kCPU, kCUDA };
+// Where memory lives. `data` is a host pointer (kCPU), a CUDA device pointer (kCUDA: a
+// CUdeviceptr, as torch.Tensor.data_ptr() gives it), or an OpenCL buffer (kOpenCL: the cl_mem
+// handle itself; views start at the buffer's first byte). All tensors of one call must be on one
+// device.
+enum class DeviceType : uint8_t { kCPU, kCUDA, kOpenCL };
+
+// "cpu", "cuda", "opencl".
+const char* device_type_name(DeviceType type);
 
 struct Device {
   DeviceType type = DeviceType::kCPU;
