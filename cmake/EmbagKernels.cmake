@@ -32,6 +32,23 @@ set(EMBAG_ISA_TARGET_armv7 "arm-32-linux")
 set(EMBAG_ISA_ENUM_armv7 "kArmv7")
 set(EMBAG_KNOWN_ISAS avx512 avx2 sse41 neon armv7)
 
+# GPU ISAs: the same generators with their GPU schedules. The host part of a GPU kernel (which
+# launches it) is code for the build's platform, so the target is that platform plus the GPU
+# API; EMBAG_ISA_FEATURES_<isa> is appended to it below.
+#   cuda_sm86 / cuda_sm80: PTX for compute capability 8.6 (A10, RTX 30xx, and every newer GPU,
+#     whose driver compiles the PTX when a context first loads it) and 8.0 (A100). Halide 21
+#     knows no capability above 8.6.
+#   opencl: OpenCL C with float64 (cl_khr_fp64). Runs the GPU schedules on any OpenCL device;
+#     the tests run it on POCL, a CPU OpenCL driver, which is how the GPU schedules are tested
+#     on machines without a GPU.
+set(EMBAG_ISA_FEATURES_cuda_sm86 cuda cuda_capability_86)
+set(EMBAG_ISA_ENUM_cuda_sm86 "kCudaSm86")
+set(EMBAG_ISA_FEATURES_cuda_sm80 cuda cuda_capability_80)
+set(EMBAG_ISA_ENUM_cuda_sm80 "kCudaSm80")
+set(EMBAG_ISA_FEATURES_opencl opencl cl_doubles)
+set(EMBAG_ISA_ENUM_opencl "kOpenCL")
+set(EMBAG_KNOWN_GPU_ISAS cuda_sm86 cuda_sm80 opencl)
+
 # Element types: short name used in variant names -> Halide type name -> runtime enum.
 set(EMBAG_WEIGHT_TYPES f32 f64 f16 bf16)
 set(EMBAG_INDEX_TYPES i32 i64)
@@ -47,6 +64,10 @@ set(EMBAG_DTYPE_ENUM_f16 kFloat16)
 set(EMBAG_DTYPE_ENUM_bf16 kBFloat16)
 set(EMBAG_DTYPE_ENUM_i32 kInt32)
 set(EMBAG_DTYPE_ENUM_i64 kInt64)
+set(EMBAG_POOLING_ENUM_sum kSum)
+set(EMBAG_POOLING_ENUM_wsum kWeightedSum)
+set(EMBAG_POOLING_ENUM_mean kMean)
+set(EMBAG_POOLING_ENUM_max kMax)
 
 # Forward pooling modes; "wsum" is sum with per_sample_weights (a separate kernel, so plain sum
 # carries no multiply).
@@ -78,10 +99,21 @@ foreach (isa IN LISTS EMBAG_ISAS)
   set(EMBAG_PLATFORM "${platform}")
 endforeach ()
 
-# Features every kernel gets: 64-bit addressing so tables over 2^31 elements work (on 64-bit
-# platforms; Halide ignores it on 32-bit ones, where no table can be that large, so it is left
-# out of their target strings).
-set(EMBAG_KERNEL_FEATURES "")
+# GPU ISAs use the platform of the CPU ISAs.
+foreach (isa IN LISTS EMBAG_GPU_ISAS)
+  if (NOT isa IN_LIST EMBAG_KNOWN_GPU_ISAS)
+    list(JOIN EMBAG_KNOWN_GPU_ISAS ", " known)
+    message(FATAL_ERROR "EMBAG_GPU_ISAS: unknown GPU ISA '${isa}' (known: ${known})")
+  endif ()
+  set(EMBAG_ISA_TARGET_${isa} "${EMBAG_PLATFORM}")
+endforeach ()
+
+# Features every kernel gets: user_context, so each call passes its own context (where Halide
+# reports errors, which thread count, which GPU stream) instead of relying on process-wide
+# state; and 64-bit addressing so tables over 2^31 elements work (on 64-bit platforms; Halide
+# ignores it on 32-bit ones, where no table can be that large, so it is left out of their
+# target strings).
+set(EMBAG_KERNEL_FEATURES user_context)
 if (NOT EMBAG_PLATFORM MATCHES "-32-")
   list(APPEND EMBAG_KERNEL_FEATURES large_buffers)
 endif ()
@@ -97,19 +129,22 @@ set(EMBAG_KERNEL_OBJECTS "")
 set(EMBAG_KERNEL_TABLE "")
 set(EMBAG_KERNEL_HEADERS "")
 
-# Adds one kernel library and its registry row. ROW is the start of the registry macro call,
-# e.g. "EMBAG_FORWARD_KERNEL_sum(kFloat32, kInt64"; the name, ISA and target are appended.
+# Adds one kernel and its registry row: {name, pipeline, pooling, weight dtype, index dtype, ISA,
+# target, entry point, metadata}. POOLING / WEIGHT / INDEX are omitted where the pipeline has no
+# such dimension (the row then says std::nullopt). The runtime calls every kernel through its
+# uniform `_argv` entry point and binds arguments by the names its `_metadata` lists.
 function(embag_add_kernel NAME)
-  cmake_parse_arguments(ARG "" "GENERATOR;ISA;ROW" "PARAMS" ${ARGN})
+  cmake_parse_arguments(ARG "" "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX" "PARAMS" ${ARGN})
   set(extra_outputs "")
   if (EMBAG_EMIT_STMT)
     set(extra_outputs STMT ${NAME}_stmt)
   endif ()
+  set(features ${EMBAG_KERNEL_FEATURES} ${EMBAG_ISA_FEATURES_${ARG_ISA}})
   add_halide_library(${NAME}
                      FROM embag_generators
                      GENERATOR ${ARG_GENERATOR}
                      TARGETS ${EMBAG_ISA_TARGET_${ARG_ISA}}
-                     FEATURES ${EMBAG_KERNEL_FEATURES}
+                     FEATURES ${features}
                      USE_RUNTIME embag_halide_runtime
                      PARAMS ${ARG_PARAMS}
                      ${extra_outputs})
@@ -120,29 +155,36 @@ function(embag_add_kernel NAME)
     message(FATAL_ERROR "${NAME}: expected Halide to produce one object file, got '${object}'")
   endif ()
   set_target_properties(${NAME} PROPERTIES EXCLUDE_FROM_ALL ON)
-  set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}")
-  if (EMBAG_KERNEL_FEATURES)
-    list(JOIN EMBAG_KERNEL_FEATURES "-" features)
-    string(APPEND target "-${features}")
+  list(JOIN features "-" feature_text)
+  set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}-${feature_text}")
+  foreach (dim IN ITEMS POOLING WEIGHT INDEX)
+    set(${dim}_cell "std::nullopt")
+  endforeach ()
+  if (ARG_POOLING)
+    set(POOLING_cell "Pooling::${EMBAG_POOLING_ENUM_${ARG_POOLING}}")
+  endif ()
+  if (ARG_WEIGHT)
+    set(WEIGHT_cell "DType::${EMBAG_DTYPE_ENUM_${ARG_WEIGHT}}")
+  endif ()
+  if (ARG_INDEX)
+    set(INDEX_cell "DType::${EMBAG_DTYPE_ENUM_${ARG_INDEX}}")
   endif ()
   set(EMBAG_KERNEL_LIBRARIES ${EMBAG_KERNEL_LIBRARIES} ${NAME} PARENT_SCOPE)
   set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)
   set(EMBAG_KERNEL_TABLE
-      "${EMBAG_KERNEL_TABLE}${ARG_ROW}, ${NAME}, ${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\")\n"
+      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata},\n"
       PARENT_SCOPE)
 endfunction()
 
-foreach (isa IN LISTS EMBAG_ISAS)
+foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
   foreach (w IN LISTS EMBAG_WEIGHT_TYPES)
-    set(wenum ${EMBAG_DTYPE_ENUM_${w}})
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
-      set(ienum ${EMBAG_DTYPE_ENUM_${i}})
       foreach (mode IN LISTS EMBAG_FORWARD_MODES)
         embag_add_kernel(embag_forward_${mode}_${w}_${i}_${isa}
                          GENERATOR embag_forward
                          ISA ${isa}
-                         ROW "EMBAG_FORWARD_KERNEL_${mode}(${wenum}, ${ienum}"
+                         PIPELINE kForward POOLING ${mode} WEIGHT ${w} INDEX ${i}
                          PARAMS mode=${mode}
                                 weight_type=${EMBAG_HALIDE_TYPE_${w}}
                                 index_type=${EMBAG_HALIDE_TYPE_${i}}
@@ -153,7 +195,7 @@ foreach (isa IN LISTS EMBAG_ISAS)
     embag_add_kernel(embag_renorm_${w}_${isa}
                      GENERATOR embag_renorm
                      ISA ${isa}
-                     ROW "EMBAG_RENORM_KERNEL(${wenum}"
+                     PIPELINE kRenorm WEIGHT ${w}
                      PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}})
     # Backward: per-row folds (no index dtype: the runtime hands them sorted int32 positions)
     # and the per_sample_weights gradient.
@@ -161,14 +203,14 @@ foreach (isa IN LISTS EMBAG_ISAS)
       embag_add_kernel(embag_backward_rows_${mode}_${w}_${isa}
                        GENERATOR embag_backward_rows
                        ISA ${isa}
-                       ROW "EMBAG_BACKWARD_ROWS_KERNEL_${mode}(${wenum}"
+                       PIPELINE kBackwardRows POOLING ${mode} WEIGHT ${w}
                        PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}})
     endforeach ()
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
       embag_add_kernel(embag_psw_grad_${w}_${i}_${isa}
                        GENERATOR embag_psw_grad
                        ISA ${isa}
-                       ROW "EMBAG_PSW_GRAD_KERNEL(${wenum}, ${EMBAG_DTYPE_ENUM_${i}}"
+                       PIPELINE kPswGrad WEIGHT ${w} INDEX ${i}
                        PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}}
                               index_type=${EMBAG_HALIDE_TYPE_${i}})
     endforeach ()
@@ -177,7 +219,7 @@ endforeach ()
 
 set(EMBAG_GENERATED_DIR "${CMAKE_BINARY_DIR}/generated")
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_table.inc"
-     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n@EMBAG_KERNEL_TABLE@"
+     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, ISA, target, entry point, metadata}\n@EMBAG_KERNEL_TABLE@"
      @ONLY)
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_headers.h"
      CONTENT "// Generated by cmake/EmbagKernels.cmake: the header of every compiled kernel.\n#pragma once\n@EMBAG_KERNEL_HEADERS@"

@@ -25,6 +25,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "kernel_enums.h"
 
 namespace {
 
@@ -32,9 +33,9 @@ using namespace Halide;
 using embag_generators::narrow_float;
 using embag_generators::widen_float;
 
-Type accumulator_for(const Type& t) { return t.bits() == 64 ? Float(64) : Float(32); }
+Type accumulator_for(const Type& t) { return Float(embag::kernels::accumulator_bits(t.bits())); }
 
-enum class RowPooling { kSum, kWeightedSum, kMean, kMax };
+using RowPooling = embag::kernels::Pooling;
 
 const std::map<std::string, RowPooling> kRowPoolingNames = {
     {"sum", RowPooling::kSum},

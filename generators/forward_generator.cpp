@@ -21,6 +21,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "kernel_enums.h"
 
 namespace {
 
@@ -29,7 +30,7 @@ using embag_generators::is_nan_by_bits;
 using embag_generators::narrow_float;
 using embag_generators::widen_float;
 
-enum class Pooling { kSum, kWeightedSum, kMean, kMax };
+using embag::kernels::Pooling;
 
 const std::map<std::string, Pooling> kPoolingNames = {
     {"sum", Pooling::kSum},
@@ -270,9 +271,10 @@ class EmbagForward : public Generator<EmbagForward> {
     Input<Buffer<>>& offsets = *offsets_;
     Var pos("pos"), bag("bag");
     Expr last_position = indices.dim(0).extent() - 1;
-    Expr ahead = unsafe_promise_clamped(
-        min(cast<int32_t>(offsets(bag)) + pos + prefetch_distance, last_position), 0,
-        last_position);
+    // In 64 bits: with N within prefetch_distance of INT32_MAX the sum would overflow int32.
+    Expr ahead64 = min(cast<int64_t>(offsets(bag)) + cast<int64_t>(pos) + prefetch_distance,
+                       cast<int64_t>(last_position));
+    Expr ahead = unsafe_promise_clamped(cast<int32_t>(ahead64), 0, last_position);
     Expr ahead_row =
         unsafe_promise_clamped(cast<int32_t>(indices(ahead)), 0, weight.dim(1).extent() - 1);
     Expr row_start = cast<int64_t>(ahead_row) * cast<int64_t>(weight.dim(1).stride());
@@ -299,8 +301,7 @@ class EmbagForward : public Generator<EmbagForward> {
   }
 
   Type accumulator_type() const {
-    const Type t = weight_type;
-    return t.bits() == 64 ? Float(64) : Float(32);
+    return Float(embag::kernels::accumulator_bits(static_cast<Type>(weight_type).bits()));
   }
 
   Var d_{"d"}, b_{"b"};

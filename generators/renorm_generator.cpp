@@ -19,6 +19,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "kernel_enums.h"
 
 namespace {
 
@@ -27,15 +28,15 @@ using namespace Halide;
 // A float64 constant (Halide's Expr has no implicit conversion from double).
 Expr f64(double value) { return Internal::make_const(Float(64), value); }
 
-// Must match embag::internal::NormKind in runtime/renorm.cpp.
-enum NormKind : int32_t {
-  kGeneralP = 0,
-  kL1 = 1,
-  kL2 = 2,
-  kMaxAbs = 3,
-  kMinAbs = 4,
-  kNonZeros = 5
-};
+// The norm_kind argument's values (embag::kernels::NormKind, shared with the runtime), as plain
+// ints for comparisons with the Input.
+using NormKind = int32_t;
+constexpr NormKind kGeneralP = static_cast<NormKind>(embag::kernels::NormKind::kGeneralP);
+constexpr NormKind kL1 = static_cast<NormKind>(embag::kernels::NormKind::kL1);
+constexpr NormKind kL2 = static_cast<NormKind>(embag::kernels::NormKind::kL2);
+constexpr NormKind kMaxAbs = static_cast<NormKind>(embag::kernels::NormKind::kMaxAbs);
+constexpr NormKind kMinAbs = static_cast<NormKind>(embag::kernels::NormKind::kMinAbs);
+constexpr NormKind kNonZeros = static_cast<NormKind>(embag::kernels::NormKind::kNonZeros);
 
 class EmbagRenorm : public Generator<EmbagRenorm> {
  public:
@@ -129,8 +130,7 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
 
  private:
   Type accumulator_type() const {
-    const Type t = weight_type;
-    return t.bits() == 64 ? Float(64) : Float(32);
+    return Float(embag::kernels::accumulator_bits(static_cast<Type>(weight_type).bits()));
   }
 
   Var k_{"k"}, d_{"d"};

@@ -2,11 +2,14 @@
 // per-row / per-column Halide kernels, and lay the result out dense or sparse.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
+#include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
 #include "halide_buffer.h"
+#include "kernel_call.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 #include "runtime_state.h"
@@ -15,10 +18,14 @@ namespace embag {
 namespace {
 
 using internal::BagLayout;
+using internal::CallContext;
 using internal::ForwardPlan;
 using internal::HalideBuffer;
+using internal::KernelArgs;
 using internal::KernelEntry;
-using internal::KernelPooling;
+using internal::KernelKey;
+using internal::Pipeline;
+using internal::Pooling;
 
 ForwardInputs forward_inputs_of(const BackwardInputs& in) {
   return ForwardInputs{in.weight, in.input, in.offsets, in.per_sample_weights};
@@ -104,16 +111,17 @@ Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& 
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
   const DType w = in.weight.dtype;
-  auto missing = [&](const char* what) {
-    return Status(StatusCode::kUnsupported, std::string("no ") + what +
-                                                " kernel was compiled for weight " + dtype_name(w) +
-                                                " on " + isa_name(isa));
+  auto missing = [&](const KernelKey& key) {
+    return Status(StatusCode::kUnsupported,
+                  "no " + internal::describe(key) + " kernel was compiled for " + isa_name(isa));
   };
-  k->rows = internal::find_backward_rows_kernel(plan.pooling, w, isa);
-  if (!k->rows) return missing("backward");
+  const KernelKey rows_key{Pipeline::kBackwardRows, plan.pooling, w, std::nullopt};
+  k->rows = internal::find_kernel(rows_key, isa);
+  if (!k->rows) return missing(rows_key);
   if (out.grad_per_sample_weights) {
-    k->psw = internal::find_psw_grad_kernel(w, in.input.dtype, isa);
-    if (!k->psw) return missing("per_sample_weights gradient");
+    const KernelKey psw_key{Pipeline::kPswGrad, std::nullopt, w, in.input.dtype};
+    k->psw = internal::find_kernel(psw_key, isa);
+    if (!k->psw) return missing(psw_key);
   }
   return Status::Ok();
 }
@@ -161,9 +169,9 @@ void dense_scatter_task(void* context, int task) {
   zero_rows(zero_from, end);
 }
 
-Status run_rows_kernel(const KernelEntry& kernel, const BackwardInputs& in, const ForwardPlan& plan,
-                       const Options& opt, const RowGroups& groups, void* values,
-                       int64_t values_row_stride) {
+Status run_rows_kernel(CallContext& call, const KernelEntry& kernel, const BackwardInputs& in,
+                       const ForwardPlan& plan, const Options& opt, const RowGroups& groups,
+                       void* values, int64_t values_row_stride) {
   const int64_t U = static_cast<int64_t>(groups.rows.size());
   const int64_t D = plan.dim;
   HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
@@ -175,37 +183,32 @@ Status run_rows_kernel(const KernelEntry& kernel, const BackwardInputs& in, cons
                             static_cast<int64_t>(groups.position_bag.size()));
   HalideBuffer out(values, in.weight.dtype, U, D, values_row_stride);
   const bool scale = opt.scale_grad_by_freq;
-  switch (kernel.pooling) {
-    case KernelPooling::kWeightedSum: {
-      HalideBuffer psw(in.per_sample_weights->data, in.per_sample_weights->dtype,
-                       plan.positions_end);
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.backward_rows_with(grad.get(), segments.get(), sorted.get(),
-                                            position_bag.get(), psw.get(), scale, out.get());
-      });
-    }
-    case KernelPooling::kMax: {
-      HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
-      HalideBuffer rows(groups.rows.data(), DType::kInt64, U);
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.backward_rows_max(grad.get(), segments.get(), sorted.get(),
-                                           position_bag.get(), argmax.get(), rows.get(), scale,
-                                           out.get());
-      });
-    }
-    case KernelPooling::kMean: {
-      HalideBuffer divisor(groups.bag_valid.data(), DType::kInt32, plan.num_bags);
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.backward_rows_with(grad.get(), segments.get(), sorted.get(),
-                                            position_bag.get(), divisor.get(), scale, out.get());
-      });
-    }
+  KernelArgs args;
+  args.buffer("grad_output", grad.get())
+      .buffer("segments", segments.get())
+      .buffer("sorted_positions", sorted.get())
+      .buffer("position_bag", position_bag.get())
+      .scalar("scale_grad_by_freq", &scale)
+      .buffer("values", out.get());
+  std::optional<HalideBuffer> psw, divisor, argmax, rows;
+  switch (*kernel.pooling) {
+    case Pooling::kWeightedSum:
+      psw.emplace(in.per_sample_weights->data, in.per_sample_weights->dtype, plan.positions_end);
+      args.buffer("per_sample_weights", psw->get());
+      break;
+    case Pooling::kMean:
+      divisor.emplace(groups.bag_valid.data(), DType::kInt32, plan.num_bags);
+      args.buffer("bag_divisor", divisor->get());
+      break;
+    case Pooling::kMax:
+      argmax.emplace(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
+      rows.emplace(groups.rows.data(), DType::kInt64, U);
+      args.buffer("argmax", argmax->get()).buffer("rows", rows->get());
+      break;
     default:
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.backward_rows(grad.get(), segments.get(), sorted.get(), position_bag.get(),
-                                       scale, out.get());
-      });
+      break;
   }
+  return internal::run_kernel(call, kernel, args);
 }
 
 // Everything up to the kernels: validation of inputs and outputs, the layout and the row groups.
@@ -223,86 +226,109 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
 
 Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows,
                             const Execution& /*execution*/) {
-  ForwardPlan plan;
-  const ForwardInputs fin = forward_inputs_of(inputs);
-  if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
-  BagLayout layout;
-  internal::make_bag_layout(fin, options, plan, &layout);
-  RowGroups groups;
-  group_positions_by_row(layout, plan, &groups);
-  *rows = static_cast<int64_t>(groups.rows.size());
-  return Status::Ok();
+  return internal::guard_api([&] {
+    ForwardPlan plan;
+    const ForwardInputs fin = forward_inputs_of(inputs);
+    if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+    BagLayout layout;
+    internal::make_bag_layout(fin, options, plan, &layout);
+    RowGroups groups;
+    group_positions_by_row(layout, plan, &groups);
+    *rows = static_cast<int64_t>(groups.rows.size());
+    return Status::Ok();
+  });
 }
 
 Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
                          const Options& options, const Execution& /*execution*/) {
-  ForwardPlan plan;
-  BagLayout layout;
-  RowGroups groups;
-  if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
-  BackwardKernels kernels;
-  return select_backward_kernels(inputs, outputs, plan, &kernels);
+  return internal::guard_api([&] {
+    ForwardPlan plan;
+    BagLayout layout;
+    RowGroups groups;
+    if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
+    BackwardKernels kernels;
+    return select_backward_kernels(inputs, outputs, plan, &kernels);
+  });
 }
 
-Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
-                const Execution& /*execution*/) {
-  ForwardPlan plan;
-  BagLayout layout;
-  RowGroups groups;
-  if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;
-  BackwardKernels kernels;
-  if (Status s = select_backward_kernels(in, out, plan, &kernels); !s.ok()) return s;
+namespace {
 
+// The CPU backward of a validated call. Every allocation comes first; then the kernels, which
+// write the sparse values and the per_sample_weights gradient; the copies that cannot fail (row
+// ids, the dense scatter, zero tails) come last, so a kernel failure leaves those untouched.
+Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
+                    const ForwardPlan& plan, const BagLayout& layout, const RowGroups& groups,
+                    const BackwardKernels& kernels) {
   const int64_t V = plan.num_rows, D = plan.dim;
   const size_t element = dtype_size(in.weight.dtype);
   const int64_t U = static_cast<int64_t>(groups.rows.size());
+  CallContext call;
 
-  // Weight gradient.
+  std::vector<unsigned char> dense_values;
+  if (!opt.sparse && V > 0 && D > 0) dense_values.resize(static_cast<size_t>(U * D) * element);
+
+  // Weight gradient rows.
+  if (U > 0 && D > 0) {
+    void* values = opt.sparse ? out.grad_weight_values->data : dense_values.data();
+    const int64_t stride = opt.sparse ? out.grad_weight_values->strides[0] : D;
+    Status s = run_rows_kernel(call, *kernels.rows, in, plan, opt, groups, values, stride);
+    if (!s.ok()) return s;
+  }
+
+  // per_sample_weights gradient: positions in bags from the kernel, the rest 0.
+  auto* gp = kernels.psw != nullptr ? static_cast<unsigned char*>(out.grad_per_sample_weights->data)
+                                    : nullptr;
+  if (gp != nullptr && plan.positions_end > 0 && D > 0) {
+    HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                      in.grad_output.strides[0]);
+    HalideBuffer weight(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]);
+    HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
+    HalideBuffer position_bag(groups.position_bag.data(), DType::kInt32, plan.positions_end);
+    HalideBuffer result(gp, in.weight.dtype, plan.positions_end);
+    const int32_t padding = plan.padding_idx;
+    KernelArgs args;
+    args.buffer("grad_output", grad.get())
+        .buffer("weight", weight.get())
+        .buffer("indices", indices.get())
+        .buffer("position_bag", position_bag.get())
+        .scalar("padding_idx", &padding)
+        .buffer("grad_per_sample_weights", result.get());
+    if (Status s = internal::run_kernel(call, *kernels.psw, args); !s.ok()) return s;
+  }
+
+  // The copies that cannot fail.
   if (opt.sparse) {
     std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
-    if (U > 0 && D > 0) {
-      Status s = run_rows_kernel(*kernels.rows, in, plan, opt, groups, out.grad_weight_values->data,
-                                 out.grad_weight_values->strides[0]);
-      if (!s.ok()) return s;
-    }
   } else if (V > 0 && D > 0) {
-    std::vector<unsigned char> values(static_cast<size_t>(U * D) * element);
-    if (U > 0) {
-      Status s = run_rows_kernel(*kernels.rows, in, plan, opt, groups, values.data(), D);
-      if (!s.ok()) return s;
-    }
     DenseScatter scatter{static_cast<unsigned char*>(out.grad_weight->data),
                          out.grad_weight->strides[0] * static_cast<int64_t>(element),
-                         D * static_cast<int64_t>(element), V, &groups.rows, values.data(),
+                         D * static_cast<int64_t>(element), V, &groups.rows, dense_values.data(),
                          // Enough blocks to balance the threads; each is one long run.
                          static_cast<int>(std::min<int64_t>(V, 4 * internal::kernel_threads()))};
     internal::parallel_for(scatter.tasks, &dense_scatter_task, &scatter);
   }
-
-  // per_sample_weights gradient: positions in bags from the kernel, the rest 0.
-  if (kernels.psw != nullptr) {
-    const int64_t N = plan.num_indices;
-    auto* gp = static_cast<unsigned char*>(out.grad_per_sample_weights->data);
-    if (plan.positions_end > 0 && D > 0) {
-      HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
-                        in.grad_output.strides[0]);
-      HalideBuffer weight(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]);
-      HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
-      HalideBuffer position_bag(groups.position_bag.data(), DType::kInt32, plan.positions_end);
-      HalideBuffer result(gp, in.weight.dtype, plan.positions_end);
-      Status s = internal::run_kernel(kernels.psw->name, [&] {
-        return kernels.psw->fn.psw_grad(grad.get(), weight.get(), indices.get(), position_bag.get(),
-                                        plan.padding_idx, result.get());
-      });
-      if (!s.ok()) return s;
-    } else if (plan.positions_end > 0) {
-      std::memset(gp, 0, static_cast<size_t>(plan.positions_end) * element);
-    }
-    std::memset(gp + static_cast<size_t>(plan.positions_end) * element, 0,
-                static_cast<size_t>(N - plan.positions_end) * element);
+  if (gp != nullptr) {
+    const int64_t zero_from = D > 0 ? plan.positions_end : 0;
+    std::memset(gp + static_cast<size_t>(zero_from) * element, 0,
+                static_cast<size_t>(plan.num_indices - zero_from) * element);
   }
   internal::record_last_variant(kernels.rows->name);
   return Status::Ok();
+}
+
+}  // namespace
+
+Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
+                const Execution& /*execution*/) {
+  return internal::guard_api([&] {
+    ForwardPlan plan;
+    BagLayout layout;
+    RowGroups groups;
+    if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;
+    BackwardKernels kernels;
+    if (Status s = select_backward_kernels(in, out, plan, &kernels); !s.ok()) return s;
+    return cpu_backward(in, out, opt, plan, layout, groups, kernels);
+  });
 }
 
 }  // namespace embag

@@ -1,10 +1,13 @@
 // embag::forward and embag::validate: validate, plan the bags, renormalise, pick the kernel, run.
 #include <cstring>
+#include <optional>
 #include <vector>
 
+#include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
 #include "halide_buffer.h"
+#include "kernel_call.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 #include "renorm.h"
@@ -14,10 +17,13 @@ namespace embag {
 namespace {
 
 using internal::BagLayout;
+using internal::CallContext;
 using internal::ForwardPlan;
 using internal::HalideBuffer;
+using internal::KernelArgs;
 using internal::KernelEntry;
-using internal::KernelPooling;
+using internal::Pipeline;
+using internal::Pooling;
 
 // The kernels a validated call needs on the selected ISA, or why they are missing.
 struct SelectedKernels {
@@ -25,25 +31,23 @@ struct SelectedKernels {
   const KernelEntry* renorm = nullptr;  // only with max_norm
 };
 
-Status select_kernels(const ForwardInputs& in, const Options& opt, KernelPooling pooling,
+Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooling,
                       SelectedKernels* kernels) {
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
-  kernels->forward = internal::find_forward_kernel(pooling, in.weight.dtype, in.input.dtype, isa);
-  if (kernels->forward == nullptr) {
+  const internal::KernelKey forward_key{Pipeline::kForward, pooling, in.weight.dtype,
+                                        in.input.dtype};
+  kernels->forward = internal::find_kernel(forward_key, isa);
+  auto missing = [&](const internal::KernelKey& key) {
     return Status(StatusCode::kUnsupported,
-                  std::string("no forward kernel was compiled for mode ") +
-                      internal::kernel_pooling_name(pooling) + ", weight " +
-                      dtype_name(in.weight.dtype) + ", input " + dtype_name(in.input.dtype) +
-                      " on " + isa_name(isa));
-  }
+                  "no " + internal::describe(key) + " kernel was compiled for " + isa_name(isa));
+  };
+  if (kernels->forward == nullptr) return missing(forward_key);
   if (opt.max_norm) {
-    kernels->renorm = internal::find_renorm_kernel(in.weight.dtype, isa);
-    if (kernels->renorm == nullptr) {
-      return Status(StatusCode::kUnsupported, std::string("no renorm kernel was compiled for ") +
-                                                  dtype_name(in.weight.dtype) + " on " +
-                                                  isa_name(isa));
-    }
+    const internal::KernelKey renorm_key{Pipeline::kRenorm, std::nullopt, in.weight.dtype,
+                                         std::nullopt};
+    kernels->renorm = internal::find_kernel(renorm_key, isa);
+    if (kernels->renorm == nullptr) return missing(renorm_key);
   }
   return Status::Ok();
 }
@@ -90,7 +94,7 @@ void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out
     count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
 }
 
-Status run_pooling_kernel(const KernelEntry& kernel, const ForwardInputs& in,
+Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const ForwardInputs& in,
                           const ForwardOutputs& out, const ForwardPlan& plan,
                           const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
@@ -100,44 +104,39 @@ Status run_pooling_kernel(const KernelEntry& kernel, const ForwardInputs& in,
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
   const int32_t bags_per_task = internal::bags_per_task(B);
+  KernelArgs args;
+  args.buffer("weight", weight.get())
+      .buffer("indices", indices.get())
+      .buffer("offsets", offsets.get())
+      .scalar("padding_idx", &padding)
+      .scalar("bags_per_task", &bags_per_task);
 
-  switch (kernel.pooling) {
-    case KernelPooling::kSum:
-    case KernelPooling::kMean:
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.sum(weight.get(), indices.get(), offsets.get(), padding, bags_per_task,
-                             output.get());
-      });
-    case KernelPooling::kWeightedSum: {
-      HalideBuffer psw(in.per_sample_weights->data, in.per_sample_weights->dtype,
-                       plan.positions_end);
-      return internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.weighted_sum(weight.get(), indices.get(), offsets.get(), psw.get(),
-                                      padding, bags_per_task, output.get());
-      });
-    }
-    case KernelPooling::kMax: {
-      void* winners = out.argmax ? out.argmax->data : nullptr;
-      int64_t winners_stride = out.argmax ? out.argmax->strides[0] : D;
-      if (winners == nullptr) {
-        t_scratch_argmax.resize(static_cast<size_t>(B * D));
-        winners = t_scratch_argmax.data();
-      }
-      HalideBuffer argmax(winners, DType::kInt64, B, D, winners_stride);
-      Status s = internal::run_kernel(kernel.name, [&] {
-        return kernel.fn.max(weight.get(), indices.get(), offsets.get(), padding, bags_per_task,
-                             output.get(), argmax.get());
-      });
-      return s;
-    }
+  // Max writes the winning rows too; into scratch when the caller did not ask for them
+  // (allocated here, before the kernel writes anything).
+  std::optional<HalideBuffer> psw, argmax;
+  if (kernel.pooling == Pooling::kWeightedSum) {
+    psw.emplace(in.per_sample_weights->data, in.per_sample_weights->dtype, plan.positions_end);
+    args.buffer("per_sample_weights", psw->get());
   }
-  return Status(StatusCode::kInternal, "unknown kernel pooling");
+  if (kernel.pooling == Pooling::kMax) {
+    void* winners = out.argmax ? out.argmax->data : nullptr;
+    const int64_t winners_stride = out.argmax ? out.argmax->strides[0] : D;
+    if (winners == nullptr) {
+      t_scratch_argmax.resize(static_cast<size_t>(B * D));
+      winners = t_scratch_argmax.data();
+    }
+    argmax.emplace(winners, DType::kInt64, B, D, winners_stride);
+    args.buffer("output.0", output.get()).buffer("output.1", argmax->get());
+  } else {
+    args.buffer("output", output.get());
+  }
+  return internal::run_kernel(call, kernel, args);
 }
 
-Status run_forward_kernel(const KernelEntry& kernel, const ForwardInputs& in,
+Status run_forward_kernel(CallContext& call, const KernelEntry& kernel, const ForwardInputs& in,
                           const ForwardOutputs& out, const ForwardPlan& plan,
                           const BagLayout& layout) {
-  Status s = run_pooling_kernel(kernel, in, out, plan, layout);
+  Status s = run_pooling_kernel(call, kernel, in, out, plan, layout);
   if (s.ok() && out.bag_count) {
     count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
   }
@@ -156,36 +155,46 @@ int64_t num_bags(const TensorView& input, const TensorView* offsets, const Optio
 
 Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
                 const Execution& /*execution*/) {
-  ForwardPlan plan;
-  if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
-  SelectedKernels kernels;
-  return select_kernels(inputs, options, plan.pooling, &kernels);
+  return internal::guard_api([&] {
+    ForwardPlan plan;
+    if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+    SelectedKernels kernels;
+    return select_kernels(inputs, options, plan.pooling, &kernels);
+  });
 }
 
 Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
                const Execution& /*execution*/) {
-  ForwardPlan plan;
-  if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
-  SelectedKernels kernels;
-  if (Status s = select_kernels(inputs, options, plan.pooling, &kernels); !s.ok()) return s;
+  return internal::guard_api([&] {
+    ForwardPlan plan;
+    if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+    SelectedKernels kernels;
+    if (Status s = select_kernels(inputs, options, plan.pooling, &kernels); !s.ok()) return s;
 
-  BagLayout layout;
-  internal::make_bag_layout(inputs, options, plan, &layout);
-  if (options.max_norm) {
-    Status s = internal::renormalize_referenced_rows(inputs.weight, layout, plan, *options.max_norm,
-                                                     options.norm_type, *kernels.renorm);
-    if (!s.ok()) return s;
-  }
-  if (plan.num_bags == 0) {
-    internal::record_last_variant(kernels.forward->name);
-    return Status::Ok();
-  }
-  if (plan.dim == 0 || plan.num_rows == 0) {
-    write_degenerate_outputs(inputs, outputs, plan, layout);
-    internal::record_last_variant(kernels.forward->name);
-    return Status::Ok();
-  }
-  return run_forward_kernel(*kernels.forward, inputs, outputs, plan, layout);
+    // Everything that can fail for want of memory is allocated before the first write (the
+    // renormalised rows are written back to the caller's table).
+    BagLayout layout;
+    internal::make_bag_layout(inputs, options, plan, &layout);
+    if (plan.pooling == Pooling::kMax && outputs.argmax == nullptr) {
+      t_scratch_argmax.resize(static_cast<size_t>(plan.num_bags * plan.dim));
+    }
+    CallContext call;
+    if (options.max_norm) {
+      Status s = internal::renormalize_referenced_rows(
+          call, inputs.weight, layout, plan, *options.max_norm, options.norm_type, *kernels.renorm);
+      if (!s.ok()) return s;
+    }
+    if (plan.num_bags == 0) {
+      internal::record_last_variant(kernels.forward->name);
+      return Status::Ok();
+    }
+    if (plan.dim == 0 || plan.num_rows == 0) {
+      write_degenerate_outputs(inputs, outputs, plan, layout);
+      internal::record_last_variant(kernels.forward->name);
+      return Status::Ok();
+    }
+    return run_forward_kernel(call, *kernels.forward, inputs, outputs, plan, layout);
+  });
 }
 
 std::string forward_variant_name(const ForwardInputs& inputs, const Options& options) {

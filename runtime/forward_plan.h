@@ -16,7 +16,7 @@ struct ForwardPlan {
   int64_t num_indices = 0;    // N: elements of the input
   int64_t positions_end = 0;  // positions [0, positions_end) lie in bags; the rest are not read
   int32_t padding_idx = -1;   // normalised to [0, V), or -1 for none
-  KernelPooling pooling = KernelPooling::kSum;
+  Pooling pooling = Pooling::kSum;
 };
 
 // Validates the inputs and options of a forward call (see SEMANTICS.md's error table) without

@@ -1,170 +1,82 @@
-// The kernel registry: builds the table from the generated rows and answers lookups.
+// The kernel registry: the generated table and an index over it.
 #include "kernel_registry.h"
+
+#include <array>
+#include <string>
 
 #include "embag_kernel_headers.h"
 
 namespace embag::internal {
 namespace {
 
-KernelEntry forward_entry(const char* name, KernelPooling pooling, DType weight, DType index,
-                          Isa isa, const char* target) {
-  KernelEntry e{};
-  e.name = name;
-  e.pipeline = KernelPipeline::kForward;
-  e.pooling = pooling;
-  e.weight_dtype = weight;
-  e.index_dtype = index;
-  e.isa = isa;
-  e.target = target;
-  return e;
+using kernels::Pipeline;
+using kernels::Pooling;
+
+// Each optional dimension as a small integer: 0 = unset, 1 + value otherwise.
+template <typename Enum>
+size_t slot(const std::optional<Enum>& value) {
+  return value ? 1 + static_cast<size_t>(*value) : 0;
 }
 
-std::vector<KernelEntry> build_table() {
-  std::vector<KernelEntry> table;
-  KernelEntry e{};
-#define EMBAG_FORWARD_KERNEL_sum(W, I, NAME, ISA, TARGET)                              \
-  e = forward_entry(#NAME, KernelPooling::kSum, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.sum = &NAME;                                                                    \
-  table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_wsum(W, I, NAME, ISA, TARGET)                                     \
-  e = forward_entry(#NAME, KernelPooling::kWeightedSum, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.weighted_sum = &NAME;                                                                   \
-  table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_mean(W, I, NAME, ISA, TARGET)                              \
-  e = forward_entry(#NAME, KernelPooling::kMean, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.sum = &NAME;                                                                     \
-  table.push_back(e);
-#define EMBAG_FORWARD_KERNEL_max(W, I, NAME, ISA, TARGET)                              \
-  e = forward_entry(#NAME, KernelPooling::kMax, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.fn.max = &NAME;                                                                    \
-  table.push_back(e);
-#define EMBAG_RENORM_KERNEL(W, NAME, ISA, TARGET) \
-  e = KernelEntry{};                              \
-  e.name = #NAME;                                 \
-  e.pipeline = KernelPipeline::kRenorm;           \
-  e.weight_dtype = DType::W;                      \
-  e.index_dtype = DType::kInt64;                  \
-  e.isa = Isa::ISA;                               \
-  e.target = TARGET;                              \
-  e.fn.renorm = &NAME;                            \
-  table.push_back(e);
-#define EMBAG_BACKWARD_ROWS_ENTRY(POOLING, W, NAME, ISA, TARGET)                               \
-  e = forward_entry(#NAME, KernelPooling::POOLING, DType::W, DType::kInt32, Isa::ISA, TARGET); \
-  e.pipeline = KernelPipeline::kBackwardRows;
-#define EMBAG_BACKWARD_ROWS_KERNEL_sum(W, NAME, ISA, TARGET) \
-  EMBAG_BACKWARD_ROWS_ENTRY(kSum, W, NAME, ISA, TARGET)      \
-  e.fn.backward_rows = &NAME;                                \
-  table.push_back(e);
-#define EMBAG_BACKWARD_ROWS_KERNEL_wsum(W, NAME, ISA, TARGET)   \
-  EMBAG_BACKWARD_ROWS_ENTRY(kWeightedSum, W, NAME, ISA, TARGET) \
-  e.fn.backward_rows_with = &NAME;                              \
-  table.push_back(e);
-#define EMBAG_BACKWARD_ROWS_KERNEL_mean(W, NAME, ISA, TARGET) \
-  EMBAG_BACKWARD_ROWS_ENTRY(kMean, W, NAME, ISA, TARGET)      \
-  e.fn.backward_rows_with = &NAME;                            \
-  table.push_back(e);
-#define EMBAG_BACKWARD_ROWS_KERNEL_max(W, NAME, ISA, TARGET) \
-  EMBAG_BACKWARD_ROWS_ENTRY(kMax, W, NAME, ISA, TARGET)      \
-  e.fn.backward_rows_max = &NAME;                            \
-  table.push_back(e);
-#define EMBAG_PSW_GRAD_KERNEL(W, I, NAME, ISA, TARGET)                                         \
-  e = forward_entry(#NAME, KernelPooling::kWeightedSum, DType::W, DType::I, Isa::ISA, TARGET); \
-  e.pipeline = KernelPipeline::kPswGrad;                                                       \
-  e.fn.psw_grad = &NAME;                                                                       \
-  table.push_back(e);
-#include "embag_kernel_table.inc"
-#undef EMBAG_BACKWARD_ROWS_ENTRY
-#undef EMBAG_BACKWARD_ROWS_KERNEL_sum
-#undef EMBAG_BACKWARD_ROWS_KERNEL_wsum
-#undef EMBAG_BACKWARD_ROWS_KERNEL_mean
-#undef EMBAG_BACKWARD_ROWS_KERNEL_max
-#undef EMBAG_PSW_GRAD_KERNEL
-#undef EMBAG_FORWARD_KERNEL_sum
-#undef EMBAG_FORWARD_KERNEL_wsum
-#undef EMBAG_FORWARD_KERNEL_mean
-#undef EMBAG_FORWARD_KERNEL_max
-#undef EMBAG_RENORM_KERNEL
-  return table;
+constexpr size_t kPipelines = static_cast<size_t>(Pipeline::kCount);
+constexpr size_t kPoolings = static_cast<size_t>(Pooling::kCount) + 1;
+constexpr size_t kDTypes = static_cast<size_t>(DType::kFloat64) + 2;
+constexpr size_t kIsas = static_cast<size_t>(Isa::kOpenCL) + 1;
+constexpr size_t kIndexSize = kPipelines * kPoolings * kDTypes * kDTypes * kIsas;
+
+size_t index_of(const KernelKey& key, Isa isa) {
+  size_t i = static_cast<size_t>(key.pipeline);
+  i = i * kPoolings + slot(key.pooling);
+  i = i * kDTypes + slot(key.weight_dtype);
+  i = i * kDTypes + slot(key.index_dtype);
+  return i * kIsas + static_cast<size_t>(isa);
+}
+
+// Every (key, ISA) -> its row; nullptr where nothing was compiled.
+const std::array<const KernelEntry*, kIndexSize>& kernel_index() {
+  static const auto* index = [] {
+    auto* built = new std::array<const KernelEntry*, kIndexSize>{};
+    for (const KernelEntry& e : kernel_table()) {
+      const KernelKey key{e.pipeline, e.pooling, e.weight_dtype, e.index_dtype};
+      const KernelEntry*& cell = (*built)[index_of(key, e.isa)];
+      if (cell == nullptr) cell = &e;  // first match wins
+    }
+    return built;
+  }();
+  return *index;
 }
 
 }  // namespace
 
-const char* kernel_pooling_name(KernelPooling pooling) {
-  switch (pooling) {
-    case KernelPooling::kSum:
-      return "sum";
-    case KernelPooling::kWeightedSum:
-      return "wsum";
-    case KernelPooling::kMean:
-      return "mean";
-    case KernelPooling::kMax:
-      return "max";
-  }
-  return "?";
-}
-
-KernelPooling pooling_for(Mode mode, bool has_per_sample_weights) {
+Pooling pooling_for(Mode mode, bool has_per_sample_weights) {
   switch (mode) {
     case Mode::kMean:
-      return KernelPooling::kMean;
+      return Pooling::kMean;
     case Mode::kMax:
-      return KernelPooling::kMax;
+      return Pooling::kMax;
     case Mode::kSum:
       break;
   }
-  return has_per_sample_weights ? KernelPooling::kWeightedSum : KernelPooling::kSum;
+  return has_per_sample_weights ? Pooling::kWeightedSum : Pooling::kSum;
 }
 
 const std::vector<KernelEntry>& kernel_table() {
-  static const std::vector<KernelEntry> table = build_table();
+  static const std::vector<KernelEntry> table = {
+#include "embag_kernel_table.inc"
+  };
   return table;
 }
 
-namespace {
-const KernelEntry* find_kernel(KernelPipeline pipeline, KernelPooling pooling, DType weight,
-                               DType index, Isa isa) {
-  for (const KernelEntry& e : kernel_table()) {
-    if (e.pipeline == pipeline && e.pooling == pooling && e.weight_dtype == weight &&
-        e.index_dtype == index && e.isa == isa) {
-      return &e;
-    }
-  }
-  return nullptr;
-}
-}  // namespace
-
-const KernelEntry* find_forward_kernel(KernelPooling pooling, DType weight, DType index, Isa isa) {
-  return find_kernel(KernelPipeline::kForward, pooling, weight, index, isa);
+const KernelEntry* find_kernel(const KernelKey& key, Isa isa) {
+  return kernel_index()[index_of(key, isa)];
 }
 
-const char* kernel_pipeline_name(KernelPipeline pipeline) {
-  switch (pipeline) {
-    case KernelPipeline::kForward:
-      return "forward";
-    case KernelPipeline::kRenorm:
-      return "renorm";
-    case KernelPipeline::kBackwardRows:
-      return "backward";
-    case KernelPipeline::kPswGrad:
-      return "psw_grad";
-  }
-  return "?";
-}
-
-const KernelEntry* find_backward_rows_kernel(KernelPooling pooling, DType weight, Isa isa) {
-  return find_kernel(KernelPipeline::kBackwardRows, pooling, weight, DType::kInt32, isa);
-}
-
-const KernelEntry* find_psw_grad_kernel(DType weight, DType index, Isa isa) {
-  return find_kernel(KernelPipeline::kPswGrad, KernelPooling::kWeightedSum, weight, index, isa);
-}
-
-const KernelEntry* find_renorm_kernel(DType weight, Isa isa) {
-  for (const KernelEntry& e : kernel_table()) {
-    if (e.pipeline == KernelPipeline::kRenorm && e.weight_dtype == weight && e.isa == isa)
-      return &e;
-  }
-  return nullptr;
+std::string describe(const KernelKey& key) {
+  std::string text = kernels::pipeline_name(key.pipeline);
+  if (key.pooling) text += std::string(" ") + kernels::pooling_name(*key.pooling);
+  if (key.weight_dtype) text += std::string(" for weight ") + dtype_name(*key.weight_dtype);
+  if (key.index_dtype) text += std::string(", input ") + dtype_name(*key.index_dtype);
+  return text;
 }
 
 }  // namespace embag::internal

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "call_context.h"
+
 namespace embag::internal {
 namespace {
 
@@ -16,24 +18,28 @@ class KernelThreadPool {
  public:
   void set_threads(int n) {
     std::lock_guard<std::mutex> job_lock(job_mutex_);
-    threads_ = n < 1 ? 1 : n;
+    const int threads = n < 1 ? 1 : n;
     std::lock_guard<std::mutex> lock(mutex_);
-    while (static_cast<int>(workers_.size()) < threads_ - 1) {
+    while (static_cast<int>(workers_.size()) < threads - 1) {
       const int id = static_cast<int>(workers_.size());
       workers_.emplace_back([this, id] { worker_loop(id); });
     }
+    threads_.store(threads, std::memory_order_relaxed);
   }
 
-  int threads() const { return threads_; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
 
   int run(void* user_context, halide_task_t task, int min, int size, uint8_t* closure) {
     // One parallel loop at a time uses the workers. A second caller (another application
     // thread, or a nested loop) runs its loop on its own thread: same results, no waiting.
     std::unique_lock<std::mutex> job_lock(job_mutex_, std::try_to_lock);
-    if (!job_lock.owns_lock() || threads_ == 1 || size <= 1) {
+    // (threads_ only changes under job_mutex_, so it is stable while this caller owns the
+    // workers.)
+    const int threads = threads_.load(std::memory_order_relaxed);
+    if (!job_lock.owns_lock() || threads == 1 || size <= 1) {
       return run_serially(user_context, task, min, size, closure);
     }
-    const int helpers = std::min(threads_ - 1, size - 1);
+    const int helpers = std::min(threads - 1, size - 1);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = Job{user_context, task, min, size, closure};
@@ -69,8 +75,11 @@ class KernelThreadPool {
     return 0;
   }
 
-  // Takes tasks from the shared counter until none are left; records the first failure.
+  // Takes tasks from the shared counter until none are left; records the first failure. The
+  // job's call is this thread's active call meanwhile, so Halide callbacks from its tasks (an
+  // error, say) reach that call.
   void take_tasks() {
+    ActiveCallScope active(static_cast<CallContext*>(job_.user_context));
     for (;;) {
       const int i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= job_.size) return;
@@ -127,7 +136,7 @@ class KernelThreadPool {
   std::mutex mutex_;      // guards the fields below and the condition variables
   std::condition_variable wake_workers_, helpers_done_;
   std::vector<std::thread> workers_;
-  int threads_ = 1;
+  std::atomic<int> threads_{1};  // written under job_mutex_, read anywhere
   Job job_;
   std::atomic<uint64_t> generation_{0};
   int helpers_wanted_ = 0;

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "halide_buffer.h"
-#include "runtime_state.h"
+#include "kernel_call.h"
 
 namespace embag::internal {
 namespace {
@@ -40,29 +40,21 @@ std::vector<int64_t> distinct_rows(const BagLayout& layout, const ForwardPlan& p
   return rows;
 }
 
-// Which fold the renorm kernel runs; must match NormKind in generators/renorm_generator.cpp.
-enum NormKind : int32_t {
-  kGeneralP = 0,
-  kL1 = 1,
-  kL2 = 2,
-  kMaxAbs = 3,
-  kMinAbs = 4,
-  kNonZeros = 5
-};
+using kernels::NormKind;
 
 NormKind norm_kind_for(double p) {
-  if (p == 2.0) return kL2;
-  if (p == 1.0) return kL1;
-  if (p == 0.0) return kNonZeros;
-  if (std::isinf(p)) return p > 0 ? kMaxAbs : kMinAbs;
-  return kGeneralP;
+  if (p == 2.0) return NormKind::kL2;
+  if (p == 1.0) return NormKind::kL1;
+  if (p == 0.0) return NormKind::kNonZeros;
+  if (std::isinf(p)) return p > 0 ? NormKind::kMaxAbs : NormKind::kMinAbs;
+  return NormKind::kGeneralP;
 }
 
 }  // namespace
 
-Status renormalize_referenced_rows(const TensorView& weight, const BagLayout& layout,
-                                   const ForwardPlan& plan, double max_norm, double norm_type,
-                                   const KernelEntry& kernel) {
+Status renormalize_referenced_rows(CallContext& call, const TensorView& weight,
+                                   const BagLayout& layout, const ForwardPlan& plan,
+                                   double max_norm, double norm_type, const KernelEntry& kernel) {
   const std::vector<int64_t> rows = distinct_rows(layout, plan);
   const int64_t K = static_cast<int64_t>(rows.size());
   const int64_t D = plan.dim;
@@ -82,11 +74,16 @@ Status renormalize_referenced_rows(const TensorView& weight, const BagLayout& la
   changed_buffer.dimensions = 1;
   changed_buffer.dim = &changed_dim;
 
-  Status s = run_kernel(kernel.name, [&] {
-    return kernel.fn.renorm(rows_buffer.get(), max_norm, norm_type, norm_kind_for(norm_type),
-                            weight_buffer.get(), renormed_buffer.get(), &changed_buffer);
-  });
-  if (!s.ok()) return s;
+  const int32_t norm_kind = static_cast<int32_t>(norm_kind_for(norm_type));
+  KernelArgs args;
+  args.buffer("weight", weight_buffer.get())
+      .buffer("rows", rows_buffer.get())
+      .scalar("max_norm", &max_norm)
+      .scalar("norm_type", &norm_type)
+      .scalar("norm_kind", &norm_kind)
+      .buffer("renormed", renormed_buffer.get())
+      .buffer("changed", &changed_buffer);
+  if (Status s = run_kernel(call, kernel, args); !s.ok()) return s;
 
   // Only now, with every row computed, is the table touched: rows whose norm was within
   // max_norm are never written.

@@ -2,14 +2,15 @@
 #pragma once
 
 #include "bag_layout.h"
+#include "call_context.h"
 #include "kernel_registry.h"
 
 namespace embag::internal {
 
 // Finds the distinct rows read by positions [0, plan.positions_end), runs the renorm kernel on
 // them, and writes back only the rows it changed. Call only after validation has passed.
-Status renormalize_referenced_rows(const TensorView& weight, const BagLayout& layout,
-                                   const ForwardPlan& plan, double max_norm, double norm_type,
-                                   const KernelEntry& kernel);
+Status renormalize_referenced_rows(CallContext& call, const TensorView& weight,
+                                   const BagLayout& layout, const ForwardPlan& plan,
+                                   double max_norm, double norm_type, const KernelEntry& kernel);
 
 }  // namespace embag::internal

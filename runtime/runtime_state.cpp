@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 
+#include "call_context.h"
 #include "cpu_features.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
@@ -41,21 +42,12 @@ IsaChoice& isa_choice() {
   return *choice;
 }
 
-// Halide reports errors through a global handler, possibly from a worker thread; keep the most
-// recent message of the current call so the caller's Status can carry it.
-std::mutex g_error_mutex;
-std::string g_kernel_error;
-
-void capture_halide_error(void* /*user_context*/, const char* message) {
-  std::lock_guard<std::mutex> lock(g_error_mutex);
-  g_kernel_error = message ? message : "";
-}
+}  // namespace
 
 void install_runtime_hooks() {
   static std::once_flag once;
   std::call_once(once, [] {
-    halide_set_error_handler(&capture_halide_error);
-    halide_set_custom_do_par_for(&kernel_do_par_for);
+    install_halide_hooks();
     int threads = 0;
     if (const char* env = std::getenv("EMBAG_NUM_THREADS"); env != nullptr) {
       threads = std::atoi(env);
@@ -64,6 +56,8 @@ void install_runtime_hooks() {
     set_kernel_threads(threads);
   });
 }
+
+namespace {
 
 thread_local std::string t_last_variant;
 
@@ -108,16 +102,6 @@ Status resolve_isa(Isa* isa) {
 }
 
 void record_last_variant(const char* name) { t_last_variant = name; }
-
-void begin_kernel_call() {
-  std::lock_guard<std::mutex> lock(g_error_mutex);
-  g_kernel_error.clear();
-}
-
-std::string end_kernel_call_error() {
-  std::lock_guard<std::mutex> lock(g_error_mutex);
-  return g_kernel_error.empty() ? "no message" : g_kernel_error;
-}
 
 }  // namespace embag::internal
 
@@ -238,10 +222,8 @@ const std::vector<VariantInfo>& compiled_variants() {
     for (const internal::KernelEntry& e : kernel_table()) {
       VariantInfo v;
       v.name = e.name;
-      v.pipeline = internal::kernel_pipeline_name(e.pipeline);
-      const bool has_mode = e.pipeline == internal::KernelPipeline::kForward ||
-                            e.pipeline == internal::KernelPipeline::kBackwardRows;
-      v.mode = has_mode ? internal::kernel_pooling_name(e.pooling) : "";
+      v.pipeline = kernels::pipeline_name(e.pipeline);
+      v.mode = e.pooling ? kernels::pooling_name(*e.pooling) : "";
       v.weight_dtype = e.weight_dtype;
       v.index_dtype = e.index_dtype;
       v.isa = e.isa;

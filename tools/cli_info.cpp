@@ -64,11 +64,14 @@ void print_variants() {
     return;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"name", "pipeline", "mode", "weight", "index", "isa", "target"}};
+      {"name", "device", "pipeline", "mode", "weight", "index", "isa", "target"}};
+  auto dtype_cell = [](const std::optional<DType>& dtype) {
+    return dtype ? std::string(dtype_name(*dtype)) : std::string("-");
+  };
   for (const VariantInfo& variant : variants) {
-    rows.push_back({variant.name, variant.pipeline, variant.mode.empty() ? "-" : variant.mode,
-                    dtype_name(variant.weight_dtype), dtype_name(variant.index_dtype),
-                    isa_name(variant.isa), variant.target});
+    rows.push_back({variant.name, device_type_name(variant.device), variant.pipeline,
+                    variant.mode.empty() ? "-" : variant.mode, dtype_cell(variant.weight_dtype),
+                    dtype_cell(variant.index_dtype), isa_name(variant.isa), variant.target});
   }
   print_table(rows);
 }
@@ -109,7 +112,8 @@ int run_info(const std::vector<std::string>& args) {
             << "compiled for:        " << isa_list(compiled_isas()) << "\n"
             << "selected ISA:        " << selected_text << "\n"
             << "threads:             " << num_threads() << "\n"
-            << "float32/int64 sum:   " << (variant.empty() ? "(no variant)" : variant) << "\n";
+            << "float32/int64 sum:   " << (variant.empty() ? "(no variant)" : variant) << "\n"
+            << "CUDA:                " << cuda_status() << "\n";
   print_variants();
 
   if (!selection.ok()) {

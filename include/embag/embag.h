@@ -203,8 +203,8 @@ struct VariantInfo {
   std::string name;      // C symbol of the kernel
   std::string pipeline;  // "forward", "renorm", "backward", "psw_grad", ... (see embag info)
   std::string mode;      // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" otherwise
-  DType weight_dtype;
-  DType index_dtype;
+  std::optional<DType> weight_dtype;  // unset for pipelines without a table (GPU planning)
+  std::optional<DType> index_dtype;   // set for pipelines that read the caller's indices
   DeviceType device;
   Isa isa;
   std::string target;  // the Halide target string it was compiled for

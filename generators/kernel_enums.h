@@ -1,0 +1,92 @@
+// The vocabulary shared by the generators and the runtime: which pipelines exist, the pooling a
+// pipeline implements, the norm kinds of max_norm, and the accumulation-type rule.
+//
+// One definition for both sides: the generators map GeneratorParam strings onto these values,
+// the CMake variant table names them in the registry rows it generates, and the runtime picks
+// kernels and passes arguments with them. Plain C++ (no Halide), so the runtime can include it.
+#pragma once
+
+#include <cstdint>
+
+namespace embag::kernels {
+
+// A kernel family: one generator, many variants.
+enum class Pipeline : uint8_t {
+  kForward,       // pooled lookups (sum, weighted sum, mean, max)
+  kRenorm,        // max_norm: renormalised copies of the referenced rows
+  kBackwardRows,  // weight gradient, one fold per distinct row
+  kPswGrad,       // per_sample_weights gradient
+  // GPU planning: the steps the CPU runtime does in C++, done on the device so that no index,
+  // offset or table byte is copied to the host.
+  kCheck,        // validation of offsets and indices, reduced to a small verdict
+  kLayout,       // the B + 1 offsets in the indices' dtype (from 1-D offsets or 2-D input)
+  kSortKeys,     // (row, position) pairs for grouping positions by row
+  kPositionBag,  // the bag of each position
+  kBagCount,     // valid (non-padding) positions per bag
+  kScatterRows,  // rows of a (K, D) block written to listed rows of a (V, D) table
+  kCount
+};
+
+// The pooling a forward or backward-rows kernel implements. kWeightedSum is sum with
+// per_sample_weights (its own kernel, so plain sum carries no multiply).
+enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kCount };
+
+// Which fold the renorm kernel runs for a norm_type, chosen on the host so that kernels never
+// compare floats with infinities (they are compiled with fast-math flags that may assume none).
+enum class NormKind : int32_t {
+  kGeneralP = 0,
+  kL1 = 1,
+  kL2 = 2,
+  kMaxAbs = 3,
+  kMinAbs = 4,
+  kNonZeros = 5,
+};
+
+// float64 tables accumulate in float64; float32, float16 and bfloat16 tables in float32.
+constexpr int accumulator_bits(int weight_bits) { return weight_bits == 64 ? 64 : 32; }
+
+inline const char* pooling_name(Pooling pooling) {
+  switch (pooling) {
+    case Pooling::kSum:
+      return "sum";
+    case Pooling::kWeightedSum:
+      return "wsum";
+    case Pooling::kMean:
+      return "mean";
+    case Pooling::kMax:
+      return "max";
+    case Pooling::kCount:
+      break;
+  }
+  return "?";
+}
+
+inline const char* pipeline_name(Pipeline pipeline) {
+  switch (pipeline) {
+    case Pipeline::kForward:
+      return "forward";
+    case Pipeline::kRenorm:
+      return "renorm";
+    case Pipeline::kBackwardRows:
+      return "backward";
+    case Pipeline::kPswGrad:
+      return "psw_grad";
+    case Pipeline::kCheck:
+      return "check";
+    case Pipeline::kLayout:
+      return "layout";
+    case Pipeline::kSortKeys:
+      return "sort_keys";
+    case Pipeline::kPositionBag:
+      return "position_bag";
+    case Pipeline::kBagCount:
+      return "bag_count";
+    case Pipeline::kScatterRows:
+      return "scatter_rows";
+    case Pipeline::kCount:
+      break;
+  }
+  return "?";
+}
+
+}  // namespace embag::kernels
