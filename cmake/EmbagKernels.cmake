@@ -129,12 +129,13 @@ set(EMBAG_KERNEL_OBJECTS "")
 set(EMBAG_KERNEL_TABLE "")
 set(EMBAG_KERNEL_HEADERS "")
 
-# Adds one kernel and its registry row: {name, pipeline, pooling, weight dtype, index dtype, ISA,
-# target, entry point, metadata}. POOLING / WEIGHT / INDEX are omitted where the pipeline has no
+# Adds one kernel and its registry row: {name, pipeline, pooling, weight dtype, index dtype,
+# offsets dtype, ISA, target, entry point, metadata}. POOLING / WEIGHT / INDEX / OFFSETS are omitted where the pipeline has no
 # such dimension (the row then says std::nullopt). The runtime calls every kernel through its
 # uniform `_argv` entry point and binds arguments by the names its `_metadata` lists.
 function(embag_add_kernel NAME)
-  cmake_parse_arguments(ARG "" "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX" "PARAMS" ${ARGN})
+  cmake_parse_arguments(ARG "" "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX;OFFSETS" "PARAMS"
+                        ${ARGN})
   set(extra_outputs "")
   if (EMBAG_EMIT_STMT)
     set(extra_outputs STMT ${NAME}_stmt)
@@ -157,7 +158,7 @@ function(embag_add_kernel NAME)
   set_target_properties(${NAME} PROPERTIES EXCLUDE_FROM_ALL ON)
   list(JOIN features "-" feature_text)
   set(target "${EMBAG_ISA_TARGET_${ARG_ISA}}-${feature_text}")
-  foreach (dim IN ITEMS POOLING WEIGHT INDEX)
+  foreach (dim IN ITEMS POOLING WEIGHT INDEX OFFSETS)
     set(${dim}_cell "std::nullopt")
   endforeach ()
   if (ARG_POOLING)
@@ -169,11 +170,14 @@ function(embag_add_kernel NAME)
   if (ARG_INDEX)
     set(INDEX_cell "DType::${EMBAG_DTYPE_ENUM_${ARG_INDEX}}")
   endif ()
+  if (ARG_OFFSETS)
+    set(OFFSETS_cell "DType::${EMBAG_DTYPE_ENUM_${ARG_OFFSETS}}")
+  endif ()
   set(EMBAG_KERNEL_LIBRARIES ${EMBAG_KERNEL_LIBRARIES} ${NAME} PARENT_SCOPE)
   set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)
   set(EMBAG_KERNEL_TABLE
-      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata},\n"
+      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, ${OFFSETS_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata},\n"
       PARENT_SCOPE)
 endfunction()
 
@@ -217,9 +221,53 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
   endforeach ()
 endforeach ()
 
+# GPU planning kernels (generators/plan_generator.cpp): what the CPU runtime does in C++.
+foreach (isa IN LISTS EMBAG_GPU_ISAS)
+  foreach (i IN LISTS EMBAG_INDEX_TYPES)
+    foreach (o IN LISTS EMBAG_INDEX_TYPES)
+      embag_add_kernel(embag_check_${i}_${o}_${isa}
+                       GENERATOR embag_check ISA ${isa}
+                       PIPELINE kCheck INDEX ${i} OFFSETS ${o}
+                       PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}}
+                              offsets_type=${EMBAG_HALIDE_TYPE_${o}})
+      embag_add_kernel(embag_layout_${i}_${o}_${isa}
+                       GENERATOR embag_layout ISA ${isa}
+                       PIPELINE kLayout INDEX ${i} OFFSETS ${o}
+                       PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}}
+                              offsets_type=${EMBAG_HALIDE_TYPE_${o}})
+    endforeach ()
+    embag_add_kernel(embag_position_bag_${i}_${isa}
+                     GENERATOR embag_position_bag ISA ${isa}
+                     PIPELINE kPositionBag INDEX ${i}
+                     PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}})
+    embag_add_kernel(embag_sort_keys_${i}_${isa}
+                     GENERATOR embag_sort_keys ISA ${isa}
+                     PIPELINE kSortKeys INDEX ${i}
+                     PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}})
+    embag_add_kernel(embag_bag_count_${i}_${isa}
+                     GENERATOR embag_bag_count ISA ${isa}
+                     PIPELINE kBagCount INDEX ${i}
+                     PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}} count_type=int64)
+    embag_add_kernel(embag_bag_divisor_${i}_${isa}
+                     GENERATOR embag_bag_count ISA ${isa}
+                     PIPELINE kBagDivisor INDEX ${i}
+                     PARAMS index_type=${EMBAG_HALIDE_TYPE_${i}} count_type=int32)
+  endforeach ()
+  foreach (w IN LISTS EMBAG_WEIGHT_TYPES)
+    embag_add_kernel(embag_scatter_rows_${w}_${isa}
+                     GENERATOR embag_scatter_rows ISA ${isa}
+                     PIPELINE kScatterRows WEIGHT ${w}
+                     PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}} zero_fill=true masked=false)
+    embag_add_kernel(embag_write_back_rows_${w}_${isa}
+                     GENERATOR embag_scatter_rows ISA ${isa}
+                     PIPELINE kWriteBackRows WEIGHT ${w}
+                     PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}} zero_fill=false masked=true)
+  endforeach ()
+endforeach ()
+
 set(EMBAG_GENERATED_DIR "${CMAKE_BINARY_DIR}/generated")
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_table.inc"
-     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, ISA, target, entry point, metadata}\n@EMBAG_KERNEL_TABLE@"
+     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, offsets dtype, ISA, target, entry point,\n// metadata}\n@EMBAG_KERNEL_TABLE@"
      @ONLY)
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_headers.h"
      CONTENT "// Generated by cmake/EmbagKernels.cmake: the header of every compiled kernel.\n#pragma once\n@EMBAG_KERNEL_HEADERS@"

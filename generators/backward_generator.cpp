@@ -30,8 +30,10 @@
 namespace {
 
 using namespace Halide;
-using embag_generators::narrow_float;
-using embag_generators::widen_float;
+using embag_generators::exact_product;
+using embag_generators::load_float;
+using embag_generators::storage_type;
+using embag_generators::store_float;
 
 Type accumulator_for(const Type& t) { return Float(embag::kernels::accumulator_bits(t.bits())); }
 
@@ -51,12 +53,14 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
   GeneratorParam<int> rows_per_task{"rows_per_task", 32};
 
   void configure() {
-    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
+    // (GPU kernels take 16-bit arrays as their bits: see storage_type in float_bits.h)
+    const Type stored = storage_type(weight_type, get_target());
+    grad_output_ = add_input<Buffer<>>("grad_output", stored, 2);
     segments_ = add_input<Buffer<int32_t, 1>>("segments");
     sorted_positions_ = add_input<Buffer<int32_t, 1>>("sorted_positions");
     position_bag_ = add_input<Buffer<int32_t, 1>>("position_bag");
     if (mode == RowPooling::kWeightedSum) {
-      per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
+      per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", stored, 1);
     }
     if (mode == RowPooling::kMean) bag_divisor_ = add_input<Buffer<int32_t, 1>>("bag_divisor");
     if (mode == RowPooling::kMax) {
@@ -64,7 +68,7 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
       rows_ = add_input<Buffer<int64_t, 1>>("rows");
     }
     scale_grad_by_freq_ = add_input<bool>("scale_grad_by_freq");
-    values_ = add_output<Func>("values", Type(weight_type), 2);
+    values_ = add_output<Func>("values", stored, 2);
   }
 
   void generate() {
@@ -85,7 +89,7 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
     Expr at = unsafe_promise_clamped(begin + k, 0, num_sorted - 1);
     Expr position = unsafe_promise_clamped(sorted_positions(at), 0, num_positions - 1);
     Expr bag = unsafe_promise_clamped(position_bag(position), 0, num_bags - 1);
-    Expr g = widen_float(grad(d_, bag), acc, get_target());
+    Expr g = load_float(grad(d_, bag), weight_type, acc, get_target());
 
     Expr term = g;
     if (mode == RowPooling::kMax) {
@@ -100,7 +104,9 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
       Expr won = (*argmax_)(d_, bag) == (*rows_)(u_);
       term = select(first_of_bag && won, g, cast(acc, 0));
     } else if (mode == RowPooling::kWeightedSum) {
-      term = g * widen_float((*per_sample_weights_)(position), acc, get_target());
+      term = exact_product(
+          g, load_float((*per_sample_weights_)(position), weight_type, acc, get_target()),
+          get_target());
     } else if (mode == RowPooling::kMean) {
       term = g / cast(acc, (*bag_divisor_)(bag));
     }
@@ -112,12 +118,23 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
     // padding row has no segment), so count(r) is the segment's length.
     Expr scaled =
         select(*scale_grad_by_freq_, folded_(d_, u_) / cast(acc, length), folded_(d_, u_));
-    (*values_)(d_, u_) = narrow_float(strict_float(scaled), weight_type, get_target());
+    (*values_)(d_, u_) = store_float(strict_float(scaled), weight_type, get_target());
   }
 
   void schedule() {
-    const int lanes = natural_vector_size(accumulator_for(weight_type));
     Func values = *values_;
+    if (get_target().has_gpu_feature()) {
+      // A thread per (column, row): each folds its column over the row's positions in order, in
+      // a register, as the CPU kernels do. A warp covers 32 consecutive columns of one row, so
+      // each position's gradient row is read as whole lines. Rows are independent: no atomics.
+      Var d_block("d_block"), u_block("u_block"), d_thread("d_thread"), u_thread("u_thread");
+      values.gpu_tile(d_, u_, d_block, u_block, d_thread, u_thread, 32, 8,
+                      TailStrategy::GuardWithIf);
+      folded_.compute_at(values, d_thread);
+      folded_.update().unscheduled();
+      return;
+    }
+    const int lanes = natural_vector_size(accumulator_for(weight_type));
     Var task("task"), u_in("u_in");
     // Rows are independent; each is one thread's left fold over its positions in order.
     values.split(u_, task, u_in, rows_per_task, TailStrategy::GuardWithIf)
@@ -149,12 +166,13 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
   GeneratorParam<Type> index_type{"index_type", Int(64)};
 
   void configure() {
-    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
-    weight_ = add_input<Buffer<>>("weight", weight_type, 2);
+    const Type stored = storage_type(weight_type, get_target());
+    grad_output_ = add_input<Buffer<>>("grad_output", stored, 2);
+    weight_ = add_input<Buffer<>>("weight", stored, 2);
     indices_ = add_input<Buffer<>>("indices", index_type, 1);
     position_bag_ = add_input<Buffer<int32_t, 1>>("position_bag");
     padding_idx_ = add_input<int32_t>("padding_idx");
-    grad_psw_ = add_output<Func>("grad_per_sample_weights", Type(weight_type), 1);
+    grad_psw_ = add_output<Func>("grad_per_sample_weights", stored, 1);
   }
 
   void generate() {
@@ -162,21 +180,35 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
     Input<Buffer<>>& grad = *grad_output_;
     Input<Buffer<>>& weight = *weight_;
     Var p("p");
-    Expr row = unsafe_promise_clamped(cast<int32_t>((*indices_)(p)), 0, weight.dim(1).extent() - 1);
     Expr bag = (*position_bag_)(p);
+    // A position in no bag (bag -1: past the last offset, which GPU calls include) may hold any
+    // value, so its row is never read from the input; row 0 stands in and the result is 0.
+    Expr row = unsafe_promise_clamped(select(bag >= 0, cast<int32_t>((*indices_)(p)), 0), 0,
+                                      weight.dim(1).extent() - 1);
     Expr safe_bag = unsafe_promise_clamped(bag, 0, grad.dim(1).extent() - 1);
     RDom d(0, weight.dim(0).extent(), "d");
     dot_(p) = cast(acc, 0);
-    dot_(p) = strict_float(dot_(p) + widen_float(grad(d, safe_bag), acc, get_target()) *
-                                         widen_float(weight(d, row), acc, get_target()));
+    dot_(p) = strict_float(
+        dot_(p) + exact_product(load_float(grad(d, safe_bag), weight_type, acc, get_target()),
+                                load_float(weight(d, row), weight_type, acc, get_target()),
+                                get_target()));
     Expr counted = bag >= 0 && row != *padding_idx_;
     (*grad_psw_)(p) =
-        narrow_float(select(counted, dot_(p), cast(acc, 0)), weight_type, get_target());
+        store_float(select(counted, dot_(p), cast(acc, 0)), weight_type, get_target());
     p_ = p;
   }
 
   void schedule() {
     Func out = *grad_psw_;
+    if (get_target().has_gpu_feature()) {
+      // A thread per position, folding its dot product over the columns in order (the CPU's
+      // order, so the bits match).
+      Var block("block"), thread("thread");
+      out.gpu_tile(p_, block, thread, 128, TailStrategy::GuardWithIf);
+      dot_.compute_at(out, thread);
+      dot_.update().unscheduled();
+      return;
+    }
     Var task("task"), inner("inner");
     out.split(p_, task, inner, 256, TailStrategy::GuardWithIf).parallel(task);
     dot_.compute_at(out, inner);

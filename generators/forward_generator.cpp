@@ -26,9 +26,12 @@
 namespace {
 
 using namespace Halide;
+using embag_generators::exact_product;
 using embag_generators::is_nan_by_bits;
-using embag_generators::narrow_float;
-using embag_generators::widen_float;
+using embag_generators::load_float;
+using embag_generators::storage_type;
+using embag_generators::store_float;
+using embag_generators::stored_is_nan;
 
 using embag::kernels::Pooling;
 
@@ -54,13 +57,18 @@ class EmbagForward : public Generator<EmbagForward> {
   // Widest register tile over D, in vectors. 0 means "by target": enough accumulators to keep a
   // whole 128-float row in registers where the register file allows it.
   GeneratorParam<int> max_tile_vectors{"max_tile_vectors", 0};
+  // GPU block shape: columns (threads along D; 32 is one warp) x bags.
+  GeneratorParam<int> gpu_block_columns{"gpu_block_columns", 32};
+  GeneratorParam<int> gpu_block_bags{"gpu_block_bags", 8};
 
   void configure() {
-    weight_ = add_input<Buffer<>>("weight", weight_type, 2);
+    // (GPU kernels take 16-bit tables as their bits: see storage_type in float_bits.h)
+    const Type stored = storage_type(weight_type, get_target());
+    weight_ = add_input<Buffer<>>("weight", stored, 2);
     indices_ = add_input<Buffer<>>("indices", index_type, 1);
     offsets_ = add_input<Buffer<>>("offsets", index_type, 1);
     if (mode == Pooling::kWeightedSum) {
-      per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
+      per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", stored, 1);
     }
     padding_idx_ = add_input<int32_t>("padding_idx");
     // Bags per parallel task, chosen per call by the runtime from B and the thread count: large
@@ -69,7 +77,7 @@ class EmbagForward : public Generator<EmbagForward> {
     bags_per_task_ = add_input<int32_t>("bags_per_task");
     // Max returns the value and the winning row from one Tuple-valued Func, so both come out of
     // the same register tile in one pass.
-    std::vector<Type> output_types{weight_type};
+    std::vector<Type> output_types{stored};
     if (mode == Pooling::kMax) output_types.push_back(Int(64));
     output_ = add_output<Func>("output", output_types, 2);
   }
@@ -99,7 +107,7 @@ class EmbagForward : public Generator<EmbagForward> {
     RDom r = bag_positions("r");
     Expr position = unsafe_promise_clamped(begin + r, 0, num_positions - 1);
     Expr row = unsafe_promise_clamped(cast<int32_t>(indices(position)), 0, num_rows - 1);
-    if (prefetch_distance > 0) {
+    if (prefetch_distance > 0 && !get_target().has_gpu_feature()) {
       // The row `prefetch_distance` positions ahead is prefetched by a Func of (position, bag)
       // computed once per position (see schedule()), so it is not repeated per vector; it sits
       // in a condition only so the reduction depends on it.
@@ -108,7 +116,7 @@ class EmbagForward : public Generator<EmbagForward> {
     }
     r_ = r;
 
-    Expr value = widen_float(weight(d_, row), acc_type, get_target());
+    Expr value = load_float(weight(d_, row), weight_type, acc_type, get_target());
 
     if (mode == Pooling::kMax) {
       define_max(value, row, bag_positions);
@@ -119,8 +127,10 @@ class EmbagForward : public Generator<EmbagForward> {
     // separate instructions on every ISA, so results do not depend on whether the target has FMA.
     pooled_(d_, b_) = cast(acc_type, 0);
     if (mode == Pooling::kWeightedSum) {
-      Expr sample_weight = cast(acc_type, (*per_sample_weights_)(position));
-      pooled_(d_, b_) = strict_float(pooled_(d_, b_) + sample_weight * value);
+      Expr sample_weight =
+          load_float((*per_sample_weights_)(position), weight_type, acc_type, get_target());
+      pooled_(d_, b_) =
+          strict_float(pooled_(d_, b_) + exact_product(sample_weight, value, get_target()));
     } else {
       pooled_(d_, b_) = strict_float(pooled_(d_, b_) + value);
     }
@@ -138,13 +148,45 @@ class EmbagForward : public Generator<EmbagForward> {
       Expr n = count_(b_);
       Expr mean =
           strict_float(select(n > 0, pooled_(d_, b_) / cast(acc_type, n), cast(acc_type, 0)));
-      (*output_)(d_, b_) = narrow_float(mean, weight_type, get_target());
+      (*output_)(d_, b_) = store_float(mean, weight_type, get_target());
     } else {
-      (*output_)(d_, b_) = narrow_float(pooled_(d_, b_), weight_type, get_target());
+      (*output_)(d_, b_) = store_float(pooled_(d_, b_), weight_type, get_target());
     }
   }
 
   void schedule() {
+    if (get_target().has_gpu_feature()) {
+      schedule_gpu();
+    } else {
+      schedule_cpu();
+    }
+  }
+
+ private:
+  // GPU: a thread per (column, bag), blocks of gpu_block_columns x gpu_block_bags threads. Each
+  // thread folds its column over its bag's positions in input order in a register, exactly as
+  // the CPU kernels fold one column, so every sum has the same bits on both. A warp covers 32
+  // consecutive columns of one bag, so each position's row is read as whole 128-byte lines
+  // (coalesced), and the bag's index is one broadcast load. Bags are independent: no atomics.
+  void schedule_gpu() {
+    Func output = *output_;
+    Var d_block("d_block"), b_block("b_block"), d_thread("d_thread"), b_thread("b_thread");
+    output.gpu_tile(d_, b_, d_block, b_block, d_thread, b_thread, gpu_block_columns, gpu_block_bags,
+                    TailStrategy::GuardWithIf);
+    // Computed inside the innermost thread loop: per-thread registers, the fold a serial loop.
+    pooled_.compute_at(output, d_thread);
+    pooled_.update().unscheduled();
+    if (mode == Pooling::kMax) {
+      first_row_.compute_at(output, d_thread);
+      first_row_.update().unscheduled();
+    }
+    if (mode == Pooling::kMean) {
+      count_.compute_at(output, d_thread);
+      count_.update().unscheduled();
+    }
+  }
+
+  void schedule_cpu() {
     const Type acc_type = accumulator_type();
     const int vector_lanes = natural_vector_size(acc_type);
     int widest = max_tile_vectors;
@@ -214,7 +256,6 @@ class EmbagForward : public Generator<EmbagForward> {
     if (mode == Pooling::kMean) count_.compute_at(output, bag_in_task);
   }
 
- private:
   // Max: (value, row) per column, scanned in input order. A value replaces the current one only
   // if strictly greater (ties keep the first occurrence), and a NaN, once held, stays (like
   // torch.max). The fold starts from -inf with row -1, so the per-position step is a compare
@@ -236,7 +277,7 @@ class EmbagForward : public Generator<EmbagForward> {
     // strict_float target feature), LLVM folds float NaN tests and these compares into a
     // NaN-dropping form. A NaN value is taken only while the current value is not NaN; otherwise
     // a strictly greater value is taken (a compare that is false whenever either side is NaN).
-    Expr value_is_nan = is_nan_by_bits(weight(d_, row));
+    Expr value_is_nan = stored_is_nan(weight(d_, row), weight_type);
     Expr current_is_nan = is_nan_by_bits(current);
     Expr take = (value_is_nan && !current_is_nan) ||
                 (!value_is_nan && !current_is_nan && strict_float(value > current));
@@ -256,7 +297,7 @@ class EmbagForward : public Generator<EmbagForward> {
     Expr result = strict_float(select(won || any_valid, pooled_(d_, b_)[0], cast(acc_type, 0)));
     Expr winner = select(won, pooled_(d_, b_)[1], first_row_(b_));
     (*output_)(d_, b_) =
-        Tuple(narrow_float(result, weight_type, get_target()), cast<int64_t>(winner));
+        Tuple(store_float(result, weight_type, get_target()), cast<int64_t>(winner));
   }
 
   // Defines prefetch_(position, bag): issues a prefetch for every cache line of the row

@@ -18,12 +18,14 @@ enum class Pipeline : uint8_t {
   kPswGrad,       // per_sample_weights gradient
   // GPU planning: the steps the CPU runtime does in C++, done on the device so that no index,
   // offset or table byte is copied to the host.
-  kCheck,        // validation of offsets and indices, reduced to a small verdict
-  kLayout,       // the B + 1 offsets in the indices' dtype (from 1-D offsets or 2-D input)
-  kSortKeys,     // (row, position) pairs for grouping positions by row
-  kPositionBag,  // the bag of each position
-  kBagCount,     // valid (non-padding) positions per bag
-  kScatterRows,  // rows of a (K, D) block written to listed rows of a (V, D) table
+  kCheck,          // validation of offsets and indices, reduced to a small verdict
+  kLayout,         // the B + 1 offsets in the indices' dtype (from 1-D offsets or 2-D input)
+  kSortKeys,       // (row, position) pairs for grouping positions by row
+  kPositionBag,    // the bag of each position
+  kBagCount,       // valid (non-padding) positions per bag, int64 (forward's bag_count)
+  kBagDivisor,     // the same as int32 (mean's divisor in backward)
+  kScatterRows,    // dense gradient: zero the (V, D) table, then write the listed rows
+  kWriteBackRows,  // renorm: write only the listed rows marked changed, nothing else
   kCount
 };
 
@@ -81,8 +83,12 @@ inline const char* pipeline_name(Pipeline pipeline) {
       return "position_bag";
     case Pipeline::kBagCount:
       return "bag_count";
+    case Pipeline::kBagDivisor:
+      return "bag_divisor";
     case Pipeline::kScatterRows:
       return "scatter_rows";
+    case Pipeline::kWriteBackRows:
+      return "write_back_rows";
     case Pipeline::kCount:
       break;
   }

@@ -53,7 +53,9 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
   void configure() {
     // The table's element type is a GeneratorParam, so it is added here; it comes first in the
     // argument list only after the statically declared rows input, which the runtime respects.
-    weight_ = add_input<Buffer<>>("weight", weight_type, 2);
+    // (GPU kernels take 16-bit tables as their bits: see storage_type in float_bits.h)
+    weight_ =
+        add_input<Buffer<>>("weight", embag_generators::storage_type(weight_type, get_target()), 2);
   }
 
   void generate() {
@@ -63,7 +65,7 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     Expr row = unsafe_promise_clamped(cast<int32_t>(rows(k_)), 0, weight.dim(1).extent() - 1);
 
     RDom c(0, dim, "c");
-    Expr x = abs(embag_generators::widen_float(weight(c, row), acc_type, get_target()));
+    Expr x = abs(embag_generators::load_float(weight(c, row), weight_type, acc_type, get_target()));
     // Halide's pow is a few ulps from the C library's in float32; evaluating the general-p
     // powers in float64 and rounding once keeps them within an ulp of a correctly rounded powf.
     // (the divisor of 1/p is p only for the general kind, which never has p == 0; the select keeps
@@ -87,8 +89,9 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
         select(norm_kind == kMaxAbs, nan_sticky(acc, x, max(acc, x)),  //
                norm_kind == kMinAbs, nan_sticky(acc, x, min(acc, x)),  //
                norm_kind == kNonZeros, strict_float(acc + select(x != zero, one, zero)),
-               norm_kind == kL1, strict_float(acc + x),      //
-               norm_kind == kL2, strict_float(acc + x * x),  //
+               norm_kind == kL1, strict_float(acc + x),  //
+               norm_kind == kL2,
+               strict_float(acc + embag_generators::exact_product(x, x, get_target())),  //
                strict_float(acc + general_power(x)));
 
     Expr folded = norm_fold_(k_);
@@ -99,16 +102,33 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + f64(1e-7)));
     Var d("d");
     renormed(d, k_) =
-        select(exceeds, cast(weight_type, strict_float(cast(acc_type, weight(d, row)) * scale)),
+        select(exceeds,
+               embag_generators::store_float(
+                   strict_float(embag_generators::load_float(weight(d, row), weight_type, acc_type,
+                                                             get_target()) *
+                                scale),
+                   weight_type, get_target()),
                weight(d, row));
     changed(k_) = cast<uint8_t>(exceeds);
     d_ = d;
   }
 
   void schedule() {
+    Func out = renormed;
+    if (get_target().has_gpu_feature()) {
+      // Norms: a thread per row, folding its columns in order (the CPU's order, so the bits
+      // match). Rescaled rows: a thread per (column, row).
+      Var block("block"), thread("thread");
+      Var d_block("d_block"), k_block("k_block"), d_thread("d_thread"), k_thread("k_thread");
+      norm_.compute_root().gpu_tile(k_, block, thread, 64, TailStrategy::GuardWithIf);
+      norm_fold_.compute_at(norm_, thread);
+      norm_fold_.update().unscheduled();
+      out.gpu_tile(d_, k_, d_block, k_block, d_thread, k_thread, 32, 8, TailStrategy::GuardWithIf);
+      changed.gpu_tile(k_, block, thread, 64, TailStrategy::GuardWithIf);
+      return;
+    }
     const Type acc_type = accumulator_type();
     const int lanes = natural_vector_size(acc_type);
-    Func out = renormed;
     Var task("task"), k_in("k_in");
     out.split(k_, task, k_in, rows_per_task, TailStrategy::GuardWithIf).parallel(task);
     out.specialize(weight_->dim(0).extent() >= lanes)

@@ -8,6 +8,7 @@
 #include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
+#include "gpu_forward.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -225,11 +226,14 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
 }  // namespace
 
 Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows,
-                            const Execution& /*execution*/) {
+                            const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
     const ForwardInputs fin = forward_inputs_of(inputs);
     if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+    if (inputs.weight.device.type != DeviceType::kCPU) {
+      return internal::gpu::backward(inputs, BackwardOutputs{}, options, execution, plan, rows);
+    }
     BagLayout layout;
     internal::make_bag_layout(fin, options, plan, &layout);
     RowGroups groups;
@@ -240,9 +244,20 @@ Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options
 }
 
 Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
-                         const Options& options, const Execution& /*execution*/) {
+                         const Options& options, const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
+    if (inputs.weight.device.type != DeviceType::kCPU) {
+      // U (which sizes sparse outputs) is known only after grouping on the device.
+      const ForwardInputs fin = forward_inputs_of(inputs);
+      if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+      int64_t rows = 0;
+      if (Status s = internal::gpu::backward(inputs, outputs, options, execution, plan, &rows);
+          !s.ok()) {
+        return s;
+      }
+      return internal::validate_backward_rest(inputs, outputs, options, plan, rows);
+    }
     BagLayout layout;
     RowGroups groups;
     if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
@@ -319,9 +334,14 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
 }  // namespace
 
 Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
-                const Execution& /*execution*/) {
+                const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
+    if (in.weight.device.type != DeviceType::kCPU) {
+      const ForwardInputs fin = forward_inputs_of(in);
+      if (Status s = internal::validate_forward_inputs(fin, opt, &plan); !s.ok()) return s;
+      return internal::gpu::backward(in, out, opt, execution, plan, nullptr);
+    }
     BagLayout layout;
     RowGroups groups;
     if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;

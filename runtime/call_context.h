@@ -24,10 +24,12 @@ class CallContext {
   void append_error(const char* message);
   std::string error() const;
 
-  // The GPU this call runs on (unused for CPU calls): a CUcontext / cl_context, and the
-  // CUstream / cl_command_queue its kernels are issued on.
+  // The device this call runs on; for a GPU, its context (CUcontext / cl_context) and the queue
+  // its kernels are issued on (CUstream / cl_command_queue). See gpu_session.h.
+  Device device;
   void* gpu_context = nullptr;
   void* gpu_stream = nullptr;
+  bool release_primary_context = false;  // CUDA: the call retained the device's primary context
 
  private:
   mutable std::mutex mutex_;

@@ -6,6 +6,7 @@
 #include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
+#include "gpu_forward.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -158,16 +159,22 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, cons
   return internal::guard_api([&] {
     ForwardPlan plan;
     if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+    if (inputs.weight.device.type != DeviceType::kCPU) {
+      return internal::gpu::validate(inputs, options, plan);
+    }
     SelectedKernels kernels;
     return select_kernels(inputs, options, plan.pooling, &kernels);
   });
 }
 
 Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
-               const Execution& /*execution*/) {
+               const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
     if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
+    if (inputs.weight.device.type != DeviceType::kCPU) {
+      return internal::gpu::forward(inputs, outputs, options, execution, plan);
+    }
     SelectedKernels kernels;
     if (Status s = select_kernels(inputs, options, plan.pooling, &kernels); !s.ok()) return s;
 

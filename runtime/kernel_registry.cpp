@@ -3,6 +3,7 @@
 
 #include <array>
 #include <string>
+#include <unordered_map>
 
 #include "embag_kernel_headers.h"
 
@@ -14,32 +15,26 @@ using kernels::Pooling;
 
 // Each optional dimension as a small integer: 0 = unset, 1 + value otherwise.
 template <typename Enum>
-size_t slot(const std::optional<Enum>& value) {
-  return value ? 1 + static_cast<size_t>(*value) : 0;
+uint64_t slot(const std::optional<Enum>& value) {
+  return value ? 1 + static_cast<uint64_t>(*value) : 0;
 }
 
-constexpr size_t kPipelines = static_cast<size_t>(Pipeline::kCount);
-constexpr size_t kPoolings = static_cast<size_t>(Pooling::kCount) + 1;
-constexpr size_t kDTypes = static_cast<size_t>(DType::kFloat64) + 2;
-constexpr size_t kIsas = static_cast<size_t>(Isa::kOpenCL) + 1;
-constexpr size_t kIndexSize = kPipelines * kPoolings * kDTypes * kDTypes * kIsas;
-
-size_t index_of(const KernelKey& key, Isa isa) {
-  size_t i = static_cast<size_t>(key.pipeline);
-  i = i * kPoolings + slot(key.pooling);
-  i = i * kDTypes + slot(key.weight_dtype);
-  i = i * kDTypes + slot(key.index_dtype);
-  return i * kIsas + static_cast<size_t>(isa);
+uint64_t key_of(const KernelKey& key, Isa isa) {
+  uint64_t k = static_cast<uint64_t>(key.pipeline);
+  for (uint64_t part : {slot(key.pooling), slot(key.weight_dtype), slot(key.index_dtype),
+                        slot(key.offsets_dtype), static_cast<uint64_t>(isa)}) {
+    k = (k << 8) | part;
+  }
+  return k;
 }
 
-// Every (key, ISA) -> its row; nullptr where nothing was compiled.
-const std::array<const KernelEntry*, kIndexSize>& kernel_index() {
+// Every (key, ISA) that was compiled -> its row.
+const std::unordered_map<uint64_t, const KernelEntry*>& kernel_index() {
   static const auto* index = [] {
-    auto* built = new std::array<const KernelEntry*, kIndexSize>{};
+    auto* built = new std::unordered_map<uint64_t, const KernelEntry*>;
     for (const KernelEntry& e : kernel_table()) {
-      const KernelKey key{e.pipeline, e.pooling, e.weight_dtype, e.index_dtype};
-      const KernelEntry*& cell = (*built)[index_of(key, e.isa)];
-      if (cell == nullptr) cell = &e;  // first match wins
+      const KernelKey key{e.pipeline, e.pooling, e.weight_dtype, e.index_dtype, e.offsets_dtype};
+      built->emplace(key_of(key, e.isa), &e);  // first match wins
     }
     return built;
   }();
@@ -68,7 +63,19 @@ const std::vector<KernelEntry>& kernel_table() {
 }
 
 const KernelEntry* find_kernel(const KernelKey& key, Isa isa) {
-  return kernel_index()[index_of(key, isa)];
+  const auto& index = kernel_index();
+  const auto found = index.find(key_of(key, isa));
+  return found == index.end() ? nullptr : found->second;
+}
+
+bool device_has_kernels(DeviceType device) {
+  static const auto has = [] {
+    std::array<bool, 3> found{};
+    for (const KernelEntry& e : kernel_table())
+      found[static_cast<size_t>(isa_device(e.isa))] = true;
+    return found;
+  }();
+  return device == DeviceType::kCPU || has[static_cast<size_t>(device)];
 }
 
 std::string describe(const KernelKey& key) {
@@ -76,6 +83,7 @@ std::string describe(const KernelKey& key) {
   if (key.pooling) text += std::string(" ") + kernels::pooling_name(*key.pooling);
   if (key.weight_dtype) text += std::string(" for weight ") + dtype_name(*key.weight_dtype);
   if (key.index_dtype) text += std::string(", input ") + dtype_name(*key.index_dtype);
+  if (key.offsets_dtype) text += std::string(", offsets ") + dtype_name(*key.offsets_dtype);
   return text;
 }
 

@@ -30,7 +30,8 @@ struct KernelEntry {
   Pipeline pipeline;
   std::optional<Pooling> pooling;  // forward and backward rows
   std::optional<DType> weight_dtype;
-  std::optional<DType> index_dtype;  // pipelines that read the caller's indices
+  std::optional<DType> index_dtype;    // pipelines that read the caller's indices
+  std::optional<DType> offsets_dtype;  // GPU planning kernels that read the caller's offsets
   Isa isa;
   const char* target;  // the Halide target string it was compiled for
   KernelArgvFn argv;
@@ -45,11 +46,15 @@ struct KernelKey {
   std::optional<Pooling> pooling;
   std::optional<DType> weight_dtype;
   std::optional<DType> index_dtype;
+  std::optional<DType> offsets_dtype = std::nullopt;
 };
 
 // The first row matching `key` on `isa` (the table has at most one), or nullptr when no such
 // kernel was compiled. Answered from an index built once, not by scanning the table.
 const KernelEntry* find_kernel(const KernelKey& key, Isa isa);
+
+// True when this build has kernels for `device` (CPU always).
+bool device_has_kernels(DeviceType device);
 
 // "forward sum for weight float32, input int64" -- for messages about missing kernels.
 std::string describe(const KernelKey& key);

@@ -40,17 +40,15 @@ std::vector<int64_t> distinct_rows(const BagLayout& layout, const ForwardPlan& p
   return rows;
 }
 
-using kernels::NormKind;
-
-NormKind norm_kind_for(double p) {
-  if (p == 2.0) return NormKind::kL2;
-  if (p == 1.0) return NormKind::kL1;
-  if (p == 0.0) return NormKind::kNonZeros;
-  if (std::isinf(p)) return p > 0 ? NormKind::kMaxAbs : NormKind::kMinAbs;
-  return NormKind::kGeneralP;
-}
-
 }  // namespace
+
+kernels::NormKind norm_kind_for(double p) {
+  if (p == 2.0) return kernels::NormKind::kL2;
+  if (p == 1.0) return kernels::NormKind::kL1;
+  if (p == 0.0) return kernels::NormKind::kNonZeros;
+  if (std::isinf(p)) return p > 0 ? kernels::NormKind::kMaxAbs : kernels::NormKind::kMinAbs;
+  return kernels::NormKind::kGeneralP;
+}
 
 Status renormalize_referenced_rows(CallContext& call, const TensorView& weight,
                                    const BagLayout& layout, const ForwardPlan& plan,

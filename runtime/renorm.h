@@ -7,6 +7,9 @@
 
 namespace embag::internal {
 
+// The fold the renorm kernel runs for p = norm_type.
+kernels::NormKind norm_kind_for(double p);
+
 // Finds the distinct rows read by positions [0, plan.positions_end), runs the renorm kernel on
 // them, and writes back only the rows it changed. Call only after validation has passed.
 Status renormalize_referenced_rows(CallContext& call, const TensorView& weight,

@@ -10,6 +10,7 @@
 
 #include "call_context.h"
 #include "cpu_features.h"
+#include "cuda_driver.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 
@@ -198,7 +199,7 @@ std::vector<Isa> compiled_isas() {
 
 std::string cpu_features() { return internal::cpu_feature_summary(); }
 
-std::string cuda_status() { return "this build has no CUDA kernels"; }
+std::string cuda_status() { return internal::cuda::status_line(); }
 
 Status set_isa(std::optional<Isa> isa) {
   internal::IsaChoice& choice = internal::isa_choice();

@@ -17,7 +17,20 @@ constexpr int64_t kMaxExtent = std::numeric_limits<int32_t>::max();
 Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
 std::string device_string(const Device& device) {
-  return device.type == DeviceType::kCPU ? "cpu" : "cuda:" + std::to_string(device.index);
+  return device.type == DeviceType::kCPU
+             ? "cpu"
+             : std::string(device_type_name(device.type)) + ":" + std::to_string(device.index);
+}
+
+bool same_device(const Device& a, const Device& b) {
+  return a.type == b.type && (a.type == DeviceType::kCPU || a.index == b.index);
+}
+
+// All tensors of one call live on the weight's device.
+Status check_device(const Device& expected, const TensorView* v, const char* name) {
+  if (v == nullptr || same_device(v->device, expected)) return Status::Ok();
+  return invalid(std::string("all tensors of a call must be on one device, but weight is on ") +
+                 device_string(expected) + " and " + name + " is on " + device_string(v->device));
 }
 
 bool is_float_dtype(DType t) {
@@ -37,10 +50,11 @@ std::string strides_string(const TensorView& v) {
 // Memory checks shared by every view: on the CPU, data present when non-empty, rows contiguous,
 // and (for 1-D arrays and the input) fully contiguous.
 Status check_memory(const TensorView& v, const char* name, bool require_contiguous) {
-  if (v.device.type != DeviceType::kCPU) {
-    return Status(StatusCode::kUnsupported,
-                  std::string(name) + " is on " + device_string(v.device) +
-                      ", but this build of embag has CPU kernels only (CUDA is not available)");
+  if (!device_has_kernels(v.device.type)) {
+    return Status(StatusCode::kUnsupported, std::string(name) + " is on " +
+                                                device_string(v.device) +
+                                                ", but this build of embag has no " +
+                                                device_type_name(v.device.type) + " kernels");
   }
   const int64_t n = v.numel();
   if (n < 0 || (v.ndim >= 1 && v.shape[0] < 0) || (v.ndim >= 2 && v.shape[1] < 0)) {
@@ -97,6 +111,37 @@ Status check_output(const TensorView* view, const char* name, DType dtype, const
 
 }  // namespace
 
+Status offsets_value_error(int64_t first, int64_t last, int64_t num_indices, int64_t decreasing_at,
+                           int64_t before, int64_t after) {
+  if (first != 0) {
+    return invalid(
+        "offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
+        "from position 0. However, got " +
+        std::to_string(first));
+  }
+  if (last > num_indices) {
+    return invalid("offsets[-1] can not be greater than input's length " +
+                   std::to_string(num_indices) + " but got offsets[-1] of " + std::to_string(last));
+  }
+  if (decreasing_at >= 0) {
+    return invalid("offsets must be non-decreasing, but offsets[" + std::to_string(decreasing_at) +
+                   "] = " + std::to_string(before) + " > offsets[" +
+                   std::to_string(decreasing_at + 1) + "] = " + std::to_string(after));
+  }
+  return Status::Ok();
+}
+
+Status index_value_error(const TensorView& input, int64_t position, int64_t value,
+                         int64_t num_rows) {
+  std::string where = std::to_string(position);
+  if (input.ndim == 2) {
+    const int64_t L = input.shape[1];
+    where += " (input[" + std::to_string(position / L) + "][" + std::to_string(position % L) + "])";
+  }
+  return invalid("Index " + where + " of input takes value " + std::to_string(value) +
+                 " which is not in the valid range [0, " + std::to_string(num_rows) + ")");
+}
+
 Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan) {
   const TensorView& weight = in.weight;
   const TensorView& input = in.input;
@@ -122,6 +167,14 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   }
   if (Status s = check_memory(input, "input", true); !s.ok()) return s;
   const TensorView* offsets = in.offsets;
+  for (auto [view, name] : {std::pair{&in.input, "input"},
+                            {offsets, "offsets"},
+                            {in.per_sample_weights, "per_sample_weights"}}) {
+    if (Status s = check_device(weight.device, view, name); !s.ok()) return s;
+  }
+  // Values in GPU memory are checked by a kernel on the device (see gpu_forward.cpp); here only
+  // shapes, dtypes and options.
+  const bool on_host = weight.device.type == DeviceType::kCPU;
   if (input.ndim == 1) {
     if (offsets == nullptr) return invalid("offsets has to be a 1D Tensor but got None");
     if (offsets->ndim != 1) {
@@ -202,28 +255,17 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
     if (opt.include_last_offset && num_offsets < 1) {
       return invalid("include_last_offset: number of offset should be at least 1");
     }
-    if (num_offsets > 0) {
+    if (num_offsets > 0 && on_host) {
       const int64_t first = load_index(*offsets, 0);
-      if (first != 0) {
-        return invalid(
-            "offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
-            "from position 0. However, got " +
-            std::to_string(first));
-      }
       const int64_t last = load_index(*offsets, num_offsets - 1);
-      if (last > N) {
-        return invalid("offsets[-1] can not be greater than input's length " + std::to_string(N) +
-                       " but got offsets[-1] of " + std::to_string(last));
+      int64_t decreasing_at = -1;
+      for (int64_t i = 1; i < num_offsets && decreasing_at < 0; ++i) {
+        if (load_index(*offsets, i) < load_index(*offsets, i - 1)) decreasing_at = i - 1;
       }
-      int64_t previous = first;
-      for (int64_t i = 1; i < num_offsets; ++i) {
-        const int64_t current = load_index(*offsets, i);
-        if (current < previous) {
-          return invalid("offsets must be non-decreasing, but offsets[" + std::to_string(i - 1) +
-                         "] = " + std::to_string(previous) + " > offsets[" + std::to_string(i) +
-                         "] = " + std::to_string(current));
-        }
-        previous = current;
+      const int64_t before = decreasing_at < 0 ? 0 : load_index(*offsets, decreasing_at);
+      const int64_t after = decreasing_at < 0 ? 0 : load_index(*offsets, decreasing_at + 1);
+      if (Status s = offsets_value_error(first, last, N, decreasing_at, before, after); !s.ok()) {
+        return s;
       }
       // With include_last_offset the last offset closes the last bag; positions after it belong
       // to no bag and are never read (SEMANTICS.md, "Choice").
@@ -236,17 +278,9 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   if (Status s = check_extent(B + 1, "the number of bags + 1"); !s.ok()) return s;
 
   // Every index that is read must name a row.
-  for (int64_t p = 0; p < positions_end; ++p) {
+  for (int64_t p = 0; on_host && p < positions_end; ++p) {
     const int64_t value = load_index(input, p);
-    if (value < 0 || value >= V) {
-      std::string where = std::to_string(p);
-      if (input.ndim == 2) {
-        const int64_t L = input.shape[1];
-        where += " (input[" + std::to_string(p / L) + "][" + std::to_string(p % L) + "])";
-      }
-      return invalid("Index " + where + " of input takes value " + std::to_string(value) +
-                     " which is not in the valid range [0, " + std::to_string(V) + ")");
-    }
+    if (value < 0 || value >= V) return index_value_error(input, p, value, V);
   }
 
   plan->num_rows = V;
@@ -262,6 +296,10 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
 Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
                         ForwardPlan* plan) {
   if (Status s = validate_forward_inputs(in, opt, plan); !s.ok()) return s;
+  for (auto [view, name] :
+       {std::pair{&out.output, "output"}, {out.bag_count, "bag_count"}, {out.argmax, "argmax"}}) {
+    if (Status s = check_device(in.weight.device, view, name); !s.ok()) return s;
+  }
   const int64_t B = plan->num_bags, D = plan->dim;
   const DType weight_dtype = in.weight.dtype;
   if (Status s = check_output(&out.output, "output", weight_dtype, "the weight's dtype", 2, B, D);
@@ -284,6 +322,14 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
   const DType weight_dtype = in.weight.dtype;
   const TensorView& g = in.grad_output;
+  for (auto [view, name] : {std::pair{&in.grad_output, "grad_output"},
+                            {in.argmax, "argmax"},
+                            {out.grad_weight, "grad_weight"},
+                            {out.grad_weight_rows, "grad_weight_rows"},
+                            {out.grad_weight_values, "grad_weight_values"},
+                            {out.grad_per_sample_weights, "grad_per_sample_weights"}}) {
+    if (Status s = check_device(in.weight.device, view, name); !s.ok()) return s;
+  }
   if (g.ndim != 2 || g.shape[0] != B || g.shape[1] != D) {
     std::string which = g.ndim != 2       ? "it is " + std::to_string(g.ndim) + "-D"
                         : g.shape[0] != B ? "dimension 0 is " + std::to_string(g.shape[0]) +
@@ -306,8 +352,10 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
     if (Status s = check_output(in.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
       return s;
     }
-    // The kernel adds to the row an argmax names: each must be a row, or -1 (empty bag).
-    for (int64_t b = 0; b < B; ++b) {
+    // The kernel adds to the row an argmax names: each must be a row, or -1 (empty bag). (In
+    // GPU memory the entries are not read on the host; the GPU kernel ignores any entry that
+    // names no row of the bag.)
+    for (int64_t b = 0; in.weight.device.type == DeviceType::kCPU && b < B; ++b) {
       const int64_t* row = static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
       for (int64_t d = 0; d < D; ++d) {
         if (row[d] < -1 || row[d] >= V) {

@@ -89,7 +89,9 @@ TEST(DLPack, UnsupportedDescriptionsAreRefusedAndLeaveTheViewAlone) {
   }
 }
 
-TEST(DLPack, CudaTensorsAreDescribedAndThenRefusedByValidation) {
+// A CUDA tensor from DLPack is a CUDA view; a call mixing it with CPU tensors is refused, and
+// an all-CUDA call is accepted only where CUDA can run (validation reads no device data).
+TEST(DLPack, CudaTensorsAreDescribedAndValidatedByDevice) {
   std::vector<float> table(8), out(4);
   std::vector<int64_t> shape = {2, 4};
   DLTensor t = make_tensor(table.data(), {kDLFloat, 32, 1}, shape, nullptr, kDLCUDA);
@@ -100,9 +102,20 @@ TEST(DLPack, CudaTensorsAreDescribedAndThenRefusedByValidation) {
   in.input = embag::make_view_2d(idx.data(), embag::DType::kInt64, 1, 2);
   embag::ForwardOutputs outs;
   outs.output = embag::make_view_2d(out.data(), embag::DType::kFloat32, 1, 4);
-  const embag::Status s = embag::validate(in, outs, embag::Options{});
-  EXPECT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("CUDA"), std::string::npos) << s.message();
+  embag::Status s = embag::validate(in, outs, embag::Options{});
+  EXPECT_EQ(s.code(), embag::StatusCode::kInvalidArgument) << s.message();
+  EXPECT_NE(s.message().find("weight is on cuda:0 and input is on cpu"), std::string::npos)
+      << s.message();
+
+  in.input.device = in.weight.device;
+  outs.output.device = in.weight.device;
+  s = embag::validate(in, outs, embag::Options{});
+  if (embag::cuda_status().rfind("unavailable", 0) == 0) {
+    EXPECT_EQ(s.code(), embag::StatusCode::kUnsupported) << s.message();
+    EXPECT_NE(s.message().find("CUDA"), std::string::npos) << s.message();
+  } else {
+    EXPECT_TRUE(s.ok()) << s.message();
+  }
 }
 
 }  // namespace

@@ -1,0 +1,168 @@
+// embag::forward on a GPU (CUDA, or OpenCL): the CPU's steps, each on the device.
+//
+//   validate shapes (host) -> check offsets and indices (device kernel; one synchronisation
+//   unless IndexCheck::kNone) -> layout -> [max_norm: group rows, renorm kernel, write back the
+//   changed rows] -> forward kernel -> [bag_count kernel]
+//
+// Every kernel is issued on the caller's stream in the caller's context; nothing is copied to
+// the host but the check's 8-number verdict (and, for max_norm, the number of distinct rows).
+#include "gpu_forward.h"
+
+#include "gpu_plan.h"
+#include "renorm.h"
+#include "runtime_state.h"
+
+namespace embag::internal::gpu {
+namespace {
+
+const halide_type_t kInt64(halide_type_int, 64), kUInt8(halide_type_uint, 8);
+
+// max_norm on the device: the distinct rows the bags reference, their renormalised copies, and
+// the changed ones written back into the caller's table.
+Status renormalize_on_device(CallContext& call, Isa isa, const ForwardInputs& in,
+                             const Options& opt, const ForwardPlan& plan, DeviceBags& bags,
+                             DeviceArray& weight) {
+  const KernelEntry *renorm = nullptr, *write_back = nullptr;
+  const DType w = in.weight.dtype;
+  if (Status s = need_kernel({Pipeline::kRenorm, std::nullopt, w, std::nullopt}, isa, &renorm);
+      !s.ok()) {
+    return s;
+  }
+  if (Status s =
+          need_kernel({Pipeline::kWriteBackRows, std::nullopt, w, std::nullopt}, isa, &write_back);
+      !s.ok()) {
+    return s;
+  }
+  DeviceArray position_bag(call);
+  DeviceRowGroups groups(call);
+  if (Status s =
+          group_positions(call, isa, plan, bags, /*exclude_padding=*/false, &position_bag, &groups);
+      !s.ok()) {
+    return s;
+  }
+  const int64_t K = groups.num_rows, D = plan.dim;
+  if (K == 0 || D == 0) return Status::Ok();
+  DeviceArray renormed(call), changed(call);
+  if (Status s = renormed.allocate(weight.get()->type, K, D); !s.ok()) return s;
+  if (Status s = changed.allocate(kUInt8, K); !s.ok()) return s;
+  const double max_norm = *opt.max_norm, norm_type = opt.norm_type;
+  const int32_t norm_kind = static_cast<int32_t>(norm_kind_for(norm_type));
+  KernelArgs args;
+  args.buffer("weight", weight.get())
+      .buffer("rows", groups.rows.get())
+      .scalar("max_norm", &max_norm)
+      .scalar("norm_type", &norm_type)
+      .scalar("norm_kind", &norm_kind)
+      .buffer("renormed", renormed.get())
+      .buffer("changed", changed.get());
+  if (Status s = run_kernel(call, *renorm, args); !s.ok()) return s;
+  KernelArgs back;
+  back.buffer("rows", groups.rows.get())
+      .buffer("values", renormed.get())
+      .buffer("mask", changed.get())
+      .buffer("table", weight.get());
+  return run_kernel(call, *write_back, back);
+}
+
+}  // namespace
+
+Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
+               const Execution& execution, const ForwardPlan& plan) {
+  Isa isa{};
+  if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
+  const KernelEntry* forward_kernel = nullptr;
+  if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
+                             isa, &forward_kernel);
+      !s.ok()) {
+    return s;
+  }
+  CallContext call;
+  Session session(call);
+  if (Status s = session.open(in.weight.device, execution); !s.ok()) return s;
+
+  DeviceBags bags(call);
+  if (Status s = prepare_bags(call, isa, in, opt, execution, plan, &bags); !s.ok()) return s;
+  const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
+  if (B == 0) {
+    record_last_variant(forward_kernel->name);
+    return Status::Ok();
+  }
+
+  DeviceArray weight(call), output(call), argmax(call), psw(call), bag_count(call);
+  if (V > 0 && D > 0) {
+    if (Status s = weight.wrap(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (opt.max_norm && V > 0 && D > 0) {
+    if (Status s = renormalize_on_device(call, isa, in, opt, plan, bags, weight); !s.ok()) {
+      return s;
+    }
+  }
+
+  if (D > 0) {
+    if (Status s = output.wrap(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
+        !s.ok()) {
+      return s;
+    }
+    // A table with no rows: every bag is empty (the check refused any index), and the kernel
+    // still writes the empty bags' zeros and -1s; it reads a one-row stand-in, never.
+    if (V == 0) {
+      if (Status s = weight.allocate(halide_type_of(in.weight.dtype), 1, D); !s.ok()) return s;
+    }
+    const int32_t padding = plan.padding_idx;
+    const int32_t bags_per_task = 1;  // (a CPU schedule knob; GPU kernels ignore it)
+    KernelArgs args;
+    args.buffer("weight", weight.get())
+        .buffer("indices", bags.indices.get())
+        .buffer("offsets", bags.layout.get())
+        .scalar("padding_idx", &padding)
+        .scalar("bags_per_task", &bags_per_task);
+    if (plan.pooling == Pooling::kWeightedSum) {
+      if (Status s =
+              psw.wrap(in.per_sample_weights->data, in.per_sample_weights->dtype, plan.num_indices);
+          !s.ok()) {
+        return s;
+      }
+      args.buffer("per_sample_weights", psw.get());
+    }
+    if (plan.pooling == Pooling::kMax) {
+      Status s = out.argmax != nullptr
+                     ? argmax.wrap(out.argmax->data, DType::kInt64, B, D, out.argmax->strides[0])
+                     : argmax.allocate(kInt64, B, D);
+      if (!s.ok()) return s;
+      args.buffer("output.0", output.get()).buffer("output.1", argmax.get());
+    } else {
+      args.buffer("output", output.get());
+    }
+    if (Status s = run_kernel(call, *forward_kernel, args); !s.ok()) return s;
+  }
+  if (out.bag_count != nullptr) {
+    if (Status s = bag_count.wrap(out.bag_count->data, DType::kInt64, B); !s.ok()) return s;
+    if (Status s = count_bag_positions(call, isa, Pipeline::kBagCount, plan, bags, &bag_count);
+        !s.ok()) {
+      return s;
+    }
+  }
+  record_last_variant(forward_kernel->name);
+  return Status::Ok();
+}
+
+Status validate(const ForwardInputs& in, const Options& opt, const ForwardPlan& plan) {
+  Isa isa{};
+  if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
+  const KernelEntry* kernel = nullptr;
+  if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
+                             isa, &kernel);
+      !s.ok()) {
+    return s;
+  }
+  if (opt.max_norm) {
+    return need_kernel({Pipeline::kRenorm, std::nullopt, in.weight.dtype, std::nullopt}, isa,
+                       &kernel);
+  }
+  return Status::Ok();
+}
+
+}  // namespace embag::internal::gpu
