@@ -44,6 +44,9 @@ enum class NormKind : int32_t {
   kNonZeros = 5,
 };
 
+// max_norm scales a row by max_norm / (norm + kMaxNormEpsilon), as PyTorch does.
+constexpr double kMaxNormEpsilon = 1e-7;
+
 // float64 tables accumulate in float64; float32, float16 and bfloat16 tables in float32.
 constexpr int accumulator_bits(int weight_bits) { return weight_bits == 64 ? 64 : 32; }
 

@@ -63,8 +63,10 @@ class EmbagCheck : public Generator<EmbagCheck> {
     Expr n = num_indices;
     Expr num_offsets = select(has_offsets, offsets.dim(0).extent(), 0);
     Expr none = Int(32).max();
+    // Real clamps, not promises: the report reads at positions that may be "none" (INT32_MAX),
+    // and a GPU evaluates both sides of a select.
     auto offset = [&](Expr i) {
-      return cast<int64_t>(offsets(unsafe_promise_clamped(i, 0, offsets.dim(0).extent() - 1)));
+      return cast<int64_t>(offsets(clamp(i, 0, max(offsets.dim(0).extent() - 1, 0))));
     };
 
     // Offsets must not decrease.
@@ -100,8 +102,7 @@ class EmbagCheck : public Generator<EmbagCheck> {
         select(found_offset, offset(bad_offset + 1), i64(0)), j == 5,
         select(found_index, cast<int64_t>(bad_index), i64(-1)), j == 6,
         select(found_index,
-               cast<int64_t>(indices(
-                   unsafe_promise_clamped(bad_index, 0, max(indices.dim(0).extent() - 1, 0)))),
+               cast<int64_t>(indices(clamp(bad_index, 0, max(indices.dim(0).extent() - 1, 0)))),
                i64(0)),
         cast<int64_t>(end_()));
     ro_ = ro;
@@ -191,7 +192,10 @@ class EmbagPositionBag : public Generator<EmbagPositionBag> {
     Expr lo = search_(p)[0], hi = search_(p)[1];
     Expr mid = lo + (hi - lo + 1) / 2;
     Expr go_up = at(mid) <= cast<int64_t>(p);
-    search_(p) = Tuple(select(lo < hi && go_up, mid, lo), select(lo < hi && !go_up, mid - 1, hi));
+    // (`step >= 0` is always true: it makes the update iterate over the 32 steps)
+    Expr searching = lo < hi && step >= 0;
+    search_(p) =
+        Tuple(select(searching && go_up, mid, lo), select(searching && !go_up, mid - 1, hi));
     Expr b = search_(p)[0];
     position_bag(p) = select(b < num_bags && cast<int64_t>(p) < at(b + 1), b, -1);
     p_ = p;
@@ -319,10 +323,9 @@ class EmbagScatterRows : public Generator<EmbagScatterRows> {
   void schedule() {
     Func table = *table_;
     Var d_block("d_block"), v_block("v_block"), d_thread("d_thread"), v_thread("v_thread");
-    if (zero_fill) {
-      table.gpu_tile(d_, v_, d_block, v_block, d_thread, v_thread, 32, 8,
-                     TailStrategy::GuardWithIf);
-    }
+    // (Also without zero_fill: the undefined pure step then generates nothing, but must be a GPU
+    // step, or Halide expects the table in host memory.)
+    table.gpu_tile(d_, v_, d_block, v_block, d_thread, v_thread, 32, 8, TailStrategy::GuardWithIf);
     // The listed rows are distinct (the runtime passes each row once), so the writes of
     // different k never overlap: no race, whatever Halide can prove.
     RVar k_block("k_block"), k_thread("k_thread");

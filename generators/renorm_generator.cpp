@@ -46,6 +46,10 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
   Input<Buffer<int64_t, 1>> rows{"rows"};
   Input<double> max_norm{"max_norm"};
   Input<double> norm_type{"norm_type"};
+  // PyTorch's 1e-7 in max_norm / (norm + 1e-7) (kernels::kMaxNormEpsilon), passed in rather than
+  // written as a constant: Halide 21's OpenCL back end prints float64 constants through float32,
+  // which turns 1e-7 into 1.00000001e-7.
+  Input<double> norm_epsilon{"norm_epsilon"};
   Input<int32_t> norm_kind{"norm_kind"};
   Output<Func> renormed{"renormed", 2};
   Output<Buffer<uint8_t, 1>> changed{"changed"};
@@ -99,7 +103,7 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
                        general_root(folded), folded);
 
     Expr exceeds = cast<double>(norm_(k_)) > Expr(max_norm);
-    Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + f64(1e-7)));
+    Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + norm_epsilon));
     Var d("d");
     renormed(d, k_) =
         select(exceeds,

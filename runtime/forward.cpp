@@ -7,6 +7,7 @@
 #include "bag_layout.h"
 #include "forward_plan.h"
 #include "gpu_forward.h"
+#include "gpu_session.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -205,6 +206,15 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
 }
 
 std::string forward_variant_name(const ForwardInputs& inputs, const Options& options) {
+  const internal::Pooling pooling =
+      internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr);
+  if (inputs.weight.device.type != DeviceType::kCPU) {
+    Isa isa{};
+    if (!internal::gpu::select_isa(inputs.weight.device, &isa).ok()) return "";
+    const KernelEntry* kernel = internal::find_kernel(
+        {Pipeline::kForward, pooling, inputs.weight.dtype, inputs.input.dtype}, isa);
+    return kernel != nullptr ? kernel->name : "";
+  }
   SelectedKernels kernels;
   if (!select_kernels(inputs, options,
                       internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr),

@@ -113,13 +113,13 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     // Without bags or columns there is nothing to read: stand-ins keep the kernel's arrays valid
     // (every result is then 0).
     if (B == 0 || D == 0) {
-      if (Status s = grad.allocate(halide_type_of(w), 1, std::max<int64_t>(D, 1)); !s.ok()) {
+      if (Status s = grad.allocate(halide_type_of(w), 1, D); !s.ok()) {
         return s;
       }
     }
     if (V > 0 && D > 0) {
       if (Status s = weight.wrap(in.weight.data, w, V, D, in.weight.strides[0]); !s.ok()) return s;
-    } else if (Status s = weight.allocate(halide_type_of(w), 1, std::max<int64_t>(D, 1)); !s.ok()) {
+    } else if (Status s = weight.allocate(halide_type_of(w), 1, D); !s.ok()) {
       return s;
     }
     const int32_t padding = plan.padding_idx;

@@ -53,6 +53,7 @@ Status renormalize_on_device(CallContext& call, Isa isa, const ForwardInputs& in
       .scalar("max_norm", &max_norm)
       .scalar("norm_type", &norm_type)
       .scalar("norm_kind", &norm_kind)
+      .scalar("norm_epsilon", &kernels::kMaxNormEpsilon)
       .buffer("renormed", renormed.get())
       .buffer("changed", changed.get());
   if (Status s = run_kernel(call, *renorm, args); !s.ok()) return s;
@@ -120,11 +121,12 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
         .scalar("padding_idx", &padding)
         .scalar("bags_per_task", &bags_per_task);
     if (plan.pooling == Pooling::kWeightedSum) {
-      if (Status s =
-              psw.wrap(in.per_sample_weights->data, in.per_sample_weights->dtype, plan.num_indices);
-          !s.ok()) {
-        return s;
-      }
+      // (with no index, a one-element stand-in like the indices')
+      Status s = plan.num_indices > 0
+                     ? psw.wrap(in.per_sample_weights->data, in.per_sample_weights->dtype,
+                                plan.num_indices)
+                     : psw.allocate(halide_type_of(in.per_sample_weights->dtype), 1);
+      if (!s.ok()) return s;
       args.buffer("per_sample_weights", psw.get());
     }
     if (plan.pooling == Pooling::kMax) {

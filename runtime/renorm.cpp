@@ -79,6 +79,7 @@ Status renormalize_referenced_rows(CallContext& call, const TensorView& weight,
       .scalar("max_norm", &max_norm)
       .scalar("norm_type", &norm_type)
       .scalar("norm_kind", &norm_kind)
+      .scalar("norm_epsilon", &kernels::kMaxNormEpsilon)
       .buffer("renormed", renormed_buffer.get())
       .buffer("changed", &changed_buffer);
   if (Status s = run_kernel(call, kernel, args); !s.ok()) return s;

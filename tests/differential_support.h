@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "embag/embag.h"
+#include "gpu_mirror.h"
 #include "reference/element_access.h"
 
 namespace embag {
@@ -151,10 +152,22 @@ inline bool ends_with(const std::string& s, const std::string& suffix) {
 
 // ---- ISA and thread scopes ------------------------------------------------------------------
 
-// The ISAs to run every test on: compiled in and supported here. On a host with none of them
-// (an ARM build) the automatic choice is tested once instead, without a name check.
+// The ISAs to run every test on: the CPU ISAs compiled in and supported here. On a host with
+// none of them (an ARM build) the automatic choice is tested once instead, without a name check.
+// EMBAG_TEST_ISAS=<comma list> picks ISAs instead, GPU ones included: `opencl` runs the GPU
+// schedules on the OpenCL device (POCL on machines without a GPU) through gpu_mirror.h; CTest's
+// gpu-emulated tests set it.
 inline std::vector<std::optional<Isa>> isas_to_test() {
   std::vector<std::optional<Isa>> out;
+  if (const char* env = std::getenv("EMBAG_TEST_ISAS"); env != nullptr && *env != '\0') {
+    std::stringstream list(env);
+    for (std::string name; std::getline(list, name, ',');) {
+      const std::optional<Isa> isa = parse_isa(name);
+      EXPECT_TRUE(isa.has_value()) << "EMBAG_TEST_ISAS names an unknown ISA: " << name;
+      if (isa) out.push_back(isa);
+    }
+    return out;
+  }
   const std::vector<Isa> supported = supported_isas();
   for (Isa isa : compiled_isas()) {
     if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
@@ -163,11 +176,40 @@ inline std::vector<std::optional<Isa>> isas_to_test() {
   return out;
 }
 
+// The device the selected ISA runs on: calls below go to it.
+inline DeviceType& selected_device() {
+  static thread_local DeviceType device = DeviceType::kCPU;
+  return device;
+}
+
+// The calls under test, on the selected ISA's device (host memory mirrored for a GPU).
+inline Status run_forward(const ForwardInputs& in, const ForwardOutputs& out,
+                          const Options& options) {
+  return selected_device() == DeviceType::kCPU ? forward(in, out, options)
+                                               : gpu_mirror::forward(in, out, options);
+}
+inline Status run_backward(const BackwardInputs& in, const BackwardOutputs& out,
+                           const Options& options) {
+  return selected_device() == DeviceType::kCPU ? backward(in, out, options)
+                                               : gpu_mirror::backward(in, out, options);
+}
+inline Status run_sparse_gradient_rows(const BackwardInputs& in, const Options& options,
+                                       int64_t* rows) {
+  return selected_device() == DeviceType::kCPU
+             ? sparse_gradient_rows(in, options, rows)
+             : gpu_mirror::sparse_gradient_rows(in, options, rows);
+}
+inline std::string run_forward_variant_name(const ForwardInputs& in, const Options& options) {
+  return selected_device() == DeviceType::kCPU ? forward_variant_name(in, options)
+                                               : gpu_mirror::forward_variant_name(in, options);
+}
+
 // Puts the automatic ISA choice and the thread count back however a test ends.
 class RestoreGlobals {
  public:
   RestoreGlobals() : threads_(num_threads()) {}
   ~RestoreGlobals() {
+    selected_device() = DeviceType::kCPU;
     (void)set_isa(std::nullopt);
     set_num_threads(threads_);
   }
@@ -180,8 +222,15 @@ class RestoreGlobals {
 
 inline std::string isa_label(std::optional<Isa> isa) { return isa ? isa_name(*isa) : "automatic"; }
 
-// Selects `isa` (a failure here fails the test: these ISAs were listed as usable).
+// Selects `isa` (a failure here fails the test: these ISAs were listed as usable). A GPU ISA
+// selects its device; the CPU choice goes back to automatic.
 inline bool select(std::optional<Isa> isa) {
+  selected_device() = isa ? isa_device(*isa) : DeviceType::kCPU;
+  if (selected_device() != DeviceType::kCPU) {
+    std::string why;
+    EXPECT_TRUE(gpu_mirror::available(&why)) << isa_label(isa) << ": " << why;
+    return gpu_mirror::available() && set_isa(std::nullopt).ok();
+  }
   const Status s = set_isa(isa);
   EXPECT_TRUE(s.ok()) << "set_isa(" << isa_label(isa) << "): " << s.message();
   return s.ok();

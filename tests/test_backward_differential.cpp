@@ -363,7 +363,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
     ForwardInputs fin{fv.inputs.weight, fv.inputs.input, fv.inputs.offsets, nullptr};
     TensorView a = make_view_2d(argmax.data(), DType::kInt64, B, D);
     TensorView ra = make_view_2d(ref_argmax.data(), DType::kInt64, B, D);
-    const Status s = forward(fin, {make_view_2d(out.data(), wd, B, D), nullptr, &a}, p.options);
+    const Status s = run_forward(fin, {make_view_2d(out.data(), wd, B, D), nullptr, &a}, p.options);
     EXPECT_TRUE(s.ok()) << "embag::forward (for argmax): " << s.message();
     const Status rs =
         ref::forward(fin, {make_view_2d(ref_out.data(), wd, B, D), nullptr, &ra}, p.options);
@@ -430,7 +430,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   make_views(p, weight.data(), input.data(), offsets.data(), psw.data(), grad_output.data(),
              argmax_buffer.data(), &ev);
   int64_t embag_u = -1;
-  const Status us = sparse_gradient_rows(ev.inputs, p.options, &embag_u);
+  const Status us = run_sparse_gradient_rows(ev.inputs, p.options, &embag_u);
   if (!us.ok()) {
     fail("sparse_gradient_rows rejected a valid call: " + us.message());
   } else if (embag_u != U) {
@@ -457,7 +457,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
     BackwardOutputs outputs;
     outputs.grad_weight = &gw;
     outputs.grad_per_sample_weights = p.with_grad_psw ? &gp : nullptr;
-    const Status s = backward(ev.inputs, outputs, dense_options);
+    const Status s = run_backward(ev.inputs, outputs, dense_options);
     if (!s.ok()) {
       fail("embag rejected a valid dense call: " + s.message());
     } else {
@@ -504,7 +504,7 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
     outputs.grad_weight_rows = &rows_view;
     outputs.grad_weight_values = &values_view;
     outputs.grad_per_sample_weights = p.with_grad_psw ? &gp : nullptr;
-    const Status s = backward(ev.inputs, outputs, p.options);
+    const Status s = run_backward(ev.inputs, outputs, p.options);
     if (!s.ok()) {
       fail("embag rejected a valid sparse call: " + s.message());
     } else {
@@ -746,7 +746,7 @@ void check_max_backward(const std::vector<int64_t>& input, const std::vector<int
   options.padding_idx = padding_idx;
   using BackwardFn = Status (*)(const BackwardInputs&, const BackwardOutputs&, const Options&);
   const BackwardFn embag_backward = [](const BackwardInputs& i, const BackwardOutputs& o,
-                                       const Options& opt) { return backward(i, o, opt); };
+                                       const Options& opt) { return run_backward(i, o, opt); };
   const std::pair<const char*, BackwardFn> implementations[] = {{"reference", &ref::backward},
                                                                 {"embag", embag_backward}};
   for (const auto& [name, run] : implementations) {
