@@ -56,6 +56,22 @@ embag::TensorView view_of(nb::handle capsule, const char* name) {
                              .c_str());
   }
   auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"));
+  // A view has at most two dimensions, so the runtime never sees a 3-D table, input or offsets;
+  // give PyTorch's message for them here, as the runtime does for a 0-D one.
+  const int ndim = managed->dl_tensor.ndim;
+  const std::string rank = std::to_string(ndim);
+  if (ndim > 2 && std::string(name) == "weight") {
+    throw nb::value_error(
+        ("weight has to be a 2D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
+  if (ndim > 2 && std::string(name) == "input") {
+    throw nb::value_error(
+        ("input has to be 1D or 2D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
+  if (ndim > 2 && std::string(name) == "offsets") {
+    throw nb::value_error(
+        ("offsets has to be a 1D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
   embag::TensorView view;
   const embag::Status status = embag::from_dlpack(managed->dl_tensor, &view);
   if (!status.ok()) {
