@@ -304,7 +304,7 @@ def _backward(ctx, grad_output: Tensor, _grad_argmax: Optional[Tensor]):  # type
         # Coalesced by construction (strictly ascending unique rows), so say so: PyTorch's
         # optimizers then skip coalescing it again.
         grad_weight = torch.sparse_coo_tensor(
-            rows.unsqueeze(0), grad_weight, weight.shape, is_coalesced=True
+            rows.unsqueeze(0), grad_weight, weight.shape, is_coalesced=True, check_invariants=False
         )
     return (
         grad_weight if want_weight else None,
