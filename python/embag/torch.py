@@ -15,6 +15,10 @@ operators with ``torch.library`` so that autograd, ``torch.compile(fullgraph=Tru
   forward call to renormalise (the C++ API has no renorm-only entry point): with ``max_norm``
   a call costs two forward passes.
 
+The operators call the pooling mode ``pooling``, not ``mode``: PyTorch's functionalization of
+a mutating custom operator passes a ``mode`` argument of its own (torch 2.15 fails with "got
+multiple values for argument 'mode'" when compiling ``max_norm``).
+
 CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until then they raise
 ``embag.UnsupportedError``.
 """
@@ -88,7 +92,7 @@ def _forward_op(
     input: Tensor,
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    mode: str,
+    pooling: str,
     include_last_offset: bool,
     padding_idx: Optional[int],
     scale_grad_by_freq: bool,
@@ -103,7 +107,7 @@ def _forward_op(
         input,
         offsets,
         per_sample_weights,
-        mode,
+        pooling,
         None,
         2.0,
         include_last_offset,
@@ -119,7 +123,7 @@ def _forward_fake(
     input: Tensor,
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    mode: str,
+    pooling: str,
     include_last_offset: bool,
     padding_idx: Optional[int],
     scale_grad_by_freq: bool,
@@ -131,7 +135,7 @@ def _forward_fake(
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     columns = weight.shape[1]
     output = weight.new_empty((bags, columns))
-    argmax = weight.new_empty((bags, columns) if mode == "max" else (0,), dtype=torch.int64)
+    argmax = weight.new_empty((bags, columns) if pooling == "max" else (0,), dtype=torch.int64)
     return output, argmax
 
 
@@ -141,7 +145,7 @@ def _renorm_op(
     input: Tensor,
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    mode: str,
+    pooling: str,
     max_norm: float,
     norm_type: float,
     include_last_offset: bool,
@@ -158,7 +162,7 @@ def _renorm_op(
         input,
         offsets,
         per_sample_weights,
-        mode,
+        pooling,
         max_norm,
         norm_type,
         include_last_offset,
@@ -176,7 +180,7 @@ def _renorm_fake(
     input: Tensor,
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    mode: str,
+    pooling: str,
     max_norm: float,
     norm_type: float,
     include_last_offset: bool,
@@ -195,7 +199,7 @@ def _backward_op(
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
     argmax: Optional[Tensor],
-    mode: str,
+    pooling: str,
     include_last_offset: bool,
     padding_idx: Optional[int],
     scale_grad_by_freq: bool,
@@ -210,7 +214,7 @@ def _backward_op(
         grad_output, input, offsets, per_sample_weights, argmax
     )
     options = _embag.make_options(
-        mode, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+        pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
     )
     capsules = [
         _capsule(grad_output, "grad_output"),
@@ -251,7 +255,7 @@ def _backward_fake(
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
     argmax: Optional[Tensor],
-    mode: str,
+    pooling: str,
     include_last_offset: bool,
     padding_idx: Optional[int],
     scale_grad_by_freq: bool,

@@ -13,6 +13,7 @@ sparse gradient is compared after coalescing PyTorch's.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Optional
 
@@ -225,24 +226,28 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "mode,sparse", [("sum", False), ("mean", False), ("max", False), ("sum", True)]
+    "mode,sparse,max_norm",
+    [("sum", False, None), ("mean", False, None), ("max", False, None), ("sum", True, None),
+     ("mean", False, 0.5)],
 )
-def test_compile_fullgraph(mode: str, sparse: bool) -> None:
+def test_compile_fullgraph(mode: str, sparse: bool, max_norm: Optional[float]) -> None:
     # The sparse gradient's row count is data dependent: the backward op's fake implementation
-    # returns an unbacked size, which fullgraph must accept.
+    # returns an unbacked size, which fullgraph must accept. max_norm puts the in-place renorm
+    # operator in the graph (functionalised by torch.compile).
     torch.manual_seed(0)
-    model = _Model(et.EmbeddingBag(50, 8, mode=mode, padding_idx=0, sparse=sparse))
+    model = _Model(et.EmbeddingBag(50, 8, mode=mode, padding_idx=0, sparse=sparse, max_norm=max_norm))
+    reference = copy.deepcopy(model)
     compiled = torch.compile(model, fullgraph=True)
     input, offsets = _batch(0)
     loss = compiled(input, offsets)
     loss.backward()
     grad_compiled = model.bag.weight.grad.clone()
-    model.zero_grad()
-    eager = model(input, offsets)
+    eager = reference(input, offsets)
     eager.backward()
     torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(model.bag.weight, reference.bag.weight)
     assert grad_compiled.layout == (torch.sparse_coo if sparse else torch.strided)
-    torch.testing.assert_close(grad_compiled.to_dense(), model.bag.weight.grad.to_dense())
+    torch.testing.assert_close(grad_compiled.to_dense(), reference.bag.weight.grad.to_dense())
 
 
 def test_export() -> None:
