@@ -323,3 +323,46 @@ def test_golden(case: Path) -> None:
             grads.grad_per_sample_weights.astype(np.float64), load("grad_per_sample_weights"),
             rtol=tol, atol=tol * gscale * scale,
         )
+
+
+# ---- other array libraries and imports ---------------------------------------------------------
+
+
+class _ForeignArray:
+    """A minimal array of some other library (as JAX's look to embag): DLPack and an Array API
+    namespace, no NumPy type. embag must view it without copying and hand results back through
+    the namespace's from_dlpack."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.data.__dlpack_device__()
+
+    def __array_namespace__(self) -> Any:
+        class Namespace:
+            @staticmethod
+            def from_dlpack(array: Any) -> "_ForeignArray":
+                return _ForeignArray(np.from_dlpack(array))
+
+        return Namespace()
+
+
+def test_other_array_libraries_get_their_own_kind_back() -> None:
+    result = embag.embedding_bag(_ForeignArray(W), _ForeignArray(IDX), _ForeignArray(OFF), mode="sum")
+    assert isinstance(result, _ForeignArray)
+    np.testing.assert_array_equal(result.data, SUM_OUT)
+
+
+def test_import_needs_neither_numpy_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, embag; embag.info(); print(sorted({'numpy', 'torch'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]"
