@@ -11,6 +11,7 @@ Errors: ``ValueError`` when a call breaks a rule (PyTorch's message; nothing was
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional
 
 from . import _embag
@@ -57,9 +58,13 @@ def selected_isa() -> str:
 def set_num_threads(n: int) -> None:
     """Threads the kernels use (the calling thread included). Results are bitwise identical for
     every thread count."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    try:
+        count = operator.index(n)  # ints and NumPy integers; not floats or bools
+    except TypeError:
+        count = 0
+    if isinstance(n, bool) or count < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, but got {n!r}")
-    _embag.set_num_threads(n)
+    _embag.set_num_threads(count)
 
 
 def num_threads() -> int:
