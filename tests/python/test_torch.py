@@ -208,6 +208,24 @@ def test_backward_operator_registration_dense() -> None:
     )
 
 
+def test_backward_operator_registration_sparse() -> None:
+    # The sparse gradient's row count is data dependent (an unbacked size in the fake impl).
+    weight, input, offsets = (t.detach() for t in _op_args()[:3])
+    grad = torch.randn(offsets.shape[0], D)
+    torch.library.opcheck(
+        torch.ops.embag.embedding_bag_backward.default,
+        (grad, weight, input, offsets, None, None, "sum", False, None, False, True, False),
+    )
+
+
+def test_renorm_operator_registration() -> None:
+    weight, input, offsets = (t.detach() for t in _op_args()[:3])
+    torch.library.opcheck(
+        torch.ops.embag.embedding_bag_renorm_.default,
+        (weight.clone(), input, offsets, None, "sum", 0.5, 2.0, False, None, False, False),
+    )
+
+
 class _Model(torch.nn.Module):
     def __init__(self, bag: torch.nn.Module) -> None:
         super().__init__()
