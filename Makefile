@@ -113,3 +113,20 @@ format:
 
 clean:
 	rm -rf $(BUILD_DIR)
+
+# ---- Python -----------------------------------------------------------------------------------
+# make python: builds the embag Python package with scikit-build-core (pyproject.toml; every ISA
+# unless ISAS says otherwise) in build-python and installs it into .venv, as `pip install .`
+# would, but incrementally (no build isolation: the build requirements are in .venv already).
+# make test-python: the whole pytest suite, the PyTorch drop-in included, on the package staged in
+# $(BUILD_DIR)/python by `make build` (so the kernels are compiled once), with PyTorch from
+# .venv-torch (scripts/install-deps.sh --torch). `make test` runs the torch-free part via CTest.
+.PHONY: python test-python
+python: deps
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+	  --no-deps -Cbuild-dir=build-python $(if $(ISAS),-Ccmake.define.EMBAG_ISAS="$(ISAS)") .
+
+test-python: build
+	@scripts/install-deps.sh --torch
+	PYTHONPATH=$(abspath $(BUILD_DIR))/python PYTHONDONTWRITEBYTECODE=1 \
+	  .venv-torch/bin/python -m pytest -p no:cacheprovider tests/python

@@ -12,20 +12,27 @@
 # toolchain, user-mode QEMU to run the target's programs, and the arm64 (armhf) builds of
 # GoogleTest and Google Benchmark (Debian multiarch: the architecture is added to dpkg, which only
 # widens what apt may install).
+#
+# With --torch it (also) creates .venv-torch, a second virtual environment with PyTorch from PyPI
+# for `make test-python` (scripts/requirements-torch.txt). It is separate so that .venv, which
+# every build uses, stays small: PyPI's Linux x86-64 torch is the CUDA build, whose nvidia-*
+# dependencies make it about 5 GiB (measured: 80 s to install on the CI machine's network).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
-debian_packages=(g++ make python3 libgtest-dev libgmock-dev libbenchmark-dev libdlpack-dev
-                 pkg-config file binutils)
+debian_packages=(g++ make python3 python3-dev libgtest-dev libgmock-dev libbenchmark-dev
+                 libdlpack-dev pkg-config file binutils)
 cross_arch=""
+with_torch=""
 case "${1:-}" in
   "") ;;
   --aarch64) cross_arch=arm64 cross_triple=aarch64-linux-gnu ;;
   --armv7) cross_arch=armhf cross_triple=arm-linux-gnueabihf ;;
-  *) echo "usage: $0 [--aarch64 | --armv7]" >&2; exit 2 ;;
+  --torch) with_torch=1 ;;
+  *) echo "usage: $0 [--aarch64 | --armv7 | --torch]" >&2; exit 2 ;;
 esac
 if [ -n "$cross_arch" ]; then
   if ! dpkg --print-foreign-architectures | grep -qx "$cross_arch"; then
@@ -65,12 +72,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-requirements=scripts/requirements.txt
-stamp=.venv/.requirements-installed
-if [ -f "$stamp" ] && cmp -s "$requirements" "$stamp" && [ -x .venv/bin/cmake ]; then
-  exit 0
+# make_venv DIR REQUIREMENTS CHECK: creates (or updates) the virtual environment DIR from the
+# requirements file unless its stamp says it already holds exactly those and CHECK exists.
+make_venv() {
+  local dir=$1 requirements=$2 check=$3
+  local stamp=$dir/.requirements-installed
+  if [ -f "$stamp" ] && cmp -s "$requirements" "$stamp" && [ -e "$dir/$check" ]; then
+    return 0
+  fi
+  echo "install-deps: creating $dir with $(tr '\n' ' ' < "$requirements")"
+  python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$stamp"
+}
+make_venv .venv scripts/requirements.txt bin/cmake
+if [ -n "$with_torch" ]; then
+  make_venv .venv-torch scripts/requirements-torch.txt bin/pytest
 fi
-echo "install-deps: creating .venv with $(tr '\n' ' ' < "$requirements")"
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
-cp "$requirements" "$stamp"

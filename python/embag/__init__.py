@@ -1,0 +1,101 @@
+"""embag: PyTorch's ``embedding_bag`` as ahead-of-time compiled Halide kernels.
+
+``embag.embedding_bag`` / ``embag.embedding_bag_backward`` work on any DLPack array (NumPy,
+PyTorch, JAX) without copying; ``embag.torch`` (imported separately, needs PyTorch) is a drop-in
+for ``torch.nn.functional.embedding_bag`` and ``torch.nn.EmbeddingBag`` with autograd.
+
+Errors: ``ValueError`` when a call breaks a rule (PyTorch's message; nothing was written),
+``TypeError`` when an argument is not an array embag can view, ``embag.UnsupportedError`` (a
+``RuntimeError``) when a well-formed call cannot run on this build or machine.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+from . import _embag
+from ._arrays import ForwardResult, Gradients, embedding_bag, embedding_bag_backward
+
+__version__ = "0.1.0"
+
+UnsupportedError = _embag.UnsupportedError
+UnsupportedError.__module__ = "embag"
+UnsupportedError.__doc__ = (
+    "A well-formed call that this build of embag or this machine cannot run: a device without "
+    "kernels (CUDA tensors before CUDA kernels exist), a forced ISA the CPU lacks."
+)
+
+__all__ = [
+    "ForwardResult",
+    "Gradients",
+    "UnsupportedError",
+    "compiled_variants",
+    "cuda_status",
+    "embedding_bag",
+    "embedding_bag_backward",
+    "info",
+    "last_variant",
+    "num_threads",
+    "selected_isa",
+    "set_isa",
+    "set_num_threads",
+]
+
+
+def set_isa(isa: Optional[str]) -> None:
+    """Forces every later call onto one CPU ISA ("avx512", "avx2", "sse41", "neon", "armv7");
+    None returns to the automatic choice. Raises ValueError for an unknown name and
+    UnsupportedError when the ISA is not compiled in or this CPU lacks it (nothing changes)."""
+    _embag.set_isa(isa)
+
+
+def selected_isa() -> str:
+    """The CPU ISA later calls will use."""
+    return _embag.selected_isa()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the kernels use (the calling thread included). Results are bitwise identical for
+    every thread count."""
+    try:
+        count = operator.index(n)  # ints and NumPy integers; not floats or bools
+    except TypeError:
+        count = 0
+    if isinstance(n, bool) or count < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, but got {n!r}")
+    _embag.set_num_threads(count)
+
+
+def num_threads() -> int:
+    """Threads the kernels use."""
+    return _embag.num_threads()
+
+
+def cuda_status() -> str:
+    """Whether CUDA calls can run here, in one line (the devices found, or why not)."""
+    return _embag.cuda_status()
+
+
+def last_variant() -> str:
+    """The kernel variant the most recent successful call on this thread ran ("" before any)."""
+    return _embag.last_variant()
+
+
+def compiled_variants() -> list[dict[str, str]]:
+    """Every compiled kernel: name, pipeline, mode, dtypes, device, ISA and Halide target."""
+    return _embag.compiled_variants()
+
+
+def info() -> dict[str, Any]:
+    """What this build holds and what runs here, as ``embag info`` prints it."""
+    return {
+        "version": __version__,
+        "compiled_isas": _embag.compiled_isas(),
+        "supported_isas": _embag.supported_isas(),
+        "selected_isa": _embag.selected_isa(),
+        "cpu_features": _embag.cpu_features(),
+        "num_threads": _embag.num_threads(),
+        "cuda": _embag.cuda_status(),
+        "variants": len(_embag.compiled_variants()),
+    }

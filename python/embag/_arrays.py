@@ -1,0 +1,277 @@
+"""embag's array API: embedding_bag forward and backward on any array that speaks DLPack.
+
+Inputs are viewed through DLPack without copying; outputs are allocated with the weight's own
+array library (NumPy in, NumPy out; torch in, torch out) and written by the kernels through
+DLPack as well. Neither NumPy nor PyTorch is imported here unless the caller's arrays already
+are of that kind, so ``import embag`` needs neither.
+
+Errors keep the C++ runtime's messages: a broken rule raises ``ValueError``; a well-formed call
+this build or machine cannot run (a CUDA tensor before CUDA kernels exist, a forced ISA the CPU
+lacks) raises ``embag.UnsupportedError``, a ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple, Optional
+
+from . import _embag
+
+__all__ = [
+    "Gradients",
+    "ForwardResult",
+    "embedding_bag",
+    "embedding_bag_backward",
+]
+
+
+class ForwardResult(NamedTuple):
+    """What ``embedding_bag(..., return_aux=True)`` returns."""
+
+    output: Any
+    """``(B, D)`` in the weight's dtype."""
+    bag_count: Any
+    """``(B,)`` int64: the valid (non-padding) positions of each bag."""
+    argmax: Any
+    """``(B, D)`` int64 for mode ``"max"`` (the winning row, -1 for an empty bag), else None;
+    ``embedding_bag_backward`` needs it for mode max."""
+
+
+class Gradients(NamedTuple):
+    """What ``embedding_bag_backward`` returns."""
+
+    grad_weight: Any
+    """Dense: ``(V, D)``, zeros where untouched. Sparse: the ``(U, D)`` value rows."""
+    grad_weight_rows: Any
+    """Sparse only: ``(U,)`` int64, strictly ascending row ids (padding row absent); else None."""
+    grad_per_sample_weights: Any
+    """The input's shape, when per_sample_weights were given; else None."""
+
+
+def _torch_module() -> Any:
+    # Only ever the already-imported module: an array can be a torch.Tensor only if torch is
+    # loaded, and importing it here would cost a second to every NumPy user.
+    return sys.modules.get("torch")
+
+
+def _is_torch(array: Any) -> bool:
+    torch = _torch_module()
+    return torch is not None and isinstance(array, torch.Tensor)
+
+
+def _capsule(array: Any, name: str) -> Any:
+    """A DLPack capsule viewing ``array``; the caller keeps it for the whole call."""
+    if array is None:
+        return None
+    if _is_torch(array):
+        # detach(): torch refuses to export a tensor that requires grad; the view shares memory.
+        # to_dlpack, not __dlpack__(): the kernels are issued on torch's current stream (see
+        # _stream), so no synchronisation with the default stream is wanted.
+        from torch.utils.dlpack import to_dlpack
+
+        return to_dlpack(array.detach())
+    export = getattr(array, "__dlpack__", None)
+    if export is None:
+        raise TypeError(
+            f"{name} must be an array that supports DLPack (NumPy, PyTorch, JAX, ...), "
+            f"but got {type(array).__name__}"
+        )
+    try:
+        return export()
+    except BufferError as error:
+        # NumPy refuses to export read-only arrays through unversioned DLPack.
+        raise TypeError(f"{name} cannot be exported through DLPack: {error}") from error
+
+
+def _stream(array: Any) -> int:
+    """The queue a call on ``array`` runs on: torch's current CUDA stream, else the default."""
+    if _is_torch(array) and array.device.type == "cuda":
+        torch = _torch_module()
+        return int(torch.cuda.current_stream(array.device).cuda_stream)
+    return 0
+
+
+def _empty(like: Any, shape: tuple[int, ...], index: bool = False) -> Any:
+    """An uninitialised array of ``like``'s library and device: ``like``'s dtype, or int64."""
+    if _is_torch(like):
+        torch = _torch_module()
+        return torch.empty(shape, dtype=torch.int64 if index else like.dtype, device=like.device)
+    import numpy as np  # noqa: PLC0415 (only arrays other than torch tensors get here)
+
+    if isinstance(like, np.ndarray):
+        return np.empty(shape, dtype=np.int64 if index else like.dtype)
+    # Other libraries (JAX, ...): their arrays may be immutable, so the kernels write a NumPy
+    # buffer that the library then adopts through its Array API namespace.
+    buffer = np.empty(shape, dtype=np.int64 if index else np.dtype(str(like.dtype)))
+    namespace = getattr(like, "__array_namespace__", None)
+    if namespace is None:
+        return buffer
+    return _Adopt(buffer, namespace())
+
+
+class _Adopt:
+    """A NumPy buffer the kernels write, handed to a foreign Array API library afterwards."""
+
+    def __init__(self, buffer: Any, namespace: Any) -> None:
+        self.buffer = buffer
+        self.namespace = namespace
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.buffer.__dlpack__(*args, **kwargs)
+
+    def finish(self) -> Any:
+        return self.namespace.from_dlpack(self.buffer)
+
+
+def _finish(array: Any) -> Any:
+    return array.finish() if isinstance(array, _Adopt) else array
+
+
+def _columns(weight: Any) -> int:
+    shape = tuple(weight.shape)
+    # A weight that is not 2-D is rejected by the runtime with PyTorch's message; any width will
+    # do for the output until then.
+    return int(shape[1]) if len(shape) == 2 else 0
+
+
+def embedding_bag(
+    weight: Any,
+    input: Any,
+    offsets: Any = None,
+    *,
+    mode: str = "mean",
+    per_sample_weights: Any = None,
+    padding_idx: Optional[int] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2.0,
+    include_last_offset: bool = False,
+    out: Any = None,
+    return_aux: bool = False,
+    check_indices: bool = True,
+) -> Any:
+    """``torch.nn.functional.embedding_bag``'s forward on DLPack arrays (weight first).
+
+    Args:
+        weight: ``(V, D)`` float16/bfloat16/float32/float64 table. With ``max_norm`` the rows the
+            bags reference are renormalised in place (as PyTorch does), so it must be writable.
+        input: ``(N,)`` with ``offsets``, or ``(B, L)`` without; int32 or int64.
+        offsets: ``(B,)`` (or ``(B+1,)`` with ``include_last_offset``) int32/int64 bag starts.
+        mode: ``"sum"``, ``"mean"`` (the default, as in PyTorch) or ``"max"``.
+        per_sample_weights: the input's shape and the weight's dtype; mode ``"sum"`` only.
+        padding_idx: a row in ``[-V, V-1]`` whose positions every mode skips.
+        max_norm, norm_type: renormalise referenced rows whose p-norm exceeds ``max_norm``.
+        include_last_offset: ``offsets`` has B+1 entries; the last one ends the last bag.
+        out: optional ``(B, D)`` array of the weight's dtype to write into (and return).
+        return_aux: also return ``bag_count`` and, for mode max, ``argmax`` (a ForwardResult).
+        check_indices: on a GPU, False skips the index check (the caller guarantees valid
+            indices; a bad one then reads out of bounds). CPU calls always check.
+
+    Returns:
+        The ``(B, D)`` output, in the weight's library; a ForwardResult with ``return_aux``.
+
+    Raises:
+        ValueError: the call breaks a rule (PyTorch's message); nothing was written.
+        TypeError: an argument is not a DLPack array.
+        embag.UnsupportedError: well-formed, but this build or machine cannot run it.
+    """
+    options = _embag.make_options(
+        mode, max_norm, float(norm_type), False, False, include_last_offset, padding_idx
+    )
+    weight_c = _capsule(weight, "weight")
+    input_c = _capsule(input, "input")
+    offsets_c = _capsule(offsets, "offsets")
+    psw_c = _capsule(per_sample_weights, "per_sample_weights")
+    bags = _embag.num_bags(input_c, offsets_c, include_last_offset)
+    columns = _columns(weight)
+    output = out if out is not None else _empty(weight, (bags, columns))
+    bag_count = _empty(weight, (bags,), index=True) if return_aux else None
+    argmax = _empty(weight, (bags, columns), index=True) if return_aux and mode == "max" else None
+    _embag.forward(
+        weight_c,
+        input_c,
+        offsets_c,
+        psw_c,
+        _capsule(output, "out"),
+        _capsule(bag_count, "bag_count"),
+        _capsule(argmax, "argmax"),
+        options,
+        _stream(weight),
+        check_indices,
+    )
+    if not return_aux:
+        return _finish(output)
+    return ForwardResult(_finish(output), _finish(bag_count), _finish(argmax))
+
+
+def embedding_bag_backward(
+    grad_output: Any,
+    weight: Any,
+    input: Any,
+    offsets: Any = None,
+    *,
+    mode: str = "mean",
+    per_sample_weights: Any = None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    argmax: Any = None,
+    check_indices: bool = True,
+) -> Gradients:
+    """The gradients of ``embedding_bag`` with respect to the weight and per_sample_weights.
+
+    Pass the same weight (as the forward read it, i.e. after ``max_norm``), input, offsets,
+    per_sample_weights and options as the forward, and ``grad_output`` ``(B, D)`` in the
+    weight's dtype. Mode ``"max"`` needs the forward's ``argmax``
+    (``embedding_bag(..., return_aux=True).argmax``).
+
+    Returns:
+        Gradients: ``grad_weight`` dense ``(V, D)``; or, with ``sparse=True``, the coalesced
+        gradient as ``grad_weight`` ``(U, D)`` value rows and ``grad_weight_rows`` ``(U,)``
+        int64 strictly ascending row ids (padding row absent). ``grad_per_sample_weights`` has
+        the input's shape when per_sample_weights were given, else None.
+
+    Raises:
+        ValueError, TypeError, embag.UnsupportedError: as ``embedding_bag``.
+    """
+    options = _embag.make_options(
+        mode, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    )
+    grad_c = _capsule(grad_output, "grad_output")
+    weight_c = _capsule(weight, "weight")
+    input_c = _capsule(input, "input")
+    offsets_c = _capsule(offsets, "offsets")
+    psw_c = _capsule(per_sample_weights, "per_sample_weights")
+    argmax_c = _capsule(argmax, "argmax")
+    stream = _stream(weight)
+    columns = _columns(weight)
+    rows = None
+    if sparse:
+        count = _embag.sparse_gradient_rows(
+            grad_c, weight_c, input_c, offsets_c, psw_c, argmax_c, options, stream, check_indices
+        )
+        rows = _empty(weight, (count,), index=True)
+        grad_weight = _empty(weight, (count, columns))
+    else:
+        grad_weight = _empty(weight, (int(tuple(weight.shape)[0]) if columns else 0, columns))
+    grad_psw = (
+        _empty(weight, tuple(int(n) for n in per_sample_weights.shape))
+        if per_sample_weights is not None
+        else None
+    )
+    _embag.backward(
+        grad_c,
+        weight_c,
+        input_c,
+        offsets_c,
+        psw_c,
+        argmax_c,
+        None if sparse else _capsule(grad_weight, "grad_weight"),
+        _capsule(rows, "grad_weight_rows"),
+        _capsule(grad_weight, "grad_weight_values") if sparse else None,
+        _capsule(grad_psw, "grad_per_sample_weights"),
+        options,
+        stream,
+        check_indices,
+    )
+    return Gradients(_finish(grad_weight), _finish(rows), _finish(grad_psw))

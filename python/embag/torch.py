@@ -1,0 +1,407 @@
+"""embag.torch: a drop-in for ``torch.nn.functional.embedding_bag`` and ``torch.nn.EmbeddingBag``.
+
+Importing this module needs PyTorch (``import embag`` does not). It registers three custom
+operators with ``torch.library`` so that autograd, ``torch.compile(fullgraph=True)`` and
+``torch.export`` see embag as one opaque op with a fake (meta) implementation:
+
+- ``embag::embedding_bag_forward``: the pooled output (and, for mode max, the argmax backward
+  needs); autograd gives the dense or sparse weight gradient and the per_sample_weights gradient.
+- ``embag::embedding_bag_backward``: the gradients; the sparse one is coalesced (``U`` strictly
+  ascending rows), and ``U`` is data dependent, so its fake implementation returns an unbacked
+  size.
+- ``embag::embedding_bag_renorm_``: ``max_norm``'s in-place renormalisation of the weight, run
+  under ``no_grad`` before the forward as PyTorch does. A custom operator that mutates an input
+  cannot have an autograd formula, so it is separate from the forward, and it runs a whole
+  forward call to renormalise (the C++ API has no renorm-only entry point): with ``max_norm``
+  a call costs two forward passes.
+
+The operators call the pooling mode ``pooling``, not ``mode``: PyTorch's functionalization of
+a mutating custom operator passes a ``mode`` argument of its own (torch 2.15 fails with "got
+multiple values for argument 'mode'" when compiling ``max_norm``).
+
+CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until then they raise
+``embag.UnsupportedError``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _embag
+from ._arrays import _capsule, _stream
+
+__all__ = ["EmbeddingBag", "embedding_bag"]
+
+
+def _views(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
+    # Indices, offsets, per-sample weights and gradients must be contiguous for the kernels;
+    # PyTorch's op takes any layout, so a non-contiguous one is copied (a no-op otherwise).
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+def _table(weight: Tensor) -> Tensor:
+    # The kernels take a table whose rows are contiguous (a row stride larger than D is fine).
+    return weight if weight.dim() != 2 or weight.stride(-1) == 1 else weight.contiguous()
+
+
+def _run_forward(
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    mode: str,
+    max_norm: Optional[float],
+    norm_type: float,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> tuple[Tensor, Tensor]:
+    options = _embag.make_options(
+        mode, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    )
+    input, offsets, per_sample_weights = _views(input, offsets, per_sample_weights)
+    weight_c = _capsule(weight, "weight")
+    input_c = _capsule(input, "input")
+    offsets_c = _capsule(offsets, "offsets")
+    bags = _embag.num_bags(input_c, offsets_c, include_last_offset)
+    columns = weight.shape[1] if weight.dim() == 2 else 0
+    output = weight.new_empty((bags, columns))
+    argmax = weight.new_empty((bags, columns) if mode == "max" else (0,), dtype=torch.int64)
+    _embag.forward(
+        weight_c,
+        input_c,
+        offsets_c,
+        _capsule(per_sample_weights, "per_sample_weights"),
+        _capsule(output, "output"),
+        None,
+        _capsule(argmax, "argmax") if mode == "max" else None,
+        options,
+        _stream(weight),
+        True,
+    )
+    return output, argmax
+
+
+@torch.library.custom_op("embag::embedding_bag_forward", mutates_args=())
+def _forward_op(
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> tuple[Tensor, Tensor]:
+    """The pooled ``(B, D)`` output, and ``(B, D)`` int64 argmax for mode max (else ``(0,)``).
+
+    scale_grad_by_freq and sparse only matter to backward; they are here so the forward rejects
+    them with mode max, as PyTorch does."""
+    return _run_forward(
+        _table(weight),
+        input,
+        offsets,
+        per_sample_weights,
+        pooling,
+        None,
+        2.0,
+        include_last_offset,
+        padding_idx,
+        scale_grad_by_freq,
+        sparse,
+    )
+
+
+@_forward_op.register_fake
+def _forward_fake(
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> tuple[Tensor, Tensor]:
+    if input.dim() == 2 or offsets is None:
+        bags = input.shape[0] if input.dim() == 2 else 0
+    else:
+        bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+    columns = weight.shape[1]
+    output = weight.new_empty((bags, columns))
+    argmax = weight.new_empty((bags, columns) if pooling == "max" else (0,), dtype=torch.int64)
+    return output, argmax
+
+
+@torch.library.custom_op("embag::embedding_bag_renorm_", mutates_args=("weight",))
+def _renorm_op(
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    max_norm: float,
+    norm_type: float,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> None:
+    """Renormalises, in place, the rows of ``weight`` the bags reference whose norm exceeds
+    ``max_norm``. It takes every argument of the forward so that the whole call is validated
+    before a row changes (a call that fails changes nothing)."""
+    table = _table(weight)
+    _run_forward(
+        table,
+        input,
+        offsets,
+        per_sample_weights,
+        pooling,
+        max_norm,
+        norm_type,
+        include_last_offset,
+        padding_idx,
+        scale_grad_by_freq,
+        sparse,
+    )
+    if table is not weight:
+        weight.copy_(table)
+
+
+@_renorm_op.register_fake
+def _renorm_fake(
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    max_norm: float,
+    norm_type: float,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+) -> None:
+    return None
+
+
+@torch.library.custom_op("embag::embedding_bag_backward", mutates_args=())
+def _backward_op(
+    grad_output: Tensor,
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    argmax: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+    per_sample_weights_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns ``(grad_weight, rows, grad_per_sample_weights)``: dense ``(V, D)`` and empty
+    ``rows``; or, with ``sparse``, the ``(U, D)`` coalesced values and their ``(U,)`` rows.
+    ``grad_per_sample_weights`` is empty unless ``per_sample_weights_grad``."""
+    weight = _table(weight)
+    grad_output, input, offsets, per_sample_weights, argmax = _views(
+        grad_output, input, offsets, per_sample_weights, argmax
+    )
+    options = _embag.make_options(
+        pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    )
+    capsules = [
+        _capsule(grad_output, "grad_output"),
+        _capsule(weight, "weight"),
+        _capsule(input, "input"),
+        _capsule(offsets, "offsets"),
+        _capsule(per_sample_weights, "per_sample_weights"),
+        _capsule(argmax, "argmax"),
+    ]
+    stream = _stream(weight)
+    if sparse:
+        count = _embag.sparse_gradient_rows(*capsules, options, stream, True)
+        rows = weight.new_empty((count,), dtype=torch.int64)
+        grad_weight = weight.new_empty((count, weight.shape[1]))
+    else:
+        rows = weight.new_empty((0,), dtype=torch.int64)
+        grad_weight = weight.new_empty(weight.shape)
+    want_psw = per_sample_weights is not None and per_sample_weights_grad
+    grad_psw = weight.new_empty(per_sample_weights.shape if want_psw else (0,))
+    _embag.backward(
+        *capsules,
+        None if sparse else _capsule(grad_weight, "grad_weight"),
+        _capsule(rows, "grad_weight_rows") if sparse else None,
+        _capsule(grad_weight, "grad_weight_values") if sparse else None,
+        _capsule(grad_psw, "grad_per_sample_weights") if want_psw else None,
+        options,
+        stream,
+        True,
+    )
+    return grad_weight, rows, grad_psw
+
+
+@_backward_op.register_fake
+def _backward_fake(
+    grad_output: Tensor,
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    argmax: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    scale_grad_by_freq: bool,
+    sparse: bool,
+    per_sample_weights_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if sparse:
+        # U, the number of distinct rows the bags reference, is known only from the data.
+        count = torch.library.get_ctx().new_dynamic_size()
+        rows = weight.new_empty((count,), dtype=torch.int64)
+        grad_weight = weight.new_empty((count, weight.shape[1]))
+    else:
+        rows = weight.new_empty((0,), dtype=torch.int64)
+        grad_weight = weight.new_empty(weight.shape)
+    want_psw = per_sample_weights is not None and per_sample_weights_grad
+    grad_psw = weight.new_empty(per_sample_weights.shape if want_psw else (0,))
+    return grad_weight, rows, grad_psw
+
+
+def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    weight, input, offsets, per_sample_weights, mode, include_last_offset, padding_idx = inputs[:7]
+    scale_grad_by_freq, sparse = inputs[7:]
+    _, argmax = output
+    ctx.save_for_backward(weight, input, offsets, per_sample_weights, argmax)
+    ctx.options = (mode, include_last_offset, padding_idx, scale_grad_by_freq, sparse)
+
+
+def _backward(ctx, grad_output: Tensor, _grad_argmax: Optional[Tensor]):  # type: ignore[no-untyped-def]
+    weight, input, offsets, per_sample_weights, argmax = ctx.saved_tensors
+    mode, include_last_offset, padding_idx, scale_grad_by_freq, sparse = ctx.options
+    want_weight = ctx.needs_input_grad[0]
+    want_psw = per_sample_weights is not None and ctx.needs_input_grad[3]
+    if not (want_weight or want_psw):
+        return (None,) * 9
+    grad_weight, rows, grad_psw = torch.ops.embag.embedding_bag_backward(
+        grad_output,
+        weight,
+        input,
+        offsets,
+        per_sample_weights,
+        argmax if mode == "max" else None,
+        mode,
+        include_last_offset,
+        padding_idx,
+        scale_grad_by_freq,
+        sparse,
+        want_psw,
+    )
+    if sparse and want_weight:
+        # Coalesced by construction (strictly ascending unique rows), so say so: PyTorch's
+        # optimizers then skip coalescing it again.
+        grad_weight = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), grad_weight, weight.shape, is_coalesced=True, check_invariants=False
+        )
+    return (
+        grad_weight if want_weight else None,
+        None,
+        None,
+        grad_psw if want_psw else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+    padding_idx: Optional[int] = None,
+) -> Tensor:
+    """``torch.nn.functional.embedding_bag``, computed by embag (same arguments and defaults).
+
+    The differences are embag's deliberate ones (README, "Deliberate differences from
+    PyTorch"): NaN propagates in max, float16 mean rounds once, scale_grad_by_freq divides by
+    the row's own count, the sparse gradient is coalesced, and with include_last_offset the
+    indices past the last offset are not read, validated or renormalised. Errors raise
+    ``ValueError`` with PyTorch's message (PyTorch raises RuntimeError for most of them).
+    """
+    if max_norm is not None:
+        # As PyTorch: renormalise the referenced rows in place, outside autograd.
+        with torch.no_grad():
+            torch.ops.embag.embedding_bag_renorm_(
+                weight,
+                input,
+                offsets,
+                per_sample_weights,
+                mode,
+                float(max_norm),
+                float(norm_type),
+                include_last_offset,
+                padding_idx,
+                scale_grad_by_freq,
+                sparse,
+            )
+    output, _ = torch.ops.embag.embedding_bag_forward(
+        weight,
+        input,
+        offsets,
+        per_sample_weights,
+        mode,
+        include_last_offset,
+        padding_idx,
+        scale_grad_by_freq,
+        sparse,
+    )
+    return output
+
+
+class EmbeddingBag(torch.nn.EmbeddingBag):
+    """``torch.nn.EmbeddingBag`` whose forward runs embag.
+
+    A subclass, so the constructor, attributes (``weight``, ``mode``, ``padding_idx``, ...),
+    ``from_pretrained``, ``reset_parameters``, ``extra_repr``, the state_dict keys and
+    ``isinstance(m, torch.nn.EmbeddingBag)`` are PyTorch's own: swapping one for the other in a
+    model changes nothing else, and a checkpoint loads into either.
+    """
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        return embedding_bag(
+            input,
+            self.weight,
+            offsets,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            self.padding_idx,
+        )

@@ -1,0 +1,291 @@
+// embag._embag: the Python extension, a thin nanobind layer over embag's public C++ API.
+//
+// Arrays arrive as DLPack capsules (the Python side calls `__dlpack__()` on whatever it was given
+// and allocates the outputs with the caller's own array library), so nothing is copied here and
+// no array library is needed to import the module. The capsules are held by the Python caller
+// for the whole call, which keeps every producer's memory alive while the kernels run with the
+// GIL released. Status codes become Python exceptions with the C++ message unchanged:
+// kInvalidArgument -> ValueError, kUnsupported -> embag.UnsupportedError (a RuntimeError),
+// kInternal -> RuntimeError.
+#include <dlpack/dlpack.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "embag/dlpack.h"
+#include "embag/embag.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+// Thrown for StatusCode::kUnsupported; registered as embag._embag.UnsupportedError.
+struct UnsupportedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void raise_if_error(const embag::Status& status) {
+  switch (status.code()) {
+    case embag::StatusCode::kOk:
+      return;
+    case embag::StatusCode::kInvalidArgument:
+      throw nb::value_error(status.message().c_str());
+    case embag::StatusCode::kUnsupported:
+      throw UnsupportedError(status.message());
+    case embag::StatusCode::kInternal:
+      break;
+  }
+  throw std::runtime_error("embag internal error: " + status.message());
+}
+
+// A TensorView of a DLPack capsule the caller still owns. The capsule is not renamed to
+// "used_dltensor": the caller's reference keeps the producer's memory alive during the call and
+// the capsule's destructor releases it afterwards, as the DLPack protocol allows for borrowers.
+embag::TensorView view_of(nb::handle capsule, const char* name) {
+  PyObject* object = capsule.ptr();
+  if (!PyCapsule_IsValid(object, "dltensor")) {
+    throw nb::type_error((std::string(name) + " must be a DLPack capsule named 'dltensor' "
+                                              "(call __dlpack__() without max_version)")
+                             .c_str());
+  }
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"));
+  // A view has at most two dimensions, so the runtime never sees a 3-D table, input or offsets;
+  // give PyTorch's message for them here, as the runtime does for a 0-D one.
+  const int ndim = managed->dl_tensor.ndim;
+  const std::string rank = std::to_string(ndim);
+  if (ndim > 2 && std::string(name) == "weight") {
+    throw nb::value_error(
+        ("weight has to be a 2D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
+  if (ndim > 2 && std::string(name) == "input") {
+    throw nb::value_error(
+        ("input has to be 1D or 2D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
+  if (ndim > 2 && std::string(name) == "offsets") {
+    throw nb::value_error(
+        ("offsets has to be a 1D Tensor, but got Tensor of dimension " + rank).c_str());
+  }
+  embag::TensorView view;
+  const embag::Status status = embag::from_dlpack(managed->dl_tensor, &view);
+  if (!status.ok()) {
+    // from_dlpack reports dtypes, ranks and devices embag cannot view; name the argument.
+    raise_if_error(embag::Status(status.code(), std::string(name) + ": " + status.message()));
+  }
+  return view;
+}
+
+// Optional arrays: None stays a null pointer; `storage` owns the view the pointer refers to.
+const embag::TensorView* optional_view(nb::handle capsule, const char* name,
+                                       std::optional<embag::TensorView>* storage) {
+  if (capsule.is_none()) return nullptr;
+  storage->emplace(view_of(capsule, name));
+  return &**storage;
+}
+
+embag::Options make_options(const std::string& mode, std::optional<double> max_norm,
+                            double norm_type, bool scale_grad_by_freq, bool sparse,
+                            bool include_last_offset, std::optional<int64_t> padding_idx) {
+  const std::optional<embag::Mode> parsed = embag::parse_mode(mode);
+  // PyTorch's words (torch.nn.functional.embedding_bag raises ValueError with them).
+  if (!parsed) throw nb::value_error("mode has to be one of sum, mean or max");
+  embag::Options options;
+  options.mode = *parsed;
+  options.max_norm = max_norm;
+  options.norm_type = norm_type;
+  options.scale_grad_by_freq = scale_grad_by_freq;
+  options.sparse = sparse;
+  options.include_last_offset = include_last_offset;
+  options.padding_idx = padding_idx;
+  return options;
+}
+
+// `stream` is the integer handle of the caller's queue (a cudaStream_t for CUDA tensors, as
+// torch.cuda.Stream.cuda_stream gives it); 0 is the default stream and is ignored on the CPU.
+embag::Execution make_execution(uintptr_t stream, bool check_indices) {
+  embag::Execution execution;
+  execution.stream = reinterpret_cast<void*>(stream);
+  execution.index_check = check_indices ? embag::IndexCheck::kFull : embag::IndexCheck::kNone;
+  return execution;
+}
+
+int64_t num_bags(nb::handle input, nb::handle offsets, bool include_last_offset) {
+  std::optional<embag::TensorView> offsets_view;
+  embag::Options options;
+  options.include_last_offset = include_last_offset;
+  return embag::num_bags(view_of(input, "input"), optional_view(offsets, "offsets", &offsets_view),
+                         options);
+}
+
+void forward(nb::handle weight, nb::handle input, nb::handle offsets, nb::handle per_sample_weights,
+             nb::handle output, nb::handle bag_count, nb::handle argmax,
+             const embag::Options& options, uintptr_t stream, bool check_indices) {
+  std::optional<embag::TensorView> offsets_view, psw_view, bag_count_view, argmax_view;
+  embag::ForwardInputs inputs;
+  inputs.weight = view_of(weight, "weight");
+  inputs.input = view_of(input, "input");
+  inputs.offsets = optional_view(offsets, "offsets", &offsets_view);
+  inputs.per_sample_weights = optional_view(per_sample_weights, "per_sample_weights", &psw_view);
+  embag::ForwardOutputs outputs;
+  outputs.output = view_of(output, "output");
+  outputs.bag_count = optional_view(bag_count, "bag_count", &bag_count_view);
+  outputs.argmax = optional_view(argmax, "argmax", &argmax_view);
+  const embag::Execution execution = make_execution(stream, check_indices);
+  embag::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = embag::forward(inputs, outputs, options, execution);
+  }
+  raise_if_error(status);
+}
+
+// The arrays a backward call reads, viewed from capsules, with the storage their pointers use.
+struct BackwardViews {
+  std::optional<embag::TensorView> offsets, psw, argmax;
+  embag::BackwardInputs inputs;
+
+  BackwardViews(nb::handle grad_output, nb::handle weight, nb::handle input, nb::handle offsets_c,
+                nb::handle psw_c, nb::handle argmax_c) {
+    inputs.weight = view_of(weight, "weight");
+    inputs.input = view_of(input, "input");
+    inputs.offsets = optional_view(offsets_c, "offsets", &offsets);
+    inputs.per_sample_weights = optional_view(psw_c, "per_sample_weights", &psw);
+    inputs.grad_output = view_of(grad_output, "grad_output");
+    inputs.argmax = optional_view(argmax_c, "argmax", &argmax);
+  }
+};
+
+int64_t sparse_gradient_rows(nb::handle grad_output, nb::handle weight, nb::handle input,
+                             nb::handle offsets, nb::handle per_sample_weights, nb::handle argmax,
+                             const embag::Options& options, uintptr_t stream, bool check_indices) {
+  BackwardViews views(grad_output, weight, input, offsets, per_sample_weights, argmax);
+  const embag::Execution execution = make_execution(stream, check_indices);
+  int64_t rows = 0;
+  embag::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = embag::sparse_gradient_rows(views.inputs, options, &rows, execution);
+  }
+  raise_if_error(status);
+  return rows;
+}
+
+void backward(nb::handle grad_output, nb::handle weight, nb::handle input, nb::handle offsets,
+              nb::handle per_sample_weights, nb::handle argmax, nb::handle grad_weight,
+              nb::handle grad_weight_rows, nb::handle grad_weight_values,
+              nb::handle grad_per_sample_weights, const embag::Options& options, uintptr_t stream,
+              bool check_indices) {
+  BackwardViews views(grad_output, weight, input, offsets, per_sample_weights, argmax);
+  std::optional<embag::TensorView> gw, rows, values, gpsw;
+  embag::BackwardOutputs outputs;
+  outputs.grad_weight = optional_view(grad_weight, "grad_weight", &gw);
+  outputs.grad_weight_rows = optional_view(grad_weight_rows, "grad_weight_rows", &rows);
+  outputs.grad_weight_values = optional_view(grad_weight_values, "grad_weight_values", &values);
+  outputs.grad_per_sample_weights =
+      optional_view(grad_per_sample_weights, "grad_per_sample_weights", &gpsw);
+  const embag::Execution execution = make_execution(stream, check_indices);
+  embag::Status status;
+  {
+    nb::gil_scoped_release release;
+    status = embag::backward(views.inputs, outputs, options, execution);
+  }
+  raise_if_error(status);
+}
+
+std::vector<std::string> isa_names(const std::vector<embag::Isa>& isas) {
+  std::vector<std::string> names;
+  for (embag::Isa isa : isas) names.emplace_back(embag::isa_name(isa));
+  return names;
+}
+
+void set_isa(std::optional<std::string> name) {
+  std::optional<embag::Isa> isa;
+  if (name) {
+    isa = embag::parse_isa(*name);
+    if (!isa) {
+      std::string known;
+      for (embag::Isa k : embag::known_isas())
+        known += (known.empty() ? "" : ", ") + std::string(embag::isa_name(k));
+      throw nb::value_error(("unknown ISA '" + *name + "' (known: " + known + ")").c_str());
+    }
+  }
+  raise_if_error(embag::set_isa(isa));
+}
+
+std::string selected_isa() {
+  embag::Isa isa{};
+  raise_if_error(embag::selected_isa(&isa));
+  return embag::isa_name(isa);
+}
+
+nb::list compiled_variants() {
+  nb::list variants;
+  for (const embag::VariantInfo& v : embag::compiled_variants()) {
+    nb::dict row;
+    row["name"] = v.name;
+    row["pipeline"] = v.pipeline;
+    row["mode"] = v.mode;
+    row["weight_dtype"] = embag::dtype_name(v.weight_dtype);
+    row["index_dtype"] = embag::dtype_name(v.index_dtype);
+    row["device"] = embag::device_type_name(v.device);
+    row["isa"] = embag::isa_name(v.isa);
+    row["target"] = v.target;
+    variants.append(row);
+  }
+  return variants;
+}
+
+}  // namespace
+
+NB_MODULE(_embag, m) {
+  m.doc() = "embag's native extension; use the `embag` package, not this module.";
+  nb::exception<UnsupportedError>(m, "UnsupportedError", PyExc_RuntimeError);
+
+  nb::class_<embag::Options>(m, "Options")
+      .def_prop_ro("mode",
+                   [](const embag::Options& o) { return std::string(embag::mode_name(o.mode)); })
+      .def_ro("max_norm", &embag::Options::max_norm)
+      .def_ro("norm_type", &embag::Options::norm_type)
+      .def_ro("scale_grad_by_freq", &embag::Options::scale_grad_by_freq)
+      .def_ro("sparse", &embag::Options::sparse)
+      .def_ro("include_last_offset", &embag::Options::include_last_offset)
+      .def_ro("padding_idx", &embag::Options::padding_idx);
+
+  m.def("make_options", &make_options, nb::arg("mode"), nb::arg("max_norm").none(),
+        nb::arg("norm_type"), nb::arg("scale_grad_by_freq"), nb::arg("sparse"),
+        nb::arg("include_last_offset"), nb::arg("padding_idx").none());
+  m.def("num_bags", &num_bags, nb::arg("input"), nb::arg("offsets").none(),
+        nb::arg("include_last_offset"));
+  m.def("forward", &forward, nb::arg("weight"), nb::arg("input"), nb::arg("offsets").none(),
+        nb::arg("per_sample_weights").none(), nb::arg("output"), nb::arg("bag_count").none(),
+        nb::arg("argmax").none(), nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));
+  m.def("sparse_gradient_rows", &sparse_gradient_rows, nb::arg("grad_output"), nb::arg("weight"),
+        nb::arg("input"), nb::arg("offsets").none(), nb::arg("per_sample_weights").none(),
+        nb::arg("argmax").none(), nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));
+  m.def("backward", &backward, nb::arg("grad_output"), nb::arg("weight"), nb::arg("input"),
+        nb::arg("offsets").none(), nb::arg("per_sample_weights").none(), nb::arg("argmax").none(),
+        nb::arg("grad_weight").none(), nb::arg("grad_weight_rows").none(),
+        nb::arg("grad_weight_values").none(), nb::arg("grad_per_sample_weights").none(),
+        nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));
+
+  m.def("set_isa", &set_isa, nb::arg("name").none());
+  m.def("selected_isa", &selected_isa);
+  m.def("compiled_isas", [] { return isa_names(embag::compiled_isas()); });
+  m.def("supported_isas", [] { return isa_names(embag::supported_isas()); });
+  m.def("cpu_features", &embag::cpu_features);
+  m.def("cuda_status", [] {
+    // Loading the CUDA driver can take a while; other Python threads may run meanwhile.
+    nb::gil_scoped_release release;
+    return embag::cuda_status();
+  });
+  m.def("compiled_variants", &compiled_variants);
+  m.def("last_variant", [] { return embag::last_variant(); });
+  m.def("set_num_threads", &embag::set_num_threads, nb::arg("n"));
+  m.def("num_threads", &embag::num_threads);
+}
