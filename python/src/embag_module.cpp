@@ -231,8 +231,11 @@ nb::list compiled_variants() {
     row["name"] = v.name;
     row["pipeline"] = v.pipeline;
     row["mode"] = v.mode;
-    row["weight_dtype"] = embag::dtype_name(v.weight_dtype);
-    row["index_dtype"] = embag::dtype_name(v.index_dtype);
+    // (None for pipelines without that dimension, such as the GPU planning kernels)
+    row["weight_dtype"] =
+        v.weight_dtype ? nb::object(nb::str(embag::dtype_name(*v.weight_dtype))) : nb::none();
+    row["index_dtype"] =
+        v.index_dtype ? nb::object(nb::str(embag::dtype_name(*v.index_dtype))) : nb::none();
     row["device"] = embag::device_type_name(v.device);
     row["isa"] = embag::isa_name(v.isa);
     row["target"] = v.target;
