@@ -28,6 +28,9 @@
 // embag_scatter_rows: writes row k of values (D, K) to row rows[k] of table (D, V). With
 //   zero_fill the other rows become 0 (the dense gradient); with masked only rows whose mask[k]
 //   is set are written and the rest of the table is untouched (renorm's write-back).
+#include <string>
+#include <vector>
+
 #include "Halide.h"
 #include "float_bits.h"
 
@@ -69,25 +72,19 @@ class EmbagCheck : public Generator<EmbagCheck> {
       return cast<int64_t>(offsets(clamp(i, 0, max(offsets.dim(0).extent() - 1, 0))));
     };
 
-    // Offsets must not decrease.
-    RDom ro(0, max(offsets.dim(0).extent() - 1, 0), "ro");
-    ro.where(ro + 1 < num_offsets);
-    first_bad_offset_() = none;
-    first_bad_offset_() =
-        min(first_bad_offset_(), select(offset(ro) > offset(ro + 1), cast<int32_t>(ro), none));
-
-    // Indices read by bags must name rows.
+    // Offsets must not decrease; indices read by bags must name rows. Each is the first
+    // position breaking the rule, found by a minimum reduction over all positions.
     Expr last = offset(num_offsets - 1);
     Expr end = select(has_offsets && include_last_offset && num_offsets > 0,
                       cast<int32_t>(clamp(last, i64(0), cast<int64_t>(n))), n);
     end_() = end;
-    RDom ri(0, indices.dim(0).extent(), "ri");
-    ri.where(ri < end_());
-    Expr value = cast<int64_t>(indices(ri));
-    first_bad_index_() = none;
-    first_bad_index_() =
-        min(first_bad_index_(),
-            select(value < 0 || value >= cast<int64_t>(num_rows), cast<int32_t>(ri), none));
+    first_bad_offset_ = first_position("offset", max(offsets.dim(0).extent() - 1, 0), [&](Expr i) {
+      return i + 1 < num_offsets && offset(i) > offset(i + 1);
+    });
+    first_bad_index_ = first_position("index", indices.dim(0).extent(), [&](Expr p) {
+      Expr value = cast<int64_t>(indices(clamp(p, 0, max(indices.dim(0).extent() - 1, 0))));
+      return p < end_() && (value < 0 || value >= cast<int64_t>(num_rows));
+    });
 
     Var j("j");
     Expr bad_offset = first_bad_offset_();
@@ -105,35 +102,58 @@ class EmbagCheck : public Generator<EmbagCheck> {
                cast<int64_t>(indices(clamp(bad_index, 0, max(indices.dim(0).extent() - 1, 0)))),
                i64(0)),
         cast<int64_t>(end_()));
-    ro_ = ro;
-    ri_ = ri;
   }
 
   void schedule() {
-    // Minimum reductions spread over the GPU with atomics; the order of the updates does not
-    // change a minimum. The scalars are computed by one thread each.
-    RVar block("block"), thread("thread");
+    end_.compute_root().gpu_single_thread();
+    // Every step of a compute_root Func is placed on the GPU, its update included (an update
+    // left unscheduled would run on the host).
     for (Func f : {first_bad_offset_, first_bad_index_}) {
       f.compute_root().gpu_single_thread();
+      f.update().gpu_single_thread();
     }
-    first_bad_offset_.update()
-        .atomic()
-        .split(ro_.x, block, thread, 256, TailStrategy::GuardWithIf)
-        .gpu_blocks(block)
-        .gpu_threads(thread);
-    first_bad_index_.update()
-        .atomic()
-        .split(ri_.x, block, thread, 256, TailStrategy::GuardWithIf)
-        .gpu_blocks(block)
-        .gpu_threads(thread);
-    end_.compute_root().gpu_single_thread();
+    Var block("block"), thread("thread");
+    for (Func f : stages_) {
+      Var t = f.args()[0];
+      f.compute_root().gpu_tile(t, block, thread, 256, TailStrategy::GuardWithIf);
+      f.update().gpu_tile(t, block, thread, 256, TailStrategy::GuardWithIf);
+    }
     Func(report).gpu_single_thread();
     report.dim(0).set_extent(8);
   }
 
  private:
-  Func first_bad_offset_{"first_bad_offset"}, first_bad_index_{"first_bad_index"}, end_{"end"};
-  RDom ro_, ri_;
+  // The first position in [0, extent) where bad(position) holds, or INT32_MAX: a minimum
+  // reduction in three stages without atomics (each stage's threads fold a fixed slice in order,
+  // so no thread reads what another writes): 65536 slices of the positions, 256 slices of those,
+  // then one thread. Stages go to stages_ for the schedule.
+  template <typename Bad>
+  Func first_position(const std::string& name, Expr extent, Bad bad) {
+    constexpr int kWide = 65536, kNarrow = 256;
+    const Expr none = Int(32).max();
+    Var t("t");
+    Func wide(name + "_wide"), narrow(name + "_narrow"), last(name + "_last");
+    // Thread t of the wide stage takes positions t, t + 65536, ...: neighbouring threads read
+    // neighbouring positions (coalesced).
+    RDom r(0, (extent + kWide - 1) / kWide, name + "_r");
+    Expr p = r * kWide + t;
+    wide(t) = none;
+    wide(t) = min(wide(t), select(p < extent && bad(p), p, none));
+    RDom s(0, kNarrow, name + "_s");
+    narrow(t) = none;
+    narrow(t) = min(narrow(t), wide(s * kNarrow + t));
+    RDom u(0, kNarrow, name + "_u");
+    last() = none;
+    last() = min(last(), narrow(u));
+    wide.bound(t, 0, kWide);
+    narrow.bound(t, 0, kNarrow);
+    stages_.push_back(wide);
+    stages_.push_back(narrow);
+    return last;
+  }
+
+  Func first_bad_offset_, first_bad_index_, end_{"end"};
+  std::vector<Func> stages_;
   Input<Buffer<>>* indices_ = nullptr;
   Input<Buffer<>>* offsets_ = nullptr;
 };
@@ -155,7 +175,9 @@ class EmbagLayout : public Generator<EmbagLayout> {
     Input<Buffer<>>& offsets = *offsets_;
     Var b("b");
     Expr num_offsets = offsets.dim(0).extent();
-    Expr caller = offsets(unsafe_promise_clamped(b, 0, num_offsets - 1));
+    // A real clamp: b = B reads past the caller's B offsets, and a GPU evaluates both sides of
+    // the select (Oclgrind caught the out-of-bounds read a promise allowed).
+    Expr caller = offsets(clamp(b, 0, max(num_offsets - 1, 0)));
     (*layout_)(b) = cast(
         index_type, select(fixed_length > 0, cast<int64_t>(b) * cast<int64_t>(fixed_length),
                            b < num_offsets, cast<int64_t>(caller), cast<int64_t>(num_indices)));

@@ -23,8 +23,13 @@ cd "$(dirname "$0")/.."
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
+# OpenCL: the loader and headers the tests' GPU mirror uses, POCL (an OpenCL driver for the CPU)
+# on which the GPU schedules are tested without a GPU, and Oclgrind, which checks them for
+# out-of-bounds accesses and races. (CUDA needs the CUDA toolkit, which does not come from
+# Debian's main archive: without nvcc the build simply has no CUDA kernels.)
 debian_packages=(g++ make python3 python3-dev libgtest-dev libgmock-dev libbenchmark-dev
-                 libdlpack-dev pkg-config file binutils)
+                 libdlpack-dev pkg-config file binutils ocl-icd-opencl-dev opencl-c-headers
+                 pocl-opencl-icd oclgrind)
 cross_arch=""
 with_torch=""
 case "${1:-}" in
