@@ -94,12 +94,23 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     norm_(k_) = select(norm_kind == kL2, strict_float(sqrt(folded)), norm_kind == kGeneralP,
                        general_root(folded), folded);
 
-    Expr exceeds = cast<double>(norm_(k_)) > Expr(max_norm);
-    Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + f64(1e-7)));
+    // PyTorch's rule (SEMANTICS.md): a NaN norm does not exceed max_norm (NaN > x is false), and
+    // an infinite norm scales the row by max_norm / inf = 0, so its infinite entries become NaN
+    // and the rest 0. Under the kernels' fast-math flags a float compare may assume no NaN (AVX2
+    // scaled NaN rows by a NaN factor) and a division no infinity, so the NaN test is on the
+    // norm's bits and the compare and the scale are strict IEEE.
+    Expr norm = norm_(k_);
+    Expr exceeds = !embag_generators::is_nan_by_bits(norm) &&
+                   strict_float(cast<double>(norm) > Expr(max_norm));
+    Expr scale = cast(acc_type, strict_float(max_norm / (cast<double>(norm) + f64(1e-7))));
     Var d("d");
-    renormed(d, k_) =
-        select(exceeds, cast(weight_type, strict_float(cast(acc_type, weight(d, row)) * scale)),
-               weight(d, row));
+    // widen_float / narrow_float keep NaN and infinity what they are where float16 conversions
+    // are emulated (SSE4.1, NEON, armv7), so every ISA writes the same bits.
+    const Target target = get_target();
+    Expr wide = embag_generators::widen_float(weight(d, row), acc_type, target);
+    renormed(d, k_) = select(
+        exceeds, embag_generators::narrow_float(strict_float(wide * scale), weight_type, target),
+        weight(d, row));
     changed(k_) = cast<uint8_t>(exceeds);
     d_ = d;
   }

@@ -726,10 +726,12 @@ TEST(BackwardDifferential, DeterministicAcrossRunsAndThreadCounts) {
 }
 
 // Runs a float64 max backward of a (5, 2) table on the reference and on embag with a
-// caller-written argmax, and checks the dense gradient against `want`.
+// caller-written argmax, and checks the dense gradient against `want`; or, when `refused` is
+// given, that both refuse the call (embag with a message holding `refused`) and write nothing.
 void check_max_backward(const std::vector<int64_t>& input, const std::vector<int64_t>& offsets,
                         std::optional<int64_t> padding_idx, std::vector<int64_t> argmax,
-                        std::vector<double> grad_output, const std::vector<double>& want) {
+                        std::vector<double> grad_output, const std::vector<double>& want,
+                        const char* refused = nullptr) {
   std::vector<double> weight = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
   std::vector<int64_t> input_data = input, offsets_data = offsets;
   const int64_t bags = static_cast<int64_t>(offsets.size());
@@ -756,29 +758,55 @@ void check_max_backward(const std::vector<int64_t>& input, const std::vector<int
     BackwardOutputs outputs;
     outputs.grad_weight = &grad_view;
     const Status s = run(in, outputs, options);
+    if (refused != nullptr) {
+      EXPECT_FALSE(s.ok()) << "an argmax that forward cannot have produced was accepted";
+      if (std::string(name) == "embag") {
+        EXPECT_NE(s.message().find(refused), std::string::npos) << s.message();
+      }
+      EXPECT_EQ(grad, std::vector<double>(10, -1.0)) << "a refused call wrote the gradient";
+      continue;
+    }
     ASSERT_TRUE(s.ok()) << s.message();
     EXPECT_EQ(grad, want);
   }
 }
 
-// embag.h: max's G[r][d] folds over *non-empty* bags with argmax[b][d] = r. forward writes -1 for
-// an empty or all-padding bag, but a caller's argmax may hold a row there; such a bag has no
-// output to differentiate, so its entry must be ignored, not followed.
-TEST(BackwardDifferential, MaxIgnoresArgmaxOfEmptyBags) {
+// embag.h: max's G[r][d] folds over *non-empty* bags with argmax[b][d] = r; forward writes -1
+// for an empty or all-padding bag, and those entries send nothing.
+TEST(BackwardDifferential, MaxSendsNothingFromEmptyBags) {
   RestoreGlobals restore;
-  // Bags [1, 1] (all padding with padding_idx = 1), [3, 3], []; argmax names row 3 everywhere.
-  check_max_backward({1, 1, 3, 3}, {0, 2, 4}, 1, std::vector<int64_t>(6, 3),
-                     {100, 200, 1, 2, 300, 400},
+  // Bags [1, 1] (all padding with padding_idx = 1), [3, 3], [].
+  check_max_backward({1, 1, 3, 3}, {0, 2, 4}, 1, {-1, -1, 3, 3, -1, -1}, {100, 200, 1, 2, 300, 400},
                      {0, 0, 0, 0, 0, 0, 1, 2, 0, 0});  // bag 1's g, once, in row 3
 }
 
-// embag.h: only a bag that holds row r can send r a gradient; an argmax entry naming a row its
-// bag does not hold did not come from forward and is ignored (forward only ever names a row the
-// bag holds). Here bag 0 = [3] but its argmax says row 4 in column 0.
-TEST(BackwardDifferential, MaxIgnoresArgmaxNamingARowTheBagDoesNotHold) {
+// An argmax forward cannot have produced is refused, not followed or silently skipped: a row in
+// a bag with no valid position (bag 0 is all padding) ...
+TEST(BackwardDifferential, MaxRefusesArgmaxRowOfAnEmptyBag) {
   RestoreGlobals restore;
-  check_max_backward({3, 2}, {0, 1}, std::nullopt, {4, 3, 2, 2}, {1, 2, 5, 6},
-                     {0, 0, 0, 0, 5, 6, 0, 2, 0, 0});  // row 4 gets nothing
+  check_max_backward({1, 1, 3, 3}, {0, 2, 4}, 1, std::vector<int64_t>(6, 3),
+                     {100, 200, 1, 2, 300, 400}, {}, "argmax[0][0] is 3, a row that bag 0");
+}
+
+// ... a row its bag does not hold (bag 0 = [3], argmax says row 4 in column 0) ...
+TEST(BackwardDifferential, MaxRefusesArgmaxNamingARowTheBagDoesNotHold) {
+  RestoreGlobals restore;
+  check_max_backward({3, 2}, {0, 1}, std::nullopt, {4, 3, 2, 2}, {1, 2, 5, 6}, {},
+                     "argmax[0][0] is 4, a row that bag 0 does not hold");
+}
+
+// ... the padding row, which a bag holds only at positions that are not valid ...
+TEST(BackwardDifferential, MaxRefusesArgmaxNamingThePaddingRow) {
+  RestoreGlobals restore;
+  check_max_backward({3, 2}, {0, 1}, 2, {3, 3, 2, 2}, {1, 2, 5, 6}, {},
+                     "argmax[1][0] is 2, a row that bag 1 does not hold");
+}
+
+// ... and -1 for a bag that has a valid position (its output has a winner).
+TEST(BackwardDifferential, MaxRefusesMinusOneForANonEmptyBag) {
+  RestoreGlobals restore;
+  check_max_backward({3, 2}, {0, 1}, std::nullopt, {3, -1, 2, 2}, {1, 2, 5, 6}, {},
+                     "argmax[0][1] is -1, but bag 0 holds 1 valid positions");
 }
 
 // ---- The reference is the gradient of the reference forward -----------------------------------
