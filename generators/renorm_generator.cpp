@@ -74,8 +74,11 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     Expr zero = cast(acc_type, 0), one = cast(acc_type, 1);
     const double inf = std::numeric_limits<double>::infinity();
     // A NaN element makes the max and min norms NaN (and a NaN norm never exceeds max_norm).
+    // The tests are on bits: Halide's is_nan, even under strict_float, let float64 folds drop
+    // NaNs (a NaN row came out scaled by its largest finite entry; a min fold stayed at inf).
     auto nan_sticky = [](Expr folded, Expr element, Expr combined) {
-      return strict_float(select(is_nan(element), element, is_nan(folded), folded, combined));
+      return strict_float(select(embag_generators::is_nan_by_bits(element), element,
+                                 embag_generators::is_nan_by_bits(folded), folded, combined));
     };
 
     // One fold per kind of norm; specialisations on norm_kind below make each branch a single

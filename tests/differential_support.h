@@ -64,8 +64,10 @@ enum class Padding { kNone, kPositive, kNegative };
 inline constexpr DType kWeightDTypes[] = {DType::kFloat32, DType::kFloat64, DType::kFloat16,
                                           DType::kBFloat16};
 inline constexpr DType kIndexDTypes[] = {DType::kInt32, DType::kInt64};
-// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA.
-inline constexpr int64_t kDims[] = {1, 3, 16, 33, 64, 85, 128, 163};
+// Odd sizes reach every vector tail; 128 and 64 are whole vectors on every ISA; 4..17 run the
+// one- and two-vector tiles (4 / 8 lanes on SSE4.1, NEON and armv7, 8 / 16 on AVX2) and their
+// tails.
+inline constexpr int64_t kDims[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 33, 64, 85, 128, 163};
 
 // splitmix64: turns (test seed, case number) into well-spread, reproducible case seeds.
 inline uint64_t mix(uint64_t x) {
