@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <random>
@@ -153,14 +154,34 @@ inline bool ends_with(const std::string& s, const std::string& suffix) {
 
 // ---- ISA and thread scopes ------------------------------------------------------------------
 
+// The ISAs compiled into this build that this CPU cannot run: no test here reaches them.
+inline std::vector<Isa> compiled_but_unsupported_isas() {
+  std::vector<Isa> out;
+  const std::vector<Isa> supported = supported_isas();
+  for (Isa isa : compiled_isas()) {
+    if (std::find(supported.begin(), supported.end(), isa) == supported.end()) out.push_back(isa);
+  }
+  return out;
+}
+
 // The ISAs to run every test on: compiled in and supported here. On a host with none of them
-// (an ARM build) the automatic choice is tested once instead, without a name check.
+// (an ARM build) the automatic choice is tested once instead, without a name check. ISAs that are
+// compiled in but unsupported are said once per test program on stdout, and reported as a
+// skipped test by IsaCoverage.CompiledIsasTheCpuCannotRunAreReported, never dropped silently.
 inline std::vector<std::optional<Isa>> isas_to_test() {
   std::vector<std::optional<Isa>> out;
   const std::vector<Isa> supported = supported_isas();
   for (Isa isa : compiled_isas()) {
     if (std::find(supported.begin(), supported.end(), isa) != supported.end()) out.push_back(isa);
   }
+  static const bool said = [] {
+    for (Isa isa : compiled_but_unsupported_isas()) {
+      std::printf("[ ISA      ] %s is compiled in but this CPU does not support it: not tested\n",
+                  isa_name(isa));
+    }
+    return true;
+  }();
+  (void)said;
   if (out.empty()) out.push_back(std::nullopt);
   return out;
 }

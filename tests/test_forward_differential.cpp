@@ -133,6 +133,9 @@ struct Problem {
   int64_t input_rows = 0, input_cols = 0;  // 2-D input shape; 1-D: input_cols = N
   int64_t num_offsets = 0;
   bool with_bag_count = false, with_argmax = false;
+  // Row strides of embag's output and argmax views: D, or wider (a slice of a wider array) with
+  // sentinel gaps between rows that must stay untouched.
+  int64_t out_stride = 0, argmax_stride = 0;
 };
 
 Problem make_problem(const Config& c, uint64_t seed) {
@@ -252,6 +255,8 @@ Problem make_problem(const Config& c, uint64_t seed) {
   }
   p.with_bag_count = chance(rng, 0.5);
   p.with_argmax = c.mode == Mode::kMax && chance(rng, 0.75);
+  p.out_stride = c.dim + (chance(rng, 0.3) ? uniform(rng, 1, 5) : 0);
+  p.argmax_stride = c.dim + (chance(rng, 0.3) ? uniform(rng, 1, 3) : 0);
   return p;
 }
 
@@ -319,10 +324,12 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
 
   // embag, with every array it may touch between guards.
   GuardedBuffer weight(p.weight), input(p.input), offsets(p.offsets), psw(p.psw);
-  GuardedBuffer out(out_bytes), argmax(argmax_bytes), count(count_bytes);
+  GuardedBuffer out(static_cast<size_t>(p.num_bags * p.out_stride) * element_size(wd)),
+      argmax(static_cast<size_t>(p.num_bags * p.argmax_stride) * 8), count(count_bytes);
   Views ev = make_views(p, weight.data(), input.data(), offsets.data(), psw.data());
-  TensorView out_view = make_view_2d(out.data(), wd, p.num_bags, c.dim);
-  TensorView argmax_view = make_view_2d(argmax.data(), DType::kInt64, p.num_bags, c.dim);
+  TensorView out_view = make_view_2d(out.data(), wd, p.num_bags, c.dim, p.out_stride);
+  TensorView argmax_view =
+      make_view_2d(argmax.data(), DType::kInt64, p.num_bags, c.dim, p.argmax_stride);
   TensorView count_view = make_view_1d(count.data(), DType::kInt64, p.num_bags);
   ForwardOutputs outputs{out_view, p.with_bag_count ? &count_view : nullptr,
                          p.with_argmax ? &argmax_view : nullptr};
@@ -386,14 +393,31 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
       fail("reference rejected embag's renormed table");
     }
   }
-  const std::string out_diff = first_difference("output", "bag", wd, out.data(), c.dim,
+  const std::string out_diff = first_difference("output", "bag", wd, out.data(), p.out_stride,
                                                 want_out.data(), c.dim, p.num_bags, c.dim);
   if (!out_diff.empty()) fail(out_diff);
+  // The gaps between rows of a row-strided output belong to the caller.
+  auto gaps_untouched = [&](const GuardedBuffer& buffer, int64_t stride, size_t element) {
+    for (int64_t b = 0; b < p.num_bags; ++b) {
+      for (size_t i = static_cast<size_t>(b * stride + c.dim) * element;
+           i < static_cast<size_t>((b + 1) * stride) * element; ++i) {
+        if (buffer.data()[i] != kSentinel) return false;
+      }
+    }
+    return true;
+  };
+  if (!gaps_untouched(out, p.out_stride, element_size(wd))) {
+    fail("a gap byte between rows of the row-strided output was written");
+  }
   if (p.with_argmax) {
-    const std::string d = first_difference("argmax", "bag", DType::kInt64, argmax.data(), c.dim,
-                                           want_argmax.data(), c.dim, p.num_bags, c.dim);
+    const std::string d =
+        first_difference("argmax", "bag", DType::kInt64, argmax.data(), p.argmax_stride,
+                         want_argmax.data(), c.dim, p.num_bags, c.dim);
     if (!d.empty()) fail(d);
-  } else if (argmax.contents() != std::vector<unsigned char>(argmax_bytes, kSentinel)) {
+    if (!gaps_untouched(argmax, p.argmax_stride, 8)) {
+      fail("a gap byte between rows of the row-strided argmax was written");
+    }
+  } else if (argmax.contents() != std::vector<unsigned char>(argmax.size(), kSentinel)) {
     fail("argmax memory was written although no argmax view was passed");
   }
   if (p.with_bag_count) {
@@ -508,6 +532,20 @@ TEST(ForwardDifferential, EdgeShapes) {
       }
     }
   }
+}
+
+// Every ISA compiled in either runs the suites here or is reported: a CPU without AVX-512 cannot
+// test the avx512 kernels, and that must show as a skip with the reason, not as a pass.
+TEST(IsaCoverage, CompiledIsasTheCpuCannotRunAreReported) {
+  const std::vector<Isa> missing = compiled_but_unsupported_isas();
+  if (!missing.empty()) {
+    std::string names;
+    for (Isa isa : missing) names += std::string(names.empty() ? "" : ", ") + isa_name(isa);
+    GTEST_SKIP() << "compiled in but not supported by this CPU, so untested here: " << names
+                 << " (CPU features: " << cpu_features() << ")";
+  }
+  // Otherwise every compiled ISA is one the suites run.
+  EXPECT_EQ(isas_to_test().size(), std::max<size_t>(compiled_isas().size(), 1));
 }
 
 // The repro, on every ISA and every table dtype: rows [1, 2, 3] and [4, 0, 1], max_norm 1,
