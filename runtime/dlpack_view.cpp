@@ -1,6 +1,7 @@
 // DLTensor -> TensorView conversion.
 #include "embag/dlpack.h"
 
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <string>
@@ -52,6 +53,12 @@ Status from_dlpack(const DLTensor& tensor, TensorView* view) {
     return Status(StatusCode::kInvalidArgument,
                   "DLPack tensor has a null data pointer but byte_offset " +
                       std::to_string(tensor.byte_offset));
+  }
+  if (tensor.data != nullptr && tensor.byte_offset > std::numeric_limits<uintptr_t>::max() -
+                                                         reinterpret_cast<uintptr_t>(tensor.data)) {
+    return Status(StatusCode::kInvalidArgument, "DLPack tensor's byte_offset " +
+                                                    std::to_string(tensor.byte_offset) +
+                                                    " runs past the end of the address space");
   }
   if (tensor.ndim > 0 && tensor.shape == nullptr) {
     return Status(StatusCode::kInvalidArgument, "DLPack tensor has " + std::to_string(tensor.ndim) +

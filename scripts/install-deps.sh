@@ -12,6 +12,10 @@
 # toolchain, user-mode QEMU to run the target's programs, and the arm64 (armhf) builds of
 # GoogleTest and Google Benchmark (Debian multiarch: the architecture is added to dpkg, which only
 # widens what apt may install).
+#
+# With --clang it also installs clang 14 and its compiler-rt runtimes (AddressSanitizer,
+# UndefinedBehaviorSanitizer, ThreadSanitizer, libFuzzer): make test-sanitize, make test-tsan and
+# make fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +29,8 @@ case "${1:-}" in
   "") ;;
   --aarch64) cross_arch=arm64 cross_triple=aarch64-linux-gnu ;;
   --armv7) cross_arch=armhf cross_triple=arm-linux-gnueabihf ;;
-  *) echo "usage: $0 [--aarch64 | --armv7]" >&2; exit 2 ;;
+  --clang) debian_packages+=(clang-14 libclang-rt-14-dev) ;;
+  *) echo "usage: $0 [--aarch64 | --armv7 | --clang]" >&2; exit 2 ;;
 esac
 if [ -n "$cross_arch" ]; then
   if ! dpkg --print-foreign-architectures | grep -qx "$cross_arch"; then
