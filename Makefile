@@ -86,24 +86,29 @@ test-tsan: deps-clang
 	$(MAKE) configure BUILD_DIR=build-tsan ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
 	  CMAKE_ARGS="$(SAN_CMAKE) -DEMBAG_SANITIZE=thread $(CMAKE_ARGS)"
 	$(CMAKE) --build build-tsan --parallel $(JOBS) --target $(TSAN_TESTS)
-	@for t in $(TSAN_TESTS); do echo "== $$t under ThreadSanitizer"; build-tsan/tests/$$t || exit 1; done
+	@echo "== TSan suppressions in use (tests/tsan.supp; TSan reports how often each matched):"
+	@grep -v '^#' tests/tsan.supp | sed '/^$$/d; s/^/   /'
+	@for t in $(TSAN_TESTS); do echo "== $$t under ThreadSanitizer"; \
+	  TSAN_OPTIONS="$(TSAN_OPTIONS):suppressions=$(abspath tests/tsan.supp):print_suppressions=1" \
+	  build-tsan/tests/$$t || exit 1; done
 
 # Builds the libFuzzer targets of fuzz/ (clang, -fsanitize=fuzzer,address,undefined, kernels for
-# one ISA) in build-fuzz and runs each for FUZZ_SECONDS on a copy of its committed seed corpus
-# (new inputs go to build-fuzz/corpus/<fuzzer>, the committed corpus is never changed).
+# one ISA) in $(FUZZ_DIR) (build-fuzz) and runs each for FUZZ_SECONDS on a copy of its committed seed corpus
+# (new inputs go to $(FUZZ_DIR)/corpus/<fuzzer>, the committed corpus is never changed).
 FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= build-fuzz
 FUZZERS := fuzz_npy fuzz_dlpack fuzz_calls
 fuzz: deps-clang
-	$(MAKE) configure BUILD_DIR=build-fuzz ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
+	$(MAKE) configure BUILD_DIR=$(FUZZ_DIR) ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
 	  CMAKE_ARGS="$(SAN_CMAKE) -DEMBAG_BUILD_FUZZERS=ON -DEMBAG_BUILD_TOOLS=ON $(CMAKE_ARGS)"
-	$(CMAKE) --build build-fuzz --parallel $(JOBS) --target $(FUZZERS)
+	$(CMAKE) --build $(FUZZ_DIR) --parallel $(JOBS) --target $(FUZZERS)
 	@for f in $(FUZZERS); do \
-	  mkdir -p build-fuzz/corpus/$$f && cp -r fuzz/corpus/$$f/. build-fuzz/corpus/$$f/ ; \
-	  echo "== $$f for $(FUZZ_SECONDS) s (log: build-fuzz/$$f.log)"; \
-	  (cd build-fuzz && ./fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$f && cp -r fuzz/corpus/$$f/. $(FUZZ_DIR)/corpus/$$f/ ; \
+	  echo "== $$f for $(FUZZ_SECONDS) s (log: $(FUZZ_DIR)/$$f.log)"; \
+	  (cd $(FUZZ_DIR) && ./fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -artifact_prefix=$$f- corpus/$$f > $$f.log 2>&1); status=$$?; \
-	  grep -E "DONE|stat::number_of_executed_units|stat::new_units_added" build-fuzz/$$f.log; \
-	  if [ $$status -ne 0 ]; then tail -60 build-fuzz/$$f.log; exit 1; fi; \
+	  grep -E "DONE|stat::number_of_executed_units|stat::new_units_added" $(FUZZ_DIR)/$$f.log; \
+	  if [ $$status -ne 0 ]; then tail -60 $(FUZZ_DIR)/$$f.log; exit 1; fi; \
 	done
 
 install: build
