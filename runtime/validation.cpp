@@ -274,10 +274,8 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   if (opt.max_norm && std::isnan(*opt.max_norm)) return invalid("max_norm must not be NaN");
   if (opt.max_norm && std::isnan(opt.norm_type)) return invalid("norm_type must not be NaN");
 
-  // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits).
-  if (Status s = check_extent(V, "the number of rows in weight"); !s.ok()) return s;
-  if (Status s = check_extent(D, "the embedding dimension"); !s.ok()) return s;
-  if (Status s = check_extent(weight.strides[0], "weight's row stride"); !s.ok()) return s;
+  // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits). Each
+  // view's extents and row stride were checked by check_memory; what is left are the products.
   const int64_t N = input.numel();
   if (Status s = check_extent(N, "the number of indices"); !s.ok()) return s;
 
