@@ -27,7 +27,7 @@ CTEST := $(VENV)/bin/ctest
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: all deps configure generators build run test test-promises bench info install \
-	test-install format clean $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
+	test-install format clean deps-clang test-sanitize test-tsan fuzz $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
 
 all: build
 
@@ -59,7 +59,59 @@ test: build
 # is enough: the promises are in the algorithm, not the schedule.
 test-promises:
 	$(MAKE) test BUILD_DIR=build-promises ISAS=avx2 \
-	  CMAKE_ARGS="-DEMBAG_CHECK_PROMISES=ON -DEMBAG_BUILD_BENCHMARKS=OFF"
+	  CMAKE_ARGS="-DEMBAG_CHECK_PROMISES=ON -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS=opencl"
+
+# ---- Sanitizers and fuzzing (clang 14 from Debian: scripts/install-deps.sh --clang) ------------
+# The runtime, tools and tests instrumented; the generators and Halide's kernels are not (see
+# CMakeLists.txt). One ISA: the instrumented code is the same for every ISA.
+SAN_ISA ?= avx2
+# No GPU kernels there: the GPU path is tested by the gpu-emulated tests of make test (POCL's own
+# allocations would be leak reports), and CUB under clang's sanitizers is not embag's code.
+SAN_CMAKE := -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS=
+# halt_on_error: the first report fails the test; no suppressions anywhere.
+export ASAN_OPTIONS ?= halt_on_error=1:detect_leaks=1:strict_string_checks=1
+export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
+export TSAN_OPTIONS ?= halt_on_error=1:second_deadlock_stack=1
+
+deps-clang:
+	@scripts/install-deps.sh --clang
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-sanitize: deps-clang
+	$(MAKE) test BUILD_DIR=build-asan ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
+	  CMAKE_ARGS="$(SAN_CMAKE) -DEMBAG_SANITIZE=address,undefined $(CMAKE_ARGS)"
+
+# The concurrency test (and the other suites that start threads) under ThreadSanitizer.
+TSAN_TESTS := embag_test_concurrency embag_test_npy
+test-tsan: deps-clang
+	$(MAKE) configure BUILD_DIR=build-tsan ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
+	  CMAKE_ARGS="$(SAN_CMAKE) -DEMBAG_SANITIZE=thread $(CMAKE_ARGS)"
+	$(CMAKE) --build build-tsan --parallel $(JOBS) --target $(TSAN_TESTS)
+	@echo "== TSan suppressions in use (tests/tsan.supp; TSan reports how often each matched):"
+	@grep -v '^#' tests/tsan.supp | sed '/^$$/d; s/^/   /'
+	@for t in $(TSAN_TESTS); do echo "== $$t under ThreadSanitizer"; \
+	  TSAN_OPTIONS="$(TSAN_OPTIONS):suppressions=$(abspath tests/tsan.supp):print_suppressions=1" \
+	  build-tsan/tests/$$t || exit 1; done
+
+# Builds the libFuzzer targets of fuzz/ (clang, -fsanitize=fuzzer,address,undefined, kernels for
+# one ISA) in $(FUZZ_DIR) (build-fuzz) and runs each for FUZZ_SECONDS on a copy of its committed seed corpus
+# (new inputs go to $(FUZZ_DIR)/corpus/<fuzzer>, the committed corpus is never changed).
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= build-fuzz
+FUZZERS := fuzz_npy fuzz_dlpack fuzz_calls
+fuzz: deps-clang
+	$(MAKE) configure BUILD_DIR=$(FUZZ_DIR) ISAS=$(SAN_ISA) BUILD_TYPE=RelWithDebInfo \
+	  CMAKE_ARGS="$(SAN_CMAKE) -DEMBAG_BUILD_FUZZERS=ON -DEMBAG_BUILD_TOOLS=ON $(CMAKE_ARGS)"
+	$(CMAKE) --build $(FUZZ_DIR) --parallel $(JOBS) --target $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$f && cp -r fuzz/corpus/$$f/. $(FUZZ_DIR)/corpus/$$f/ ; \
+	  echo "== $$f for $(FUZZ_SECONDS) s (log: $(FUZZ_DIR)/$$f.log)"; \
+	  (cd $(FUZZ_DIR) && ./fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=$$f- corpus/$$f > $$f.log 2>&1); status=$$?; \
+	  grep -E "DONE|stat::number_of_executed_units|stat::new_units_added" $(FUZZ_DIR)/$$f.log; \
+	  if [ $$status -ne 0 ]; then tail -60 $(FUZZ_DIR)/$$f.log; exit 1; fi; \
+	done
 
 install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix $(PREFIX)

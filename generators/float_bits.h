@@ -14,22 +14,27 @@
 
 namespace embag_generators {
 
+// The bits of |v| and of infinity in `v`'s type, as unsigned integers of its width.
+inline Halide::Expr magnitude_bits(const Halide::Expr& v) {
+  using namespace Halide;
+  const Type bits = UInt(v.type().bits());
+  return reinterpret(bits, v) & Internal::make_const(bits, (uint64_t{1} << (bits.bits() - 1)) - 1);
+}
+inline Halide::Expr infinity_bits(const Halide::Type& t) {
+  uint64_t value = 0x7ff0000000000000;
+  if (t.is_bfloat()) {
+    value = 0x7f80;
+  } else if (t.bits() == 16) {
+    value = 0x7c00;
+  } else if (t.bits() == 32) {
+    value = 0x7f800000;
+  }
+  return Halide::Internal::make_const(Halide::UInt(t.bits()), value);
+}
+
 // True where `v` (any float type) is a NaN, decided with integer operations on its bits.
 inline Halide::Expr is_nan_by_bits(const Halide::Expr& v) {
-  using namespace Halide;
-  const Type t = v.type();
-  const Type bits = UInt(t.bits());
-  Expr magnitude =
-      reinterpret(bits, v) & Internal::make_const(bits, (uint64_t{1} << (t.bits() - 1)) - 1);
-  uint64_t infinity_bits = 0x7ff0000000000000;
-  if (t.is_bfloat()) {
-    infinity_bits = 0x7f80;
-  } else if (t.bits() == 16) {
-    infinity_bits = 0x7c00;
-  } else if (t.bits() == 32) {
-    infinity_bits = 0x7f800000;
-  }
-  return magnitude > Internal::make_const(bits, infinity_bits);
+  return magnitude_bits(v) > infinity_bits(v.type());
 }
 
 // True when float16 conversions on `target` are emulated and so need the NaN fix-ups below. Only

@@ -81,8 +81,11 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     Expr zero = cast(acc_type, 0), one = cast(acc_type, 1);
     const double inf = std::numeric_limits<double>::infinity();
     // A NaN element makes the max and min norms NaN (and a NaN norm never exceeds max_norm).
+    // The tests are on bits: Halide's is_nan, even under strict_float, let float64 folds drop
+    // NaNs (a NaN row came out scaled by its largest finite entry; a min fold stayed at inf).
     auto nan_sticky = [](Expr folded, Expr element, Expr combined) {
-      return strict_float(select(is_nan(element), element, is_nan(folded), folded, combined));
+      return strict_float(select(embag_generators::is_nan_by_bits(element), element,
+                                 embag_generators::is_nan_by_bits(folded), folded, combined));
     };
 
     // One fold per kind of norm; specialisations on norm_kind below make each branch a single
@@ -102,17 +105,24 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
     norm_(k_) = select(norm_kind == kL2, strict_float(sqrt(folded)), norm_kind == kGeneralP,
                        general_root(folded), folded);
 
-    Expr exceeds = cast<double>(norm_(k_)) > Expr(max_norm);
-    Expr scale = cast(acc_type, max_norm / (cast<double>(norm_(k_)) + norm_epsilon));
+    // PyTorch's rule (SEMANTICS.md): a NaN norm does not exceed max_norm (NaN > x is false), and
+    // an infinite norm scales the row by max_norm / inf = 0, so its infinite entries become NaN
+    // and the rest 0. Under the kernels' fast-math flags a float compare may assume no NaN (AVX2
+    // scaled NaN rows by a NaN factor) and a division no infinity, so the NaN test is on the
+    // norm's bits and the compare and the scale are strict IEEE.
+    Expr norm = norm_(k_);
+    Expr exceeds = !embag_generators::is_nan_by_bits(norm) &&
+                   strict_float(cast<double>(norm) > Expr(max_norm));
+    Expr scale = cast(acc_type, strict_float(max_norm / (cast<double>(norm) + norm_epsilon)));
     Var d("d");
-    renormed(d, k_) =
-        select(exceeds,
-               embag_generators::store_float(
-                   strict_float(embag_generators::load_float(weight(d, row), weight_type, acc_type,
-                                                             get_target()) *
-                                scale),
-                   weight_type, get_target()),
-               weight(d, row));
+    // load_float / store_float keep NaN and infinity what they are where float16 conversions
+    // are emulated (SSE4.1, NEON, armv7) or done in software (GPUs), so every ISA writes the
+    // same bits.
+    const Target target = get_target();
+    Expr wide = embag_generators::load_float(weight(d, row), weight_type, acc_type, target);
+    renormed(d, k_) = select(
+        exceeds, embag_generators::store_float(strict_float(wide * scale), weight_type, target),
+        weight(d, row));
     changed(k_) = cast<uint8_t>(exceeds);
     d_ = d;
   }

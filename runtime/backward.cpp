@@ -313,7 +313,10 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
 
   // The copies that cannot fail.
   if (opt.sparse) {
-    std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
+    // (U = 0: no bytes, and possibly no memory; memcpy may not be given a null pointer)
+    if (!groups.rows.empty()) {
+      std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
+    }
   } else if (V > 0 && D > 0) {
     DenseScatter scatter{static_cast<unsigned char*>(out.grad_weight->data),
                          out.grad_weight->strides[0] * static_cast<int64_t>(element),
@@ -322,7 +325,7 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
                          static_cast<int>(std::min<int64_t>(V, 4 * internal::kernel_threads()))};
     internal::parallel_for(scatter.tasks, &dense_scatter_task, &scatter);
   }
-  if (gp != nullptr) {
+  if (gp != nullptr && plan.num_indices > 0) {
     const int64_t zero_from = D > 0 ? plan.positions_end : 0;
     std::memset(gp + static_cast<size_t>(zero_from) * element, 0,
                 static_cast<size_t>(plan.num_indices - zero_from) * element);

@@ -1,6 +1,8 @@
 // DLTensor -> TensorView conversion.
 #include "embag/dlpack.h"
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -45,8 +47,26 @@ Status from_dlpack(const DLTensor& tensor, TensorView* view) {
   }
   device.index = tensor.device.device_id;
 
+  // A null pointer plus an offset is not null, but points nowhere (and the addition itself is
+  // undefined behaviour), so the view's own null check would be fooled.
+  if (tensor.data == nullptr && tensor.byte_offset != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "DLPack tensor has a null data pointer but byte_offset " +
+                      std::to_string(tensor.byte_offset));
+  }
+  if (tensor.data != nullptr && tensor.byte_offset > std::numeric_limits<uintptr_t>::max() -
+                                                         reinterpret_cast<uintptr_t>(tensor.data)) {
+    return Status(StatusCode::kInvalidArgument, "DLPack tensor's byte_offset " +
+                                                    std::to_string(tensor.byte_offset) +
+                                                    " runs past the end of the address space");
+  }
+  if (tensor.ndim > 0 && tensor.shape == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "DLPack tensor has " + std::to_string(tensor.ndim) +
+                                                    " dimensions but a null shape pointer");
+  }
+
   TensorView v;
-  v.data = static_cast<char*>(tensor.data) + tensor.byte_offset;
+  v.data = tensor.data == nullptr ? nullptr : static_cast<char*>(tensor.data) + tensor.byte_offset;
   v.dtype = *dtype;
   v.ndim = tensor.ndim;
   v.device = device;
@@ -54,7 +74,11 @@ Status from_dlpack(const DLTensor& tensor, TensorView* view) {
   for (int i = tensor.ndim - 1; i >= 0; --i) {
     v.shape[i] = tensor.shape[i];
     v.strides[i] = tensor.strides ? tensor.strides[i] : stride;
-    stride *= tensor.shape[i];
+    // The compact stride of the row dimension; a shape whose product overflows gets a stride
+    // that validation refuses (and wrapping here would be undefined behaviour).
+    if (__builtin_mul_overflow(stride, tensor.shape[i], &stride)) {
+      stride = std::numeric_limits<int64_t>::max();
+    }
   }
   *view = v;
   return Status::Ok();

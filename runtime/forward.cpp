@@ -81,7 +81,8 @@ void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out
                               const ForwardPlan& plan, const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
   const size_t element = dtype_size(in.weight.dtype);
-  for (int64_t b = 0; b < B; ++b) {
+  // (D = 0: no bytes, and possibly no memory; memset may not be given a null pointer)
+  for (int64_t b = 0; D > 0 && b < B; ++b) {
     std::memset(static_cast<unsigned char*>(out.output.data) +
                     static_cast<size_t>(b * out.output.strides[0]) * element,
                 0, static_cast<size_t>(D) * element);

@@ -50,9 +50,13 @@ size_t dtype_size(DType dtype) {
   return 0;
 }
 
+// -1 for a negative extent or a product that does not fit int64 (a caller's shape such as
+// (3, 0x5555555555555556) must not wrap to a small, plausible count).
 int64_t TensorView::numel() const {
   int64_t n = 1;
-  for (int i = 0; i < ndim && i < 2; ++i) n *= shape[i];
+  for (int i = 0; i < ndim && i < 2; ++i) {
+    if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n)) return -1;
+  }
   return n;
 }
 

@@ -3,9 +3,11 @@
 // Messages use PyTorch's words where PyTorch has a rule, and always say which value broke which
 // rule, where it sits, and what was expected. The checks run in PyTorch's order so the first
 // message a caller sees is the one PyTorch would give.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <vector>
 
 #include "forward_plan.h"
 
@@ -47,8 +49,13 @@ std::string strides_string(const TensorView& v) {
   return out.str();
 }
 
-// Memory checks shared by every view: on the CPU, data present when non-empty, rows contiguous,
-// and (for 1-D arrays and the input) fully contiguous.
+// Memory checks shared by every view: on the CPU, sizes that the kernels can address, data present
+// when non-empty, rows contiguous, and (for 1-D arrays and the input) fully contiguous.
+//
+// Kernels take int32 extents and strides (halide_dimension_t) and address elements in 64 bits,
+// so every extent and the row stride must fit int32, and the memory a view spans must fit int64
+// bytes (on a 32-bit build: 2^31 - 1 elements, the most Halide addresses there). All of it is
+// checked here, before anything is narrowed or written.
 Status check_memory(const TensorView& v, const char* name, bool require_contiguous) {
   if (!device_has_kernels(v.device.type)) {
     return Status(StatusCode::kUnsupported, std::string(name) + " is on " +
@@ -56,9 +63,29 @@ Status check_memory(const TensorView& v, const char* name, bool require_contiguo
                                                 ", but this build of embag has no " +
                                                 device_type_name(v.device.type) + " kernels");
   }
+  const int dims = v.ndim < 2 ? v.ndim : 2;
+  for (int i = 0; i < dims; ++i) {
+    if (v.shape[i] < 0) {
+      return invalid(std::string(name) + " has a negative size " + v.shape_string());
+    }
+    if (v.shape[i] > kMaxExtent) {
+      return invalid(std::string(name) + " has size " + std::to_string(v.shape[i]) +
+                     " in dimension " + std::to_string(i) + " (shape " + v.shape_string() +
+                     "), but embag's kernels take extents of at most " +
+                     std::to_string(kMaxExtent));
+    }
+  }
+  // Only 2-D views hand a stride to a kernel (1-D views must be contiguous), but a 2-D view's row
+  // stride is narrowed even when it has one row, so it is checked whatever the shape.
+  if (dims == 2 && (v.strides[0] > kMaxExtent || v.strides[0] < -kMaxExtent)) {
+    return invalid(std::string(name) + " has row stride " + std::to_string(v.strides[0]) +
+                   ", but embag's kernels take strides of at most " + std::to_string(kMaxExtent) +
+                   " elements");
+  }
   const int64_t n = v.numel();
-  if (n < 0 || (v.ndim >= 1 && v.shape[0] < 0) || (v.ndim >= 2 && v.shape[1] < 0)) {
-    return invalid(std::string(name) + " has a negative size " + v.shape_string());
+  if (n < 0) {  // both extents fit int32 here, so this is a defensive check only
+    return invalid(std::string(name) + " has shape " + v.shape_string() +
+                   ", whose element count overflows int64");
   }
   if (n > 0 && v.data == nullptr) {
     return invalid(std::string(name) + " has a null data pointer but " + std::to_string(n) +
@@ -78,6 +105,19 @@ Status check_memory(const TensorView& v, const char* name, bool require_contiguo
       return invalid(std::string(name) + "'s row stride " + std::to_string(v.strides[0]) +
                      " is smaller than its row length " + std::to_string(v.shape[1]) +
                      " (rows would overlap)");
+    }
+    // Elements from the first to one past the last: (rows - 1) * row_stride + cols. With the
+    // extents and the stride within int32 this fits int64; the bytes may not.
+    const int64_t span = v.ndim == 2 ? (v.shape[0] - 1) * v.strides[0] + v.shape[1] : n;
+    int64_t bytes = 0;
+    if (__builtin_mul_overflow(span, static_cast<int64_t>(dtype_size(v.dtype)), &bytes)) {
+      return invalid(std::string(name) + " spans " + std::to_string(span) + " elements of " +
+                     dtype_name(v.dtype) + ", more bytes than a 64-bit size can count");
+    }
+    if (sizeof(void*) == 4 && span > kMaxExtent) {
+      return invalid(std::string(name) + " spans " + std::to_string(span) +
+                     " elements, but a 32-bit build supports at most " +
+                     std::to_string(kMaxExtent));
     }
   }
   return Status::Ok();
@@ -107,6 +147,55 @@ Status check_output(const TensorView* view, const char* name, DType dtype, const
                    ") but has dtype " + dtype_name(v.dtype));
   }
   return check_memory(v, name, ndim == 1);
+}
+
+// Max backward routes g[b][d] to the row argmax[b][d] names, so each entry must be a row that
+// bag b holds at a valid (non-padding) position, or -1 for a bag with no valid position: an
+// argmax from another call, or one the caller edited, would otherwise put gradient on a row the
+// bag never read. Each bag's valid rows are sorted once and every entry is a binary search, so
+// the check costs O(N log N + B D log L).
+Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan) {
+  const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
+  const TensorView& input = in.input;
+  std::vector<int64_t> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t begin = 0, end = 0;
+    if (input.ndim == 2) {
+      begin = b * input.shape[1];
+      end = begin + input.shape[1];
+    } else {
+      begin = load_index(*in.offsets, b);
+      // With include_last_offset B = len(offsets) - 1, so offsets[b + 1] always exists there.
+      end = b + 1 < in.offsets->shape[0] ? load_index(*in.offsets, b + 1) : plan.num_indices;
+    }
+    rows.clear();
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t r = load_index(input, p);
+      if (r != plan.padding_idx) rows.push_back(r);
+    }
+    std::sort(rows.begin(), rows.end());
+    const int64_t* entries =
+        static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t value = entries[d];
+      const std::string where = "argmax[" + std::to_string(b) + "][" + std::to_string(d) + "] is " +
+                                std::to_string(value);
+      if (value < -1 || value >= V) {
+        return invalid(where + ", which is neither -1 nor a row in [0, " + std::to_string(V) + ")");
+      }
+      if (value == -1) {
+        if (rows.empty()) continue;
+        return invalid(where + ", but bag " + std::to_string(b) + " holds " +
+                       std::to_string(rows.size()) +
+                       " valid positions (-1 is only for a bag with no valid position)");
+      }
+      if (!std::binary_search(rows.begin(), rows.end(), value)) {
+        return invalid(where + ", a row that bag " + std::to_string(b) +
+                       " does not hold at a valid position (argmax must name a row of its bag)");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -238,10 +327,8 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   if (opt.max_norm && std::isnan(*opt.max_norm)) return invalid("max_norm must not be NaN");
   if (opt.max_norm && std::isnan(opt.norm_type)) return invalid("norm_type must not be NaN");
 
-  // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits).
-  if (Status s = check_extent(V, "the number of rows in weight"); !s.ok()) return s;
-  if (Status s = check_extent(D, "the embedding dimension"); !s.ok()) return s;
-  if (Status s = check_extent(weight.strides[0], "weight's row stride"); !s.ok()) return s;
+  // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits). Each
+  // view's extents and row stride were checked by check_memory; what is left are the products.
   const int64_t N = input.numel();
   if (Status s = check_extent(N, "the number of indices"); !s.ok()) return s;
 
@@ -352,18 +439,11 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
     if (Status s = check_output(in.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
       return s;
     }
-    // The kernel adds to the row an argmax names: each must be a row, or -1 (empty bag). (In
-    // GPU memory the entries are not read on the host; the GPU kernel ignores any entry that
-    // names no row of the bag.)
-    for (int64_t b = 0; in.weight.device.type == DeviceType::kCPU && b < B; ++b) {
-      const int64_t* row = static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
-      for (int64_t d = 0; d < D; ++d) {
-        if (row[d] < -1 || row[d] >= V) {
-          return invalid("argmax[" + std::to_string(b) + "][" + std::to_string(d) + "] is " +
-                         std::to_string(row[d]) + ", which is neither -1 nor a row in [0, " +
-                         std::to_string(V) + ")");
-        }
-      }
+    // Every entry must be a row its bag holds, or -1 for a bag with no valid position. (In GPU
+    // memory the entries are not read on the host: the GPU kernel adds a bag's gradient only to
+    // rows the bag holds, so other entries are ignored there.)
+    if (in.weight.device.type == DeviceType::kCPU) {
+      if (Status s = check_argmax_rows(in, plan); !s.ok()) return s;
     }
   } else if (in.argmax != nullptr) {
     return invalid(std::string("argmax is only used by mode='max' (mode is '") +

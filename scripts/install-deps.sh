@@ -17,6 +17,10 @@
 # for `make test-python` (scripts/requirements-torch.txt). It is separate so that .venv, which
 # every build uses, stays small: PyPI's Linux x86-64 torch is the CUDA build, whose nvidia-*
 # dependencies make it about 5 GiB (measured: 80 s to install on the CI machine's network).
+#
+# With --clang it also installs clang 14 and its compiler-rt runtimes (AddressSanitizer,
+# UndefinedBehaviorSanitizer, ThreadSanitizer, libFuzzer): make test-sanitize, make test-tsan and
+# make fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +41,8 @@ case "${1:-}" in
   --aarch64) cross_arch=arm64 cross_triple=aarch64-linux-gnu ;;
   --armv7) cross_arch=armhf cross_triple=arm-linux-gnueabihf ;;
   --torch) with_torch=1 ;;
-  *) echo "usage: $0 [--aarch64 | --armv7 | --torch]" >&2; exit 2 ;;
+  --clang) debian_packages+=(clang-14 libclang-rt-14-dev) ;;
+  *) echo "usage: $0 [--aarch64 | --armv7 | --torch | --clang]" >&2; exit 2 ;;
 esac
 if [ -n "$cross_arch" ]; then
   if ! dpkg --print-foreign-architectures | grep -qx "$cross_arch"; then

@@ -192,6 +192,27 @@ std::vector<ErrorRow> error_rows() {
         std::memcpy(c.argmax_data.data(), &bad, sizeof bad);
       },
       {"argmax", "-2"});
+  add("argmax entry 4 for bag 1 = rows {3, 1, 1}: only a row the bag holds can have won",
+      [](Call& c) {
+        c.make_max();
+        const int64_t bad = 4;
+        std::memcpy(c.argmax_data.data() + 2 * sizeof(int64_t), &bad, sizeof bad);
+      },
+      {"argmax[1][0] is 4", "bag 1 does not hold"});
+  add("argmax entry 3 for the empty bag 0: a bag with no valid position has no winner",
+      [](Call& c) {
+        c.make_max();
+        const int64_t bad = 3;
+        std::memcpy(c.argmax_data.data(), &bad, sizeof bad);
+      },
+      {"argmax[0][0] is 3", "bag 0 does not hold"});
+  add("argmax entry -1 for bag 3 = rows {1, 4, 0}: a non-empty bag always has a winner",
+      [](Call& c) {
+        c.make_max();
+        const int64_t bad = -1;
+        std::memcpy(c.argmax_data.data() + 7 * sizeof(int64_t), &bad, sizeof bad);
+      },
+      {"argmax[3][1] is -1", "bag 3 holds 3 valid positions"});
   // Decision (as in forward): argmax belongs to max; passing it with sum is a caller's mistake
   // (it would be silently unused), so it is refused rather than ignored.
   add("argmax with mode sum: only max routes the gradient by a winning row",

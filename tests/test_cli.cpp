@@ -102,6 +102,48 @@ TEST_F(Cli, MaxNormWritesTheRenormalisedTableAndLeavesTheInputFileAlone) {
   EXPECT_NEAR(std::hypot(renormed[6], renormed[7]), 5.0, 1e-6);
 }
 
+// Outputs are staged under unique names (mkstemp beside the target): concurrent runs writing the
+// same two files all succeed, the results are whole, and no staging file is left. With one fixed
+// staging name, one run renamed another's staged file away and failed.
+TEST_F(Cli, ConcurrentRunsWritingTheSameOutputsDoNotCollide) {
+  constexpr int kRuns = 8;
+  std::string script = "cd '" + dir_.string() + "' || exit 1; ";
+  for (int i = 0; i < kRuns; ++i) {
+    script += "(" EMBAG_CLI_COMMAND
+              " forward --weight W.npy --input I.npy --offsets O.npy --mode sum --max-norm 5 "
+              "--output out.npy --weight-output W2.npy > /dev/null 2>> errors.txt; echo $? > "
+              "status" +
+              std::to_string(i) + ".txt) & ";
+  }
+  script += "wait";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  for (int i = 0; i < kRuns; ++i) {
+    EXPECT_EQ(file_bytes("status" + std::to_string(i) + ".txt"), "0\n") << "run " << i;
+  }
+  EXPECT_EQ(file_bytes("errors.txt"), "");
+  EXPECT_EQ(load_f64("W2.npy").size(), 10u);
+  std::vector<double> out = load_f64("out.npy");
+  ASSERT_EQ(out.size(), 10u);
+  EXPECT_EQ(out[0], 0.0);
+  for (const auto& entry : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(entry.path().filename().string().find("embag-"), std::string::npos)
+        << "staging file left behind: " << entry.path();
+  }
+}
+
+// A stale file under what used to be the fixed staging name does not get in the way.
+TEST_F(Cli, AStaleStagingFileDoesNotBlockAnOutput) {
+  fs::create_directories(path("out.npy.embag-staged"));
+  fs::create_directories(path("W2.npy.embag-staged"));
+  std::string err;
+  EXPECT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode sum --max-norm 5 "
+                "--output out.npy --weight-output W2.npy",
+                &err),
+            0)
+      << err;
+  EXPECT_TRUE(fs::is_regular_file(path("out.npy")));
+}
+
 TEST_F(Cli, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
   save_i64("bad_index.npy", {6}, {3, 1, 1, 1, 9, 0});
   save_i64("bad_offsets.npy", {3}, {1, 3, 6});

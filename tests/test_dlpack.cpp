@@ -69,6 +69,12 @@ TEST(DLPack, UnsupportedDescriptionsAreRefusedAndLeaveTheViewAlone) {
   std::vector<int64_t> shape3 = {2, 2, 2};
   std::vector<int64_t> shape2 = {2, 4};
   const embag::TensorView untouched = embag::make_view_1d(nullptr, embag::DType::kInt64, 7);
+  DLTensor null_with_offset = make_tensor(nullptr, {kDLFloat, 32, 1}, shape2);
+  null_with_offset.byte_offset = 64;
+  DLTensor wrapping_offset = make_tensor(table.data(), {kDLFloat, 32, 1}, shape2);
+  wrapping_offset.byte_offset = UINT64_MAX - 3;
+  DLTensor null_shape = make_tensor(table.data(), {kDLFloat, 32, 1}, shape2);
+  null_shape.shape = nullptr;
   struct Case {
     DLTensor tensor;
     const char* fragment;
@@ -79,6 +85,10 @@ TEST(DLPack, UnsupportedDescriptionsAreRefusedAndLeaveTheViewAlone) {
       {make_tensor(table.data(), {kDLFloat, 32, 4}, shape2), "lanes 4"},
       {make_tensor(table.data(), {kDLFloat, 32, 1}, shape2, nullptr, kDLOpenCL),
        "neither CPU nor CUDA"},
+      // null + offset is a non-null pointer to nowhere; the view's null check would miss it.
+      {null_with_offset, "null data pointer but byte_offset 64"},
+      {null_shape, "null shape pointer"},
+      {wrapping_offset, "runs past the end of the address space"},
   };
   for (const Case& c : cases) {
     embag::TensorView v = untouched;

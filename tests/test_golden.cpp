@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "differential_support.h"
 #include "embag/embag.h"
 #include "npy/npy_file.h"
 #include "reference/element_access.h"
@@ -62,21 +63,25 @@ const Implementation kImplementations[] = {
     {"reference", &ref::forward, &ref::backward, &ref::sparse_gradient_rows},
     {"embag",
      [](const ForwardInputs& i, const ForwardOutputs& o, const Options& opt) {
-       return forward(i, o, opt);
+       return difftest::run_forward(i, o, opt);
      },
      [](const BackwardInputs& i, const BackwardOutputs& o, const Options& opt) {
-       return backward(i, o, opt);
+       return difftest::run_backward(i, o, opt);
      },
      [](const BackwardInputs& i, const Options& opt, int64_t* rows) {
-       return sparse_gradient_rows(i, opt, rows);
+       return difftest::run_sparse_gradient_rows(i, opt, rows);
      }}};
 
-// Puts the automatic ISA choice back however a test ends.
-class DefaultIsa {
- public:
-  DefaultIsa() { (void)set_isa(std::nullopt); }
-  ~DefaultIsa() { (void)set_isa(std::nullopt); }
-};
+// Runs `body` once on every ISA compiled in and supported here (as the differential tests do), and
+// puts the automatic ISA choice and the thread count back however it ends.
+void on_every_isa(void (*body)()) {
+  difftest::RestoreGlobals restore;
+  for (std::optional<Isa> isa : difftest::isas_to_test()) {
+    SCOPED_TRACE("isa=" + difftest::isa_label(isa));
+    if (!difftest::select(isa)) return;
+    body();
+  }
+}
 
 // ---- Golden cases recorded from PyTorch -------------------------------------------------------
 
@@ -311,8 +316,7 @@ TEST(Golden, DirectoryHasCases) {
       << "no golden cases (directories with meta.txt) in " << EMBAG_GOLDEN_DIR;
 }
 
-TEST(Golden, ReferenceAndEmbagMatchPyTorch) {
-  DefaultIsa isa;
+void Golden_ReferenceAndEmbagMatchPyTorch() {
   for (const fs::path& dir : golden_case_dirs()) {
     GoldenCase c;
     const std::string load_error = load_case(dir, &c);
@@ -373,6 +377,7 @@ TEST(Golden, ReferenceAndEmbagMatchPyTorch) {
     }
   }
 }
+TEST(Golden, ReferenceAndEmbagMatchPyTorch) { on_every_isa(&Golden_ReferenceAndEmbagMatchPyTorch); }
 
 // One implementation's backward of one golden case against PyTorch's gradients (ASSERTs end
 // only this case).
@@ -508,8 +513,7 @@ void check_backward_case(const GoldenCase& c, const Implementation& impl) {
 // out must have a zero PyTorch gradient, and the values must be PyTorch's rows. Tolerances are
 // the forward's, relative to the same backward over absolute values (the size of the terms
 // summed): PyTorch sums in another order, and sums float16 gradients in float16.
-TEST(Golden, BackwardMatchesPyTorch) {
-  DefaultIsa isa;
+void Golden_BackwardMatchesPyTorch() {
   int cases_with_backward = 0;
   for (const fs::path& dir : golden_case_dirs()) {
     GoldenCase c;
@@ -530,6 +534,7 @@ TEST(Golden, BackwardMatchesPyTorch) {
   // Without this, golden cases recorded without their backward files would make this test pass.
   EXPECT_GT(cases_with_backward, 0) << "no golden case has backward files (grad_weight.npy)";
 }
+TEST(Golden, BackwardMatchesPyTorch) { on_every_isa(&Golden_BackwardMatchesPyTorch); }
 
 // ---- SEMANTICS.md's worked examples -------------------------------------------------------------
 
@@ -776,8 +781,7 @@ std::string first_difference(const char* what, DType dtype, const void* got, con
   return "";
 }
 
-TEST(WorkedExamples, ReferenceAndEmbagMatchExactly) {
-  DefaultIsa isa;
+void WorkedExamples_ReferenceAndEmbagMatchExactly() {
   for (const Example& e : examples()) {
     SCOPED_TRACE(e.name);
     const size_t esize = element_size(e.dtype);
@@ -901,10 +905,12 @@ TEST(WorkedExamples, ReferenceAndEmbagMatchExactly) {
     }
   }
 }
+TEST(WorkedExamples, ReferenceAndEmbagMatchExactly) {
+  on_every_isa(&WorkedExamples_ReferenceAndEmbagMatchExactly);
+}
 
 // The float32 bit patterns SEMANTICS.md quotes, independent of the decimal spelling above.
-TEST(WorkedExamples, MaxNormFloat32BitPatterns) {
-  DefaultIsa isa;
+void WorkedExamples_MaxNormFloat32BitPatterns() {
   for (const Implementation& impl : kImplementations) {
     SCOPED_TRACE(impl.name);
     float weight[2] = {3, 4};
@@ -925,6 +931,9 @@ TEST(WorkedExamples, MaxNormFloat32BitPatterns) {
     EXPECT_EQ(ref::float_bits(out[0]), 0x3F99999Au);
     EXPECT_EQ(ref::float_bits(out[1]), 0x3FCCCCCDu);
   }
+}
+TEST(WorkedExamples, MaxNormFloat32BitPatterns) {
+  on_every_isa(&WorkedExamples_MaxNormFloat32BitPatterns);
 }
 
 }  // namespace

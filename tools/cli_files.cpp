@@ -45,8 +45,9 @@ TensorView view_with_true_ndim(npy::Array& array) {
   return view;
 }
 
-// npy::save is atomic per file; for several files, each is first saved complete under a staging
-// name beside its target and only then renamed into place, so the failures that happen (disk
+// npy::save is atomic per file; for several files, each is first saved complete under a unique
+// staging name beside its target (npy::save_staged: mkstemp, so concurrent runs writing the same
+// outputs never collide) and only then renamed into place, so the failures that happen (disk
 // full, unwritable folder) leave no target changed; what remains is a rename within a folder
 // just written to, which in practice does not fail.
 Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::Array*>>& files) {
@@ -61,8 +62,8 @@ Status save_all_or_nothing(const std::vector<std::pair<std::string, const npy::A
     }
   };
   for (const auto& [path, array] : files) {
-    const std::string staging_path = path + ".embag-staged";
-    Status status = npy::save(staging_path, *array);
+    std::string staging_path;
+    Status status = npy::save_staged(path, *array, &staging_path);
     if (!status.ok()) {
       discard_staged();
       return status;

@@ -15,15 +15,20 @@ set(CMAKE_CXX_COMPILER ${EMBAG_CROSS_TRIPLE}-g++)
 set(CMAKE_LIBRARY_ARCHITECTURE ${EMBAG_CROSS_TRIPLE})
 
 # Target programs (tests, the CLI, gtest's test discovery) run under user-mode QEMU. The target's
-# dynamic loader and C library must come from one place: Debian's multiarch libc (at the usual
-# /lib paths, installed with the target's GoogleTest) when it is there, else the cross
-# toolchain's own copy (-L /usr/<triple>). Mixing the two -- the toolchain's loader with
-# multiarch libraries, which it also searches -- hangs at the first thread. On a real board,
-# configure with -DCMAKE_CROSSCOMPILING_EMULATOR= to run the programs directly.
+# dynamic loader and C library must come from one place:
+#  - Debian's multiarch libc installed (its loader at the usual /lib path; the target's
+#    GoogleTest pulls it in): plain qemu, the multiarch loader with the multiarch libc.
+#  - otherwise the cross toolchain's own copy: -L /usr/<triple> for the loader, and
+#    -E LD_LIBRARY_PATH=/usr/<triple>/lib so that loader takes the toolchain's libc first. -L
+#    alone is not enough once any multiarch libraries are installed: the toolchain's loader
+#    (glibc 2.36-8cross1) also searches /usr/lib/<triple>, loads the multiarch libc
+#    (2.36-9+deb12u14) and hangs any program at its first thread.
+# On a real board, configure with -DCMAKE_CROSSCOMPILING_EMULATOR= to run the programs directly.
 if (NOT DEFINED CMAKE_CROSSCOMPILING_EMULATOR)
   if (EXISTS ${EMBAG_CROSS_LOADER})
     set(CMAKE_CROSSCOMPILING_EMULATOR ${EMBAG_CROSS_QEMU})
   else ()
-    set(CMAKE_CROSSCOMPILING_EMULATOR ${EMBAG_CROSS_QEMU} -L /usr/${EMBAG_CROSS_TRIPLE})
+    set(CMAKE_CROSSCOMPILING_EMULATOR ${EMBAG_CROSS_QEMU} -L /usr/${EMBAG_CROSS_TRIPLE} -E
+                                      LD_LIBRARY_PATH=/usr/${EMBAG_CROSS_TRIPLE}/lib)
   endif ()
 endif ()

@@ -115,7 +115,7 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
 //                positions inside bags holding r (padding positions included)
 //   max:         G[r][d] = fold(+, 0, g[b][d]) over the non-empty bags b that hold r with
 //                argmax[b][d] = r (argmax as forward produced it; an entry naming a row its bag
-//                does not hold is ignored)
+//                does not hold at a valid position, or -1 for a bag that has one, is refused)
 //   grad_psw[p]  = fold(+, 0, g[b][d] * W[r][d]) over d; 0 at padding positions and at
 //                  positions in no bag
 //   float16 / bfloat16: every fold is in float32, rounded once. Results are bitwise identical

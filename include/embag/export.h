@@ -6,7 +6,10 @@
 #pragma once
 
 #if defined(__GNUC__) || defined(__clang__)
-#define EMBAG_API __attribute__((visibility("default")))
+// The C++11 attribute spelling: GCC and clang both take it on a namespace (`namespace EMBAG_API
+// embag`), where clang refuses the __attribute__ spelling (the sanitizer and fuzz builds use
+// clang).
+#define EMBAG_API [[gnu::visibility("default")]]
 #else
 #define EMBAG_API
 #endif

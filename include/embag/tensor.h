@@ -47,6 +47,7 @@ struct TensorView {
   int64_t strides[2] = {0, 0};
   Device device{};
 
+  // Number of elements, or -1 when an extent is negative or the product overflows int64.
   int64_t numel() const;
   bool is_contiguous() const;
   // "(3, 4)" — used in error messages.

@@ -337,11 +337,21 @@ Status make_backward_plan(const BackwardInputs& in, const Options& options, Plan
     if (!is_matrix(in.argmax, DType::kInt64, num_bags, plan->dim)) {
       return invalid("max needs argmax, (B, D) int64");
     }
-    // Entries are rows or -1; anything else would index out of the gradient.
+    // Entries are a row the bag holds at a valid position, or -1 for a bag with none (embag.h);
+    // anything else did not come from this forward.
     for (int64_t b = 0; b < num_bags; ++b) {
+      const Bag& bag = plan->bags[static_cast<size_t>(b)];
       for (int64_t d = 0; d < plan->dim; ++d) {
         const int64_t row = load_int64(*in.argmax, b, d);
         if (row < -1 || row >= plan->num_rows) return invalid("argmax entry out of range");
+        bool held = false, any_valid = false;
+        for (int64_t p = bag.begin; p < bag.end; ++p) {
+          const int64_t r = index_at(in.input, p);
+          if (r == plan->padding) continue;
+          any_valid = true;
+          held = held || r == row;
+        }
+        if (row == -1 ? any_valid : !held) return invalid("argmax entry not a row of its bag");
       }
     }
   }
@@ -415,12 +425,7 @@ std::vector<Acc> weight_gradient(const BackwardInputs& in, const Options& option
       if (valid == 0) continue;  // an empty or all-padding bag gives no gradient
       for (int64_t d = 0; d < dim; ++d) {
         const int64_t row = load_int64(*in.argmax, bag_index, d);
-        if (row < 0 || row == plan.padding) continue;
-        // Only a row the bag holds can have won one of its columns (embag.h); an argmax that
-        // names another row did not come from this forward and is ignored.
-        bool held = false;
-        for (int64_t p = bag.begin; p < bag.end && !held; ++p) held = index_at(in.input, p) == row;
-        if (!held) continue;
+        // make_backward_plan checked that the row is one this bag holds at a valid position.
         element(row, d) = element(row, d) + load<Acc>(g, bag_index, d);
       }
       continue;

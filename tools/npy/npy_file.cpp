@@ -7,9 +7,9 @@
 #include "npy/npy_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -33,6 +33,9 @@ constexpr size_t kMagicSize = 6;
 // NumPy pads headers so the data is 64-byte aligned (format.ARRAY_ALIGN); memory-mapping
 // readers rely on it.
 constexpr size_t kDataAlignment = 64;
+// NumPy refuses longer headers (format._MAX_HEADER_SIZE) as unsafe to parse; so does embag,
+// before reading or allocating anything for one.
+constexpr size_t kMaxHeaderSize = 10000;
 
 Status file_error(const std::string& path, const std::string& what) {
   return Status(StatusCode::kInvalidArgument, path + ": " + what);
@@ -125,6 +128,12 @@ class HeaderParser {
         break;
       }
       skip_space();
+    }
+    // NumPy pads with spaces and ends with a newline; anything else after the dict is junk that
+    // NumPy's literal_eval refuses.
+    skip_space();
+    if (pos_ != text_.size()) {
+      return "header has junk after the dict at byte " + std::to_string(pos_);
     }
     if (!header->descr || !header->fortran_order || !header->shape) {
       return "header lacks one of 'descr', 'fortran_order', 'shape'";
@@ -410,6 +419,11 @@ Status load(const std::string& path, Array* out) {
   for (size_t i = 0; i < length_size; ++i) {
     header_length |= static_cast<size_t>(length_bytes[i]) << (8 * i);
   }
+  if (header_length > kMaxHeaderSize) {
+    return file_error(path, "header length " + std::to_string(header_length) +
+                                " exceeds NumPy's limit of " + std::to_string(kMaxHeaderSize) +
+                                " bytes");
+  }
   const int64_t header_end = static_cast<int64_t>(kMagicSize + 2 + length_size + header_length);
   if (header_end > file_size) {
     return file_error(path, "file is truncated in its header (header length " +
@@ -462,7 +476,7 @@ Status load(const std::string& path, Array* out) {
   return Status::Ok();
 }
 
-Status save(const std::string& path, const Array& array) {
+Status save_staged(const std::string& path, const Array& array, std::string* staged_path) {
   const std::optional<std::string> type = descr_type_of(array.dtype);
   if (!type) {
     return file_error(path, std::string(dtype_name(array.dtype)) + " has no .npy dtype");
@@ -475,18 +489,22 @@ Status save(const std::string& path, const Array& array) {
   }
   const std::string header = encode_header("<" + *type, array.shape);
 
-  // A unique name beside the target, so the final rename stays within one file system and is
-  // atomic; the pid and a counter keep concurrent writers (processes and threads) apart.
-  static std::atomic<unsigned> counter{0};
-  const std::string temp_path =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  // 0666 lets the umask decide the permissions, as for any newly created file.
-  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_TRUNC, 0666);
+  // mkstemp picks a name no other process or thread holds (O_EXCL), beside the target so the
+  // final rename stays within one file system and is atomic: concurrent runs writing the same
+  // output never share a staging file.
+  std::string temp_path = path + ".embag-XXXXXX";
+  const int fd = ::mkstemp(temp_path.data());
   if (fd < 0) {
-    return file_error(path, "cannot create " + temp_path + ": " + std::strerror(errno));
+    return file_error(
+        path, "cannot create a temporary file beside it: " + std::string(std::strerror(errno)));
   }
+  // mkstemp creates 0600; a finished output gets the permissions of any new file (0666 less the
+  // umask). The umask can only be read by setting it; the CLI is single-threaded here.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
   // fsync before rename: otherwise a crash soon after can leave the new name with no data.
-  const bool written = write_all(fd, header.data(), header.size()) &&
+  const bool written = ::fchmod(fd, 0666 & ~mask) == 0 &&
+                       write_all(fd, header.data(), header.size()) &&
                        write_all(fd, array.data.data(), array.data.size()) && ::fsync(fd) == 0;
   const int write_errno = errno;
   const bool closed = ::close(fd) == 0;
@@ -494,6 +512,15 @@ Status save(const std::string& path, const Array& array) {
     ::unlink(temp_path.c_str());
     return file_error(path,
                       std::string("cannot write: ") + std::strerror(written ? errno : write_errno));
+  }
+  *staged_path = temp_path;
+  return Status::Ok();
+}
+
+Status save(const std::string& path, const Array& array) {
+  std::string temp_path;
+  if (Status s = save_staged(path, array, &temp_path); !s.ok()) {
+    return s;
   }
   if (std::rename(temp_path.c_str(), path.c_str()) != 0) {
     const int rename_errno = errno;

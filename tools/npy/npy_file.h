@@ -34,4 +34,9 @@ Status load(const std::string& path, Array* out);
 // failure never leaves a partial or empty file at `path`.
 Status save(const std::string& path, const Array& array);
 
+// The first half of save(): writes `array` complete (and fsynced) to a new file with a unique
+// name beside `path` (mkstemp), and returns that name in `staged_path`. The caller renames it
+// into place or removes it; concurrent writers of one `path` never share a staging file.
+Status save_staged(const std::string& path, const Array& array, std::string* staged_path);
+
 }  // namespace embag::npy
