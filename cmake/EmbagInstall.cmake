@@ -23,6 +23,16 @@ if (TARGET embag_cli)
 endif ()
 
 set(EMBAG_CMAKE_INSTALL_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/embag)
+# With CUDA kernels the runtime carries CUB's code, which needs the static CUDA runtime: the
+# package asks for the CUDA toolkit (CMake) or names its library (pkg-config).
+if (EMBAG_GPU_ISAS MATCHES "cuda")
+  set(EMBAG_HAS_CUDA ON)
+  get_filename_component(cudart_dir "${CUDA_cudart_static_LIBRARY}" DIRECTORY)
+  set(EMBAG_PC_CUDA_LIBS "-L${cudart_dir} -lcudart_static -lrt")
+else ()
+  set(EMBAG_HAS_CUDA OFF)
+  set(EMBAG_PC_CUDA_LIBS "")
+endif ()
 configure_package_config_file(
   cmake/embagConfig.cmake.in "${PROJECT_BINARY_DIR}/package/embagConfig.cmake"
   INSTALL_DESTINATION ${EMBAG_CMAKE_INSTALL_DIR}
