@@ -125,27 +125,29 @@ class EmbagCheck : public Generator<EmbagCheck> {
  private:
   // The first position in [0, extent) where bad(position) holds, or INT32_MAX: a minimum
   // reduction in three stages without atomics (each stage's threads fold a fixed slice in order,
-  // so no thread reads what another writes): 65536 slices of the positions, 256 slices of those,
-  // then one thread. Stages go to stages_ for the schedule.
+  // so no thread reads what another writes): W = min(extent, 65536) slices of the positions,
+  // 256 slices of those, then one thread. Stages go to stages_ for the schedule.
   template <typename Bad>
   Func first_position(const std::string& name, Expr extent, Bad bad) {
     constexpr int kWide = 65536, kNarrow = 256;
     const Expr none = Int(32).max();
+    Expr width = clamp(extent, 1, kWide);
     Var t("t");
     Func wide(name + "_wide"), narrow(name + "_narrow"), last(name + "_last");
-    // Thread t of the wide stage takes positions t, t + 65536, ...: neighbouring threads read
+    // Thread t of the wide stage takes positions t, t + W, ...: neighbouring threads read
     // neighbouring positions (coalesced).
-    RDom r(0, (extent + kWide - 1) / kWide, name + "_r");
-    Expr p = r * kWide + t;
+    RDom r(0, (extent + width - 1) / width, name + "_r");
+    Expr p = r * width + t;
     wide(t) = none;
     wide(t) = min(wide(t), select(p < extent && bad(p), p, none));
-    RDom s(0, kNarrow, name + "_s");
+    RDom s(0, (width + kNarrow - 1) / kNarrow, name + "_s");
+    Expr slot = s * kNarrow + t;
     narrow(t) = none;
-    narrow(t) = min(narrow(t), wide(s * kNarrow + t));
+    narrow(t) = min(narrow(t), select(slot < width, wide(clamp(slot, 0, width - 1)), none));
     RDom u(0, kNarrow, name + "_u");
     last() = none;
     last() = min(last(), narrow(u));
-    wide.bound(t, 0, kWide);
+    wide.bound(t, 0, width);
     narrow.bound(t, 0, kNarrow);
     stages_.push_back(wide);
     stages_.push_back(narrow);

@@ -8,6 +8,10 @@
 #include <mutex>
 #include <vector>
 
+#if EMBAG_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace embag::gpu_mirror {
 namespace {
 
@@ -17,7 +21,7 @@ struct OpenClQueue {
   std::string why;
 };
 
-const OpenClQueue& device() {
+const OpenClQueue& opencl() {
   static const OpenClQueue* d = [] {
     auto* out = new OpenClQueue;
     bool has_kernels = false;
@@ -49,6 +53,35 @@ const OpenClQueue& device() {
   return *d;
 }
 
+// cuda:0 and a stream of the tests' own (calls must run on the caller's stream).
+struct CudaStream {
+  void* stream = nullptr;
+  std::string why;
+};
+
+const CudaStream& cuda() {
+  static const CudaStream* c = [] {
+    auto* out = new CudaStream;
+    const std::string status = cuda_status();
+    if (status.rfind("unavailable", 0) == 0) {
+      out->why = "CUDA " + status;
+      return out;
+    }
+#if EMBAG_TEST_CUDA
+    cudaStream_t stream = nullptr;
+    if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreate(&stream) != cudaSuccess) {
+      out->why = "creating a CUDA stream failed";
+      return out;
+    }
+    out->stream = stream;
+#else
+    out->why = "the tests were built without the CUDA runtime";
+#endif
+    return out;
+  }();
+  return *c;
+}
+
 // Bytes a view spans: rows - 1 strides plus one row.
 size_t span_bytes(const TensorView& v) {
   const int64_t n =
@@ -58,80 +91,113 @@ size_t span_bytes(const TensorView& v) {
   return static_cast<size_t>(n > 0 ? n : 0) * dtype_size(v.dtype);
 }
 
-// One mirrored view: a device buffer holding the host bytes, and the view that names it.
+// One mirrored view: device memory holding the host bytes, and the view that names it.
 class Mirror {
  public:
-  Mirror(const TensorView& host, bool copy_back) : host_(host), copy_back_(copy_back) {
+  Mirror(DeviceType device, const TensorView& host, bool copy_back)
+      : device_(device), host_(host), copy_back_(copy_back) {
     device_view_ = host;
-    device_view_.device = embag::Device{DeviceType::kOpenCL, 0};
+    device_view_.device = embag::Device{device, 0};
     bytes_ = span_bytes(host);
     if (bytes_ == 0 || host.data == nullptr) {
       device_view_.data = nullptr;
       return;
     }
-    cl_int error = 0;
-    buffer_ = clCreateBuffer(device().context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bytes_,
-                             host.data, &error);
-    device_view_.data = buffer_;
+    if (device == DeviceType::kOpenCL) {
+      cl_int error = 0;
+      buffer_ = clCreateBuffer(opencl().context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bytes_,
+                               host.data, &error);
+      device_view_.data = buffer_;
+    }
+#if EMBAG_TEST_CUDA
+    if (device == DeviceType::kCUDA) {
+      cudaMalloc(&cuda_, bytes_);
+      cudaMemcpy(cuda_, host.data, bytes_, cudaMemcpyHostToDevice);
+      device_view_.data = cuda_;
+    }
+#endif
   }
   ~Mirror() {
     if (buffer_ != nullptr) clReleaseMemObject(buffer_);
+#if EMBAG_TEST_CUDA
+    if (cuda_ != nullptr) cudaFree(cuda_);
+#endif
   }
   Mirror(const Mirror&) = delete;
   Mirror& operator=(const Mirror&) = delete;
 
   const TensorView* view() const { return &device_view_; }
   void copy_back() {
-    if (copy_back_ && buffer_ != nullptr) {
-      clEnqueueReadBuffer(device().queue, buffer_, CL_TRUE, 0, bytes_, host_.data, 0, nullptr,
+    if (!copy_back_) return;
+    if (buffer_ != nullptr) {
+      clEnqueueReadBuffer(opencl().queue, buffer_, CL_TRUE, 0, bytes_, host_.data, 0, nullptr,
                           nullptr);
     }
+#if EMBAG_TEST_CUDA
+    if (cuda_ != nullptr) cudaMemcpy(host_.data, cuda_, bytes_, cudaMemcpyDeviceToHost);
+#endif
   }
 
  private:
+  DeviceType device_;
   TensorView host_;
   bool copy_back_;
   TensorView device_view_;
   size_t bytes_ = 0;
   cl_mem buffer_ = nullptr;
+  void* cuda_ = nullptr;
 };
 
 // The mirrors of one call; outputs are copied back when it ends.
 class Mirrors {
  public:
+  explicit Mirrors(DeviceType device) : device_(device) {}
   const TensorView* add(const TensorView* host, bool copy_back) {
     if (host == nullptr) return nullptr;
-    mirrors_.push_back(std::make_unique<Mirror>(*host, copy_back));
+    mirrors_.push_back(std::make_unique<Mirror>(device_, *host, copy_back));
     return mirrors_.back()->view();
   }
   TensorView add(const TensorView& host, bool copy_back) { return *add(&host, copy_back); }
   void copy_back() {
-    clFinish(device().queue);
+    if (device_ == DeviceType::kOpenCL) clFinish(opencl().queue);
+#if EMBAG_TEST_CUDA
+    if (device_ == DeviceType::kCUDA) {
+      cudaStreamSynchronize(static_cast<cudaStream_t>(cuda().stream));
+    }
+#endif
     for (auto& m : mirrors_) m->copy_back();
   }
 
  private:
+  DeviceType device_;
   std::vector<std::unique_ptr<Mirror>> mirrors_;
 };
 
-Execution execution() {
+Execution execution(DeviceType device) {
   Execution e;
-  e.stream = device().queue;
+  e.stream = device == DeviceType::kOpenCL ? static_cast<void*>(opencl().queue) : cuda().stream;
   return e;
 }
 
-Status unavailable() { return Status(StatusCode::kUnsupported, "OpenCL: " + device().why); }
+Status unavailable(DeviceType device) {
+  std::string why;
+  available(device, &why);
+  return Status(StatusCode::kUnsupported, why);
+}
 
 }  // namespace
 
-bool available(std::string* why) {
-  if (why != nullptr) *why = device().why;
-  return device().why.empty();
+bool available(DeviceType device, std::string* why) {
+  const std::string& reason =
+      device == DeviceType::kOpenCL ? embag::gpu_mirror::opencl().why : cuda().why;
+  if (why != nullptr) *why = reason;
+  return reason.empty();
 }
 
-Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& options) {
-  if (!available()) return unavailable();
-  Mirrors m;
+Status forward(DeviceType device, const ForwardInputs& in, const ForwardOutputs& out,
+               const Options& options) {
+  if (!available(device)) return unavailable(device);
+  Mirrors m(device);
   ForwardInputs d_in;
   d_in.weight = m.add(in.weight, /*copy_back=*/true);  // max_norm renormalises it in place
   d_in.input = m.add(in.input, false);
@@ -141,7 +207,7 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
   d_out.output = m.add(out.output, true);
   d_out.bag_count = m.add(out.bag_count, true);
   d_out.argmax = m.add(out.argmax, true);
-  const Status s = embag::forward(d_in, d_out, options, execution());
+  const Status s = embag::forward(d_in, d_out, options, execution(device));
   m.copy_back();
   return s;
 }
@@ -159,29 +225,32 @@ BackwardInputs mirror_inputs(Mirrors& m, const BackwardInputs& in) {
 }
 }  // namespace
 
-Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& options) {
-  if (!available()) return unavailable();
-  Mirrors m;
+Status backward(DeviceType device, const BackwardInputs& in, const BackwardOutputs& out,
+                const Options& options) {
+  if (!available(device)) return unavailable(device);
+  Mirrors m(device);
   const BackwardInputs d_in = mirror_inputs(m, in);
   BackwardOutputs d_out;
   d_out.grad_weight = m.add(out.grad_weight, true);
   d_out.grad_weight_rows = m.add(out.grad_weight_rows, true);
   d_out.grad_weight_values = m.add(out.grad_weight_values, true);
   d_out.grad_per_sample_weights = m.add(out.grad_per_sample_weights, true);
-  const Status s = embag::backward(d_in, d_out, options, execution());
+  const Status s = embag::backward(d_in, d_out, options, execution(device));
   m.copy_back();
   return s;
 }
 
-Status sparse_gradient_rows(const BackwardInputs& in, const Options& options, int64_t* rows) {
-  if (!available()) return unavailable();
-  Mirrors m;
-  return embag::sparse_gradient_rows(mirror_inputs(m, in), options, rows, execution());
+Status sparse_gradient_rows(DeviceType device, const BackwardInputs& in, const Options& options,
+                            int64_t* rows) {
+  if (!available(device)) return unavailable(device);
+  Mirrors m(device);
+  return embag::sparse_gradient_rows(mirror_inputs(m, in), options, rows, execution(device));
 }
 
-std::string forward_variant_name(const ForwardInputs& in, const Options& options) {
+std::string forward_variant_name(DeviceType device, const ForwardInputs& in,
+                                 const Options& options) {
   ForwardInputs d = in;
-  d.weight.device = d.input.device = embag::Device{DeviceType::kOpenCL, 0};
+  d.weight.device = d.input.device = embag::Device{device, 0};
   return embag::forward_variant_name(d, options);
 }
 

@@ -1,6 +1,7 @@
 // Running embag's GPU path from tests written for host memory: every view of a call is mirrored
 // into device memory (OpenCL buffers on the first OpenCL device, POCL's CPU device on machines
-// without a GPU), the call runs there through the public API with the device's command queue,
+// without a GPU; or CUDA memory on cuda:0), the call runs there through the public API with the
+// device's command queue (a CUDA stream of the test's own, not the default one),
 // and every array it may write (outputs, and the table for max_norm) is copied back over the
 // host memory, whole, including the gaps between strided rows, so the tests' byte comparisons
 // and "nothing written" checks see exactly what the device did. Test-only.
@@ -12,16 +13,19 @@
 
 namespace embag::gpu_mirror {
 
-// True when an OpenCL device can run calls (and this build has OpenCL kernels); otherwise
-// `why` says what is missing.
-bool available(std::string* why = nullptr);
+// True when `device` (kOpenCL or kCUDA) can run calls (and this build has its kernels);
+// otherwise `why` says what is missing.
+bool available(DeviceType device, std::string* why = nullptr);
 
 // embag::forward / backward / sparse_gradient_rows / forward_variant_name, with the same
-// arguments, run on the OpenCL device.
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options);
-Status backward(const BackwardInputs& inputs, const BackwardOutputs& outputs,
+// arguments, run on `device`.
+Status forward(DeviceType device, const ForwardInputs& inputs, const ForwardOutputs& outputs,
+               const Options& options);
+Status backward(DeviceType device, const BackwardInputs& inputs, const BackwardOutputs& outputs,
                 const Options& options);
-Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options, int64_t* rows);
-std::string forward_variant_name(const ForwardInputs& inputs, const Options& options);
+Status sparse_gradient_rows(DeviceType device, const BackwardInputs& inputs,
+                            const Options& options, int64_t* rows);
+std::string forward_variant_name(DeviceType device, const ForwardInputs& inputs,
+                                 const Options& options);
 
 }  // namespace embag::gpu_mirror
