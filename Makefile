@@ -26,7 +26,8 @@ CTEST := $(VENV)/bin/ctest
 # Ninja (and CMake) from the project's .venv, for CMake's presets too.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all deps configure generators build run test test-promises bench info install \
+.PHONY: all deps configure generators build run test test-promises bench info install check-ptx \
+	test-gpu-emulated \
 	test-install format clean deps-clang test-sanitize test-tsan fuzz $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
 
 all: build
@@ -153,6 +154,19 @@ $(addprefix build-,$(CROSS_ARCHS)): build-%: configure-%
 $(addprefix test-,$(CROSS_ARCHS)): test-%: build-%
 	$(CTEST) --test-dir build-$* --output-on-failure --parallel $(JOBS)
 	scripts/check-install.sh build-$* $(TOOLCHAIN_$*)
+
+# Every CUDA kernel's PTX assembled by ptxas for its capability and for sm_90, failing on any
+# register spill (tools/check_ptx.py prints registers per kernel); then the arm-64-linux CUDA
+# kernels (Jetson-class boards), compiled by the host generators, checked the same way.
+check-ptx: build
+	$(VENV)/bin/python tools/check_ptx.py $(BUILD_DIR)
+	$(VENV)/bin/python tools/check_ptx.py $(BUILD_DIR) \
+	  --generators $(BUILD_DIR)/generators/embag_generators --target arm-64-linux-cuda-cuda_capability_86
+
+# The GPU schedules on POCL (OpenCL on the CPU) and the Oclgrind subset only (make test runs them
+# too, with everything else).
+test-gpu-emulated: build
+	$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -L gpu-emulated
 
 bench: build
 	$(BUILD_DIR)/bench/bench_forward --shapes=bench/shapes/perf.txt

@@ -23,8 +23,8 @@ Status forward(DeviceType device, const ForwardInputs& inputs, const ForwardOutp
                const Options& options);
 Status backward(DeviceType device, const BackwardInputs& inputs, const BackwardOutputs& outputs,
                 const Options& options);
-Status sparse_gradient_rows(DeviceType device, const BackwardInputs& inputs,
-                            const Options& options, int64_t* rows);
+Status sparse_gradient_rows(DeviceType device, const BackwardInputs& inputs, const Options& options,
+                            int64_t* rows);
 std::string forward_variant_name(DeviceType device, const ForwardInputs& inputs,
                                  const Options& options);
 
