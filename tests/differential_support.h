@@ -210,26 +210,18 @@ inline DeviceType& selected_device() {
 // The calls under test, on the selected ISA's device (host memory mirrored for a GPU).
 inline Status run_forward(const ForwardInputs& in, const ForwardOutputs& out,
                           const Options& options) {
-  return selected_device() == DeviceType::kCPU
-             ? forward(in, out, options)
-             : gpu_mirror::forward(selected_device(), in, out, options);
+  return gpu_mirror::forward(selected_device(), in, out, options);
 }
 inline Status run_backward(const BackwardInputs& in, const BackwardOutputs& out,
                            const Options& options) {
-  return selected_device() == DeviceType::kCPU
-             ? backward(in, out, options)
-             : gpu_mirror::backward(selected_device(), in, out, options);
+  return gpu_mirror::backward(selected_device(), in, out, options);
 }
 inline Status run_sparse_gradient_rows(const BackwardInputs& in, const Options& options,
                                        int64_t* rows) {
-  return selected_device() == DeviceType::kCPU
-             ? sparse_gradient_rows(in, options, rows)
-             : gpu_mirror::sparse_gradient_rows(selected_device(), in, options, rows);
+  return gpu_mirror::sparse_gradient_rows(selected_device(), in, options, rows);
 }
 inline std::string run_forward_variant_name(const ForwardInputs& in, const Options& options) {
-  return selected_device() == DeviceType::kCPU
-             ? forward_variant_name(in, options)
-             : gpu_mirror::forward_variant_name(selected_device(), in, options);
+  return gpu_mirror::forward_variant_name(selected_device(), in, options);
 }
 
 // Puts the automatic ISA choice and the thread count back however a test ends.

@@ -88,6 +88,41 @@ TEST_F(Cli, ForwardWritesTheResultAndDefaultsToMean) {
   EXPECT_DOUBLE_EQ(mean[3], 16.0 / 3);
 }
 
+// --device runs the same call on a GPU (here OpenCL, on POCL where there is no GPU): the same
+// file, byte for byte, forward and backward (max, whose argmax the forward run makes on the
+// device too). --device cuda works where a CUDA GPU is, and says why not elsewhere.
+TEST_F(Cli, DeviceRunsTheSameCallOnAGpu) {
+  ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode sum "
+                "--output cpu.npy"),
+            0);
+  ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode sum "
+                "--output gpu.npy --device opencl"),
+            0);
+  EXPECT_EQ(file_bytes("gpu.npy"), file_bytes("cpu.npy"));
+  save_f64("G.npy", {5, 2}, {99, 99, 1, 2, 99, 99, 3, 4, 99, 99});
+  for (const char* device : {"cpu", "opencl"}) {
+    ASSERT_EQ(run(std::string("backward --weight W.npy --input I.npy --offsets O.npy --mode max "
+                              "--grad-output G.npy --grad-weight gw_") +
+                  device + ".npy --device " + device),
+              0);
+  }
+  EXPECT_EQ(load_f64("gw_opencl.npy"), (std::vector<double>{0, 0, 0, 0, 0, 0, 1, 2, 3, 4}));
+  std::string err;
+  const int cuda =
+      run("forward --weight W.npy --input I.npy --offsets O.npy --output c.npy "
+          "--device cuda",
+          &err);
+  if (embag::cuda_status().rfind("unavailable", 0) == 0) {
+    EXPECT_EQ(cuda, 1);
+    EXPECT_NE(err.find("CUDA"), std::string::npos) << err;
+  } else {
+    EXPECT_EQ(cuda, 0) << err;
+  }
+  EXPECT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --output x.npy "
+                "--device tpu"),
+            2);
+}
+
 TEST_F(Cli, MaxNormWritesTheRenormalisedTableAndLeavesTheInputFileAlone) {
   const std::string before = file_bytes("W.npy");
   ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode max --max-norm 5 "

@@ -119,6 +119,20 @@ int run_subcommand(const std::vector<std::string>& args, const std::vector<FlagS
   return run();
 }
 
+Status parse_device(const ParsedFlags& flags, DeviceType* device) {
+  *device = DeviceType::kCPU;
+  if (const auto text = flags.value("device")) {
+    if (*text == "cuda") {
+      *device = DeviceType::kCUDA;
+    } else if (*text == "opencl") {
+      *device = DeviceType::kOpenCL;
+    } else if (*text != "cpu") {
+      return usage_error("--device must be cpu, cuda or opencl, got '" + *text + "'");
+    }
+  }
+  return Status::Ok();
+}
+
 Status parse_bag_options(const ParsedFlags& flags, Options* options) {
   if (const auto mode_text = flags.value("mode")) {
     const std::optional<Mode> mode = parse_mode(*mode_text);

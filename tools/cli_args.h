@@ -63,6 +63,10 @@ Status parse_double(const std::string& flag, const std::string& text, double* ou
 // share, into `options` (flags not given leave PyTorch's defaults).
 Status parse_bag_options(const ParsedFlags& flags, Options* options);
 
+// Reads --device cpu|cuda|opencl (default cpu): where forward and backward run. A GPU run copies
+// the arrays to the device, runs there on a stream of its own, and copies the results back.
+Status parse_device(const ParsedFlags& flags, DeviceType* device);
+
 // The flow every array subcommand shares: parse `args` against `specs`; with --help print
 // `usage` to stdout and return kExitOk; then build the request with `parse_request`. A mistake
 // in either step is reported (kExitUsage) followed by `usage_hint` on stderr. Otherwise returns

@@ -15,6 +15,7 @@
 #include "cli_commands.h"
 #include "cli_files.h"
 #include "embag/embag.h"
+#include "gpu_mirror.h"
 #include "npy/npy_file.h"
 
 namespace embag::cli {
@@ -46,6 +47,8 @@ options:
   --padding-idx N             index skipped in every bag (gets no gradient); negative counts
                               from the end
   --include-last-offset       --offsets has B+1 entries; the last one ends the last bag
+  --device cpu|cuda|opencl    where to run (default cpu); a GPU run copies the arrays there and
+                              the results back (opencl: any OpenCL device, e.g. POCL)
   --scale-grad-by-freq        divide each row's gradient by how often the bags hold the row
   --sparse                    write only the U referenced rows; needs --grad-weight-rows
   --grad-weight-rows ROWS.npy (U) int64: the strictly ascending rows of --grad-weight (--sparse)
@@ -58,19 +61,13 @@ command line and 1 for anything else (unreadable or invalid data).
 )";
 
 const std::vector<FlagSpec> kFlags = {
-    {"weight", true},
-    {"input", true},
-    {"offsets", true},
-    {"per-sample-weights", true},
-    {"grad-output", true},
-    {"mode", true},
-    {"padding-idx", true},
-    {"include-last-offset", false},
-    {"scale-grad-by-freq", false},
-    {"sparse", false},
-    {"grad-weight", true},
-    {"grad-weight-rows", true},
-    {"grad-per-sample-weights", true},
+    {"weight", true},           {"input", true},
+    {"offsets", true},          {"per-sample-weights", true},
+    {"grad-output", true},      {"mode", true},
+    {"padding-idx", true},      {"include-last-offset", false},
+    {"device", true},           {"scale-grad-by-freq", false},
+    {"sparse", false},          {"grad-weight", true},
+    {"grad-weight-rows", true}, {"grad-per-sample-weights", true},
 };
 
 // Everything the command line asks for, checked for form but not yet loaded.
@@ -84,6 +81,7 @@ struct BackwardRequest {
   std::optional<std::string> grad_weight_rows_path;
   std::optional<std::string> grad_per_sample_weights_path;
   Options options;
+  DeviceType device = DeviceType::kCPU;
 };
 
 Status parse_request(const ParsedFlags& flags, BackwardRequest* request) {
@@ -103,6 +101,7 @@ Status parse_request(const ParsedFlags& flags, BackwardRequest* request) {
 
   Options& options = request->options;
   if (Status status = parse_bag_options(flags, &options); !status.ok()) return status;
+  if (Status status = parse_device(flags, &request->device); !status.ok()) return status;
   options.scale_grad_by_freq = flags.has("scale-grad-by-freq");
   options.sparse = flags.has("sparse");
 
@@ -195,7 +194,7 @@ int run(const BackwardRequest& request) {
     ForwardOutputs forward_outputs;
     forward_outputs.output = forward_output.view();
     forward_outputs.argmax = &argmax_view;
-    Status status = forward(forward_inputs, forward_outputs, options);
+    Status status = gpu_mirror::forward(request.device, forward_inputs, forward_outputs, options);
     if (!status.ok()) {
       return report_error(kExitFailure, status.message());
     }
@@ -205,7 +204,7 @@ int run(const BackwardRequest& request) {
   // A sparse gradient has one row per distinct referenced row, a count only the data gives.
   int64_t sparse_rows = 0;
   if (options.sparse) {
-    Status status = sparse_gradient_rows(inputs, options, &sparse_rows);
+    Status status = gpu_mirror::sparse_gradient_rows(request.device, inputs, options, &sparse_rows);
     if (!status.ok()) {
       return report_error(kExitFailure, status.message());
     }
@@ -235,7 +234,7 @@ int run(const BackwardRequest& request) {
 
   Status status = validate_backward(inputs, outputs, options);
   if (status.ok()) {
-    status = backward(inputs, outputs, options);
+    status = gpu_mirror::backward(request.device, inputs, outputs, options);
   }
   if (!status.ok()) {
     return report_error(kExitFailure, status.message());

@@ -13,6 +13,7 @@
 #include "cli_commands.h"
 #include "cli_files.h"
 #include "embag/embag.h"
+#include "gpu_mirror.h"
 #include "npy/npy_file.h"
 
 namespace embag::cli {
@@ -37,6 +38,8 @@ options:
   --max-norm X                first rescale each referenced row whose norm exceeds X
   --norm-type P               p of that norm; 'inf' means max |x| (default: 2)
   --include-last-offset       --offsets has B+1 entries; the last one ends the last bag
+  --device cpu|cuda|opencl    where to run (default cpu); a GPU run copies the arrays there and
+                              the results back (opencl: any OpenCL device, e.g. POCL)
   --weight-output W2.npy      also write the table as the kernel saw it (after --max-norm)
   -h, --help                  print this help
 
@@ -54,6 +57,7 @@ const std::vector<FlagSpec> kFlags = {
     {"max-norm", true},
     {"norm-type", true},
     {"include-last-offset", false},
+    {"device", true},
     {"output", true},
     {"weight-output", true},
 };
@@ -67,6 +71,7 @@ struct ForwardRequest {
   std::string output_path;
   std::optional<std::string> weight_output_path;
   Options options;
+  DeviceType device = DeviceType::kCPU;
 };
 
 Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
@@ -84,6 +89,7 @@ Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
 
   Options& options = request->options;
   if (Status status = parse_bag_options(flags, &options); !status.ok()) return status;
+  if (Status status = parse_device(flags, &request->device); !status.ok()) return status;
   if (const auto text = flags.value("max-norm")) {
     double max_norm = 0;
     Status status = parse_double("max-norm", *text, &max_norm);
@@ -152,7 +158,7 @@ int run(const ForwardRequest& request) {
 
   Status status = validate(inputs, outputs, request.options);
   if (status.ok()) {
-    status = forward(inputs, outputs, request.options);
+    status = gpu_mirror::forward(request.device, inputs, outputs, request.options);
   }
   if (!status.ok()) {
     return report_error(kExitFailure, status.message());

@@ -4,7 +4,8 @@
 // device's command queue (a CUDA stream of the test's own, not the default one),
 // and every array it may write (outputs, and the table for max_norm) is copied back over the
 // host memory, whole, including the gaps between strided rows, so the tests' byte comparisons
-// and "nothing written" checks see exactly what the device did. Test-only.
+// and "nothing written" checks see exactly what the device did. The CLI's --device uses it too.
+// kCPU runs the call as it is. Not part of the library.
 #pragma once
 
 #include <string>
@@ -13,7 +14,7 @@
 
 namespace embag::gpu_mirror {
 
-// True when `device` (kOpenCL or kCUDA) can run calls (and this build has its kernels);
+// True when `device` (kCPU, kOpenCL or kCUDA) can run calls (and this build has its kernels);
 // otherwise `why` says what is missing.
 bool available(DeviceType device, std::string* why = nullptr);
 

@@ -1,19 +1,55 @@
-// OpenCL mirrors of host views, for running the GPU path from host-memory tests.
+// Device mirrors of host views: OpenCL buffers (OpenCL loaded with dlopen, so programs using this
+// start on machines without an OpenCL loader) or CUDA memory (the CUDA runtime, static).
 #include "gpu_mirror.h"
 
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
+#include <dlfcn.h>
 
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
-#if EMBAG_TEST_CUDA
+#if EMBAG_MIRROR_CUDA
 #include <cuda_runtime_api.h>
 #endif
 
 namespace embag::gpu_mirror {
 namespace {
+
+// The OpenCL entry points the mirror uses, from libOpenCL.so.1 when it is there.
+struct OpenClApi {
+  decltype(&::clGetPlatformIDs) GetPlatformIDs = nullptr;
+  decltype(&::clGetDeviceIDs) GetDeviceIDs = nullptr;
+  decltype(&::clCreateContext) CreateContext = nullptr;
+  decltype(&::clCreateCommandQueue) CreateCommandQueue = nullptr;
+  decltype(&::clCreateBuffer) CreateBuffer = nullptr;
+  decltype(&::clReleaseMemObject) ReleaseMemObject = nullptr;
+  decltype(&::clEnqueueReadBuffer) EnqueueReadBuffer = nullptr;
+  decltype(&::clFinish) Finish = nullptr;
+};
+
+const OpenClApi* cl() {
+  static const OpenClApi* api = []() -> const OpenClApi* {
+    void* library = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (library == nullptr) return nullptr;
+    auto* a = new OpenClApi;
+    auto load = [&](auto* fn, const char* name) {
+      *fn = reinterpret_cast<std::remove_reference_t<decltype(*fn)>>(dlsym(library, name));
+      return *fn != nullptr;
+    };
+    const bool ok =
+        load(&a->GetPlatformIDs, "clGetPlatformIDs") && load(&a->GetDeviceIDs, "clGetDeviceIDs") &&
+        load(&a->CreateContext, "clCreateContext") &&
+        load(&a->CreateCommandQueue, "clCreateCommandQueue") &&
+        load(&a->CreateBuffer, "clCreateBuffer") &&
+        load(&a->ReleaseMemObject, "clReleaseMemObject") &&
+        load(&a->EnqueueReadBuffer, "clEnqueueReadBuffer") && load(&a->Finish, "clFinish");
+    return ok ? a : nullptr;
+  }();
+  return api;
+}
 
 struct OpenClQueue {
   cl_context context = nullptr;
@@ -30,22 +66,26 @@ const OpenClQueue& opencl() {
       out->why = "this build has no OpenCL kernels";
       return out;
     }
+    if (cl() == nullptr) {
+      out->why = "no OpenCL loader (libOpenCL.so.1; Debian: ocl-icd-libopencl1)";
+      return out;
+    }
     cl_uint platforms = 0;
     cl_platform_id platform = nullptr;
-    if (clGetPlatformIDs(1, &platform, &platforms) != CL_SUCCESS || platforms == 0) {
+    if (cl()->GetPlatformIDs(1, &platform, &platforms) != CL_SUCCESS || platforms == 0) {
       out->why = "no OpenCL platform (install pocl-opencl-icd: scripts/install-deps.sh)";
       return out;
     }
     cl_device_id id = nullptr;
     cl_uint devices = 0;
-    if (clGetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, 1, &id, &devices) != CL_SUCCESS ||
+    if (cl()->GetDeviceIDs(platform, CL_DEVICE_TYPE_ALL, 1, &id, &devices) != CL_SUCCESS ||
         devices == 0) {
       out->why = "the OpenCL platform has no device";
       return out;
     }
     cl_int error = 0;
-    out->context = clCreateContext(nullptr, 1, &id, nullptr, nullptr, &error);
-    if (error == CL_SUCCESS) out->queue = clCreateCommandQueue(out->context, id, 0, &error);
+    out->context = cl()->CreateContext(nullptr, 1, &id, nullptr, nullptr, &error);
+    if (error == CL_SUCCESS) out->queue = cl()->CreateCommandQueue(out->context, id, 0, &error);
     if (error != CL_SUCCESS)
       out->why = "creating an OpenCL context failed: " + std::to_string(error);
     return out;
@@ -67,7 +107,7 @@ const CudaStream& cuda() {
       out->why = "CUDA " + status;
       return out;
     }
-#if EMBAG_TEST_CUDA
+#if EMBAG_MIRROR_CUDA
     cudaStream_t stream = nullptr;
     if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreate(&stream) != cudaSuccess) {
       out->why = "creating a CUDA stream failed";
@@ -105,11 +145,11 @@ class Mirror {
     }
     if (device == DeviceType::kOpenCL) {
       cl_int error = 0;
-      buffer_ = clCreateBuffer(opencl().context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bytes_,
-                               host.data, &error);
+      buffer_ = cl()->CreateBuffer(opencl().context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
+                                   bytes_, host.data, &error);
       device_view_.data = buffer_;
     }
-#if EMBAG_TEST_CUDA
+#if EMBAG_MIRROR_CUDA
     if (device == DeviceType::kCUDA) {
       cudaMalloc(&cuda_, bytes_);
       cudaMemcpy(cuda_, host.data, bytes_, cudaMemcpyHostToDevice);
@@ -118,8 +158,8 @@ class Mirror {
 #endif
   }
   ~Mirror() {
-    if (buffer_ != nullptr) clReleaseMemObject(buffer_);
-#if EMBAG_TEST_CUDA
+    if (buffer_ != nullptr) cl()->ReleaseMemObject(buffer_);
+#if EMBAG_MIRROR_CUDA
     if (cuda_ != nullptr) cudaFree(cuda_);
 #endif
   }
@@ -130,10 +170,10 @@ class Mirror {
   void copy_back() {
     if (!copy_back_) return;
     if (buffer_ != nullptr) {
-      clEnqueueReadBuffer(opencl().queue, buffer_, CL_TRUE, 0, bytes_, host_.data, 0, nullptr,
-                          nullptr);
+      cl()->EnqueueReadBuffer(opencl().queue, buffer_, CL_TRUE, 0, bytes_, host_.data, 0, nullptr,
+                              nullptr);
     }
-#if EMBAG_TEST_CUDA
+#if EMBAG_MIRROR_CUDA
     if (cuda_ != nullptr) cudaMemcpy(host_.data, cuda_, bytes_, cudaMemcpyDeviceToHost);
 #endif
   }
@@ -159,8 +199,8 @@ class Mirrors {
   }
   TensorView add(const TensorView& host, bool copy_back) { return *add(&host, copy_back); }
   void copy_back() {
-    if (device_ == DeviceType::kOpenCL) clFinish(opencl().queue);
-#if EMBAG_TEST_CUDA
+    if (device_ == DeviceType::kOpenCL) cl()->Finish(opencl().queue);
+#if EMBAG_MIRROR_CUDA
     if (device_ == DeviceType::kCUDA) {
       cudaStreamSynchronize(static_cast<cudaStream_t>(cuda().stream));
     }
@@ -188,6 +228,7 @@ Status unavailable(DeviceType device) {
 }  // namespace
 
 bool available(DeviceType device, std::string* why) {
+  if (device == DeviceType::kCPU) return true;
   const std::string& reason =
       device == DeviceType::kOpenCL ? embag::gpu_mirror::opencl().why : cuda().why;
   if (why != nullptr) *why = reason;
@@ -196,6 +237,7 @@ bool available(DeviceType device, std::string* why) {
 
 Status forward(DeviceType device, const ForwardInputs& in, const ForwardOutputs& out,
                const Options& options) {
+  if (device == DeviceType::kCPU) return embag::forward(in, out, options);
   if (!available(device)) return unavailable(device);
   Mirrors m(device);
   ForwardInputs d_in;
@@ -227,6 +269,7 @@ BackwardInputs mirror_inputs(Mirrors& m, const BackwardInputs& in) {
 
 Status backward(DeviceType device, const BackwardInputs& in, const BackwardOutputs& out,
                 const Options& options) {
+  if (device == DeviceType::kCPU) return embag::backward(in, out, options);
   if (!available(device)) return unavailable(device);
   Mirrors m(device);
   const BackwardInputs d_in = mirror_inputs(m, in);
@@ -242,6 +285,7 @@ Status backward(DeviceType device, const BackwardInputs& in, const BackwardOutpu
 
 Status sparse_gradient_rows(DeviceType device, const BackwardInputs& in, const Options& options,
                             int64_t* rows) {
+  if (device == DeviceType::kCPU) return embag::sparse_gradient_rows(in, options, rows);
   if (!available(device)) return unavailable(device);
   Mirrors m(device);
   return embag::sparse_gradient_rows(mirror_inputs(m, in), options, rows, execution(device));
@@ -249,6 +293,7 @@ Status sparse_gradient_rows(DeviceType device, const BackwardInputs& in, const O
 
 std::string forward_variant_name(DeviceType device, const ForwardInputs& in,
                                  const Options& options) {
+  if (device == DeviceType::kCPU) return embag::forward_variant_name(in, options);
   ForwardInputs d = in;
   d.weight.device = d.input.device = embag::Device{device, 0};
   return embag::forward_variant_name(d, options);
