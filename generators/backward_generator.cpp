@@ -185,7 +185,9 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
     // value, so its row is never read from the input; row 0 stands in and the result is 0.
     Expr row = unsafe_promise_clamped(select(bag >= 0, cast<int32_t>((*indices_)(p)), 0), 0,
                                       weight.dim(1).extent() - 1);
-    Expr safe_bag = unsafe_promise_clamped(bag, 0, grad.dim(1).extent() - 1);
+    // A real clamp: positions in no bag have bag -1 (GPU calls run every position), and a GPU
+    // reads the row even where the result is then 0 (Oclgrind caught the read at row -1).
+    Expr safe_bag = clamp(bag, 0, max(grad.dim(1).extent() - 1, 0));
     RDom d(0, weight.dim(0).extent(), "d");
     dot_(p) = cast(acc, 0);
     dot_(p) = strict_float(

@@ -109,6 +109,11 @@ constexpr unsigned int kClQueueContext = 0x1090;  // CL_QUEUE_CONTEXT
 
 GetCommandQueueInfo opencl_queue_info() {
   static const GetCommandQueueInfo fn = [] {
+    // The process's own OpenCL first (what Halide's runtime uses too: a linked loader, or a
+    // preloaded implementation such as Oclgrind's), else the loader.
+    if (void* own = dlsym(RTLD_DEFAULT, "clGetCommandQueueInfo")) {
+      return reinterpret_cast<GetCommandQueueInfo>(own);
+    }
     void* library = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
     if (library == nullptr) library = dlopen("libOpenCL.so", RTLD_NOW | RTLD_LOCAL);
     return library == nullptr

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs gtest programs under Oclgrind (a simulating OpenCL device that checks every access) with
 # EMBAG_TEST_ISAS=opencl, and fails if Oclgrind reported anything (out-of-bounds access, data
-# race, invalid API call) or a test failed. Oclgrind's exit status does not say either, so its
-# log and the tests' own summary are read instead.
+# race, invalid API call) or a test failed. Oclgrind's exit status does not say either (and
+# Debian's Oclgrind 21.10 aborts in its own teardown after the program ends: "corrupted
+# double-linked list"), so its log and the tests' own summary are read instead.
 # Usage: run_oclgrind.sh <oclgrind> <test program> <gtest filter> [<program> <filter> ...]
 set -u
 oclgrind=$1; shift

@@ -32,8 +32,12 @@ struct OpenClApi {
 
 const OpenClApi* cl() {
   static const OpenClApi* api = []() -> const OpenClApi* {
-    void* library = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (library == nullptr) return nullptr;
+    // The process's own OpenCL first (a linked loader, or Oclgrind's preloaded runtime, which
+    // must not be mixed with another implementation), as Halide's runtime does; else the loader.
+    // (RTLD_DEFAULT is a null handle, so "found" is kept apart from the handle.)
+    const bool in_process = dlsym(RTLD_DEFAULT, "clGetPlatformIDs") != nullptr;
+    void* library = in_process ? RTLD_DEFAULT : dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!in_process && library == nullptr) return nullptr;
     auto* a = new OpenClApi;
     auto load = [&](auto* fn, const char* name) {
       *fn = reinterpret_cast<std::remove_reference_t<decltype(*fn)>>(dlsym(library, name));
