@@ -72,7 +72,7 @@ Status run_kernel(CallContext& call, const KernelEntry& kernel, const KernelArgs
         return binding_error(
             kernel, std::string("buffer '") + declared.name + "' has the wrong element type");
       }
-    } else if (given->scalar_bytes != declared.type.bytes()) {
+    } else if (given->scalar_bytes != static_cast<size_t>(declared.type.bytes())) {
       return binding_error(kernel,
                            std::string("scalar '") + declared.name + "' has the wrong size");
     }
