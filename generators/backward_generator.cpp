@@ -39,16 +39,9 @@ Type accumulator_for(const Type& t) { return Float(embag::kernels::accumulator_b
 
 using RowPooling = embag::kernels::Pooling;
 
-const std::map<std::string, RowPooling> kRowPoolingNames = {
-    {"sum", RowPooling::kSum},
-    {"wsum", RowPooling::kWeightedSum},
-    {"mean", RowPooling::kMean},
-    {"max", RowPooling::kMax},
-};
-
 class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
  public:
-  GeneratorParam<RowPooling> mode{"mode", RowPooling::kSum, kRowPoolingNames};
+  GeneratorParam<RowPooling> mode{"mode", RowPooling::kSum, embag::kernels::pooling_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
   GeneratorParam<int> rows_per_task{"rows_per_task", 32};
 

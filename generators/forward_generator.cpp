@@ -35,16 +35,9 @@ using embag_generators::stored_is_nan;
 
 using embag::kernels::Pooling;
 
-const std::map<std::string, Pooling> kPoolingNames = {
-    {"sum", Pooling::kSum},
-    {"wsum", Pooling::kWeightedSum},
-    {"mean", Pooling::kMean},
-    {"max", Pooling::kMax},
-};
-
 class EmbagForward : public Generator<EmbagForward> {
  public:
-  GeneratorParam<Pooling> mode{"mode", Pooling::kSum, kPoolingNames};
+  GeneratorParam<Pooling> mode{"mode", Pooling::kSum, embag::kernels::pooling_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
   GeneratorParam<Type> index_type{"index_type", Int(64)};
 

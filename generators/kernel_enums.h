@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace embag::kernels {
 
@@ -64,6 +66,17 @@ inline const char* pooling_name(Pooling pooling) {
       break;
   }
   return "?";
+}
+
+// The `mode` GeneratorParam's values (the names in the kernels' names and the CMake table).
+inline const std::map<std::string, Pooling>& pooling_names() {
+  static const std::map<std::string, Pooling> names = {
+      {"sum", Pooling::kSum},
+      {"wsum", Pooling::kWeightedSum},
+      {"mean", Pooling::kMean},
+      {"max", Pooling::kMax},
+  };
+  return names;
 }
 
 inline const char* pipeline_name(Pipeline pipeline) {

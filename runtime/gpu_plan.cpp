@@ -90,7 +90,6 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
   const int32_t num_indices = static_cast<int32_t>(N);
   const int32_t fixed_length = one_d ? 0 : static_cast<int32_t>(in.input.shape[1]);
   // 2-D input with L = 0: every bag is empty, all offsets 0 (fixed_length 0 would read offsets).
-  const int32_t length_or_marker = one_d ? 0 : fixed_length;
   if (!one_d && fixed_length == 0) {
     std::vector<int64_t> zeros(static_cast<size_t>(B + 1), 0);
     if (index_dtype == DType::kInt32) {
@@ -102,7 +101,7 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
   KernelArgs args;
   args.buffer("offsets", offsets_array.get())
       .scalar("num_indices", &num_indices)
-      .scalar("fixed_length", &length_or_marker)
+      .scalar("fixed_length", &fixed_length)
       .buffer("layout", bags->layout.get());
   return run_kernel(call, *layout, args);
 }
