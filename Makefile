@@ -57,10 +57,12 @@ test: build
 # The tests again on kernels compiled with Halide's check_unsafe_promises: every bound the
 # kernels take on trust from the runtime's validation (index in range, position inside the
 # input) is checked, so a validation gap fails a test instead of reading out of bounds. One ISA
-# is enough: the promises are in the algorithm, not the schedule.
+# is enough: the promises are in the algorithm, not the schedule. CPU kernels only: Halide cannot
+# put a promise's check (a call into its runtime) inside a GPU kernel; the GPU kernels' bounds are
+# checked by Oclgrind instead (ctest -L gpu-emulated).
 test-promises:
 	$(MAKE) test BUILD_DIR=build-promises ISAS=avx2 \
-	  CMAKE_ARGS="-DEMBAG_CHECK_PROMISES=ON -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS=opencl"
+	  CMAKE_ARGS="-DEMBAG_CHECK_PROMISES=ON -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS="
 
 # ---- Sanitizers and fuzzing (clang 14 from Debian: scripts/install-deps.sh --clang) ------------
 # The runtime, tools and tests instrumented; the generators and Halide's kernels are not (see
