@@ -11,6 +11,7 @@
 
 #include "gpu_forward.h"
 #include "gpu_plan.h"
+#include "halide_buffer.h"
 #include "runtime_state.h"
 
 namespace embag::internal::gpu {

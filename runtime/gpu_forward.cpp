@@ -9,6 +9,7 @@
 #include "gpu_forward.h"
 
 #include "gpu_plan.h"
+#include "halide_buffer.h"
 #include "renorm.h"
 #include "runtime_state.h"
 

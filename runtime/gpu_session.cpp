@@ -9,6 +9,7 @@
 #include <numeric>
 #include <string>
 
+#include "halide_buffer.h"
 #include "kernel_registry.h"
 
 #if EMBAG_WITH_CUDA
@@ -282,24 +283,6 @@ Status Session::open(const Device& device, const Execution& execution) {
 }
 
 // ---- DeviceArray ----------------------------------------------------------------------------
-
-halide_type_t halide_type_of(DType dtype) {
-  switch (dtype) {
-    case DType::kInt32:
-      return halide_type_t(halide_type_int, 32);
-    case DType::kInt64:
-      return halide_type_t(halide_type_int, 64);
-    case DType::kFloat16:
-      return halide_type_t(halide_type_float, 16);
-    case DType::kBFloat16:
-      return halide_type_t(halide_type_bfloat, 16);
-    case DType::kFloat32:
-      return halide_type_t(halide_type_float, 32);
-    case DType::kFloat64:
-      return halide_type_t(halide_type_float, 64);
-  }
-  return halide_type_t();
-}
 
 DeviceArray::~DeviceArray() { (void)release(); }
 

@@ -21,9 +21,6 @@ Status gpu_isa_for_capability(int cc, Isa* isa);
 
 namespace gpu {
 
-// The element type Halide calls `dtype`.
-halide_type_t halide_type_of(DType dtype);
-
 // The ISA that runs calls on `device` (CUDA: by compute capability; OpenCL: opencl).
 Status select_isa(const Device& device, Isa* isa);
 

@@ -4,6 +4,12 @@
 namespace embag::internal {
 namespace {
 
+// Kernels never touch the memory of an empty array, but Halide wants a non-null host pointer
+// for every buffer it is handed.
+alignas(64) unsigned char g_empty_storage[64];
+
+}  // namespace
+
 halide_type_t halide_type_of(DType dtype) {
   switch (dtype) {
     case DType::kInt32:
@@ -21,12 +27,6 @@ halide_type_t halide_type_of(DType dtype) {
   }
   return halide_type_t();
 }
-
-// Kernels never touch the memory of an empty array, but Halide wants a non-null host pointer
-// for every buffer it is handed.
-alignas(64) unsigned char g_empty_storage[64];
-
-}  // namespace
 
 void HalideBuffer::init(const void* data, DType dtype, int dimensions) {
   buffer_.host = static_cast<uint8_t*>(const_cast<void*>(data ? data : g_empty_storage));

@@ -9,6 +9,9 @@
 
 namespace embag::internal {
 
+// The element type Halide calls `dtype`.
+halide_type_t halide_type_of(DType dtype);
+
 // A halide_buffer_t over existing memory. Halide orders dimensions innermost first, so a
 // (rows, cols) matrix is Halide's (cols, rows). Holds a pointer into itself: not copyable.
 class HalideBuffer {
