@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -92,6 +93,10 @@ TEST_F(Cli, ForwardWritesTheResultAndDefaultsToMean) {
 // file, byte for byte, forward and backward (max, whose argmax the forward run makes on the
 // device too). --device cuda works where a CUDA GPU is, and says why not elsewhere.
 TEST_F(Cli, DeviceRunsTheSameCallOnAGpu) {
+  const std::vector<embag::Isa> isas = embag::compiled_isas();
+  if (std::find(isas.begin(), isas.end(), embag::Isa::kOpenCL) == isas.end()) {
+    GTEST_SKIP() << "this build has no OpenCL kernels (EMBAG_GPU_ISAS without opencl)";
+  }
   ASSERT_EQ(run("forward --weight W.npy --input I.npy --offsets O.npy --mode sum "
                 "--output cpu.npy"),
             0);
