@@ -69,9 +69,10 @@ test-promises:
 # CMakeLists.txt). One ISA: the instrumented code is the same for every ISA.
 SAN_ISA ?= avx2
 # No GPU kernels there: the GPU path is tested by the gpu-emulated tests of make test (POCL's own
-# allocations would be leak reports), and CUB under clang's sanitizers is not embag's code.
+# allocations would be leak reports), and CUB under clang's sanitizers is not embag's code. No
+# Python extension either: an instrumented module cannot load into an uninstrumented Python.
 SAN_CMAKE := -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS=
+  -DEMBAG_BUILD_BENCHMARKS=OFF -DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF
 # halt_on_error: the first report fails the test; no suppressions anywhere.
 export ASAN_OPTIONS ?= halt_on_error=1:detect_leaks=1:strict_string_checks=1
 export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
