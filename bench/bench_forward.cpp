@@ -17,6 +17,11 @@
 //                  embag::set_num_threads(N)
 //   baseline/...   the gather loop of gather_baseline.h on N threads of its own pool
 //   reference/...  embag::ref::forward; threads:1 and warm shapes only (serial and slow)
+//   embag/max_argmax/...  max with the argmax output asked for (training's forward); the plain
+//                  embag/max rows ask for none and run the max_values kernel
+//   pytorch/...    PyTorch 2.x's torch.nn.functional.embedding_bag (FBGEMM inside) on the same
+//                  table, batches and offsets, under inference mode, torch.set_num_threads(N);
+//                  only in builds configured with EMBAG_BENCH_TORCH_DIR (make bench-report)
 // Counters: GB/s = useful bytes per call / wall time, decimal (1e9): every position reads one
 // row (D * 4 bytes) and its index (8), plus the offsets and the B x D float32 output. The label
 // is the kernel variant that ran (embag::last_variant(), or the baseline's equivalent).
@@ -49,6 +54,10 @@
 #include "embag/embag.h"
 #include "gather_baseline.h"
 #include "shape_file.h"
+
+#ifdef EMBAG_BENCH_HAVE_TORCH
+#include "torch_peer.h"
+#endif
 
 #ifdef EMBAG_BENCH_HAVE_REFERENCE
 #include "reference/reference.h"
@@ -164,9 +173,11 @@ struct EmbagCalls {
   std::vector<embag::ForwardInputs> inputs;  // one per batch
   embag::ForwardOutputs outputs;
   embag::Options options;
+  std::vector<int64_t> argmax;  // max with the argmax asked for
+  embag::TensorView argmax_view;
 };
 
-void make_calls(Dataset& ds, GatherMode mode, EmbagCalls* calls) {
+void make_calls(Dataset& ds, GatherMode mode, EmbagCalls* calls, bool with_argmax = false) {
   const Shape& s = ds.shape;
   calls->offsets = embag::make_view_1d(ds.offsets.data(), embag::DType::kInt64, s.bags + 1);
   calls->inputs.clear();
@@ -182,6 +193,12 @@ void make_calls(Dataset& ds, GatherMode mode, EmbagCalls* calls) {
       embag::make_view_2d(ds.output.data(), embag::DType::kFloat32, s.bags, s.dim);
   calls->options.mode = to_embag(mode);
   calls->options.include_last_offset = true;
+  if (with_argmax) {
+    calls->argmax.assign(static_cast<size_t>(s.bags * s.dim), 0);
+    calls->argmax_view =
+        embag::make_view_2d(calls->argmax.data(), embag::DType::kInt64, s.bags, s.dim);
+    calls->outputs.argmax = &calls->argmax_view;
+  }
 }
 
 // Empty when `got` equals `want` (max |difference| is 0, NaN matching NaN); otherwise says
@@ -219,12 +236,13 @@ void report(benchmark::State& state, const Dataset& ds, const std::string& varia
 
 // ---- The three kinds of row ---------------------------------------------------------------
 
-void bench_embag(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+void bench_embag(benchmark::State& state, const Shape& shape, GatherMode mode, int threads,
+                 bool with_argmax) {
   Dataset* ds = dataset_for(shape, state);
   if (!ds) return;
   embag::set_num_threads(threads);
   EmbagCalls calls;
-  make_calls(*ds, mode, &calls);
+  make_calls(*ds, mode, &calls, with_argmax);
 
   std::vector<float> expected(ds->output.size());
   if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), threads)) {
@@ -291,6 +309,67 @@ void bench_baseline(benchmark::State& state, const Shape& shape, GatherMode mode
   report(state, *ds, embag::bench::gather_variant_name(mode, 64, shape.dim));
 }
 
+#ifdef EMBAG_BENCH_HAVE_TORCH
+// PyTorch's result is checked against the baseline within 1e-5 relative, not bitwise: its mean
+// multiplies the sum by 1/n where embag and the loop divide (SEMANTICS.md).
+std::string compare_close(const std::vector<float>& got, const std::vector<float>& want) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double tolerance = 1e-5 * std::max(1.0, std::fabs(static_cast<double>(want[i])));
+    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tolerance)) {
+      return "PyTorch differs from the baseline at element " + std::to_string(i) + ": " +
+             std::to_string(got[i]) + " vs " + std::to_string(want[i]);
+    }
+  }
+  return "";
+}
+
+embag::bench::torch_peer::Call torch_call(const Dataset& ds, size_t batch, GatherMode mode) {
+  namespace tp = embag::bench::torch_peer;
+  tp::Call call;
+  call.table = ds.table.get();
+  call.rows = ds.shape.rows;
+  call.dim = ds.shape.dim;
+  call.indices = ds.batches[batch].data();
+  call.positions = static_cast<int64_t>(ds.batches[batch].size());
+  call.offsets = ds.offsets.data();
+  call.bags = ds.shape.bags;
+  call.mode = mode == GatherMode::kSum    ? tp::Mode::kSum
+              : mode == GatherMode::kMean ? tp::Mode::kMean
+                                          : tp::Mode::kMax;
+  return call;
+}
+
+void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+  namespace tp = embag::bench::torch_peer;
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  tp::set_num_threads(threads);
+  std::vector<float> expected(ds->output.size());
+  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), threads)) {
+    fail(state, "baseline rejected the inputs (index out of range?)");
+    return;
+  }
+  std::string error = tp::forward(torch_call(*ds, 0, mode), ds->output.data());
+  if (error.empty()) error = compare_close(ds->output, expected);
+  if (!error.empty()) {
+    fail(state, error);
+    return;
+  }
+  std::vector<tp::Call> calls;
+  for (size_t k = 0; k < ds->batches.size(); ++k) calls.push_back(torch_call(*ds, k, mode));
+  size_t batch = kFirstTimedBatch % calls.size();
+  for (auto _ : state) {
+    error = tp::forward(calls[batch], nullptr);
+    if (!error.empty()) {
+      fail(state, error);
+      break;
+    }
+    batch = batch + 1 == calls.size() ? 0 : batch + 1;
+  }
+  report(state, *ds, "pytorch " + tp::version());
+}
+#endif
+
 #ifdef EMBAG_BENCH_HAVE_REFERENCE
 void bench_reference(benchmark::State& state, const Shape& shape, GatherMode mode) {
   Dataset* ds = dataset_for(shape, state);
@@ -340,10 +419,22 @@ void register_shape(const Shape& shape) {
     for (int threads : kThreadCounts) {
       embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("embag", mode, shape, threads).c_str(),
-          [=](benchmark::State& state) { bench_embag(state, shape, mode, threads); }));
+          [=](benchmark::State& state) { bench_embag(state, shape, mode, threads, false); }));
+      if (mode == GatherMode::kMax) {
+        const std::string name = "embag/max_argmax" + embag::bench::shape_row_suffix(
+                                                          shape, is_cold(shape), threads);
+        embag::bench::configure(benchmark::RegisterBenchmark(
+            name.c_str(),
+            [=](benchmark::State& state) { bench_embag(state, shape, mode, threads, true); }));
+      }
       embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("baseline", mode, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_baseline(state, shape, mode, threads); }));
+#ifdef EMBAG_BENCH_HAVE_TORCH
+      embag::bench::configure(benchmark::RegisterBenchmark(
+          row_name("pytorch", mode, shape, threads).c_str(),
+          [=](benchmark::State& state) { bench_torch(state, shape, mode, threads); }));
+#endif
     }
 #ifdef EMBAG_BENCH_HAVE_REFERENCE
     if (!is_cold(shape)) {
@@ -370,6 +461,9 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
   benchmark::AddCustomContext("baseline_isa",
                               embag::bench::gather_isa_name(embag::bench::gather_best_isa()));
+#ifdef EMBAG_BENCH_HAVE_TORCH
+  benchmark::AddCustomContext("pytorch", embag::bench::torch_peer::version());
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_dataset.reset();

@@ -68,10 +68,12 @@ set(EMBAG_POOLING_ENUM_sum kSum)
 set(EMBAG_POOLING_ENUM_wsum kWeightedSum)
 set(EMBAG_POOLING_ENUM_mean kMean)
 set(EMBAG_POOLING_ENUM_max kMax)
+set(EMBAG_POOLING_ENUM_max_values kMaxValues)
 
 # Forward pooling modes; "wsum" is sum with per_sample_weights (a separate kernel, so plain sum
-# carries no multiply).
-set(EMBAG_FORWARD_MODES sum wsum mean max)
+# carries no multiply); "max_values" is max without the argmax output, for calls that do not ask
+# for it (CPU ISAs only: GPU calls write the argmax into scratch).
+set(EMBAG_FORWARD_MODES sum wsum mean max max_values)
 
 # Schedule knobs (GeneratorParams) per forward mode and ISA, as "name=value" lists: the place to
 # retune. EMBAG_FORWARD_PARAMS_<mode> applies to every ISA, EMBAG_FORWARD_PARAMS_<mode>_<isa> to
@@ -185,6 +187,9 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
   foreach (w IN LISTS EMBAG_WEIGHT_TYPES)
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
       foreach (mode IN LISTS EMBAG_FORWARD_MODES)
+        if (mode STREQUAL "max_values" AND isa IN_LIST EMBAG_GPU_ISAS)
+          continue()
+        endif ()
         embag_add_kernel(embag_forward_${mode}_${w}_${i}_${isa}
                          GENERATOR embag_forward
                          ISA ${isa}

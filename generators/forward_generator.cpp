@@ -14,7 +14,8 @@
 //   padding_idx              normalised to [0, V) or -1 for none
 //   bags_per_task            bags in each parallel task (>= 1)
 //   output (D, B)            (mode "max": output_0 is the pooled value, output_1 (D, B) int64 is
-//                            the winning row per column, -1 for an empty bag)
+//                            the winning row per column, -1 for an empty bag; mode
+//                            "max_values": the pooled value only)
 #include <cmath>
 #include <map>
 #include <string>
@@ -94,7 +95,9 @@ class EmbagForward : public Generator<EmbagForward> {
       RDom domain(0, num_positions, name);
       Expr at = unsafe_promise_clamped(begin + domain, 0, num_positions - 1);
       domain.where(domain < length);
-      domain.where(cast<int32_t>(indices(at)) != *padding_idx_);
+      // (Without a padding index the test is constant-true: schedule_cpu() specializes on
+      // that, so those kernels do not compare every position with padding_idx.)
+      domain.where(*padding_idx_ < 0 || cast<int32_t>(indices(at)) != *padding_idx_);
       return domain;
     };
     RDom r = bag_positions("r");
@@ -111,7 +114,7 @@ class EmbagForward : public Generator<EmbagForward> {
 
     Expr value = load_float(weight(d_, row), weight_type, acc_type, get_target());
 
-    if (mode == Pooling::kMax) {
+    if (is_max()) {
       define_max(value, row, bag_positions);
       return;
     }
@@ -191,7 +194,7 @@ class EmbagForward : public Generator<EmbagForward> {
       // vector instead of 1; with 8 vectors a position fills so much of the out-of-order window
       // that too few row fetches overlap. Tiles of 4 vectors measured 0.76-0.80 of the gather
       // loop against 0.68-0.78 with 8 (the second half of a row then comes from L2).
-      widest = mode == Pooling::kMax ? 4 : 8;
+      widest = is_max() ? 4 : 8;
       // 64-bit ARM has 32 NEON registers of 128 bits, so a tile of 8 holds only 32 floats and
       // a 64-float row is walked twice. Sums of float32 / float64 rows take 16 vectors there
       // (half the register file for accumulators, half for the rows being added): the
@@ -202,7 +205,7 @@ class EmbagForward : public Generator<EmbagForward> {
       // 87 at 8).
       const Target target = get_target();
       const bool wide_float = weight_type.value() == Float(32) || weight_type.value() == Float(64);
-      if (target.arch == Target::ARM && target.bits == 64 && mode != Pooling::kMax && wide_float) {
+      if (target.arch == Target::ARM && target.bits == 64 && !is_max() && wide_float) {
         widest *= 2;
       }
     }
@@ -228,12 +231,22 @@ class EmbagForward : public Generator<EmbagForward> {
     // prefetch is a Func computed once per position (below) rather than once per vector.
     pooled_.compute_at(output, tile);
     if (prefetch_distance > 0) prefetch_.compute_at(pooled_, r_);
+    // The common call has no padding_idx: a specialization for it, with the same tiles, in
+    // which the per-position padding test folds away (see bag_positions).
+    auto tile_output = [&](Stage stage) {
+      for (int width : tile_widths) {
+        stage.specialize(dim >= width)
+            .split(d_, tile, lane, width, TailStrategy::ShiftInwards)
+            .reorder(lane, tile, bag_in_task, bag_task)
+            .vectorize(lane, vector_lanes)
+            .unroll(lane);
+      }
+      // Rows narrower than one vector (D < lanes): one scalar column at a time.
+      stage.split(d_, tile, lane, 1).reorder(lane, tile, bag_in_task, bag_task);
+    };
+    tile_output(output.specialize(*padding_idx_ < 0));
+    tile_output(output);
     for (int width : tile_widths) {
-      output.specialize(dim >= width)
-          .split(d_, tile, lane, width, TailStrategy::ShiftInwards)
-          .reorder(lane, tile, bag_in_task, bag_task)
-          .vectorize(lane, vector_lanes)
-          .unroll(lane);
       pooled_.specialize(dim >= width).vectorize(d_, vector_lanes).unroll(d_);
       pooled_.update()
           .specialize(dim >= width)
@@ -241,11 +254,9 @@ class EmbagForward : public Generator<EmbagForward> {
           .vectorize(d_, vector_lanes)
           .unroll(d_);
     }
-    // Rows narrower than one vector (D < lanes): one scalar column at a time.
-    output.split(d_, tile, lane, 1).reorder(lane, tile, bag_in_task, bag_task);
     pooled_.update().reorder(d_, r_);
 
-    if (mode == Pooling::kMax) first_row_.compute_at(output, bag_in_task);
+    if (is_max()) first_row_.compute_at(output, bag_in_task);
     if (mode == Pooling::kMean) count_.compute_at(output, bag_in_task);
   }
 
@@ -254,28 +265,36 @@ class EmbagForward : public Generator<EmbagForward> {
   // torch.max). The fold starts from -inf with row -1, so the per-position step is a compare
   // and two blends; the one case that start gets wrong -- a bag whose valid values are all
   // -inf, which never beat the start -- is fixed once per bag at the end from the bag's first
-  // valid row. Empty bags give 0 and row -1.
+  // valid row. Empty bags give 0 and row -1. max_values folds the value alone: one blend a
+  // step, no row vector, no int64 output; its -inf start is right for an all -inf bag.
   template <typename BagPositions>
   void define_max(Expr value, Expr row, BagPositions bag_positions) {
     const Type acc_type = accumulator_type();
+    const bool with_argmax = mode == Pooling::kMax;
     Input<Buffer<>>& weight = *weight_;
     Input<Buffer<>>& indices = *indices_;
     Input<Buffer<>>& offsets = *offsets_;
-    Expr minus_infinity = cast(acc_type, Internal::make_const(Float(64), -INFINITY));
+    Expr minus_infinity = strict_float(cast(acc_type, Internal::make_const(Float(64), -INFINITY)));
 
-    pooled_(d_, b_) = Tuple(strict_float(minus_infinity), cast<int32_t>(-1));
-    Expr current = pooled_(d_, b_)[0];
-    Expr current_row = pooled_(d_, b_)[1];
+    if (with_argmax) {
+      pooled_(d_, b_) = Tuple(minus_infinity, cast<int32_t>(-1));
+    } else {
+      pooled_(d_, b_) = minus_infinity;
+    }
+    Expr current = with_argmax ? Expr(pooled_(d_, b_)[0]) : Expr(pooled_(d_, b_));
     // NaN is decided on the bits: under the fast-math flags Halide gives LLVM (even with the
     // strict_float target feature), LLVM folds float NaN tests and these compares into a
-    // NaN-dropping form. A NaN value is taken only while the current value is not NaN; otherwise
-    // a strictly greater value is taken (a compare that is false whenever either side is NaN).
+    // NaN-dropping form. A held NaN stays; otherwise a NaN value is taken, or a strictly greater
+    // one (a compare that is false whenever either side is NaN).
     Expr value_is_nan = stored_is_nan(weight(d_, row), weight_type);
     Expr current_is_nan = is_nan_by_bits(current);
-    Expr take = (value_is_nan && !current_is_nan) ||
-                (!value_is_nan && !current_is_nan && strict_float(value > current));
-    pooled_(d_, b_) =
-        Tuple(strict_float(select(take, value, current)), select(take, row, current_row));
+    Expr take = !current_is_nan && (value_is_nan || strict_float(value > current));
+    Expr taken = strict_float(select(take, value, current));
+    if (with_argmax) {
+      pooled_(d_, b_) = Tuple(taken, select(take, row, pooled_(d_, b_)[1]));
+    } else {
+      pooled_(d_, b_) = taken;
+    }
 
     // Per bag: the first valid row, or -1 for a bag with none.
     RDom c = bag_positions("c");
@@ -285,8 +304,13 @@ class EmbagForward : public Generator<EmbagForward> {
     first_row_(b_) = cast<int32_t>(-1);
     first_row_(b_) = select(first_row_(b_) < 0, row_at, first_row_(b_));
 
-    Expr won = pooled_(d_, b_)[1] >= 0;
     Expr any_valid = first_row_(b_) >= 0;
+    if (!with_argmax) {
+      Expr result = strict_float(select(any_valid, pooled_(d_, b_), cast(acc_type, 0)));
+      (*output_)(d_, b_) = store_float(result, weight_type, get_target());
+      return;
+    }
+    Expr won = pooled_(d_, b_)[1] >= 0;
     Expr result = strict_float(select(won || any_valid, pooled_(d_, b_)[0], cast(acc_type, 0)));
     Expr winner = select(won, pooled_(d_, b_)[1], first_row_(b_));
     (*output_)(d_, b_) =
@@ -311,14 +335,19 @@ class EmbagForward : public Generator<EmbagForward> {
     Expr ahead = unsafe_promise_clamped(cast<int32_t>(ahead64), 0, last_position);
     Expr ahead_row =
         unsafe_promise_clamped(cast<int32_t>(indices(ahead)), 0, weight.dim(1).extent() - 1);
+    // Byte offsets: Halide scales a prefetch's offset by the size of the call's type, so the
+    // call is typed uint8 and the offset counted in bytes, whatever the table's element type.
+    // (Typed int32, as it once was, it fetched row 2r of a 16-bit table and row r/2 of a float64
+    // one.) The hint is Halide's: prefetchnta on x86, prfm pldl1strm on ARM.
+    const int element_bytes = static_cast<Type>(weight_type).bytes();
     Expr row_start = cast<int64_t>(ahead_row) * cast<int64_t>(weight.dim(1).stride());
     Expr base = Internal::Variable::make(Handle(), "weight", ImageParam(weight).parameter());
-    const int elements_per_line = 64 / static_cast<Type>(weight_type).bytes();
+    const int elements_per_line = 64 / element_bytes;
     Expr dim = weight.dim(0).extent();
     auto prefetch_line = [&](Expr line) {
       Expr column = min(line * elements_per_line, dim - 1);
-      return Internal::Call::make(Int(32), Internal::Call::prefetch,
-                                  {base, row_start + cast<int64_t>(column), 1, 1},
+      Expr byte_offset = (row_start + cast<int64_t>(column)) * element_bytes;
+      return Internal::Call::make(UInt(8), Internal::Call::prefetch, {base, byte_offset, 1, 1},
                                   Internal::Call::Intrinsic);
     };
     // The first kUnrolledLines lines are issued straight-line (a loop costs more instructions
@@ -326,13 +355,15 @@ class EmbagForward : public Generator<EmbagForward> {
     // short row are clamped to its last element, and a repeated prefetch of a line is nearly
     // free. Rows longer than that (D > 128 floats) prefetch the rest in a loop.
     constexpr int kUnrolledLines = 8;
-    Expr issued = cast<int32_t>(0);
+    Expr issued = cast<uint8_t>(0);
     for (int line = 0; line < kUnrolledLines; ++line) issued = issued | prefetch_line(line);
     prefetch_(pos, bag) = issued;
     Expr lines = (dim + elements_per_line - 1) / elements_per_line;
     RDom more(0, max(lines - kUnrolledLines, 0), "more_lines");
     prefetch_(pos, bag) = prefetch_(pos, bag) | prefetch_line(kUnrolledLines + more);
   }
+
+  bool is_max() const { return mode == Pooling::kMax || mode == Pooling::kMaxValues; }
 
   Type accumulator_type() const {
     return Float(embag::kernels::accumulator_bits(static_cast<Type>(weight_type).bits()));

@@ -32,8 +32,10 @@ enum class Pipeline : uint8_t {
 };
 
 // The pooling a forward or backward-rows kernel implements. kWeightedSum is sum with
-// per_sample_weights (its own kernel, so plain sum carries no multiply).
-enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kCount };
+// per_sample_weights (its own kernel, so plain sum carries no multiply). kMaxValues is forward
+// max without the argmax output (CPU forward kernels only): what a call that does not ask for
+// the winning rows runs, so inference does not pay for training's int64 output.
+enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kMaxValues, kCount };
 
 // Which fold the renorm kernel runs for a norm_type, chosen on the host so that kernels never
 // compare floats with infinities (they are compiled with fast-math flags that may assume none).
@@ -62,6 +64,8 @@ inline const char* pooling_name(Pooling pooling) {
       return "mean";
     case Pooling::kMax:
       return "max";
+    case Pooling::kMaxValues:
+      return "max_values";
     case Pooling::kCount:
       break;
   }
@@ -75,6 +79,7 @@ inline const std::map<std::string, Pooling>& pooling_names() {
       {"wsum", Pooling::kWeightedSum},
       {"mean", Pooling::kMean},
       {"max", Pooling::kMax},
+      {"max_values", Pooling::kMaxValues},
   };
   return names;
 }

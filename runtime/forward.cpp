@@ -33,13 +33,19 @@ struct SelectedKernels {
   const KernelEntry* renorm = nullptr;  // only with max_norm
 };
 
+// wants_argmax: whether the call asks for max's winning rows. When it does not, max runs the
+// max_values kernel (no argmax output at all) where one was compiled.
 Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooling,
-                      SelectedKernels* kernels) {
+                      bool wants_argmax, SelectedKernels* kernels) {
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
   const internal::KernelKey forward_key{Pipeline::kForward, pooling, in.weight.dtype,
                                         in.input.dtype};
-  kernels->forward = internal::find_kernel(forward_key, isa);
+  if (pooling == Pooling::kMax && !wants_argmax) {
+    kernels->forward = internal::find_kernel(
+        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa);
+  }
+  if (kernels->forward == nullptr) kernels->forward = internal::find_kernel(forward_key, isa);
   auto missing = [&](const internal::KernelKey& key) {
     return Status(StatusCode::kUnsupported,
                   "no " + internal::describe(key) + " kernel was compiled for " + isa_name(isa));
@@ -165,7 +171,7 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, cons
       return internal::gpu::validate(inputs, options, plan);
     }
     SelectedKernels kernels;
-    return select_kernels(inputs, options, plan.pooling, &kernels);
+    return select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr, &kernels);
   });
 }
 
@@ -178,13 +184,16 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
       return internal::gpu::forward(inputs, outputs, options, execution, plan);
     }
     SelectedKernels kernels;
-    if (Status s = select_kernels(inputs, options, plan.pooling, &kernels); !s.ok()) return s;
+    if (Status s = select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr,
+                                  &kernels);
+        !s.ok())
+      return s;
 
     // Everything that can fail for want of memory is allocated before the first write (the
     // renormalised rows are written back to the caller's table).
     BagLayout layout;
     internal::make_bag_layout(inputs, options, plan, &layout);
-    if (plan.pooling == Pooling::kMax && outputs.argmax == nullptr) {
+    if (kernels.forward->pooling == Pooling::kMax && outputs.argmax == nullptr) {
       t_scratch_argmax.resize(static_cast<size_t>(plan.num_bags * plan.dim));
     }
     CallContext call;
@@ -219,7 +228,7 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
   SelectedKernels kernels;
   if (!select_kernels(inputs, options,
                       internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr),
-                      &kernels)
+                      /*wants_argmax=*/true, &kernels)
            .ok())
     return "";
   return kernels.forward->name;

@@ -18,6 +18,9 @@
 # every build uses, stays small: PyPI's Linux x86-64 torch is the CUDA build, whose nvidia-*
 # dependencies make it about 5 GiB (measured: 80 s to install on the CI machine's network).
 #
+# With --bench it creates .venv-bench, the benchmark environment (scripts/requirements-bench.txt:
+# PyTorch, the peer bench_forward / bench_backward link, and matplotlib for make bench-report).
+#
 # With --clang it also installs clang 14 and its compiler-rt runtimes (AddressSanitizer,
 # UndefinedBehaviorSanitizer, ThreadSanitizer, libFuzzer): make test-sanitize, make test-tsan and
 # make fuzz.
@@ -36,13 +39,15 @@ debian_packages=(g++ make python3 python3-dev libgtest-dev libgmock-dev libbench
                  pocl-opencl-icd oclgrind)
 cross_arch=""
 with_torch=""
+with_bench=""
 case "${1:-}" in
   "") ;;
   --aarch64) cross_arch=arm64 cross_triple=aarch64-linux-gnu ;;
   --armv7) cross_arch=armhf cross_triple=arm-linux-gnueabihf ;;
   --torch) with_torch=1 ;;
+  --bench) with_bench=1 ;;
   --clang) debian_packages+=(clang-14 libclang-rt-14-dev) ;;
-  *) echo "usage: $0 [--aarch64 | --armv7 | --torch | --clang]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--aarch64 | --armv7 | --torch | --bench | --clang]" >&2; exit 2 ;;
 esac
 if [ -n "$cross_arch" ]; then
   if ! dpkg --print-foreign-architectures | grep -qx "$cross_arch"; then
@@ -90,7 +95,7 @@ make_venv() {
   if [ -f "$stamp" ] && cmp -s "$requirements" "$stamp" && [ -e "$dir/$check" ]; then
     return 0
   fi
-  echo "install-deps: creating $dir with $(tr '\n' ' ' < "$requirements")"
+  echo "install-deps: creating $dir with $(grep -v "^#" "$requirements" | tr "\n" " ")"
   python3 -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$stamp"
@@ -98,4 +103,7 @@ make_venv() {
 make_venv .venv scripts/requirements.txt bin/cmake
 if [ -n "$with_torch" ]; then
   make_venv .venv-torch scripts/requirements-torch.txt bin/pytest
+fi
+if [ -n "$with_bench" ]; then
+  make_venv .venv-bench scripts/requirements-bench.txt bin/python
 fi

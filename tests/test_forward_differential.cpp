@@ -359,6 +359,13 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
     if (!ends_with(ran, expected_variant)) {
       fail("last_variant() = '" + ran + "', expected a name ending in '" + expected_variant + "'");
     }
+    // Max without an argmax asked for runs the kernel that writes none (CPU ISAs; GPU calls
+    // write it into scratch); with one, the kernel that writes it.
+    const bool values_only = ran.find("_max_values_") != std::string::npos;
+    if (p.options.mode == Mode::kMax && selected_device() == DeviceType::kCPU &&
+        values_only == p.with_argmax) {
+      fail("max with" + std::string(p.with_argmax ? "" : "out") + " argmax ran " + ran);
+    }
   }
   const std::pair<const char*, const GuardedBuffer*> guarded[] = {
       {"weight", &weight}, {"input", &input},   {"offsets", &offsets}, {"per_sample_weights", &psw},

@@ -195,7 +195,8 @@ Status selected_isa(Isa* isa);
 // "embag_forward_sum_f32_i64_avx2"; empty before any call.
 const std::string& last_variant();
 // Name of the kernel variant a forward call with these arguments would run (no validation of
-// the data itself).
+// the data itself). For max it names the kernel that writes the argmax; a CPU call that asks for
+// no argmax runs the "max_values" kernel of the same dtypes and ISA.
 std::string forward_variant_name(const ForwardInputs& inputs, const Options& options);
 
 // One compiled kernel, as listed by `embag info`.

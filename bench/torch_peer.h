@@ -1,0 +1,72 @@
+// PyTorch 2.x as a peer in the benchmarks: its CPU embedding_bag (FBGEMM inside) and its
+// backward, called on exactly the memory the embag and gather-loop rows use.
+//
+// Built only when CMake is given EMBAG_BENCH_TORCH_DIR (the torch package of .venv-bench, see
+// `make bench-venv`); then EMBAG_BENCH_HAVE_TORCH is defined and the benchmarks register
+// pytorch/... rows. The interface holds no torch type, so the benchmarks compile without
+// libtorch's headers; torch_peer.cpp is the one file that includes them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace embag::bench::torch_peer {
+
+enum class Mode : uint8_t { kSum, kMean, kMax };
+// Table element types (the indices and offsets are always int64).
+enum class Dtype : uint8_t { kFloat32, kFloat64, kFloat16, kBFloat16 };
+
+// One embedding_bag call: a contiguous (rows, dim) table, int64 indices, and bags + 1 int64
+// offsets (include_last_offset=True), no padding_idx, no per_sample_weights.
+struct Call {
+  const void* table = nullptr;
+  Dtype dtype = Dtype::kFloat32;
+  int64_t rows = 0, dim = 0;
+  const int64_t* indices = nullptr;
+  int64_t positions = 0;
+  const int64_t* offsets = nullptr;
+  int64_t bags = 0;
+  Mode mode = Mode::kSum;
+};
+
+// "2.15.0" and whether this libtorch has FBGEMM, e.g. "2.15.0 (FBGEMM)".
+std::string version();
+// torch.set_num_threads: the intra-op threads PyTorch's kernels use.
+void set_num_threads(int threads);
+
+// Errors are returned as text (empty: success); libtorch's exceptions never leave this file.
+
+// torch.nn.functional.embedding_bag under inference mode (no autograd state: PyTorch's fastest
+// forward, which for max still computes max_indices). When `output` is not null the (bags, dim)
+// result is copied there as float32 (float64 as float64; 16-bit types as their float32 values),
+// outside what a timed row measures if it passes null.
+std::string forward(const Call& call, void* output);
+
+// The state a backward needs from its forward (offset2bag, bag_size, max_indices), from
+// torch.ops.aten._embedding_bag, the forward autograd runs in training.
+class ForwardState {
+ public:
+  ForwardState();
+  ~ForwardState();
+  ForwardState(const ForwardState&) = delete;
+  ForwardState& operator=(const ForwardState&) = delete;
+  struct Impl;
+  Impl* impl() const { return impl_; }
+
+ private:
+  Impl* impl_;
+};
+std::string training_forward(const Call& call, ForwardState* state);
+
+// aten._embedding_bag_backward for a float32 (bags, dim) grad_output: a dense (rows, dim)
+// gradient, or a sparse one followed by coalesce() (the form an optimizer consumes). When
+// `dense` / `sparse_rows` + `sparse_values` are not null the result is copied there.
+std::string backward(const Call& call, const ForwardState& state, const float* grad_output,
+                     bool sparse, std::vector<float>* dense, std::vector<int64_t>* sparse_rows,
+                     std::vector<float>* sparse_values);
+
+// One training step's embedding work: training_forward then backward, nothing copied out.
+std::string training_step(const Call& call, const float* grad_output, bool sparse);
+
+}  // namespace embag::bench::torch_peer
