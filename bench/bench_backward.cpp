@@ -24,6 +24,15 @@
 //       and the adds by column chunks of whole cache lines. PyTorch also sorts the indices and
 //       builds offset2bag before adding, so this is a lower bound on PyTorch's time for the
 //       same memory traffic.
+//   embag/<mode>/train_<form>/...   one training step's embedding work: embag::forward (max: with
+//       its argmax) then the backward row's calls (sparse: sparse_gradient_rows + backward)
+//   pytorch/<mode>/<form>/...        PyTorch 2.x's aten._embedding_bag_backward on the same
+//       memory, from the offset2bag / bag_size / max_indices of its own training forward
+//       (computed before timing); sparse: followed by coalesce(), the form an optimizer takes
+//   pytorch/<mode>/train_<form>/...  aten._embedding_bag then that backward
+//   (pytorch rows only in builds configured with EMBAG_BENCH_TORCH_DIR: make bench-report;
+//   torch.set_num_threads(N); checked within 1e-5 relative, as PyTorch does not promise embag's
+//   summation order)
 // Every call: float32 table, int64 indices, B+1 offsets (include_last_offset), every bag exactly
 // L positions, grad_output (B, D) drawn from a fixed seed; for max, the argmax of each index
 // batch comes from one embag::forward call during setup.
@@ -67,6 +76,10 @@
 #include "embag/embag.h"
 #include "shape_file.h"
 #include "thread_pool.h"
+
+#ifdef EMBAG_BENCH_HAVE_TORCH
+#include "torch_peer.h"
+#endif
 
 #ifndef EMBAG_BENCH_DEFAULT_SHAPES
 #define EMBAG_BENCH_DEFAULT_SHAPES "bench/shapes/perf.txt"
@@ -274,8 +287,14 @@ SparseGradient expected_gradient(const Dataset& ds, size_t batch, Mode mode) {
 // +0 agree and a NaN left from the fill never does.
 class Diff {
  public:
+  // tolerance: relative (to max(1, |want|)); 0 for embag, which must match bit for bit.
+  explicit Diff(double tolerance = 0) : tolerance_(tolerance) {}
   void check(int64_t row, int64_t col, float got, float want) {
     if (got == want) return;
+    if (tolerance_ > 0 && std::fabs(static_cast<double>(got) - want) <=
+                              tolerance_ * std::max(1.0, std::fabs(static_cast<double>(want)))) {
+      return;
+    }
     const double diff = std::fabs(static_cast<double>(got) - static_cast<double>(want));
     if (first_row_ < 0) {
       first_row_ = row;
@@ -296,9 +315,10 @@ class Diff {
     char text[320];
     std::snprintf(text, sizeof(text),
                   "%s differs from the in-order loop: first at row %lld column %lld (%.9g vs "
-                  "%.9g), max abs diff %.9g; contributions must be added in input order",
+                  "%.9g), max abs diff %.9g; contributions must be added in input order%s",
                   who, static_cast<long long>(first_row_), static_cast<long long>(first_col_),
-                  first_got_, first_want_, max_diff_);
+                  first_got_, first_want_, max_diff_,
+                  tolerance_ > 0 ? " (within the tolerance given)" : "");
     return text;
   }
 
@@ -308,13 +328,14 @@ class Diff {
   float first_got_ = 0;
   float first_want_ = 0;
   double max_diff_ = 0;
+  double tolerance_ = 0;
   std::string other_;
 };
 
 // A (V, D) gradient: the expected rows must match and every other row must be zero.
 std::string compare_dense(const float* grad, const Shape& s, const SparseGradient& want,
-                          const char* who) {
-  Diff diff;
+                          const char* who, double tolerance = 0) {
+  Diff diff(tolerance);
   size_t next = 0;  // next expected row, ascending
   for (int64_t r = 0; r < s.rows; ++r) {
     const bool touched = next < want.rows.size() && want.rows[next] == r;
@@ -326,26 +347,27 @@ std::string compare_dense(const float* grad, const Shape& s, const SparseGradien
 }
 
 std::string compare_sparse(const int64_t* rows, int64_t unique, const float* values, const Shape& s,
-                           const SparseGradient& want) {
-  Diff diff;
+                           const SparseGradient& want, const char* who = "embag",
+                           double tolerance = 0) {
+  Diff diff(tolerance);
   if (unique != static_cast<int64_t>(want.rows.size())) {
     diff.note("sparse_gradient_rows gave " + std::to_string(unique) + " rows, expected " +
               std::to_string(want.rows.size()));
-    return diff.message("embag");
+    return diff.message(who);
   }
   for (int64_t k = 0; k < unique; ++k) {
     const int64_t want_row = want.rows[static_cast<size_t>(k)];
     if (rows[k] != want_row) {
       diff.note("row id " + std::to_string(k) + " is " + std::to_string(rows[k]) + ", expected " +
                 std::to_string(want_row) + " (ids must be the distinct rows, ascending)");
-      return diff.message("embag");
+      return diff.message(who);
     }
     for (int64_t d = 0; d < s.dim; ++d) {
       diff.check(want_row, d, values[k * s.dim + d],
                  want.values[static_cast<size_t>(k * s.dim + d)]);
     }
   }
-  return diff.message("embag");
+  return diff.message(who);
 }
 
 void fill_nan(float* data, int64_t n) {
@@ -601,11 +623,201 @@ void bench_pytorch_style(benchmark::State& state, const Shape& shape, Mode mode,
          std::string("pytorch_style_dense_") + embag::mode_name(mode) + "_f32_i64");
 }
 
+// Bytes of one forward call (bench_forward's count), for the training-step rows.
+double forward_bytes(const Shape& s) {
+  const double positions = static_cast<double>(s.bags * s.pooling);
+  return positions * static_cast<double>(s.dim * sizeof(float) + sizeof(int64_t)) +
+         static_cast<double>(s.bags + 1) * sizeof(int64_t) +
+         static_cast<double>(s.bags * s.dim) * sizeof(float);
+}
+
+// The mean number of distinct rows per batch (U of the sparse rows' byte count).
+double mean_unique_rows(const Dataset& ds) {
+  double total = 0;
+  for (const std::vector<int64_t>& batch : ds.batches) {
+    std::vector<int64_t> rows(batch);
+    std::sort(rows.begin(), rows.end());
+    total += static_cast<double>(std::unique(rows.begin(), rows.end()) - rows.begin());
+  }
+  return total / static_cast<double>(ds.batches.size());
+}
+
+void bench_embag_train(benchmark::State& state, const Shape& shape, Mode mode, Form form,
+                       int threads) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  if (form == Form::kSparse) ds->dense_grad.reset();
+  if (form == Form::kDense && !ensure_dense_grad(*ds, state)) return;
+  embag::set_num_threads(threads);
+  const Shape& s = shape;
+  std::vector<float> output(static_cast<size_t>(s.bags * s.dim));
+  std::vector<int64_t> argmax(mode == Mode::kMax ? output.size() : 0);
+  embag::TensorView offsets =
+      embag::make_view_1d(ds->offsets.data(), embag::DType::kInt64, s.bags + 1);
+  embag::TensorView argmax_view =
+      embag::make_view_2d(argmax.data(), embag::DType::kInt64, s.bags, s.dim);
+  embag::ForwardOutputs forward_out;
+  forward_out.output = embag::make_view_2d(output.data(), embag::DType::kFloat32, s.bags, s.dim);
+  if (mode == Mode::kMax) forward_out.argmax = &argmax_view;
+  embag::Options options;
+  options.mode = mode;
+  options.include_last_offset = true;
+  options.sparse = form == Form::kSparse;
+
+  // Sparse outputs sized for the largest batch.
+  int64_t capacity = 1;
+  for (const std::vector<int64_t>& batch : ds->batches) {
+    std::vector<int64_t> rows(batch);
+    std::sort(rows.begin(), rows.end());
+    capacity = std::max<int64_t>(capacity, std::unique(rows.begin(), rows.end()) - rows.begin());
+  }
+  std::vector<int64_t> rows(form == Form::kSparse ? static_cast<size_t>(capacity) : 0);
+  std::vector<float> values(form == Form::kSparse ? static_cast<size_t>(capacity * s.dim) : 0);
+  embag::TensorView rows_view, values_view;
+  embag::TensorView grad_view;
+  embag::BackwardOutputs backward_out;
+  if (form == Form::kDense) {
+    grad_view = embag::make_view_2d(ds->dense_grad.get(), embag::DType::kFloat32, s.rows, s.dim);
+    backward_out.grad_weight = &grad_view;
+  } else {
+    backward_out.grad_weight_rows = &rows_view;
+    backward_out.grad_weight_values = &values_view;
+  }
+
+  auto step = [&](size_t batch) -> embag::Status {
+    embag::ForwardInputs in;
+    in.weight = embag::make_view_2d(ds->table.get(), embag::DType::kFloat32, s.rows, s.dim);
+    in.input = embag::make_view_1d(ds->batches[batch].data(), embag::DType::kInt64,
+                                   static_cast<int64_t>(ds->batches[batch].size()));
+    in.offsets = &offsets;
+    if (embag::Status st = embag::forward(in, forward_out, options); !st.ok()) return st;
+    embag::BackwardInputs back;
+    back.weight = in.weight;
+    back.input = in.input;
+    back.offsets = &offsets;
+    back.grad_output =
+        embag::make_view_2d(ds->grad_output.data(), embag::DType::kFloat32, s.bags, s.dim);
+    if (mode == Mode::kMax) back.argmax = &argmax_view;
+    if (form == Form::kSparse) {
+      int64_t u = 0;
+      if (embag::Status st = embag::sparse_gradient_rows(back, options, &u); !st.ok()) return st;
+      rows_view = embag::make_view_1d(rows.data(), embag::DType::kInt64, u);
+      values_view = embag::make_view_2d(values.data(), embag::DType::kFloat32, u, s.dim);
+    }
+    return embag::backward(back, backward_out, options);
+  };
+  // Checked through the backward rows' own checks: here only that every call succeeds.
+  embag::Status status = step(0);
+  if (!status.ok()) {
+    fail(state, "embag training step failed: " + status.message());
+    return;
+  }
+  size_t batch = kFirstTimedBatch % ds->batches.size();
+  for (auto _ : state) {
+    status = step(batch);
+    if (!status.ok()) {
+      fail(state, "embag training step failed: " + status.message());
+      break;
+    }
+    batch = batch + 1 == ds->batches.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  const double unique = form == Form::kSparse ? mean_unique_rows(*ds) : 0;
+  report(state, forward_bytes(s) + bytes_per_call(s, mode, form, unique), "embag");
+}
+
+#ifdef EMBAG_BENCH_HAVE_TORCH
+namespace tp = embag::bench::torch_peer;
+
+tp::Call torch_call(const Dataset& ds, size_t batch, Mode mode) {
+  tp::Call call;
+  call.table = ds.table.get();
+  call.rows = ds.shape.rows;
+  call.dim = ds.shape.dim;
+  call.indices = ds.batches[batch].data();
+  call.positions = static_cast<int64_t>(ds.batches[batch].size());
+  call.offsets = ds.offsets.data();
+  call.bags = ds.shape.bags;
+  call.mode = mode == Mode::kSum    ? tp::Mode::kSum
+              : mode == Mode::kMean ? tp::Mode::kMean
+                                    : tp::Mode::kMax;
+  return call;
+}
+
+// PyTorch's backward (train = false) or training step (train = true).
+void bench_torch(benchmark::State& state, const Shape& shape, Mode mode, Form form, int threads,
+                 bool train) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  if (form == Form::kSparse) ds->dense_grad.reset();
+  if (mode == Mode::kMax && !ensure_argmax(*ds, state)) return;
+  tp::set_num_threads(threads);
+  const bool sparse = form == Form::kSparse;
+  std::vector<std::unique_ptr<tp::ForwardState>> states;
+  std::vector<tp::Call> calls;
+  for (size_t k = 0; k < ds->batches.size(); ++k) {
+    calls.push_back(torch_call(*ds, k, mode));
+    states.push_back(std::make_unique<tp::ForwardState>());
+    const std::string error = tp::training_forward(calls.back(), states.back().get());
+    if (!error.empty()) {
+      fail(state, error);
+      return;
+    }
+  }
+  // Batch 0's gradient against the in-order loop, within tolerance.
+  std::vector<float> dense, values;
+  std::vector<int64_t> rows;
+  std::string error = tp::backward(calls[0], *states[0], ds->grad_output.data(), sparse,
+                                   sparse ? nullptr : &dense, &rows, &values);
+  if (error.empty()) {
+    const SparseGradient want = expected_gradient(*ds, 0, mode);
+    error = sparse ? compare_sparse(rows.data(), static_cast<int64_t>(rows.size()), values.data(),
+                                    shape, want, "PyTorch", 1e-5)
+                   : compare_dense(dense.data(), shape, want, "PyTorch", 1e-5);
+  }
+  if (!error.empty()) {
+    fail(state, error);
+    return;
+  }
+  dense = {};
+  size_t batch = kFirstTimedBatch % calls.size();
+  for (auto _ : state) {
+    error = train ? tp::training_step(calls[batch], ds->grad_output.data(), sparse)
+                  : tp::backward(calls[batch], *states[batch], ds->grad_output.data(), sparse,
+                                 nullptr, nullptr, nullptr);
+    if (!error.empty()) {
+      fail(state, error);
+      break;
+    }
+    batch = batch + 1 == calls.size() ? 0 : batch + 1;
+  }
+  const double unique = sparse ? mean_unique_rows(*ds) : 0;
+  report(state, (train ? forward_bytes(shape) : 0) + bytes_per_call(shape, mode, form, unique),
+         "pytorch " + tp::version());
+}
+#endif
+
 // ---- Registration and main ----------------------------------------------------------------
 
 // `impl` is "embag/<mode>/<form>" or "pytorch_style_dense/<mode>".
 std::string row_name(const std::string& impl, const Shape& s, int threads) {
   return impl + embag::bench::shape_row_suffix(s, is_cold(s), threads);
+}
+
+// The embag training-step row of (mode, form) and, with PyTorch, its backward and training rows.
+void register_training_and_peers(const Shape& shape, Mode mode, Form form, int threads) {
+  const std::string mode_form = std::string(embag::mode_name(mode)) + "/";
+  embag::bench::configure(benchmark::RegisterBenchmark(
+      row_name("embag/" + mode_form + "train_" + form_name(form), shape, threads).c_str(),
+      [=](benchmark::State& state) { bench_embag_train(state, shape, mode, form, threads); }));
+#ifdef EMBAG_BENCH_HAVE_TORCH
+  embag::bench::configure(benchmark::RegisterBenchmark(
+      row_name("pytorch/" + mode_form + form_name(form), shape, threads).c_str(),
+      [=](benchmark::State& state) { bench_torch(state, shape, mode, form, threads, false); }));
+  embag::bench::configure(benchmark::RegisterBenchmark(
+      row_name("pytorch/" + mode_form + "train_" + form_name(form), shape, threads).c_str(),
+      [=](benchmark::State& state) { bench_torch(state, shape, mode, form, threads, true); }));
+#endif
 }
 
 void register_shape(const Shape& shape) {
@@ -614,11 +826,11 @@ void register_shape(const Shape& shape) {
   // (they also free it themselves, for any other order).
   for (Mode mode : {Mode::kSum, Mode::kMean}) {
     for (int threads : kThreadCounts) {
-      const std::string impl =
-          std::string("embag/") + embag::mode_name(mode) + "/" + form_name(Form::kSparse);
+      const std::string form = std::string(embag::mode_name(mode)) + "/" + form_name(Form::kSparse);
       embag::bench::configure(benchmark::RegisterBenchmark(
-          row_name(impl, shape, threads).c_str(),
+          row_name("embag/" + form, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag_sparse(state, shape, mode, threads); }));
+      register_training_and_peers(shape, mode, Form::kSparse, threads);
     }
   }
   for (Mode mode : kModes) {
@@ -628,10 +840,11 @@ void register_shape(const Shape& shape) {
       embag::bench::configure(benchmark::RegisterBenchmark(
           row_name(impl, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag_dense(state, shape, mode, threads); }));
-      const std::string torch = std::string("pytorch_style_dense/") + embag::mode_name(mode);
+      const std::string loop = std::string("pytorch_style_dense/") + embag::mode_name(mode);
       embag::bench::configure(benchmark::RegisterBenchmark(
-          row_name(torch, shape, threads).c_str(),
+          row_name(loop, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_pytorch_style(state, shape, mode, threads); }));
+      register_training_and_peers(shape, mode, Form::kDense, threads);
     }
   }
 }
@@ -649,6 +862,9 @@ int main(int argc, char** argv) {
 
   benchmark::AddCustomContext("shapes", shapes_path);
   benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
+#ifdef EMBAG_BENCH_HAVE_TORCH
+  benchmark::AddCustomContext("pytorch", tp::version());
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_dataset.reset();

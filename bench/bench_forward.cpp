@@ -19,6 +19,9 @@
 //   reference/...  embag::ref::forward; threads:1 and warm shapes only (serial and slow)
 //   embag/max_argmax/...  max with the argmax output asked for (training's forward); the plain
 //                  embag/max rows ask for none and run the max_values kernel
+//   memory/sequential_read/threads:N  (once per run) the machine's sequential read bandwidth:
+//                  N threads of the baseline's pool each sum a contiguous 1/N of a 256 MiB array
+//                  of uint64 words; the ceiling the gather rows are compared with
 //   pytorch/...    PyTorch 2.x's torch.nn.functional.embedding_bag (FBGEMM inside) on the same
 //                  table, batches and offsets, under inference mode, torch.set_num_threads(N);
 //                  only in builds configured with EMBAG_BENCH_TORCH_DIR (make bench-report)
@@ -54,6 +57,7 @@
 #include "embag/embag.h"
 #include "gather_baseline.h"
 #include "shape_file.h"
+#include "thread_pool.h"
 
 #ifdef EMBAG_BENCH_HAVE_TORCH
 #include "torch_peer.h"
@@ -407,6 +411,35 @@ void bench_reference(benchmark::State& state, const Shape& shape, GatherMode mod
 }
 #endif
 
+void bench_sequential_read(benchmark::State& state, int threads) {
+  g_dataset.reset();                            // nothing else large alive while this runs
+  constexpr int64_t kWords = int64_t{1} << 25;  // 256 MiB of uint64, 8x the LLC
+  // (as floats for the allocator; read as uint64 words, whose sum vectorises without fast-math)
+  embag::bench::AlignedFloats storage = embag::bench::allocate_floats(kWords * 2);
+  if (!storage) {
+    fail(state, "cannot allocate 256 MiB for the sequential read");
+    return;
+  }
+  uint64_t* const data = reinterpret_cast<uint64_t*>(storage.get());
+  for (int64_t i = 0; i < kWords; ++i) data[i] = static_cast<uint64_t>(i);
+  static embag::bench::ThreadPool read_pool;
+  std::vector<uint64_t> sums(static_cast<size_t>(threads) * 8);  // a cache line per thread
+  auto read = [&](int t) {
+    const uint64_t* begin = data + kWords * t / threads;
+    const uint64_t* end = data + kWords * (t + 1) / threads;
+    uint64_t sum = 0;
+    for (const uint64_t* w = begin; w < end; ++w) sum += *w;  // vectorised at -O2 and up
+    sums[static_cast<size_t>(t) * 8] = sum;
+  };
+  for (auto _ : state) {
+    read_pool.run(threads, read);
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(kWords) * 8 * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel("sequential read");
+}
+
 // ---- Registration and main ----------------------------------------------------------------
 
 std::string row_name(const char* impl, GatherMode mode, const Shape& s, int threads) {
@@ -421,8 +454,8 @@ void register_shape(const Shape& shape) {
           row_name("embag", mode, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_embag(state, shape, mode, threads, false); }));
       if (mode == GatherMode::kMax) {
-        const std::string name = "embag/max_argmax" + embag::bench::shape_row_suffix(
-                                                          shape, is_cold(shape), threads);
+        const std::string name =
+            "embag/max_argmax" + embag::bench::shape_row_suffix(shape, is_cold(shape), threads);
         embag::bench::configure(benchmark::RegisterBenchmark(
             name.c_str(),
             [=](benchmark::State& state) { bench_embag(state, shape, mode, threads, true); }));
@@ -454,6 +487,11 @@ int main(int argc, char** argv) {
   if (!embag::bench::parse_flags_and_shapes("bench_forward", EMBAG_BENCH_DEFAULT_SHAPES, argc, argv,
                                             &shapes_path, &g_llc_bytes, &shapes)) {
     return 1;
+  }
+  for (int threads : kThreadCounts) {
+    embag::bench::configure(benchmark::RegisterBenchmark(
+        ("memory/sequential_read/threads:" + std::to_string(threads)).c_str(),
+        [=](benchmark::State& state) { bench_sequential_read(state, threads); }));
   }
   for (const Shape& shape : shapes) register_shape(shape);
 

@@ -99,7 +99,11 @@ std::string forward(const Call& call, void* output) {
     auto result = at::embedding_bag(v.weight, v.indices, v.offsets, /*scale_grad_by_freq=*/false,
                                     mode_number(call.mode), /*sparse=*/false,
                                     /*per_sample_weights=*/std::nullopt,
-                                    /*include_last_offset=*/true, /*padding_idx=*/-1);
+                                    /*include_last_offset=*/true,
+                                    // No padding index is nullopt: a -1 here would be wrapped
+                                    // to V - 1, and any padding index takes PyTorch off its
+                                    // FBGEMM path (seen: 6x slower, in cpublas axpy).
+                                    /*padding_idx=*/std::nullopt);
     if (output != nullptr) copy_out(std::get<0>(result), call.dtype, output);
   });
 }
@@ -108,8 +112,8 @@ std::string training_forward(const Call& call, ForwardState* state) {
   return guarded([&] {
     c10::InferenceMode inference;
     Views v(call);
-    auto result = at::_embedding_bag(v.weight, v.indices, v.offsets, false,
-                                     mode_number(call.mode), false, std::nullopt, true, -1);
+    auto result = at::_embedding_bag(v.weight, v.indices, v.offsets, false, mode_number(call.mode),
+                                     false, std::nullopt, true, -1);
     state->impl()->offset2bag = std::get<1>(result);
     state->impl()->bag_size = std::get<2>(result);
     state->impl()->max_indices = std::get<3>(result);
@@ -137,8 +141,7 @@ std::string backward(const Call& call, const ForwardState& state, const float* g
       const at::Tensor rows = result.indices().contiguous();
       const at::Tensor values = result.values().to(at::kFloat).contiguous();
       sparse_rows->assign(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
-      sparse_values->assign(values.data_ptr<float>(),
-                            values.data_ptr<float>() + values.numel());
+      sparse_values->assign(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
     }
   });
 }
