@@ -28,7 +28,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: all deps configure generators build run test test-promises bench info install check-ptx \
 	test-gpu-emulated \
-	test-install format clean deps-clang test-sanitize test-tsan fuzz $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
+	test-install format clean deps-clang bench-venv bench-report test-sanitize test-tsan fuzz $(foreach a,aarch64 armv7,deps-$(a) configure-$(a) build-$(a) test-$(a))
 
 all: build
 
@@ -116,6 +116,25 @@ fuzz: deps-clang
 	  grep -E "DONE|stat::number_of_executed_units|stat::new_units_added" $(FUZZ_DIR)/$$f.log; \
 	  if [ $$status -ne 0 ]; then tail -60 $(FUZZ_DIR)/$$f.log; exit 1; fi; \
 	done
+
+# ---- Benchmarks against peers -----------------------------------------------------------------
+# .venv-bench: PyTorch from PyPI (and matplotlib), the benchmark environment; never needed by
+# make test.
+bench-venv:
+	@scripts/install-deps.sh --bench
+
+# Builds the benchmarks in $(BENCH_BUILD_DIR) linked with .venv-bench's libtorch, runs
+# bench_forward and bench_backward on bench/shapes/report.txt (embag, the gather loop and
+# PyTorch 2.x in one process on the same memory) and writes bench/results/REPORT.md with its
+# PNG plots (bench/report.py). About 10 minutes on a 2-core machine; nothing else should run.
+# BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
+# the best), BENCH_REPETITIONS the repetitions per row (medians are reported).
+BENCH_BUILD_DIR ?= build-bench
+BENCH_ISAS ?=
+BENCH_REPETITIONS ?= 3
+bench-report: bench-venv
+	@torch_dir=$$(cd / && $(abspath .venv-bench/bin/python) -c 	  'import os, torch; print(os.path.dirname(torch.__file__))') && 	$(MAKE) build BUILD_DIR=$(BENCH_BUILD_DIR) ISAS="$(BENCH_ISAS)" 	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
+	.venv-bench/bin/python bench/report.py --build $(BENCH_BUILD_DIR) --out bench/results 	  --repetitions $(BENCH_REPETITIONS) 	  --command "make bench-report$(if $(BENCH_ISAS), BENCH_ISAS=$(BENCH_ISAS))"
 
 install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix $(PREFIX)

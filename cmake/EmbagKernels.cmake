@@ -215,6 +215,15 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
                        PIPELINE kBackwardRows POOLING ${mode} WEIGHT ${w}
                        PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}})
     endforeach ()
+    # Max's dense gradient straight from the argmax: CPU ISAs, tables whose accumulator is their
+    # own type (see generators/backward_generator.cpp).
+    if (w MATCHES "^f(32|64)$" AND NOT isa IN_LIST EMBAG_GPU_ISAS)
+      embag_add_kernel(embag_max_scatter_${w}_${isa}
+                       GENERATOR embag_max_scatter
+                       ISA ${isa}
+                       PIPELINE kMaxScatter WEIGHT ${w}
+                       PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}})
+    endif ()
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
       embag_add_kernel(embag_psw_grad_${w}_${i}_${isa}
                        GENERATOR embag_psw_grad

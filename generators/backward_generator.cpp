@@ -14,6 +14,8 @@
 //   bags that can name row r as a winner are exactly those holding r, so the same row groups
 //   serve, and the cost grows with the batch, not the table.
 //
+// embag_max_scatter: max's dense gradient on CPUs for float32 / float64 (see the class).
+//
 // embag_psw_grad: the gradient of per_sample_weights, a dot product per position.
 //   Arguments: grad_output (D, B), weight (D, V), indices (N), position_bag (N) int32,
 //   padding_idx, grad_per_sample_weights (N) output.
@@ -220,7 +222,63 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
   Output<Func>* grad_psw_ = nullptr;
 };
 
+// embag_max_scatter: max's dense weight gradient straight from the argmax, for float32 and
+// float64 tables on CPUs. There the accumulator is the stored type, so adding into the gradient
+// in place rounds exactly as embag_backward_rows' fold does (from +0, each winning bag's g in
+// bag order), and no sort is needed: the (D, V) gradient is zeroed, then each bag in order adds
+// g[b][d] to row argmax[b][d] of column d (-1, an empty bag, adds nothing). Columns are
+// independent: threads take blocks of columns and each walks every bag in order, so the result
+// does not depend on the thread count. The cost is the zeroing plus B x D scattered adds, as in
+// PyTorch's loop, where the row fold read the argmax again for every position.
+//   Arguments: grad_output (D, B), argmax (D, B) int64, grad_weight (D, V) output.
+class EmbagMaxScatter : public Generator<EmbagMaxScatter> {
+ public:
+  GeneratorParam<Type> weight_type{"weight_type", Float(32)};
+  // Table rows per parallel task of the zeroing.
+  GeneratorParam<int> rows_per_task{"rows_per_task", 4096};
+
+  void configure() {
+    grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
+    argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
+    grad_weight_ = add_output<Buffer<>>("grad_weight", weight_type, 2);
+  }
+
+  void generate() {
+    Input<Buffer<>>& grad = *grad_output_;
+    Input<Buffer<int64_t, 2>>& argmax = *argmax_;
+    Output<Buffer<>>& out = *grad_weight_;
+    RDom b(0, grad.dim(1).extent(), "b");
+    Expr winner = argmax(d_, b);
+    b.where(winner >= 0);
+    Expr row = unsafe_promise_clamped(cast<int32_t>(winner), 0, out.dim(1).extent() - 1);
+    out(d_, r_) = cast(weight_type, 0);
+    out(d_, row) = strict_float(out(d_, row) + grad(d_, b));
+    b_ = b;
+  }
+
+  void schedule() {
+    Output<Buffer<>>& out = *grad_weight_;
+    const int lanes = natural_vector_size(weight_type);
+    Var row_task("row_task"), row_in("row_in"), column_task("column_task"), column_in("column_in");
+    out.split(r_, row_task, row_in, rows_per_task, TailStrategy::GuardWithIf)
+        .parallel(row_task)
+        .vectorize(d_, lanes, TailStrategy::GuardWithIf);
+    // A task per column, walking every bag in order (d stays a pure variable of the update, so
+    // each task owns its column: no races). Not blocks of columns: a split of d, guarded at the
+    // end of the row, still evaluated the bag condition past D (Halide error -4 on D = 17).
+    out.update().reorder(b_, d_).parallel(d_);
+  }
+
+ private:
+  Var d_{"d"}, r_{"r"};
+  RDom b_;
+  Input<Buffer<>>* grad_output_ = nullptr;
+  Input<Buffer<int64_t, 2>>* argmax_ = nullptr;
+  Output<Buffer<>>* grad_weight_ = nullptr;
+};
+
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(EmbagBackwardRows, embag_backward_rows)
+HALIDE_REGISTER_GENERATOR(EmbagMaxScatter, embag_max_scatter)
 HALIDE_REGISTER_GENERATOR(EmbagPswGrad, embag_psw_grad)

@@ -18,6 +18,7 @@ enum class Pipeline : uint8_t {
   kRenorm,        // max_norm: renormalised copies of the referenced rows
   kBackwardRows,  // weight gradient, one fold per distinct row
   kPswGrad,       // per_sample_weights gradient
+  kMaxScatter,    // max's dense weight gradient from the argmax (CPU, float32 / float64)
   // GPU planning: the steps the CPU runtime does in C++, done on the device so that no index,
   // offset or table byte is copied to the host.
   kCheck,          // validation of offsets and indices, reduced to a small verdict
@@ -75,11 +76,8 @@ inline const char* pooling_name(Pooling pooling) {
 // The `mode` GeneratorParam's values (the names in the kernels' names and the CMake table).
 inline const std::map<std::string, Pooling>& pooling_names() {
   static const std::map<std::string, Pooling> names = {
-      {"sum", Pooling::kSum},
-      {"wsum", Pooling::kWeightedSum},
-      {"mean", Pooling::kMean},
-      {"max", Pooling::kMax},
-      {"max_values", Pooling::kMaxValues},
+      {"sum", Pooling::kSum}, {"wsum", Pooling::kWeightedSum},     {"mean", Pooling::kMean},
+      {"max", Pooling::kMax}, {"max_values", Pooling::kMaxValues},
   };
   return names;
 }
@@ -94,6 +92,8 @@ inline const char* pipeline_name(Pipeline pipeline) {
       return "backward";
     case Pipeline::kPswGrad:
       return "psw_grad";
+    case Pipeline::kMaxScatter:
+      return "max_scatter";
     case Pipeline::kCheck:
       return "check";
     case Pipeline::kLayout:

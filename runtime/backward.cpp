@@ -105,10 +105,30 @@ void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, Ro
 struct BackwardKernels {
   const KernelEntry* rows = nullptr;  // the weight gradient, every mode
   const KernelEntry* psw = nullptr;   // the per_sample_weights gradient, when asked for
+  // Max's dense gradient straight from the argmax, where it applies (see max_scatter_kernel);
+  // then `rows` is not run and no row groups are built.
+  const KernelEntry* max_scatter = nullptr;
 };
 
+// The embag_max_scatter kernel for a validated call where it gives the row fold's bits: mode max
+// into a dense gradient, without scale_grad_by_freq (which needs each row's count: the fold's
+// row groups), of a float32 / float64 table (accumulated in place; 16-bit tables accumulate in
+// float32 and round once), with something to scatter. Null otherwise, or when none was compiled.
+const KernelEntry* max_scatter_kernel(const BackwardInputs& in, const Options& opt,
+                                      const ForwardPlan& plan) {
+  const DType w = in.weight.dtype;
+  if (plan.pooling != Pooling::kMax || opt.sparse || opt.scale_grad_by_freq ||
+      (w != DType::kFloat32 && w != DType::kFloat64) || plan.num_bags == 0 || plan.dim == 0 ||
+      plan.num_rows == 0) {
+    return nullptr;
+  }
+  Isa isa;
+  if (!internal::resolve_isa(&isa).ok()) return nullptr;
+  return internal::find_kernel({Pipeline::kMaxScatter, std::nullopt, w, std::nullopt}, isa);
+}
+
 Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& out,
-                               const ForwardPlan& plan, BackwardKernels* k) {
+                               const Options& opt, const ForwardPlan& plan, BackwardKernels* k) {
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
   const DType w = in.weight.dtype;
@@ -119,6 +139,7 @@ Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& 
   const KernelKey rows_key{Pipeline::kBackwardRows, plan.pooling, w, std::nullopt};
   k->rows = internal::find_kernel(rows_key, isa);
   if (!k->rows) return missing(rows_key);
+  k->max_scatter = max_scatter_kernel(in, opt, plan);
   if (out.grad_per_sample_weights) {
     const KernelKey psw_key{Pipeline::kPswGrad, std::nullopt, w, in.input.dtype};
     k->psw = internal::find_kernel(psw_key, isa);
@@ -218,7 +239,10 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
   const ForwardInputs fin = forward_inputs_of(in);
   if (Status s = internal::validate_forward_inputs(fin, opt, plan); !s.ok()) return s;
   internal::make_bag_layout(fin, opt, *plan, layout);
-  group_positions_by_row(*layout, *plan, groups);
+  // (max's scatter reads only the argmax: no groups, and U matters only to sparse outputs)
+  if (max_scatter_kernel(in, opt, *plan) == nullptr) {
+    group_positions_by_row(*layout, *plan, groups);
+  }
   return internal::validate_backward_rest(in, out, opt, *plan,
                                           static_cast<int64_t>(groups->rows.size()));
 }
@@ -262,7 +286,7 @@ Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& ou
     RowGroups groups;
     if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
     BackwardKernels kernels;
-    return select_backward_kernels(inputs, outputs, plan, &kernels);
+    return select_backward_kernels(inputs, outputs, options, plan, &kernels);
   });
 }
 
@@ -279,8 +303,30 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
   const int64_t U = static_cast<int64_t>(groups.rows.size());
   CallContext call;
 
-  std::vector<unsigned char> dense_values;
-  if (!opt.sparse && V > 0 && D > 0) dense_values.resize(static_cast<size_t>(U * D) * element);
+  if (kernels.max_scatter != nullptr) {
+    // The whole dense gradient in one kernel: zeroed, then every bag's winners added.
+    HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                      in.grad_output.strides[0]);
+    HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
+    HalideBuffer result(out.grad_weight->data, in.weight.dtype, V, D, out.grad_weight->strides[0]);
+    KernelArgs args;
+    args.buffer("grad_output", grad.get())
+        .buffer("argmax", argmax.get())
+        .buffer("grad_weight", result.get());
+    if (Status s = internal::run_kernel(call, *kernels.max_scatter, args); !s.ok()) return s;
+    internal::record_last_variant(kernels.max_scatter->name);
+    return Status::Ok();
+  }
+
+  // The dense path's U x D values, scattered into the gradient below. Kept per calling thread
+  // and reused: a fresh zero-filled vector each call cost a page fault per 4 KiB and a fill that
+  // the kernel overwrites anyway (the values are fully written before they are read).
+  thread_local std::vector<unsigned char> t_dense_values;
+  std::vector<unsigned char>& dense_values = t_dense_values;
+  if (!opt.sparse && V > 0 && D > 0) {
+    const size_t bytes = static_cast<size_t>(U * D) * element;
+    if (dense_values.size() < bytes) dense_values.resize(bytes);
+  }
 
   // Weight gradient rows.
   if (U > 0 && D > 0) {
@@ -349,7 +395,7 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     RowGroups groups;
     if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;
     BackwardKernels kernels;
-    if (Status s = select_backward_kernels(in, out, plan, &kernels); !s.ok()) return s;
+    if (Status s = select_backward_kernels(in, out, opt, plan, &kernels); !s.ok()) return s;
     return cpu_backward(in, out, opt, plan, layout, groups, kernels);
   });
 }

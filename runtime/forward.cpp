@@ -184,8 +184,8 @@ Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const
       return internal::gpu::forward(inputs, outputs, options, execution, plan);
     }
     SelectedKernels kernels;
-    if (Status s = select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr,
-                                  &kernels);
+    if (Status s =
+            select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr, &kernels);
         !s.ok())
       return s;
 

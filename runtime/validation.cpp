@@ -149,15 +149,46 @@ Status check_output(const TensorView* view, const char* name, DType dtype, const
   return check_memory(v, name, ndim == 1);
 }
 
+// A set of at most kMaxRows table rows (>= 0): open addressing over kSlots slots, -1 empty.
+class SmallRowSet {
+ public:
+  static constexpr size_t kMaxRows = 64;
+  void assign(const std::vector<int64_t>& rows) {
+    std::fill(std::begin(slots_), std::end(slots_), int64_t{-1});
+    for (const int64_t r : rows) {
+      size_t at = slot_of(r);
+      while (slots_[at] != -1 && slots_[at] != r) at = (at + 1) & (kSlots - 1);
+      slots_[at] = r;
+    }
+  }
+  bool contains(int64_t value) const {
+    if (value < 0) return false;
+    for (size_t at = slot_of(value);; at = (at + 1) & (kSlots - 1)) {
+      if (slots_[at] == value) return true;
+      if (slots_[at] == -1) return false;  // at most half full: an empty slot always comes
+    }
+  }
+
+ private:
+  static constexpr size_t kSlots = 2 * kMaxRows;
+  static size_t slot_of(int64_t r) {
+    // Fibonacci hashing: the top bits of r times 2^64 / phi.
+    return static_cast<size_t>((static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull) >> 57);
+  }
+  int64_t slots_[kSlots];
+};
+static_assert(size_t{1} << (64 - 57) == 2 * SmallRowSet::kMaxRows, "slot_of covers the slots");
+
 // Max backward routes g[b][d] to the row argmax[b][d] names, so each entry must be a row that
 // bag b holds at a valid (non-padding) position, or -1 for a bag with no valid position: an
 // argmax from another call, or one the caller edited, would otherwise put gradient on a row the
-// bag never read. Each bag's valid rows are sorted once and every entry is a binary search, so
-// the check costs O(N log N + B D log L).
+// bag never read. Each bag's valid rows are put in a set once and every entry is looked up in
+// it: O(N + B D) for bags of up to 64 valid rows, O(N log L + B D log L) beyond.
 Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan) {
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
   const TensorView& input = in.input;
   std::vector<int64_t> rows;
+  SmallRowSet small_set;
   for (int64_t b = 0; b < B; ++b) {
     int64_t begin = 0, end = 0;
     if (input.ndim == 2) {
@@ -173,24 +204,42 @@ Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan) {
       const int64_t r = load_index(input, p);
       if (r != plan.padding_idx) rows.push_back(r);
     }
-    std::sort(rows.begin(), rows.end());
+    // Membership of each of the B x D entries: bags of up to kSmallBag valid rows (the common
+    // case) go into a small open-addressing set, one or two probes a lookup; larger bags are
+    // sorted and searched. (A binary search per entry, which mispredicts about every other
+    // step, and a scan of the bag each cost several times the max backward kernel.)
+    const bool small = rows.size() <= SmallRowSet::kMaxRows;
+    if (small) {
+      small_set.assign(rows);
+    } else {
+      std::sort(rows.begin(), rows.end());
+    }
+    auto bag_holds = [&](int64_t value) {
+      return small ? small_set.contains(value)
+                   : std::binary_search(rows.begin(), rows.end(), value);
+    };
     const int64_t* entries =
         static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
     for (int64_t d = 0; d < D; ++d) {
       const int64_t value = entries[d];
-      const std::string where = "argmax[" + std::to_string(b) + "][" + std::to_string(d) + "] is " +
-                                std::to_string(value);
+      // (the text only on failure: built for each of the B x D entries it was most of max
+      // backward's time)
+      auto where = [&] {
+        return "argmax[" + std::to_string(b) + "][" + std::to_string(d) + "] is " +
+               std::to_string(value);
+      };
       if (value < -1 || value >= V) {
-        return invalid(where + ", which is neither -1 nor a row in [0, " + std::to_string(V) + ")");
+        return invalid(where() + ", which is neither -1 nor a row in [0, " + std::to_string(V) +
+                       ")");
       }
       if (value == -1) {
         if (rows.empty()) continue;
-        return invalid(where + ", but bag " + std::to_string(b) + " holds " +
+        return invalid(where() + ", but bag " + std::to_string(b) + " holds " +
                        std::to_string(rows.size()) +
                        " valid positions (-1 is only for a bag with no valid position)");
       }
-      if (!std::binary_search(rows.begin(), rows.end(), value)) {
-        return invalid(where + ", a row that bag " + std::to_string(b) +
+      if (!bag_holds(value)) {
+        return invalid(where() + ", a row that bag " + std::to_string(b) +
                        " does not hold at a valid position (argmax must name a row of its bag)");
       }
     }
