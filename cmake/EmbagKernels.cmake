@@ -215,14 +215,24 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
                        PIPELINE kBackwardRows POOLING ${mode} WEIGHT ${w}
                        PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}})
     endforeach ()
-    # Max's dense gradient straight from the argmax: CPU ISAs, tables whose accumulator is their
-    # own type (see generators/backward_generator.cpp).
+    # The dense gradient in one pass (no sort): CPU ISAs, tables whose accumulator is their own
+    # type (see generators/backward_generator.cpp). Max reads the argmax, not the indices.
     if (w MATCHES "^f(32|64)$" AND NOT isa IN_LIST EMBAG_GPU_ISAS)
-      embag_add_kernel(embag_max_scatter_${w}_${isa}
-                       GENERATOR embag_max_scatter
+      embag_add_kernel(embag_dense_scatter_max_${w}_${isa}
+                       GENERATOR embag_dense_scatter
                        ISA ${isa}
-                       PIPELINE kMaxScatter WEIGHT ${w}
-                       PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}})
+                       PIPELINE kDenseScatter POOLING max WEIGHT ${w}
+                       PARAMS mode=max weight_type=${EMBAG_HALIDE_TYPE_${w}})
+      foreach (mode IN ITEMS sum wsum mean)
+        foreach (i IN LISTS EMBAG_INDEX_TYPES)
+          embag_add_kernel(embag_dense_scatter_${mode}_${w}_${i}_${isa}
+                           GENERATOR embag_dense_scatter
+                           ISA ${isa}
+                           PIPELINE kDenseScatter POOLING ${mode} WEIGHT ${w} INDEX ${i}
+                           PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}}
+                                  index_type=${EMBAG_HALIDE_TYPE_${i}})
+        endforeach ()
+      endforeach ()
     endif ()
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
       embag_add_kernel(embag_psw_grad_${w}_${i}_${isa}

@@ -14,7 +14,8 @@
 //   bags that can name row r as a winner are exactly those holding r, so the same row groups
 //   serve, and the cost grows with the batch, not the table.
 //
-// embag_max_scatter: max's dense gradient on CPUs for float32 / float64 (see the class).
+// embag_dense_scatter: the dense gradient in one pass on CPUs for float32 / float64 (see the
+//   class).
 //
 // embag_psw_grad: the gradient of per_sample_weights, a dot product per position.
 //   Arguments: grad_output (D, B), weight (D, V), indices (N), position_bag (N) int32,
@@ -222,63 +223,111 @@ class EmbagPswGrad : public Generator<EmbagPswGrad> {
   Output<Func>* grad_psw_ = nullptr;
 };
 
-// embag_max_scatter: max's dense weight gradient straight from the argmax, for float32 and
-// float64 tables on CPUs. There the accumulator is the stored type, so adding into the gradient
-// in place rounds exactly as embag_backward_rows' fold does (from +0, each winning bag's g in
-// bag order), and no sort is needed: the (D, V) gradient is zeroed, then each bag in order adds
-// g[b][d] to row argmax[b][d] of column d (-1, an empty bag, adds nothing). Columns are
-// independent: threads take blocks of columns and each walks every bag in order, so the result
-// does not depend on the thread count. The cost is the zeroing plus B x D scattered adds, as in
-// PyTorch's loop, where the row fold read the argmax again for every position.
-//   Arguments: grad_output (D, B), argmax (D, B) int64, grad_weight (D, V) output.
-class EmbagMaxScatter : public Generator<EmbagMaxScatter> {
+// embag_dense_scatter: the dense weight gradient in one pass, for float32 and float64 tables on
+// CPUs, without scale_grad_by_freq. There the accumulator is the stored type, so adding into the
+// gradient in place rounds exactly as embag_backward_rows' fold does, and no sort is needed: the
+// runtime zeroes the (D, V) gradient (memset streams it past the cache, where vector stores
+// would read each line first), and the kernel -- an update of it in place -- adds
+//   sum / wsum / mean: each valid position p in input order adds its bag's g (times
+//     per_sample_weights[p]; divided by the bag's count) to row indices[p] -- the fold's order,
+//     since the fold walks each row's positions in input order;
+//   max: each bag in order adds g[b][d] to row argmax[b][d] of column d -- the fold's order,
+//     bags ascending. An empty bag's -1 adds +0 to row 0 instead (no condition that reads the
+//     argmax, which Halide evaluated past D in guarded column blocks): bitwise a no-op, as a sum
+//     from +0 is never -0, and NaN and inf are unchanged by +0.
+// Columns are independent: threads take blocks of columns and each walks every position (bag) in
+// order, so the result does not depend on the thread count. The cost is the zeroing plus one
+// scattered add per contribution, as PyTorch's loop, with no sort and no U x D temporary.
+//   Arguments: grad_output (D, B); max: argmax (D, B) int64; otherwise indices (N),
+//   position_bag (N) int32 (-1: in no bag), padding_idx, [per_sample_weights (N), wsum],
+//   [bag_divisor (B) int32, mean]; grad_weight (D, V) output.
+class EmbagDenseScatter : public Generator<EmbagDenseScatter> {
  public:
+  GeneratorParam<RowPooling> mode{"mode", RowPooling::kSum, embag::kernels::pooling_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
-  // Table rows per parallel task of the zeroing.
-  GeneratorParam<int> rows_per_task{"rows_per_task", 4096};
+  GeneratorParam<Type> index_type{"index_type", Int(64)};
 
   void configure() {
     grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
-    argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
+    if (mode == RowPooling::kMax) {
+      argmax_ = add_input<Buffer<int64_t, 2>>("argmax");
+    } else {
+      indices_ = add_input<Buffer<>>("indices", index_type, 1);
+      position_bag_ = add_input<Buffer<int32_t, 1>>("position_bag");
+      padding_idx_ = add_input<int32_t>("padding_idx");
+      if (mode == RowPooling::kWeightedSum) {
+        per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", weight_type, 1);
+      }
+      if (mode == RowPooling::kMean) bag_divisor_ = add_input<Buffer<int32_t, 1>>("bag_divisor");
+    }
     grad_weight_ = add_output<Buffer<>>("grad_weight", weight_type, 2);
   }
 
   void generate() {
     Input<Buffer<>>& grad = *grad_output_;
-    Input<Buffer<int64_t, 2>>& argmax = *argmax_;
     Output<Buffer<>>& out = *grad_weight_;
-    RDom b(0, grad.dim(1).extent(), "b");
-    Expr winner = argmax(d_, b);
-    b.where(winner >= 0);
-    Expr row = unsafe_promise_clamped(cast<int32_t>(winner), 0, out.dim(1).extent() - 1);
-    out(d_, r_) = cast(weight_type, 0);
-    out(d_, row) = strict_float(out(d_, row) + grad(d_, b));
-    b_ = b;
+    Expr last_row = out.dim(1).extent() - 1;
+    Expr last_bag = grad.dim(1).extent() - 1;
+    // (undef: the pure step writes nothing; the runtime has zeroed the gradient)
+    out(d_, r_) = undef(weight_type);
+    if (mode == RowPooling::kMax) {
+      RDom b(0, grad.dim(1).extent(), "b");
+      Expr winner = (*argmax_)(d_, b);
+      Expr row = clamp(cast<int32_t>(winner), 0, last_row);
+      Expr term = select(winner >= 0, grad(d_, b), cast(weight_type, 0));
+      out(d_, row) = strict_float(out(d_, row) + term);
+      contributions_ = b;
+      return;
+    }
+    Input<Buffer<>>& indices = *indices_;
+    Input<Buffer<int32_t, 1>>& position_bag = *position_bag_;
+    RDom p(0, position_bag.dim(0).extent(), "p");
+    p.where(position_bag(p) >= 0);
+    p.where(cast<int32_t>(indices(p)) != *padding_idx_);
+    Expr row = unsafe_promise_clamped(cast<int32_t>(indices(p)), 0, last_row);
+    Expr bag = unsafe_promise_clamped(position_bag(p), 0, last_bag);
+    Expr term = grad(d_, bag);
+    if (mode == RowPooling::kWeightedSum) {
+      term = exact_product(term, (*per_sample_weights_)(p), get_target());
+    } else if (mode == RowPooling::kMean) {
+      term = term / cast(weight_type, (*bag_divisor_)(bag));
+    }
+    out(d_, row) = strict_float(out(d_, row) + term);
+    contributions_ = p;
   }
 
   void schedule() {
     Output<Buffer<>>& out = *grad_weight_;
     const int lanes = natural_vector_size(weight_type);
-    Var row_task("row_task"), row_in("row_in"), column_task("column_task"), column_in("column_in");
-    out.split(r_, row_task, row_in, rows_per_task, TailStrategy::GuardWithIf)
-        .parallel(row_task)
-        .vectorize(d_, lanes, TailStrategy::GuardWithIf);
-    // A task per column, walking every bag in order (d stays a pure variable of the update, so
-    // each task owns its column: no races). Not blocks of columns: a split of d, guarded at the
-    // end of the row, still evaluated the bag condition past D (Halide error -4 on D = 17).
-    out.update().reorder(b_, d_).parallel(d_);
+    Var column_task("column_task"), column_in("column_in");
+    // Blocks of one vector of columns (one cache line for float32), each a task that walks every
+    // contribution in order (d stays a pure variable of the update, so each task owns its
+    // columns: no races). A gradient row's line is then updated by one task only, while it is
+    // likely still cached; tasks of single columns fetched each line once per column.
+    Stage update = out.update()
+                       .split(d_, column_task, column_in, lanes, TailStrategy::GuardWithIf)
+                       .reorder(column_in, contributions_, column_task)
+                       .parallel(column_task);
+    // Sums add a vector of the bag's g to a vector of the row, the conditions (which do not
+    // depend on d) once per position. Max's lanes go to different rows: scalar.
+    if (mode != RowPooling::kMax) update.vectorize(column_in);
   }
 
  private:
   Var d_{"d"}, r_{"r"};
-  RDom b_;
+  RDom contributions_;
   Input<Buffer<>>* grad_output_ = nullptr;
   Input<Buffer<int64_t, 2>>* argmax_ = nullptr;
+  Input<Buffer<>>* indices_ = nullptr;
+  Input<Buffer<int32_t, 1>>* position_bag_ = nullptr;
+  Input<int32_t>* padding_idx_ = nullptr;
+  Input<Buffer<>>* per_sample_weights_ = nullptr;
+  Input<Buffer<int32_t, 1>>* bag_divisor_ = nullptr;
   Output<Buffer<>>* grad_weight_ = nullptr;
 };
 
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(EmbagBackwardRows, embag_backward_rows)
-HALIDE_REGISTER_GENERATOR(EmbagMaxScatter, embag_max_scatter)
+HALIDE_REGISTER_GENERATOR(EmbagDenseScatter, embag_dense_scatter)
 HALIDE_REGISTER_GENERATOR(EmbagPswGrad, embag_psw_grad)

@@ -18,7 +18,7 @@ enum class Pipeline : uint8_t {
   kRenorm,        // max_norm: renormalised copies of the referenced rows
   kBackwardRows,  // weight gradient, one fold per distinct row
   kPswGrad,       // per_sample_weights gradient
-  kMaxScatter,    // max's dense weight gradient from the argmax (CPU, float32 / float64)
+  kDenseScatter,  // dense weight gradient in one pass, no sort (CPU, float32 / float64)
   // GPU planning: the steps the CPU runtime does in C++, done on the device so that no index,
   // offset or table byte is copied to the host.
   kCheck,          // validation of offsets and indices, reduced to a small verdict
@@ -92,8 +92,8 @@ inline const char* pipeline_name(Pipeline pipeline) {
       return "backward";
     case Pipeline::kPswGrad:
       return "psw_grad";
-    case Pipeline::kMaxScatter:
-      return "max_scatter";
+    case Pipeline::kDenseScatter:
+      return "dense_scatter";
     case Pipeline::kCheck:
       return "check";
     case Pipeline::kLayout:

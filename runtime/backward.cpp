@@ -44,7 +44,10 @@ struct RowGroups {
   std::vector<int32_t> bag_valid;         // B: valid positions per bag
 };
 
-void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, RowGroups* g) {
+// Each position's bag and each bag's count of valid positions; with `keys` / `values`, also the
+// (row, position) pairs of the valid positions in input order, for the sort.
+void assign_bags(const BagLayout& layout, const ForwardPlan& plan, RowGroups* g,
+                 std::vector<uint32_t>* keys, std::vector<int32_t>* values) {
   const int64_t B = plan.num_bags;
   const TensorView offsets =
       make_view_1d(const_cast<void*>(layout.offsets), layout.index_dtype, B + 1);
@@ -53,10 +56,10 @@ void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, Ro
 
   g->position_bag.assign(static_cast<size_t>(plan.positions_end), -1);
   g->bag_valid.assign(static_cast<size_t>(B), 0);
-  std::vector<uint32_t> keys;
-  std::vector<int32_t> values;
-  keys.reserve(static_cast<size_t>(plan.positions_end));
-  values.reserve(static_cast<size_t>(plan.positions_end));
+  if (keys != nullptr) {
+    keys->reserve(static_cast<size_t>(plan.positions_end));
+    values->reserve(static_cast<size_t>(plan.positions_end));
+  }
   for (int64_t b = 0; b < B; ++b) {
     const int64_t end = internal::load_index(offsets, b + 1);
     for (int64_t p = internal::load_index(offsets, b); p < end; ++p) {
@@ -64,10 +67,18 @@ void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, Ro
       const int64_t row = internal::load_index(indices, p);
       if (row == plan.padding_idx) continue;
       ++g->bag_valid[b];
-      keys.push_back(static_cast<uint32_t>(row));
-      values.push_back(static_cast<int32_t>(p));
+      if (keys != nullptr) {
+        keys->push_back(static_cast<uint32_t>(row));
+        values->push_back(static_cast<int32_t>(p));
+      }
     }
   }
+}
+
+void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, RowGroups* g) {
+  std::vector<uint32_t> keys;
+  std::vector<int32_t> values;
+  assign_bags(layout, plan, g, &keys, &values);
 
   // LSD radix sort, 11 bits a pass, as many passes as V - 1 has digits.
   constexpr int kBits = 11;
@@ -105,26 +116,28 @@ void group_positions_by_row(const BagLayout& layout, const ForwardPlan& plan, Ro
 struct BackwardKernels {
   const KernelEntry* rows = nullptr;  // the weight gradient, every mode
   const KernelEntry* psw = nullptr;   // the per_sample_weights gradient, when asked for
-  // Max's dense gradient straight from the argmax, where it applies (see max_scatter_kernel);
-  // then `rows` is not run and no row groups are built.
-  const KernelEntry* max_scatter = nullptr;
+  // The dense gradient in one pass, where it applies (see dense_scatter_kernel); then `rows`
+  // is not run and positions are not sorted.
+  const KernelEntry* dense_scatter = nullptr;
 };
 
-// The embag_max_scatter kernel for a validated call where it gives the row fold's bits: mode max
-// into a dense gradient, without scale_grad_by_freq (which needs each row's count: the fold's
-// row groups), of a float32 / float64 table (accumulated in place; 16-bit tables accumulate in
-// float32 and round once), with something to scatter. Null otherwise, or when none was compiled.
-const KernelEntry* max_scatter_kernel(const BackwardInputs& in, const Options& opt,
-                                      const ForwardPlan& plan) {
+// The embag_dense_scatter kernel for a validated call where it gives the row fold's bits: a dense
+// gradient without scale_grad_by_freq (which needs each row's count: the fold's row groups), of a
+// float32 / float64 table (accumulated in place; 16-bit tables accumulate in float32 and round
+// once), with something to scatter. Null otherwise, or when none was compiled.
+const KernelEntry* dense_scatter_kernel(const BackwardInputs& in, const Options& opt,
+                                        const ForwardPlan& plan) {
   const DType w = in.weight.dtype;
-  if (plan.pooling != Pooling::kMax || opt.sparse || opt.scale_grad_by_freq ||
-      (w != DType::kFloat32 && w != DType::kFloat64) || plan.num_bags == 0 || plan.dim == 0 ||
-      plan.num_rows == 0) {
+  if (opt.sparse || opt.scale_grad_by_freq || (w != DType::kFloat32 && w != DType::kFloat64) ||
+      plan.num_bags == 0 || plan.dim == 0 || plan.num_rows == 0 || plan.positions_end == 0) {
     return nullptr;
   }
   Isa isa;
   if (!internal::resolve_isa(&isa).ok()) return nullptr;
-  return internal::find_kernel({Pipeline::kMaxScatter, std::nullopt, w, std::nullopt}, isa);
+  const bool max = plan.pooling == Pooling::kMax;
+  return internal::find_kernel({Pipeline::kDenseScatter, plan.pooling, w,
+                                max ? std::nullopt : std::optional<DType>(in.input.dtype)},
+                               isa);
 }
 
 Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& out,
@@ -139,7 +152,7 @@ Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& 
   const KernelKey rows_key{Pipeline::kBackwardRows, plan.pooling, w, std::nullopt};
   k->rows = internal::find_kernel(rows_key, isa);
   if (!k->rows) return missing(rows_key);
-  k->max_scatter = max_scatter_kernel(in, opt, plan);
+  k->dense_scatter = dense_scatter_kernel(in, opt, plan);
   if (out.grad_per_sample_weights) {
     const KernelKey psw_key{Pipeline::kPswGrad, std::nullopt, w, in.input.dtype};
     k->psw = internal::find_kernel(psw_key, isa);
@@ -239,9 +252,12 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
   const ForwardInputs fin = forward_inputs_of(in);
   if (Status s = internal::validate_forward_inputs(fin, opt, plan); !s.ok()) return s;
   internal::make_bag_layout(fin, opt, *plan, layout);
-  // (max's scatter reads only the argmax: no groups, and U matters only to sparse outputs)
-  if (max_scatter_kernel(in, opt, *plan) == nullptr) {
+  // (the dense scatter needs each position's bag, not the sort; U matters only to sparse
+  // outputs)
+  if (dense_scatter_kernel(in, opt, *plan) == nullptr) {
     group_positions_by_row(*layout, *plan, groups);
+  } else {
+    assign_bags(*layout, *plan, groups, nullptr, nullptr);
   }
   return internal::validate_backward_rest(in, out, opt, *plan,
                                           static_cast<int64_t>(groups->rows.size()));
@@ -303,33 +319,18 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
   const int64_t U = static_cast<int64_t>(groups.rows.size());
   CallContext call;
 
-  if (kernels.max_scatter != nullptr) {
-    // The whole dense gradient in one kernel: zeroed, then every bag's winners added.
-    HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
-                      in.grad_output.strides[0]);
-    HalideBuffer argmax(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
-    HalideBuffer result(out.grad_weight->data, in.weight.dtype, V, D, out.grad_weight->strides[0]);
-    KernelArgs args;
-    args.buffer("grad_output", grad.get())
-        .buffer("argmax", argmax.get())
-        .buffer("grad_weight", result.get());
-    if (Status s = internal::run_kernel(call, *kernels.max_scatter, args); !s.ok()) return s;
-    internal::record_last_variant(kernels.max_scatter->name);
-    return Status::Ok();
-  }
-
   // The dense path's U x D values, scattered into the gradient below. Kept per calling thread
   // and reused: a fresh zero-filled vector each call cost a page fault per 4 KiB and a fill that
   // the kernel overwrites anyway (the values are fully written before they are read).
   thread_local std::vector<unsigned char> t_dense_values;
   std::vector<unsigned char>& dense_values = t_dense_values;
-  if (!opt.sparse && V > 0 && D > 0) {
+  if (!opt.sparse && V > 0 && D > 0 && kernels.dense_scatter == nullptr) {
     const size_t bytes = static_cast<size_t>(U * D) * element;
     if (dense_values.size() < bytes) dense_values.resize(bytes);
   }
 
-  // Weight gradient rows.
-  if (U > 0 && D > 0) {
+  // Weight gradient rows (unless the dense scatter writes the gradient itself, below).
+  if (U > 0 && D > 0 && kernels.dense_scatter == nullptr) {
     void* values = opt.sparse ? out.grad_weight_values->data : dense_values.data();
     const int64_t stride = opt.sparse ? out.grad_weight_values->strides[0] : D;
     Status s = run_rows_kernel(call, *kernels.rows, in, plan, opt, groups, values, stride);
@@ -357,13 +358,54 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
     if (Status s = internal::run_kernel(call, *kernels.psw, args); !s.ok()) return s;
   }
 
+  // The dense gradient in one kernel: zeroed, then every contribution added in order. The last
+  // kernel, as it writes the caller's gradient.
+  if (kernels.dense_scatter != nullptr) {
+    // Zeroed here, by rows in parallel (one large memset a block, which glibc streams past the
+    // cache), and then updated in place by the kernel.
+    const std::vector<int64_t> no_rows;
+    DenseScatter zero{static_cast<unsigned char*>(out.grad_weight->data),
+                      out.grad_weight->strides[0] * static_cast<int64_t>(element),
+                      D * static_cast<int64_t>(element),
+                      V,
+                      &no_rows,
+                      nullptr,
+                      static_cast<int>(std::min<int64_t>(V, 4 * internal::kernel_threads()))};
+    internal::parallel_for(zero.tasks, &dense_scatter_task, &zero);
+    HalideBuffer grad(in.grad_output.data, in.grad_output.dtype, plan.num_bags, D,
+                      in.grad_output.strides[0]);
+    HalideBuffer result(out.grad_weight->data, in.weight.dtype, V, D, out.grad_weight->strides[0]);
+    std::optional<HalideBuffer> argmax, indices, position_bag, psw, divisor;
+    const int32_t padding = plan.padding_idx;
+    KernelArgs args;
+    args.buffer("grad_output", grad.get()).buffer("grad_weight", result.get());
+    if (plan.pooling == Pooling::kMax) {
+      argmax.emplace(in.argmax->data, DType::kInt64, plan.num_bags, D, in.argmax->strides[0]);
+      args.buffer("argmax", argmax->get());
+    } else {
+      indices.emplace(layout.indices, layout.index_dtype, plan.positions_end);
+      position_bag.emplace(groups.position_bag.data(), DType::kInt32, plan.positions_end);
+      args.buffer("indices", indices->get())
+          .buffer("position_bag", position_bag->get())
+          .scalar("padding_idx", &padding);
+      if (plan.pooling == Pooling::kWeightedSum) {
+        psw.emplace(in.per_sample_weights->data, in.per_sample_weights->dtype, plan.positions_end);
+        args.buffer("per_sample_weights", psw->get());
+      } else if (plan.pooling == Pooling::kMean) {
+        divisor.emplace(groups.bag_valid.data(), DType::kInt32, plan.num_bags);
+        args.buffer("bag_divisor", divisor->get());
+      }
+    }
+    if (Status s = internal::run_kernel(call, *kernels.dense_scatter, args); !s.ok()) return s;
+  }
+
   // The copies that cannot fail.
   if (opt.sparse) {
     // (U = 0: no bytes, and possibly no memory; memcpy may not be given a null pointer)
     if (!groups.rows.empty()) {
       std::memcpy(out.grad_weight_rows->data, groups.rows.data(), groups.rows.size() * 8);
     }
-  } else if (V > 0 && D > 0) {
+  } else if (V > 0 && D > 0 && kernels.dense_scatter == nullptr) {
     DenseScatter scatter{static_cast<unsigned char*>(out.grad_weight->data),
                          out.grad_weight->strides[0] * static_cast<int64_t>(element),
                          D * static_cast<int64_t>(element), V, &groups.rows, dense_values.data(),
@@ -376,7 +418,8 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
     std::memset(gp + static_cast<size_t>(zero_from) * element, 0,
                 static_cast<size_t>(plan.num_indices - zero_from) * element);
   }
-  internal::record_last_variant(kernels.rows->name);
+  internal::record_last_variant(kernels.dense_scatter != nullptr ? kernels.dense_scatter->name
+                                                                 : kernels.rows->name);
   return Status::Ok();
 }
 
