@@ -31,6 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def run_bench(binary, shapes, repetitions, out_json, extra_filter=None):
     cmd = [binary, f"--shapes={shapes}", f"--benchmark_repetitions={repetitions}",
            "--benchmark_report_aggregates_only=true", f"--benchmark_out={out_json}",
+           # repetitions of different rows interleaved: a slow spell of a shared machine then
+           # lands on every row alike instead of on one
+           "--benchmark_enable_random_interleaving=true",
            "--benchmark_out_format=json"]
     if extra_filter:
         cmd.append(f"--benchmark_filter={extra_filter}")
@@ -142,7 +145,7 @@ def main():
         f"- PyTorch: {context.get('pytorch', '?')}; the loop: the hand-written gather loop "
         f"(`bench/gather_*.cpp`, {context.get('baseline_isa', '?')})",
         f"- Command: `{args.command}` (shapes `{args.shapes}`, median of {args.repetitions} "
-        "repetitions; float32 table 64-byte aligned, int64 indices, 2048 bags of 40, cold "
+        "repetitions, randomly interleaved; float32 table 64-byte aligned, int64 indices, 2048 bags of 40, cold "
         "shapes cycle 8 index batches)",
         f"- Sequential read: {fmt(seq[1])} GB/s on 1 thread, {fmt(seq[2])} GB/s on 2", "",
         "## Forward (GB/s)", "",
