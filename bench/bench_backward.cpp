@@ -821,6 +821,8 @@ void register_training_and_peers(const Shape& shape, Mode mode, Form form, int t
 }
 
 void register_shape(const Shape& shape) {
+  // Shapes of another table dtype are forward shapes (bench_forward): the rows here are float32.
+  if (shape.dtype != embag::DType::kFloat32) return;
   // Sparse rows first: the dense gradient is allocated by the first dense row and kept for the
   // shape's other dense rows, so in this order it is never allocated while sparse rows run
   // (they also free it themselves, for any other order).

@@ -56,6 +56,7 @@
 #include "bench_main_support.h"
 #include "embag/embag.h"
 #include "gather_baseline.h"
+#include "gather_typed.h"
 #include "shape_file.h"
 #include "thread_pool.h"
 
@@ -125,7 +126,13 @@ struct Dataset {
   std::vector<int64_t> offsets;               // bags + 1 entries, shared by every batch
   std::vector<float> output;                  // the timed implementation writes here
   double bytes_per_call = 0;
+  // Shapes of another dtype: the float32 table rounded to it (64-byte aligned), and where the
+  // timed implementation writes its (bags, dim) output of that dtype.
+  embag::bench::AlignedFloats typed_table;
+  std::vector<unsigned char> typed_output;
 };
+
+bool is_typed(const Shape& shape) { return shape.dtype != embag::DType::kFloat32; }
 
 std::unique_ptr<Dataset> g_dataset;
 
@@ -148,11 +155,24 @@ Dataset* dataset_for(const Shape& shape, benchmark::State& state) {
   ds->batches = std::move(data.batches);
   const int64_t positions = shape.bags * shape.pooling;
   ds->output.assign(static_cast<size_t>(shape.bags * shape.dim), 0.0f);
+  const size_t element = embag::dtype_size(shape.dtype);
+  if (is_typed(shape)) {
+    const int64_t elements = shape.rows * shape.dim;
+    ds->typed_table =
+        embag::bench::allocate_floats((elements * static_cast<int64_t>(element) + 3) / 4);
+    if (!ds->typed_table || !embag::bench::convert_floats(ds->table.get(), elements, shape.dtype,
+                                                          ds->typed_table.get())) {
+      fail(state, std::string("cannot build the ") + embag::dtype_name(shape.dtype) + " table");
+      return nullptr;
+    }
+    ds->table.reset();  // only the typed table is read
+    ds->typed_output.assign(static_cast<size_t>(shape.bags * shape.dim) * element, 0);
+  }
 
-  ds->bytes_per_call = static_cast<double>(positions) * shape.dim * sizeof(float) +
+  ds->bytes_per_call = static_cast<double>(positions) * shape.dim * element +
                        static_cast<double>(positions) * sizeof(int64_t) +
                        static_cast<double>(shape.bags + 1) * sizeof(int64_t) +
-                       static_cast<double>(shape.bags) * shape.dim * sizeof(float);
+                       static_cast<double>(shape.bags) * shape.dim * element;
   g_dataset = std::move(ds);
   return g_dataset.get();
 }
@@ -187,14 +207,17 @@ void make_calls(Dataset& ds, GatherMode mode, EmbagCalls* calls, bool with_argma
   calls->inputs.clear();
   for (std::vector<int64_t>& batch : ds.batches) {
     embag::ForwardInputs in;
-    in.weight = embag::make_view_2d(ds.table.get(), embag::DType::kFloat32, s.rows, s.dim);
+    in.weight = is_typed(s)
+                    ? embag::make_view_2d(ds.typed_table.get(), s.dtype, s.rows, s.dim)
+                    : embag::make_view_2d(ds.table.get(), embag::DType::kFloat32, s.rows, s.dim);
     in.input =
         embag::make_view_1d(batch.data(), embag::DType::kInt64, static_cast<int64_t>(batch.size()));
     in.offsets = &calls->offsets;
     calls->inputs.push_back(in);
   }
   calls->outputs.output =
-      embag::make_view_2d(ds.output.data(), embag::DType::kFloat32, s.bags, s.dim);
+      is_typed(s) ? embag::make_view_2d(ds.typed_output.data(), s.dtype, s.bags, s.dim)
+                  : embag::make_view_2d(ds.output.data(), embag::DType::kFloat32, s.bags, s.dim);
   calls->options.mode = to_embag(mode);
   calls->options.include_last_offset = true;
   if (with_argmax) {
@@ -239,6 +262,66 @@ void report(benchmark::State& state, const Dataset& ds, const std::string& varia
 }
 
 // ---- The three kinds of row ---------------------------------------------------------------
+
+// Shapes of another dtype (sum only): embag and the typed loop, each checked bitwise against the
+// other before timing (both round each bag's float32 sum once; float64 adds in float64).
+embag::bench::TypedGatherProblem typed_problem(Dataset& ds, size_t batch, void* output) {
+  embag::bench::TypedGatherProblem p;
+  p.table = ds.typed_table.get();
+  p.dtype = ds.shape.dtype;
+  p.rows = ds.shape.rows;
+  p.dim = ds.shape.dim;
+  p.indices = ds.batches[batch].data();
+  p.offsets = ds.offsets.data();
+  p.bags = ds.shape.bags;
+  p.output = output;
+  return p;
+}
+
+void bench_typed(benchmark::State& state, const Shape& shape, int threads, bool embag_row) {
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  std::vector<unsigned char> expected(ds->typed_output.size());
+  if (!embag::bench::gather_sum_typed(typed_problem(*ds, 0, expected.data()), threads)) {
+    // Not a failure: nothing to compare with on this machine (both rows are skipped).
+    state.SkipWithError(
+        "skipped: the typed loop needs AVX-512 and F16C and D a multiple of one vector up to "
+        "256, so there is nothing to check embag against here");
+    return;
+  }
+  EmbagCalls calls;
+  if (embag_row) {
+    embag::set_num_threads(threads);
+    make_calls(*ds, GatherMode::kSum, &calls);
+    const embag::Status status = embag::forward(calls.inputs[0], calls.outputs, calls.options);
+    if (!status.ok()) {
+      fail(state, "embag::forward failed: " + status.message());
+      return;
+    }
+    if (ds->typed_output != expected) {
+      fail(state, std::string("embag's ") + embag::dtype_name(shape.dtype) +
+                      " sums differ from the typed loop's (both round each bag's sum once)");
+      return;
+    }
+  }
+  const std::string variant =
+      embag_row ? embag::last_variant()
+                : std::string("baseline_sum_") + embag::dtype_name(shape.dtype) + "_i64_avx512";
+  size_t batch = kFirstTimedBatch % ds->batches.size();
+  for (auto _ : state) {
+    const bool ok = embag_row
+                        ? embag::forward(calls.inputs[batch], calls.outputs, calls.options).ok()
+                        : embag::bench::gather_sum_typed(
+                              typed_problem(*ds, batch, ds->typed_output.data()), threads);
+    if (!ok) {
+      fail(state, "a timed call failed");
+      break;
+    }
+    batch = batch + 1 == ds->batches.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  report(state, *ds, variant);
+}
 
 void bench_embag(benchmark::State& state, const Shape& shape, GatherMode mode, int threads,
                  bool with_argmax) {
@@ -448,6 +531,16 @@ std::string row_name(const char* impl, GatherMode mode, const Shape& s, int thre
 }
 
 void register_shape(const Shape& shape) {
+  if (is_typed(shape)) {
+    for (int threads : kThreadCounts) {
+      for (const bool embag_row : {true, false}) {
+        embag::bench::configure(benchmark::RegisterBenchmark(
+            row_name(embag_row ? "embag" : "baseline", GatherMode::kSum, shape, threads).c_str(),
+            [=](benchmark::State& state) { bench_typed(state, shape, threads, embag_row); }));
+      }
+    }
+    return;
+  }
   for (GatherMode mode : kModes) {
     for (int threads : kThreadCounts) {
       embag::bench::configure(benchmark::RegisterBenchmark(

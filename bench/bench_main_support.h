@@ -18,12 +18,15 @@ namespace embag::bench {
 
 // Cold when the float32 table is larger than half the last-level cache.
 inline bool is_cold_shape(const Shape& shape, int64_t llc_bytes) {
-  return shape.rows * shape.dim * static_cast<int64_t>(sizeof(float)) > llc_bytes / 2;
+  return shape.rows * shape.dim * static_cast<int64_t>(dtype_size(shape.dtype)) > llc_bytes / 2;
 }
 
-// "/rows:V/dim:D/bags:B/pool:L/<dist>/<cold|warm>/threads:N", the shape part of a row name.
+// "[/dtype:T]/rows:V/dim:D/bags:B/pool:L/<dist>/<cold|warm>/threads:N", the shape part of a
+// row name (the dtype only when it is not float32).
 inline std::string shape_row_suffix(const Shape& s, bool cold, int threads) {
-  return "/rows:" + std::to_string(s.rows) + "/dim:" + std::to_string(s.dim) +
+  const std::string dtype =
+      s.dtype == DType::kFloat32 ? "" : std::string("/dtype:") + dtype_name(s.dtype);
+  return dtype + "/rows:" + std::to_string(s.rows) + "/dim:" + std::to_string(s.dim) +
          "/bags:" + std::to_string(s.bags) + "/pool:" + std::to_string(s.pooling) + "/" +
          distribution_name(s.distribution) + (cold ? "/cold" : "/warm") +
          "/threads:" + std::to_string(threads);

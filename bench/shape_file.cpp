@@ -70,10 +70,10 @@ Status parse_shapes(const std::string& text, const std::string& name, std::vecto
     for (std::string cell; std::getline(cells, cell, ',');) fields.push_back(trim(cell));
     // getline drops an empty last field; keep it so "1,2,3,4," counts 5 fields, one empty.
     if (content.back() == ',') fields.push_back("");
-    if (fields.size() != 5) {
+    if (fields.size() != 5 && fields.size() != 6) {
       return error_at(name, line,
-                      "expected 5 comma-separated fields rows,dim,bags,pooling,distribution, but "
-                      "got " +
+                      "expected 5 or 6 comma-separated fields "
+                      "rows,dim,bags,pooling,distribution[,dtype], but got " +
                           std::to_string(fields.size()) + " in '" + content + "'");
     }
 
@@ -94,6 +94,23 @@ Status parse_shapes(const std::string& text, const std::string& name, std::vecto
     } else {
       return error_at(name, line,
                       "distribution must be 'uniform' or 'zipf', but got '" + fields[4] + "'");
+    }
+    if (fields.size() == 6) {
+      static const std::pair<const char*, DType> kDtypes[] = {{"f32", DType::kFloat32},
+                                                              {"f64", DType::kFloat64},
+                                                              {"f16", DType::kFloat16},
+                                                              {"bf16", DType::kBFloat16}};
+      bool known = false;
+      for (const auto& [text, dtype] : kDtypes) {
+        if (fields[5] == text) {
+          shape.dtype = dtype;
+          known = true;
+        }
+      }
+      if (!known) {
+        return error_at(name, line,
+                        "dtype must be 'f32', 'f64', 'f16' or 'bf16', but got '" + fields[5] + "'");
+      }
     }
     parsed.push_back(shape);
   }

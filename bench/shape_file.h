@@ -1,11 +1,12 @@
 // Plain-text shape files (benchdnn style), shared by the benchmarks and, later, the tests.
 //
-// One shape a line, `rows,dim,bags,pooling,distribution`:
+// One shape a line, `rows,dim,bags,pooling,distribution[,dtype]`:
 //   rows          table rows V (>= 1)
 //   dim           embedding dimension D (>= 1)
 //   bags          bags B per call (>= 1)
 //   pooling       positions per bag L (>= 0; every bag has exactly L)
 //   distribution  how indices are drawn over [0, rows): uniform | zipf
+//   dtype         optional table element type: f32 (the default) | f64 | f16 | bf16
 // `#` starts a comment; blank lines are skipped; spaces around fields are ignored. Users add
 // their production shapes here without writing code.
 #pragma once
@@ -14,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "embag/status.h"
+#include "embag/embag.h"
 
 namespace embag::bench {
 
@@ -29,11 +30,12 @@ struct Shape {
   int64_t bags = 0;
   int64_t pooling = 0;
   Distribution distribution = Distribution::kUniform;
+  DType dtype = DType::kFloat32;
   int line = 0;  // where it came from, for messages
 
   bool same_problem(const Shape& other) const {
     return rows == other.rows && dim == other.dim && bags == other.bags &&
-           pooling == other.pooling && distribution == other.distribution;
+           pooling == other.pooling && distribution == other.distribution && dtype == other.dtype;
   }
 };
 
