@@ -280,6 +280,38 @@ Status index_value_error(const TensorView& input, int64_t position, int64_t valu
                  " which is not in the valid range [0, " + std::to_string(num_rows) + ")");
 }
 
+namespace {
+
+// The first of positions [0, n) whose index is outside [0, rows), or -1. Blocks are checked
+// with a branch-free reduction (an unsigned compare catches negative indices too), which the
+// compiler vectorises; only a block that holds a bad index is scanned again for its position.
+// (An early exit per index kept the loop scalar: a tenth of a cold forward call on 2 threads.)
+template <typename Index>
+int64_t first_out_of_range(const Index* indices, int64_t n, int64_t rows) {
+  constexpr int64_t kBlock = 1024;
+  const uint64_t limit = static_cast<uint64_t>(rows);
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t end = std::min(n, begin + kBlock);
+    bool bad = false;
+    for (int64_t p = begin; p < end; ++p) {
+      bad |= static_cast<uint64_t>(static_cast<int64_t>(indices[p])) >= limit;
+    }
+    if (!bad) continue;
+    for (int64_t p = begin; p < end; ++p) {
+      if (static_cast<uint64_t>(static_cast<int64_t>(indices[p])) >= limit) return p;
+    }
+  }
+  return -1;
+}
+
+int64_t first_index_out_of_range(const TensorView& input, int64_t n, int64_t rows) {
+  return input.dtype == DType::kInt32
+             ? first_out_of_range(static_cast<const int32_t*>(input.data), n, rows)
+             : first_out_of_range(static_cast<const int64_t*>(input.data), n, rows);
+}
+
+}  // namespace
+
 Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan) {
   const TensorView& weight = in.weight;
   const TensorView& input = in.input;
@@ -414,9 +446,9 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   if (Status s = check_extent(B + 1, "the number of bags + 1"); !s.ok()) return s;
 
   // Every index that is read must name a row.
-  for (int64_t p = 0; on_host && p < positions_end; ++p) {
-    const int64_t value = load_index(input, p);
-    if (value < 0 || value >= V) return index_value_error(input, p, value, V);
+  if (on_host) {
+    const int64_t bad = first_index_out_of_range(input, positions_end, V);
+    if (bad >= 0) return index_value_error(input, bad, load_index(input, bad), V);
   }
 
   plan->num_rows = V;
