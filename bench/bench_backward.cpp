@@ -864,6 +864,7 @@ int main(int argc, char** argv) {
 
   benchmark::AddCustomContext("shapes", shapes_path);
   benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
+  benchmark::AddCustomContext("huge_pages", embag::bench::huge_pages() ? "yes" : "no");
 #ifdef EMBAG_BENCH_HAVE_TORCH
   benchmark::AddCustomContext("pytorch", tp::version());
 #endif

@@ -118,10 +118,25 @@ struct FreeDeleter {
 };
 using AlignedFloats = std::unique_ptr<float, FreeDeleter>;
 
+// Whether large allocations go on transparent huge pages (the benchmarks' --huge_pages flag).
+inline bool& huge_pages() {
+  static bool enabled = false;
+  return enabled;
+}
+
 // `elements` floats on a 64-byte boundary (a cache line, as PyTorch aligns), uninitialised;
-// null when the allocation fails. aligned_alloc wants a multiple of the alignment.
+// null when the allocation fails. aligned_alloc wants a multiple of the alignment. With
+// huge_pages(), allocations of 2 MiB and more are 2 MiB-aligned and advised onto transparent
+// huge pages before anything touches them (embag::advise_huge_pages).
 inline AlignedFloats allocate_floats(int64_t elements) {
   const size_t bytes = (static_cast<size_t>(elements) * sizeof(float) + 63) / 64 * 64;
+  constexpr size_t kHugePage = size_t{2} << 20;
+  if (huge_pages() && bytes >= kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    AlignedFloats memory(static_cast<float*>(std::aligned_alloc(kHugePage, rounded)));
+    if (memory) (void)embag::advise_huge_pages(memory.get(), rounded);  // best effort
+    return memory;
+  }
   return AlignedFloats(static_cast<float*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
 }
 

@@ -590,6 +590,7 @@ int main(int argc, char** argv) {
 
   benchmark::AddCustomContext("shapes", shapes_path);
   benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
+  benchmark::AddCustomContext("huge_pages", embag::bench::huge_pages() ? "yes" : "no");
   benchmark::AddCustomContext("baseline_isa",
                               embag::bench::gather_isa_name(embag::bench::gather_best_isa()));
 #ifdef EMBAG_BENCH_HAVE_TORCH

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_data.h"
 #include "shape_file.h"
 
 namespace embag::bench {
@@ -41,15 +42,17 @@ inline void configure(benchmark::internal::Benchmark* b) {
 inline void print_own_flags(const char* program, const char* default_shapes) {
   std::printf(
       "%s flags (the rest go to Google Benchmark):\n"
-      "  --shapes=FILE   shape file, rows,dim,bags,pooling,distribution a line\n"
+      "  --shapes=FILE   shape file, rows,dim,bags,pooling,distribution[,dtype] a line\n"
       "                  (default %s)\n"
-      "  --llc_mib=N     LLC size deciding cold (table > LLC/2) or warm (default 32)\n\n",
+      "  --llc_mib=N     LLC size deciding cold (table > LLC/2) or warm (default 32)\n"
+      "  --huge_pages    tables (and other allocations of 2 MiB and more) on transparent huge\n"
+      "                  pages (embag::advise_huge_pages), for every row alike\n\n",
       program, default_shapes);
 }
 
-// Takes --shapes and --llc_mib out of argv so Google Benchmark does not reject them as unknown,
-// initialises Google Benchmark with the rest and reads the shape file. On an error prints it
-// (prefixed with `program`) and returns false; the caller then exits with status 1.
+// Takes --shapes, --llc_mib and --huge_pages out of argv so Google Benchmark does not reject them
+// as unknown, initialises Google Benchmark with the rest and reads the shape file. On an error
+// prints it (prefixed with `program`) and returns false; the caller then exits with status 1.
 inline bool parse_flags_and_shapes(const char* program, const char* default_shapes, int argc,
                                    char** argv, std::string* shapes_path, int64_t* llc_bytes,
                                    std::vector<Shape>* shapes) {
@@ -59,6 +62,8 @@ inline bool parse_flags_and_shapes(const char* program, const char* default_shap
     const std::string arg = argv[i];
     if (arg.rfind("--shapes=", 0) == 0) {
       *shapes_path = arg.substr(9);
+    } else if (arg == "--huge_pages") {
+      huge_pages() = true;
     } else if (arg.rfind("--llc_mib=", 0) == 0) {
       char* end = nullptr;
       const long mib = std::strtol(arg.c_str() + 10, &end, 10);

@@ -28,8 +28,40 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def run_bench(binary, shapes, repetitions, out_json, extra_filter=None):
-    cmd = [binary, f"--shapes={shapes}", f"--benchmark_repetitions={repetitions}",
+def shape_lines(path):
+    """The shape lines of a shape file (comments and blank lines dropped)."""
+    with open(path) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
+def run_bench(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
+    """Runs `binary` once per shape (interleaving rows of one shape only: the benchmarks rebuild
+    their table whenever the shape changes) and merges the results into out_json."""
+    merged = None
+    for k, line in enumerate(shape_lines(shapes)):
+        one = f"{out_json}.shape{k}.txt"
+        with open(one, "w") as f:
+            f.write(line + "\n")
+        data = run_bench_once(binary, one, repetitions, f"{out_json}.shape{k}.json",
+                              extra_filter if k == 0 else _skip_memory(extra_filter), flags)
+        os.remove(one)
+        os.remove(f"{out_json}.shape{k}.json")
+        if merged is None:
+            merged = data
+        else:
+            merged["benchmarks"] += data["benchmarks"]
+    with open(out_json, "w") as f:
+        json.dump(merged, f, indent=1)
+    return merged
+
+
+def _skip_memory(extra_filter):
+    """The sequential-read rows are measured with the first shape only."""
+    return "-memory/" if not extra_filter else extra_filter + "|memory/"
+
+
+def run_bench_once(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
+    cmd = [binary, f"--shapes={shapes}", *flags, f"--benchmark_repetitions={repetitions}",
            "--benchmark_report_aggregates_only=true", f"--benchmark_out={out_json}",
            # repetitions of different rows interleaved: a slow spell of a shared machine then
            # lands on every row alike instead of on one
@@ -116,9 +148,14 @@ def main():
     fwd_data = run_bench(os.path.join(args.build, "bench/bench_forward"), args.shapes,
                          args.repetitions, os.path.join(args.out, "forward.json"),
                          "-reference")
+    # The same forward rows with every table on transparent huge pages (--huge_pages: embag's
+    # advise_huge_pages, for embag, the loop and PyTorch alike), cold shapes only.
+    thp_data = run_bench(os.path.join(args.build, "bench/bench_forward"), args.shapes,
+                         args.repetitions, os.path.join(args.out, "forward_huge_pages.json"),
+                         "-reference|warm", flags=("--huge_pages",))
     bwd_data = run_bench(os.path.join(args.build, "bench/bench_backward"), args.shapes,
                          args.repetitions, os.path.join(args.out, "backward.json"))
-    fwd, bwd = medians(fwd_data), medians(bwd_data)
+    fwd, bwd, thp = medians(fwd_data), medians(bwd_data), medians(thp_data)
     if not any(k.startswith("pytorch/") for k in fwd):
         sys.exit("bench-report: no pytorch rows: configure the build with EMBAG_BENCH_TORCH_DIR")
     context = fwd_data["context"]
@@ -170,6 +207,32 @@ def main():
         for impl, label in (("embag", "embag"), ("baseline", "loop"), ("pytorch", "PyTorch")):
             fwd_plot[(group, label)] = v.get(impl)
             fwd_plot[(group, label + " / seq. read")] = ratio(v.get(impl), seq.get(threads))
+
+    # ---- forward on huge pages -----------------------------------------------------------
+    thp_seq = {t: thp.get(f"memory/sequential_read/threads:{t}") for t in (1, 2)}
+    lines += ["", "## Forward, tables on transparent huge pages (GB/s)", "",
+              "`bench_forward --huge_pages`: every table 2 MiB-aligned and advised with "
+              "`embag::advise_huge_pages` before it is filled, the same memory for all three. "
+              f"Sequential read there: {fmt(thp_seq[1])} / {fmt(thp_seq[2])} GB/s (1 / 2 "
+              "threads).", "",
+              "| shape | mode | threads | embag | loop | PyTorch | embag / loop | "
+              "embag / PyTorch | embag, huge / plain pages |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    thp_table = {}
+    for name, gbps in thp.items():
+        if name.startswith("memory/"):
+            continue
+        impl, mode, shape, threads = split(name)
+        if impl == "embag" and mode == "max_argmax":
+            impl, mode = "embag_argmax", "max"
+        thp_table.setdefault((shape, mode, threads), {})[impl] = gbps
+    for (shape, mode, threads), v in sorted(thp_table.items()):
+        e = v.get("embag")
+        plain = table.get((shape, mode, threads), {}).get("embag")
+        lines.append(
+            f"| {shape} | {mode} | {threads} | {fmt(e)} | {fmt(v.get('baseline'))} | "
+            f"{fmt(v.get('pytorch'))} | {fmt(ratio(e, v.get('baseline')))} | "
+            f"{fmt(ratio(e, v.get('pytorch')))} | {fmt(ratio(e, plain))} |")
 
     # ---- backward table -----------------------------------------------------------------
     btable = {}

@@ -101,8 +101,8 @@ Status parse_shapes(const std::string& text, const std::string& name, std::vecto
                                                               {"f16", DType::kFloat16},
                                                               {"bf16", DType::kBFloat16}};
       bool known = false;
-      for (const auto& [text, dtype] : kDtypes) {
-        if (fields[5] == text) {
+      for (const auto& [dtype_text, dtype] : kDtypes) {
+        if (fields[5] == dtype_text) {
           shape.dtype = dtype;
           known = true;
         }
