@@ -37,7 +37,7 @@ def shape_lines(path):
 def run_bench(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
     """Runs `binary` once per shape (interleaving rows of one shape only: the benchmarks rebuild
     their table whenever the shape changes) and merges the results into out_json."""
-    merged = None
+    merged = {"context": {}, "benchmarks": []}
     for k, line in enumerate(shape_lines(shapes)):
         one = f"{out_json}.shape{k}.txt"
         with open(one, "w") as f:
@@ -45,11 +45,10 @@ def run_bench(binary, shapes, repetitions, out_json, extra_filter=None, flags=()
         data = run_bench_once(binary, one, repetitions, f"{out_json}.shape{k}.json",
                               extra_filter if k == 0 else _skip_memory(extra_filter), flags)
         os.remove(one)
-        os.remove(f"{out_json}.shape{k}.json")
-        if merged is None:
-            merged = data
-        else:
-            merged["benchmarks"] += data["benchmarks"]
+        if os.path.exists(f"{out_json}.shape{k}.json"):
+            os.remove(f"{out_json}.shape{k}.json")
+        merged["context"] = merged["context"] or data["context"]
+        merged["benchmarks"] += data["benchmarks"]
     with open(out_json, "w") as f:
         json.dump(merged, f, indent=1)
     return merged
@@ -71,6 +70,10 @@ def run_bench_once(binary, shapes, repetitions, out_json, extra_filter=None, fla
         cmd.append(f"--benchmark_filter={extra_filter}")
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+    # (a filter that matches no row of this shape -- warm shapes in the huge-pages run -- leaves
+    # no output)
+    if not os.path.exists(out_json) or os.path.getsize(out_json) == 0:
+        return {"context": {}, "benchmarks": []}
     with open(out_json) as f:
         return json.load(f)
 
