@@ -112,7 +112,7 @@ Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const Fo
   HalideBuffer offsets(layout.offsets, layout.index_dtype, B + 1);
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
-  const int32_t bags_per_task = internal::bags_per_task(B);
+  const int32_t bags_per_task = internal::bags_per_task(B, kernel.tasks_per_thread);
   KernelArgs args;
   args.buffer("weight", weight.get())
       .buffer("indices", indices.get())

@@ -36,6 +36,12 @@ struct KernelEntry {
   const char* target;  // the Halide target string it was compiled for
   KernelArgvFn argv;
   KernelMetadataFn metadata;
+  // The schedule parameters it was compiled with beyond the generator's defaults ("" if none),
+  // and where they came from: "default", "cmake" (EMBAG_FORWARD_PARAMS_*), "tuning file".
+  const char* schedule;
+  const char* schedule_source;
+  // Parallel grain from a tuning file: tasks per thread for bags_per_task; 0 = the runtime's.
+  int32_t tasks_per_thread;
 };
 
 const std::vector<KernelEntry>& kernel_table();

@@ -230,6 +230,8 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.isa = e.isa;
       v.device = isa_device(e.isa);
       v.target = e.target;
+      v.schedule = e.schedule;
+      v.schedule_source = e.schedule_source;
       out.push_back(v);
     }
     return out;

@@ -209,6 +209,11 @@ struct VariantInfo {
   DeviceType device;
   Isa isa;
   std::string target;  // the Halide target string it was compiled for
+  // Schedule parameters beyond the generator's defaults ("" if none, e.g.
+  // "prefetch_distance=8 tasks_per_thread=2") and where they came from: "default", "cmake"
+  // (EMBAG_FORWARD_PARAMS_*) or "tuning file" (EMBAG_TUNING_FILE, written by embag-tune).
+  std::string schedule;
+  std::string schedule_source;
 };
 const std::vector<VariantInfo>& compiled_variants();
 
