@@ -231,12 +231,13 @@ void set_dims(halide_buffer_t* b, halide_dimension_t* dims, std::initializer_lis
 // does) and runs it once on batch `batch`. Returns Halide's result (0 on success).
 int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) {
   const halide_filter_metadata_t* md = c.metadata();
-  halide_buffer_t buffers[6] = {};
-  halide_dimension_t dims[6][2] = {};
-  void* argv[16];
+  constexpr int kMaxArguments = 16;
+  halide_buffer_t buffers[kMaxArguments] = {};
+  halide_dimension_t dims[kMaxArguments][2] = {};
+  void* argv[kMaxArguments];
   void* user_context = nullptr;
   const int32_t padding = -1;
-  if (md->num_arguments > 16) return -1;
+  if (md->num_arguments > kMaxArguments) return -1;
   for (int i = 0; i < md->num_arguments; ++i) {
     const halide_filter_argument_t& a = md->arguments[i];
     const std::string name = a.name;
@@ -252,8 +253,8 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
       argv[i] = &bags_per_task;
       continue;
     }
-    halide_buffer_t* b = &buffers[i % 6];
-    halide_dimension_t* bd = dims[i % 6];
+    halide_buffer_t* b = &buffers[i];
+    halide_dimension_t* bd = dims[i];
     b->type = a.type;
     if (name == "weight") {
       b->host = d.table.get();
