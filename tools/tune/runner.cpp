@@ -25,6 +25,7 @@
 //
 // Usage: embag-tune-runner [--seconds S] [--threads N] [--data DIR] [--out RESULTS]
 #include <HalideRuntime.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -297,11 +298,18 @@ double now_seconds() {
 }
 
 struct Item {
-  int candidate;  // index into kPlanCandidates
-  int tasks_per_thread;
+  int candidate = 0;  // index into kPlanCandidates
+  int tasks_per_thread = 4;
   bool ok = true;
   std::vector<double> medians;  // seconds per call, per workload
 };
+
+Item make_item(int candidate, int tasks_per_thread) {
+  Item item;
+  item.candidate = candidate;
+  item.tasks_per_thread = tasks_per_thread;
+  return item;
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -396,12 +404,17 @@ std::string cpu_model() {
   return arm_part.empty() ? "unknown" : arm_part;
 }
 
+// A bar redrawn in place on a terminal; in a log, a line per tenth of the way.
 void progress(int done, int total, const std::string& what) {
   const int width = 30;
   const int filled = total ? done * width / total : width;
-  std::fprintf(stderr, "\r  timing [%s%s] %3d/%d %-48.48s", std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), done, total, what.c_str());
-  if (done == total) std::fprintf(stderr, "\n");
+  const bool terminal = isatty(2) != 0;
+  if (!terminal && done != total && done != 0 &&
+      done * 10 / std::max(total, 1) == (done - 1) * 10 / std::max(total, 1))
+    return;
+  std::fprintf(stderr, "%s  timing [%s%s] %3d/%d %-48.48s%s", terminal ? "\r" : "",
+               std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), done,
+               total, what.c_str(), terminal && done != total ? "" : "\n");
   std::fflush(stderr);
 }
 
@@ -487,7 +500,7 @@ int main(int argc, char** argv) {
     // Screen: every candidate at the default tasks per thread; check each on every workload
     // before it is timed there.
     std::vector<Item> screen;
-    for (int c : cands) screen.push_back(Item{c, kPlanTasksPerThread[0]});
+    for (int c : cands) screen.push_back(make_item(c, kPlanTasksPerThread[0]));
     for (int w = 0; w < num_workloads; ++w) {
       Data d;
       std::string error;
@@ -534,10 +547,11 @@ int main(int argc, char** argv) {
 
     // Confirm: the default, and the best candidate at every tasks-per-thread value.
     std::vector<Item> confirm;
-    confirm.push_back(Item{cands[0], kPlanTasksPerThread[0]});
+    confirm.push_back(make_item(cands[0], kPlanTasksPerThread[0]));
     for (int t = 0; t < num_tpt; ++t) {
       if (best == 0 && t == 0) continue;
-      confirm.push_back(Item{screen[static_cast<size_t>(best)].candidate, kPlanTasksPerThread[t]});
+      confirm.push_back(
+          make_item(screen[static_cast<size_t>(best)].candidate, kPlanTasksPerThread[t]));
     }
     for (int w = 0; w < num_workloads; ++w) {
       Data d;

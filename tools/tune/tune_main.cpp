@@ -207,12 +207,17 @@ Status data_workload(const std::string& indices_path, const std::string& offsets
   return Status::Ok();
 }
 
+// A bar redrawn in place on a terminal; in a log, a line per tenth of the way.
 void progress(const char* phase, int done, int total, const std::string& what) {
   const int width = 30;
   const int filled = total ? done * width / total : width;
-  std::fprintf(stderr, "\r  %s [%s%s] %3d/%d %-48.48s", phase, std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), done, total, what.c_str());
-  if (done == total) std::fprintf(stderr, "\n");
+  const bool terminal = isatty(2) != 0;
+  if (!terminal && done != total &&
+      done * 10 / std::max(total, 1) == (done - 1) * 10 / std::max(total, 1))
+    return;
+  std::fprintf(stderr, "%s  %s [%s%s] %3d/%d %-48.48s%s", terminal ? "\r" : "", phase,
+               std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(), done,
+               total, what.c_str(), terminal && done != total ? "" : "\n");
   std::fflush(stderr);
 }
 
