@@ -181,7 +181,7 @@ if (CMAKE_SCRIPT_MODE_FILE STREQUAL CMAKE_CURRENT_LIST_FILE)
     set(ISAS avx512 avx2 sse41)
   endif ()
   embag_read_tuning_file(FILE "${FILE}" ISAS ${ISAS} EMBAG_VERSION "${EMBAG_VERSION}"
-                         HALIDE_VERSION "${HALIDE_VERSION}" MODES sum wsum mean max
+                         HALIDE_VERSION "${HALIDE_VERSION}" MODES sum wsum mean max max_values
                          WEIGHTS f32 f64 f16 bf16 INDICES i32 i64)
   list(LENGTH EMBAG_TUNED_KERNELS n)
   message("tuning file OK: ${EMBAG_TUNED_ISA}, ${n} kernel(s)")

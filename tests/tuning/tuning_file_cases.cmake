@@ -90,7 +90,7 @@ check("algorithm param" "\"max_tile_vectors\"" "\"mode\""
 check("tasks_per_thread 0" "\"tasks_per_thread\": 2" "\"tasks_per_thread\": 0"
       "kernels\\[0\\].tasks_per_thread must be in \\[1, 1024\\], but is 0")
 check("unknown mode" "\"mode\": \"sum\"" "\"mode\": \"summ\""
-      "kernels\\[0\\].mode is \"summ\" \\(known: sum, wsum, mean, max\\)")
+      "kernels\\[0\\].mode is \"summ\" \\(known: sum, wsum, mean, max, max_values\\)")
 check("backward pipeline" "\"pipeline\": \"forward\"" "\"pipeline\": \"backward\""
       "only forward kernels are tuned")
 check("no such file" MISSING "" "case23.json: no such file")

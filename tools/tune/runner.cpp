@@ -49,7 +49,7 @@ using KernelArgvFn = int (*)(void** args);
 using KernelMetadataFn = const halide_filter_metadata_t* (*)();
 
 struct PlanKernel {
-  const char* mode;    // sum | wsum | mean | max
+  const char* mode;    // sum | wsum | mean | max | max_values
   const char* weight;  // f32 | f64 | f16 | bf16
   const char* index;   // i32 | i64
 };

@@ -56,7 +56,9 @@ workload (at least one):
   --indices I.npy --offsets O.npy --dim D [--rows V]
                        the user's own batch (int32/int64; offsets are bag starts, PyTorch style)
 what:
-  --modes sum,mean,max      pooling modes (any of sum, wsum, mean, max)   [sum,mean,max]
+  --modes sum,mean,max      pooling modes: sum, wsum (sum with per_sample_weights), mean,
+                            max (with argmax, training), max_values (max without argmax:
+                            inference)                                    [sum,mean,max]
   --dtypes f32              table dtypes (f32, f64, f16, bf16)            [f32]
   --index-dtypes i64        index dtypes (i32, i64)                       [i64]
   --isa ISA                 avx512, avx2, sse41 (run here), neon, armv7 (--bundle)
@@ -346,8 +348,9 @@ int main(int argc, char** argv) {
   for (const std::string& mode : split(text("modes", "sum,mean,max"), ','))
     for (const std::string& w : split(text("dtypes", "f32"), ','))
       for (const std::string& i : split(text("index-dtypes", "i64"), ',')) {
-        if (mode != "sum" && mode != "wsum" && mode != "mean" && mode != "max")
-          return fail("--modes: unknown mode '" + mode + "' (sum, wsum, mean, max)");
+        if (mode != "sum" && mode != "wsum" && mode != "mean" && mode != "max" &&
+            mode != "max_values")
+          return fail("--modes: unknown mode '" + mode + "' (sum, wsum, mean, max, max_values)");
         if (w != "f32" && w != "f64" && w != "f16" && w != "bf16")
           return fail("--dtypes: unknown dtype '" + w + "' (f32, f64, f16, bf16)");
         if (i != "i32" && i != "i64")

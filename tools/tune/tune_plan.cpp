@@ -30,8 +30,8 @@ std::vector<ParamSet> candidate_space(const KernelSpec& kernel, const std::strin
                                       const std::vector<ParamSet>& user, size_t limit) {
   // The tile width the generator picks by itself (forward_generator.cpp, schedule_cpu), so the
   // search does not spend a compile and a timing slot on a copy of the default.
-  int default_tile = kernel.mode == "max" ? 4 : 8;
-  if (isa == "neon" && kernel.mode != "max" && (kernel.weight == "f32" || kernel.weight == "f64"))
+  int default_tile = kernel.mode == "max" || kernel.mode == "max_values" ? 4 : 8;
+  if (isa == "neon" && default_tile == 8 && (kernel.weight == "f32" || kernel.weight == "f64"))
     default_tile *= 2;
 
   std::vector<ParamSet> out = {{}};

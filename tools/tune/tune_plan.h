@@ -24,7 +24,7 @@ struct Workload {
 
 // A forward kernel family: pooling mode and element types, in the registry's short names.
 struct KernelSpec {
-  std::string mode;    // sum | wsum | mean | max
+  std::string mode;    // sum | wsum | mean | max | max_values
   std::string weight;  // f32 | f64 | f16 | bf16
   std::string index;   // i32 | i64
   std::string label() const { return mode + " " + weight + " " + index; }
