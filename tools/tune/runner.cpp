@@ -6,11 +6,12 @@
 // cross-compiles it statically and leaves it in the bundle to copy over. The runner needs nothing
 // but the bundle: no embag runtime, no Halide library, no files beyond the workload data.
 //
-// It deliberately does not link embag's runtime, so it runs anywhere a static binary runs. The
-// kernels' parallel loops therefore go through Halide's own thread pool rather than embag's; the
-// default kernel and every candidate run through the same pool with the same thread count, so
-// the comparison is fair, and the parallel work per task is the same (bags_per_task is computed
-// exactly as runtime/kernel_thread_pool.cpp computes it).
+// The kernels' parallel loops run on embag's own thread pool, as in a real call: embag-tune copies
+// runtime/kernel_thread_pool.* and runtime/call_context.* (which depend on nothing else of embag)
+// into the bundle and compiles them in, each kernel call is an embag call (a CallContext as its
+// user_context, so embag's do_par_for hook takes it), and bags_per_task is the runtime's own
+// function. Timing on Halide's pool instead would tune for a pool embag does not use: task
+// granularity behaves differently on the two.
 //
 // Per kernel (mode, weight dtype, index dtype), over every workload:
 //   check   every candidate's output (and argmax) must equal the default kernel's bit for bit on
@@ -41,7 +42,8 @@
 #include <thread>
 #include <vector>
 
-extern "C" int halide_set_num_threads(int n);
+#include "call_context.h"
+#include "kernel_thread_pool.h"
 
 namespace {
 
@@ -236,7 +238,10 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
   halide_buffer_t buffers[kMaxArguments] = {};
   halide_dimension_t dims[kMaxArguments][2] = {};
   void* argv[kMaxArguments];
-  void* user_context = nullptr;
+  // An embag call, so embag's hooks run its parallel loop on embag's pool.
+  embag::internal::CallContext call;
+  void* user_context = &call;
+  embag::internal::ActiveCallScope active(&call);
   const int32_t padding = -1;
   if (md->num_arguments > kMaxArguments) return -1;
   for (int i = 0; i < md->num_arguments; ++i) {
@@ -284,11 +289,9 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
   return c.argv(argv);
 }
 
-int32_t bags_per_task(int64_t bags, int threads, int tasks_per_thread) {
-  // runtime/kernel_thread_pool.cpp's formula with the tuned tasks per thread.
-  const int64_t tasks = static_cast<int64_t>(tasks_per_thread) * threads;
-  const int64_t per_task = (bags + tasks - 1) / tasks;
-  return static_cast<int32_t>(std::clamp<int64_t>(per_task, 16, int64_t{1} << 20));
+int32_t bags_per_task(int64_t bags, int /*threads*/, int tasks_per_thread) {
+  // The runtime's own choice (embag's pool knows its thread count).
+  return embag::internal::bags_per_task(bags, tasks_per_thread);
 }
 
 // --- timing -----------------------------------------------------------------------------------
@@ -454,7 +457,8 @@ int main(int argc, char** argv) {
   }
   if (threads < 1) threads = 1;
   if (!(seconds > 0)) seconds = 1;
-  halide_set_num_threads(threads);
+  embag::internal::install_halide_hooks();
+  embag::internal::set_kernel_threads(threads);
 
   const int num_kernels = static_cast<int>(sizeof(kPlanKernels) / sizeof(kPlanKernels[0]));
   const int num_candidates = static_cast<int>(sizeof(kPlanCandidates) / sizeof(kPlanCandidates[0]));

@@ -376,6 +376,7 @@ int main(int argc, char** argv) {
   tc.generators = text("generators", EMBAG_TUNE_GENERATORS);
   tc.halide_include = EMBAG_TUNE_HALIDE_INCLUDE;
   tc.runner_source = EMBAG_TUNE_RUNNER_SOURCE;
+  tc.source_dir = EMBAG_TUNE_SOURCE_DIR;
   tc.isa = isa;
   const bool is_32_bit = targets.at(isa).find("-32-") != std::string::npos;
   tc.target = targets.at(isa) + "-user_context" + (is_32_bit ? "" : "-large_buffers");

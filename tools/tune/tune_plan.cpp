@@ -134,6 +134,8 @@ Status build_bundle(const std::string& dir, const Toolchain& tc,
   fs::create_directories(dir, ec);
   if (ec) return Status(StatusCode::kInvalidArgument, "cannot create " + dir + ": " + ec.message());
   const fs::path root(dir), objects = root / "objects";
+  // Every object in it is linked into the runner: none may be left from an earlier run.
+  fs::remove_all(objects, ec);
   fs::create_directories(objects, ec);
   const std::string log = (root / "build.log").string();
   std::remove(log.c_str());
@@ -239,14 +241,31 @@ Status build_bundle(const std::string& dir, const Toolchain& tc,
   if (!failure.empty())
     return Status(StatusCode::kInternal, failure + "; log " + log + ":\n" + log_tail(log));
 
-  // The runner: one program with every candidate, statically linked for a board.
+  // The runner: one program with every candidate and embag's thread pool (its sources copied in,
+  // so a bundle is complete), statically linked for a board.
   fs::copy_file(tc.runner_source, root / "runner.cpp", fs::copy_options::overwrite_existing, ec);
+  const fs::path pool = root / "embag_pool";
+  fs::create_directories(pool / "embag", ec);
+  const fs::path src(tc.source_dir);
+  for (const char* file : {"runtime/call_context.h", "runtime/call_context.cpp",
+                           "runtime/kernel_thread_pool.h", "runtime/kernel_thread_pool.cpp"})
+    fs::copy_file(src / file, pool / fs::path(file).filename(),
+                  fs::copy_options::overwrite_existing, ec);
+  for (const auto& header : fs::directory_iterator(src / "include" / "embag"))
+    fs::copy_file(header.path(), pool / "embag" / header.path().filename(),
+                  fs::copy_options::overwrite_existing, ec);
+  if (ec) return Status(StatusCode::kInternal, "cannot copy embag's pool sources: " + ec.message());
   std::vector<std::string> cc = {tc.cxx,
                                  "-O2",
                                  "-std=c++17",
+                                 "-Wall",
+                                 "-Wextra",
                                  "-I" + tc.halide_include,
                                  "-I" + root.string(),
-                                 (root / "runner.cpp").string()};
+                                 "-I" + pool.string(),
+                                 (root / "runner.cpp").string(),
+                                 (pool / "call_context.cpp").string(),
+                                 (pool / "kernel_thread_pool.cpp").string()};
   for (const auto& entry : fs::directory_iterator(objects))
     if (entry.path().extension() == ".o") cc.push_back(entry.path().string());
   cc.insert(cc.end(), {"-o", (root / "embag-tune-runner").string(), "-lpthread", "-ldl"});

@@ -48,6 +48,7 @@ struct Toolchain {
   std::string cxx;         // compiles the runner for the target (a cross compiler for ARM)
   std::string halide_include;
   std::string runner_source;
+  std::string source_dir;  // embag's sources: the runner compiles embag's thread pool in
   std::string isa;
   std::string target;  // Halide target of the ISA, with embag's kernel features
   bool static_link = false;
