@@ -18,10 +18,11 @@
 //           every workload, or the candidate is rejected, loudly, and never timed;
 //   screen  every surviving candidate is timed at the default tasks-per-thread, interleaved with
 //           the default (round-robin, rotating the start each round), median per candidate;
-//   confirm the best screened candidate is timed at every tasks-per-thread value, again
-//           interleaved with the default, with fresh samples: the final default vs tuned numbers
-//           come from this phase only, so the winner of the screen is not flattered by the noise
-//           that made it win.
+//   confirm the finalists of the screen (the two best by geometric-mean speedup, the best by
+//           worst-workload speedup, and the default's own schedule) are timed at every
+//           tasks-per-thread value, again interleaved with the default, with fresh samples: the
+//           final default vs tuned numbers come from this phase only, so the winner of the screen
+//           is not flattered by the noise that made it win.
 // Results go to a line-oriented text file that `embag-tune --collect` turns into a tuning file.
 //
 // Usage: embag-tune-runner [--seconds S] [--threads N] [--data DIR] [--out RESULTS]
@@ -534,28 +535,45 @@ int main(int argc, char** argv) {
       time_items(screen, d, threads, slice(steps_done, steps_total, true), w);
       ++steps_done;
     }
-    // The best screened candidate by geometric-mean speedup over the default.
-    int best = 0;
-    double best_score = 0;
+    // Finalists from the screen: the two best by geometric-mean speedup over the default, and
+    // the best by worst-workload speedup (a schedule is only chosen if it is no slower than the
+    // default on any workload, so the safest strong candidate deserves a confirm run too).
+    std::vector<double> score(screen.size(), 0), worst(screen.size(), 0);
     for (size_t i = 0; i < screen.size(); ++i) {
       if (!screen[i].ok) continue;
       double log_sum = 0;
-      for (int w = 0; w < num_workloads; ++w)
-        log_sum += std::log(screen[0].medians[static_cast<size_t>(w)] /
-                            std::max(screen[i].medians[static_cast<size_t>(w)], 1e-12));
-      const double score = std::exp(log_sum / num_workloads);
+      worst[i] = 1e300;
+      for (int w = 0; w < num_workloads; ++w) {
+        const double ratio = screen[0].medians[static_cast<size_t>(w)] /
+                             std::max(screen[i].medians[static_cast<size_t>(w)], 1e-12);
+        log_sum += std::log(ratio);
+        worst[i] = std::min(worst[i], ratio);
+      }
+      score[i] = std::exp(log_sum / num_workloads);
       out << "screen\t" << k << "\t" << field(kPlanCandidates[screen[i].candidate].params) << "\t"
-          << score << "\n";
-      if (score > best_score) best_score = score, best = static_cast<int>(i);
+          << score[i] << "\t" << worst[i] << "\n";
     }
+    std::vector<size_t> by_score, finalists = {0};
+    for (size_t i = 1; i < screen.size(); ++i)
+      if (screen[i].ok) by_score.push_back(i);
+    std::sort(by_score.begin(), by_score.end(),
+              [&](size_t a, size_t b) { return score[a] > score[b]; });
+    for (size_t i = 0; i < by_score.size() && i < 2; ++i) finalists.push_back(by_score[i]);
+    size_t safest = 0;
+    for (size_t i : by_score)
+      if (worst[i] > worst[safest]) safest = i;
+    if (std::find(finalists.begin(), finalists.end(), safest) == finalists.end())
+      finalists.push_back(safest);
 
-    // Confirm: the default, and the best candidate at every tasks-per-thread value.
+    // Confirm: the default, and every finalist (the default's schedule included) at every
+    // tasks-per-thread value, with fresh samples.
     std::vector<Item> confirm;
     confirm.push_back(make_item(cands[0], kPlanTasksPerThread[0]));
-    for (int t = 0; t < num_tpt; ++t) {
-      if (best == 0 && t == 0) continue;
-      confirm.push_back(
-          make_item(screen[static_cast<size_t>(best)].candidate, kPlanTasksPerThread[t]));
+    for (size_t f : finalists) {
+      for (int t = 0; t < num_tpt; ++t) {
+        if (f == 0 && t == 0) continue;
+        confirm.push_back(make_item(screen[f].candidate, kPlanTasksPerThread[t]));
+      }
     }
     for (int w = 0; w < num_workloads; ++w) {
       Data d;

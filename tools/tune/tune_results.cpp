@@ -111,7 +111,7 @@ Status read_results(const std::string& path, Results* out) {
       } else if (tag == "rejected" && f.size() == 5 && !out->kernels.empty()) {
         out->kernels.back().rejected.push_back("[" + unfield(f[2]) + "] on workload " + f[3] +
                                                ": " + f[4]);
-      } else if (tag == "screen" && f.size() == 4) {
+      } else if (tag == "screen" && f.size() == 5) {
         // Screening scores are informative only; the decision uses the confirm phase.
       } else if (tag == "confirm" && f.size() == 8 && !out->kernels.empty()) {
         Measurement m;
