@@ -79,10 +79,12 @@ where:
   --generators PATH, --cxx COMPILER, --jobs N   (defaults from the build)
 )";
 
-int fail(const std::string& message) {
+// Exit 2 for a wrong command line, 1 for data, files, tools or kernels that failed (as `embag`).
+int fail(const std::string& message, int status = 1) {
   std::cerr << "embag-tune: error: " << message << "\n";
-  return 1;
+  return status;
 }
+int usage(const std::string& message) { return fail(message, 2); }
 
 std::vector<std::string> split(const std::string& text, char sep) {
   std::vector<std::string> parts;
@@ -261,7 +263,7 @@ int main(int argc, char** argv) {
       {"cxx", true},       {"jobs", true}};
   embag::cli::ParsedFlags flags;
   Status s = embag::cli::parse_flags(args, specs, &flags);
-  if (!s.ok()) return fail(s.message() + " (embag-tune --help lists the options)");
+  if (!s.ok()) return usage(s.message() + " (embag-tune --help lists the options)");
   if (flags.help()) {
     std::cout << kUsage;
     return 0;
@@ -279,14 +281,14 @@ int main(int argc, char** argv) {
   double margin = 0.02;
   if (flags.has("margin")) {
     s = embag::cli::parse_double("--margin", *flags.value("margin"), &margin);
-    if (!s.ok() || margin < 0 || margin > 1) return fail("--margin must be in [0, 1]");
+    if (!s.ok() || margin < 0 || margin > 1) return usage("--margin must be in [0, 1]");
   }
   if (flags.has("collect")) return collect(*flags.value("collect"), out_path, margin);
 
   double budget = 600;
   if (flags.has("budget")) {
     s = parse_budget(*flags.value("budget"), &budget);
-    if (!s.ok()) return fail(s.message());
+    if (!s.ok()) return usage(s.message());
   }
   int64_t threads = 0, limit = 0, rows = 0, dim = 0, jobs = 0;
   for (const auto& [name, fallback, out] :
@@ -296,8 +298,8 @@ int main(int argc, char** argv) {
         {"dim", 0, &dim},
         {"jobs", 0, &jobs}}) {
     s = integer(name, fallback, out);
-    if (!s.ok()) return fail(s.message());
-    if (*out < 0) return fail(std::string("--") + name + " must not be negative");
+    if (!s.ok()) return usage(s.message());
+    if (*out < 0) return usage(std::string("--") + name + " must not be negative");
   }
 
   // The target.
@@ -316,7 +318,7 @@ int main(int argc, char** argv) {
   if (targets.count(isa) == 0) {
     std::string known;
     for (const auto& [name, target] : targets) known += (known.empty() ? "" : ", ") + name;
-    return fail("--isa: unknown ISA '" + isa + "' (known: " + known + ")");
+    return usage("--isa: unknown ISA '" + isa + "' (known: " + known + ")");
   }
   const bool bundle_only = flags.has("bundle");
   if (!bundle_only) {
@@ -333,15 +335,15 @@ int main(int argc, char** argv) {
     if (!s.ok()) return fail(s.message());
   }
   if (flags.has("indices") != flags.has("offsets"))
-    return fail("--indices and --offsets go together");
+    return usage("--indices and --offsets go together");
   if (flags.has("indices")) {
-    if (dim <= 0) return fail("--indices needs --dim (the embedding dimension to tune for)");
+    if (dim <= 0) return usage("--indices needs --dim (the embedding dimension to tune for)");
     Workload w;
     s = data_workload(*flags.value("indices"), *flags.value("offsets"), rows, dim, &w);
     if (!s.ok()) return fail(s.message());
     workloads.push_back(std::move(w));
   }
-  if (workloads.empty()) return fail("no workload: give --shapes FILE and/or --indices/--offsets");
+  if (workloads.empty()) return usage("no workload: give --shapes FILE and/or --indices/--offsets");
 
   // The kernels.
   std::vector<KernelSpec> kernels;
@@ -350,11 +352,11 @@ int main(int argc, char** argv) {
       for (const std::string& i : split(text("index-dtypes", "i64"), ',')) {
         if (mode != "sum" && mode != "wsum" && mode != "mean" && mode != "max" &&
             mode != "max_values")
-          return fail("--modes: unknown mode '" + mode + "' (sum, wsum, mean, max, max_values)");
+          return usage("--modes: unknown mode '" + mode + "' (sum, wsum, mean, max, max_values)");
         if (w != "f32" && w != "f64" && w != "f16" && w != "bf16")
-          return fail("--dtypes: unknown dtype '" + w + "' (f32, f64, f16, bf16)");
+          return usage("--dtypes: unknown dtype '" + w + "' (f32, f64, f16, bf16)");
         if (i != "i32" && i != "i64")
-          return fail("--index-dtypes: unknown dtype '" + i + "' (i32, i64)");
+          return usage("--index-dtypes: unknown dtype '" + i + "' (i32, i64)");
         kernels.push_back(KernelSpec{mode, w, i});
       }
   if (kernels.empty()) return fail("no kernel to tune (--modes / --dtypes are empty)");
@@ -365,7 +367,7 @@ int main(int argc, char** argv) {
     std::string word;
     while (words >> word) {
       if (word.find('=') == std::string::npos || word.front() == '=')
-        return fail("--candidate: '" + word + "' is not name=value");
+        return usage("--candidate: '" + word + "' is not name=value");
       p.push_back(word);
     }
     if (!p.empty()) user.push_back(p);
