@@ -252,4 +252,31 @@ TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
   }
 }
 
+// `embag info` shows every kernel's schedule parameters and where they came from (default,
+// cmake, or a tuning file from embag-tune), from the same registry columns compiled_variants()
+// reports.
+TEST_F(Cli, InfoShowsEachKernelsScheduleAndItsSource) {
+  ASSERT_EQ(
+      std::system(("cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " info > info.txt").c_str()),
+      0);
+  const std::string info = file_bytes("info.txt");
+  const size_t header = info.find("  name ");
+  ASSERT_NE(header, std::string::npos) << info;
+  const std::string heading = info.substr(header, info.find('\n', header) - header);
+  EXPECT_NE(heading.find(" schedule "), std::string::npos) << heading;
+  EXPECT_NE(heading.find(" from "), std::string::npos) << heading;
+  for (const embag::VariantInfo& v : embag::compiled_variants()) {
+    EXPECT_TRUE(v.schedule_source == "default" || v.schedule_source == "cmake" ||
+                v.schedule_source.rfind("tuning file", 0) == 0)
+        << v.name << ": " << v.schedule_source;
+    const size_t row = info.find("  " + v.name + " ");
+    ASSERT_NE(row, std::string::npos) << v.name;
+    const std::string line = info.substr(row, info.find('\n', row) - row);
+    EXPECT_NE(line.find("  " + (v.schedule.empty() ? std::string("-") : v.schedule) + "  "),
+              std::string::npos)
+        << line;
+    EXPECT_NE(line.find("  " + v.schedule_source + "  "), std::string::npos) << line;
+  }
+}
+
 }  // namespace
