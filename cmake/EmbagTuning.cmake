@@ -18,14 +18,21 @@
 # sets, in the caller's scope:
 #   EMBAG_TUNED_ISA                          the file's ISA
 #   EMBAG_TUNED_KERNELS                      "<mode>_<weight>_<index>" of every tuned kernel
-#   EMBAG_TUNED_PARAMS_<mode>_<w>_<i>        its GeneratorParams, a list of name=value
-#   EMBAG_TUNED_TPT_<mode>_<w>_<i>           its tasks per thread
-#   EMBAG_TUNED_GAIN_<mode>_<w>_<i>          the measured geometric-mean gain
+#   EMBAG_TUNED_BUCKETS_<kernel>             its D buckets: 0 (one schedule for every D), or
+#                                            0;1;... (one schedule per D range, ascending)
+#   EMBAG_TUNED_PARAMS_<kernel>_<bucket>     the bucket's GeneratorParams, a list of name=value
+#   EMBAG_TUNED_TPT_<kernel>_<bucket>        its tasks per thread
+#   EMBAG_TUNED_DIM_MIN/MAX_<kernel>_<bucket> its D range
+#   EMBAG_TUNED_GAIN_<kernel>_<bucket>       the measured geometric-mean gain
+# A kernel's entries must cover every D, 1 to 2147483647, in ascending order without gaps or
+# overlaps (embag-tune writes them so), so every call finds exactly one schedule.
 # It is also a script: cmake -DFILE=... -DISAS=... -P cmake/EmbagTuning.cmake checks a file
 # (the tests do), printing "tuning file OK" or the error.
 
-function(_embag_tuning_fail message)
-  message(FATAL_ERROR "EMBAG_TUNING_FILE ${_embag_tuning_path}: ${message}")
+# (The message may come in several quoted pieces, joined here.)
+function(_embag_tuning_fail)
+  string(CONCAT text ${ARGN})
+  message(FATAL_ERROR "EMBAG_TUNING_FILE ${_embag_tuning_path}: ${text}")
 endfunction()
 
 # _embag_tuning_get(<out> <TYPE> <what> <json> <path...>): the value at path, of JSON type TYPE
@@ -130,10 +137,30 @@ function(embag_read_tuning_file)
         endif ()
       endforeach ()
       set(name "${mode}_${weight}_${index}")
-      if (name IN_LIST tuned)
-        _embag_tuning_fail("${at}: ${mode} ${weight} ${index} is tuned twice")
+      # D range: a kernel's entries (D buckets) must follow each other, each starting where the
+      # one before ended, from 1 to kMaxDim.
+      _embag_tuning_get(dim_min INTEGER "${at}.dim_min" "${json}" kernels ${k} dim_min)
+      _embag_tuning_get(dim_max INTEGER "${at}.dim_max" "${json}" kernels ${k} dim_max)
+      if (dim_min LESS 1 OR dim_max LESS dim_min OR dim_max GREATER 2147483647)
+        _embag_tuning_fail("${at}: D range [${dim_min}, ${dim_max}] is not a range within "
+                           "[1, 2147483647]")
       endif ()
-      list(APPEND tuned "${name}")
+      if (name IN_LIST tuned)
+        math(EXPR expected "${next_dim_${name}}")
+        list(LENGTH buckets_${name} bucket)
+        list(APPEND buckets_${name} ${bucket})
+      else ()
+        set(expected 1)
+        set(bucket 0)
+        set(buckets_${name} 0)
+        list(APPEND tuned "${name}")
+      endif ()
+      if (NOT dim_min EQUAL expected)
+        _embag_tuning_fail("${at}: ${mode} ${weight} ${index} D range starts at ${dim_min}, but "
+                           "must start at ${expected}: a kernel's D ranges follow each other "
+                           "from 1 without gaps or overlaps")
+      endif ()
+      math(EXPR next_dim_${name} "${dim_max} + 1")
 
       _embag_tuning_get(params OBJECT "${at}.params" "${json}" kernels ${k} params)
       string(JSON nparams LENGTH "${json}" kernels ${k} params)
@@ -165,11 +192,21 @@ function(embag_read_tuning_file)
         _embag_tuning_fail("${at}.tasks_per_thread must be in [1, 1024], but is ${tpt}")
       endif ()
       _embag_tuning_get(gain NUMBER "${at}.gain" "${json}" kernels ${k} gain)
-      set(EMBAG_TUNED_PARAMS_${name} "${list}" PARENT_SCOPE)
-      set(EMBAG_TUNED_TPT_${name} "${tpt}" PARENT_SCOPE)
-      set(EMBAG_TUNED_GAIN_${name} "${gain}" PARENT_SCOPE)
+      set(EMBAG_TUNED_PARAMS_${name}_${bucket} "${list}" PARENT_SCOPE)
+      set(EMBAG_TUNED_TPT_${name}_${bucket} "${tpt}" PARENT_SCOPE)
+      set(EMBAG_TUNED_GAIN_${name}_${bucket} "${gain}" PARENT_SCOPE)
+      set(EMBAG_TUNED_DIM_MIN_${name}_${bucket} "${dim_min}" PARENT_SCOPE)
+      set(EMBAG_TUNED_DIM_MAX_${name}_${bucket} "${dim_max}" PARENT_SCOPE)
     endforeach ()
   endif ()
+  foreach (name IN LISTS tuned)
+    if (NOT next_dim_${name} EQUAL 2147483648)
+      math(EXPR last "${next_dim_${name}} - 1")
+      _embag_tuning_fail("the D ranges of ${name} end at ${last}, not 2147483647: every D needs "
+                         "a schedule")
+    endif ()
+    set(EMBAG_TUNED_BUCKETS_${name} "${buckets_${name}}" PARENT_SCOPE)
+  endforeach ()
   set(EMBAG_TUNED_ISA "${isa}" PARENT_SCOPE)
   set(EMBAG_TUNED_KERNELS "${tuned}" PARENT_SCOPE)
   set(EMBAG_TUNED_CPU "${cpu}" PARENT_SCOPE)
@@ -184,5 +221,12 @@ if (CMAKE_SCRIPT_MODE_FILE STREQUAL CMAKE_CURRENT_LIST_FILE)
                          HALIDE_VERSION "${HALIDE_VERSION}" MODES sum wsum mean max max_values
                          WEIGHTS f32 f64 f16 bf16 INDICES i32 i64)
   list(LENGTH EMBAG_TUNED_KERNELS n)
-  message("tuning file OK: ${EMBAG_TUNED_ISA}, ${n} kernel(s)")
+  set(bucketed "")
+  foreach (name IN LISTS EMBAG_TUNED_KERNELS)
+    list(LENGTH EMBAG_TUNED_BUCKETS_${name} nb)
+    if (nb GREATER 1)
+      string(APPEND bucketed " ${name}:${nb}")
+    endif ()
+  endforeach ()
+  message("tuning file OK: ${EMBAG_TUNED_ISA}, ${n} kernel(s)${bucketed}")
 endif ()

@@ -232,6 +232,8 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.target = e.target;
       v.schedule = e.schedule;
       v.schedule_source = e.schedule_source;
+      v.dim_min = e.dim_min;
+      v.dim_max = e.dim_max;
       out.push_back(v);
     }
     return out;

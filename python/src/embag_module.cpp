@@ -241,6 +241,8 @@ nb::list compiled_variants() {
     row["target"] = v.target;
     row["schedule"] = v.schedule;
     row["schedule_source"] = v.schedule_source;
+    row["dim_min"] = v.dim_min;
+    row["dim_max"] = v.dim_max;
     variants.append(row);
   }
   return variants;

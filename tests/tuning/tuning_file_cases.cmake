@@ -95,6 +95,25 @@ check("backward pipeline" "\"pipeline\": \"forward\"" "\"pipeline\": \"backward\
       "only forward kernels are tuned")
 check("no such file" MISSING "" "case23.json: no such file")
 
+# D buckets: a kernel with one schedule per D range; the ranges must tile [1, 2147483647].
+set(second "{\"pipeline\": \"forward\", \"mode\": \"sum\", \"weight\": \"f32\", \"index\": \"i64\", \"dim_min\": 49, \"dim_max\": 2147483647, \"params\": {}, \"tasks_per_thread\": 4, \"gain\": 1.0}")
+string(REPLACE "\"dim_max\": 2147483647," "\"dim_max\": 48," two "${good}")
+string(REGEX REPLACE "}[ \n]*][ \n]*}[ \n]*$" "},\n    ${second}\n  ]\n}\n" two "${two}")
+set(good_one "${good}")
+set(good "${two}")
+check("two D buckets" NONE "" "tuning file OK: avx512, 1 kernel\\(s\\) sum_f32_i64:2")
+check("gap between buckets" "\"dim_min\": 49" "\"dim_min\": 50"
+      "kernels\\[1\\]: sum f32 i64 D range starts at 50, but must start at 49")
+check("overlapping buckets" "\"dim_min\": 49" "\"dim_min\": 40"
+      "kernels\\[1\\]: sum f32 i64 D range starts at 40, but must start at 49")
+set(good "${good_one}")
+check("D not covered" "\"dim_max\": 2147483647" "\"dim_max\": 64"
+      "the D ranges of sum_f32_i64 end at 64, not 2147483647")
+check("D range reversed" "\"dim_min\": 1, \"dim_max\": 2147483647" "\"dim_min\": 9, \"dim_max\": 5"
+      "kernels\\[0\\]: D range \\[9, 5\\] is not a range")
+check("D range not from 1" "\"dim_min\": 1," "\"dim_min\": 2,"
+      "D range starts at 2, but must start at 1")
+
 if (failures GREATER 0)
   message(FATAL_ERROR "${failures} tuning-file case(s) failed")
 endif ()

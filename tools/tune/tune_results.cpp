@@ -144,53 +144,97 @@ Status read_results(const std::string& path, Results* out) {
   return Status::Ok();
 }
 
+namespace {
+
+// The choice for one kernel over the workloads `subset`: the best eligible schedule, or the
+// default.
+Choice choose_over(const KernelResults& k, const Results& results,
+                   const std::vector<size_t>& subset, double margin) {
+  Choice choice;
+  choice.mode = k.mode;
+  choice.weight = k.weight;
+  choice.index = k.index;
+  choice.rejected = k.rejected.size();
+  choice.workloads = subset;
+  const int default_tpt = 4;
+  // (params, tasks per thread) -> per-workload measurement
+  std::map<std::pair<std::string, int>, std::vector<const Measurement*>> by_schedule;
+  for (const Measurement& m : k.confirm) {
+    auto& slots = by_schedule[{m.params, m.tasks_per_thread}];
+    slots.resize(results.workloads.size(), nullptr);
+    slots[static_cast<size_t>(m.workload)] = &m;
+  }
+  const auto def = by_schedule.find({"", default_tpt});
+  for (size_t w : subset) {
+    const double g = def != by_schedule.end() && def->second[w] ? def->second[w]->gbps : 0;
+    choice.default_gbps.push_back(g);
+    choice.tuned_gbps.push_back(g);
+  }
+  if (def == by_schedule.end() || subset.empty()) return choice;
+  double best = 1 + margin;
+  for (const auto& [schedule, slots] : by_schedule) {
+    if (schedule == def->first) continue;
+    bool eligible = true;
+    double log_sum = 0;
+    for (size_t w : subset) {
+      const Measurement* m = slots[w];
+      const Measurement* d = def->second[w];
+      // Every workload checked and measured, and none slower than the default.
+      eligible = m && d && m->ok && m->nanoseconds > 0 && m->nanoseconds <= d->nanoseconds;
+      if (!eligible) break;
+      log_sum += std::log(d->nanoseconds / m->nanoseconds);
+    }
+    if (!eligible) continue;
+    const double gain = std::exp(log_sum / static_cast<double>(subset.size()));
+    if (gain > best) {
+      best = gain;
+      choice.params = schedule.first;
+      choice.tasks_per_thread = schedule.second;
+      choice.geomean_gain = gain;
+      for (size_t i = 0; i < subset.size(); ++i) choice.tuned_gbps[i] = slots[subset[i]]->gbps;
+    }
+  }
+  return choice;
+}
+
+}  // namespace
+
 std::vector<Choice> choose(const Results& results, double margin) {
+  // D buckets: the workloads grouped by D, each group choosing on its own; a bucket reaches
+  // halfway to the next tuned D, the first from 1 and the last to kMaxDim. Neighbours that chose
+  // the same schedule merge, so a kernel whose schedule suits every D gets one bucket.
+  std::vector<int64_t> dims;
+  for (const WorkloadInfo& w : results.workloads) dims.push_back(w.dim);
+  std::sort(dims.begin(), dims.end());
+  dims.erase(std::unique(dims.begin(), dims.end()), dims.end());
   std::vector<Choice> choices;
-  const size_t workloads = results.workloads.size();
   for (const KernelResults& k : results.kernels) {
-    Choice choice;
-    choice.mode = k.mode;
-    choice.weight = k.weight;
-    choice.index = k.index;
-    choice.rejected = k.rejected.size();
-    const int default_tpt = 4;
-    // (params, tasks per thread) -> per-workload measurement
-    std::map<std::pair<std::string, int>, std::vector<const Measurement*>> by_schedule;
-    for (const Measurement& m : k.confirm) {
-      auto& slots = by_schedule[{m.params, m.tasks_per_thread}];
-      slots.resize(workloads, nullptr);
-      slots[static_cast<size_t>(m.workload)] = &m;
-    }
-    const auto def = by_schedule.find({"", default_tpt});
-    if (def == by_schedule.end()) continue;
-    for (size_t w = 0; w < workloads; ++w) {
-      const double g = def->second[w] ? def->second[w]->gbps : 0;
-      choice.default_gbps.push_back(g);
-      choice.tuned_gbps.push_back(g);
-    }
-    double best = 1 + margin;
-    for (const auto& [schedule, slots] : by_schedule) {
-      if (schedule == def->first) continue;
-      bool eligible = true;
-      double log_sum = 0;
-      for (size_t w = 0; w < workloads && eligible; ++w) {
-        const Measurement* m = slots[w];
-        const Measurement* d = def->second[w];
-        // Every workload checked and measured, and none slower than the default.
-        eligible = m && d && m->ok && m->nanoseconds > 0 && m->nanoseconds <= d->nanoseconds;
-        if (eligible) log_sum += std::log(d->nanoseconds / m->nanoseconds);
-      }
-      if (!eligible || workloads == 0) continue;
-      const double gain = std::exp(log_sum / static_cast<double>(workloads));
-      if (gain > best) {
-        best = gain;
-        choice.params = schedule.first;
-        choice.tasks_per_thread = schedule.second;
-        choice.geomean_gain = gain;
-        for (size_t w = 0; w < workloads; ++w) choice.tuned_gbps[w] = slots[w]->gbps;
+    std::vector<Choice> buckets;
+    for (size_t g = 0; g < dims.size(); ++g) {
+      std::vector<size_t> subset;
+      for (size_t w = 0; w < results.workloads.size(); ++w)
+        if (results.workloads[w].dim == dims[g]) subset.push_back(w);
+      Choice c = choose_over(k, results, subset, margin);
+      c.dim_min = g == 0 ? 1 : buckets.back().dim_max + 1;
+      c.dim_max = g + 1 == dims.size() ? kMaxDim : (dims[g] + dims[g + 1]) / 2;
+      if (!buckets.empty() && buckets.back().params == c.params &&
+          buckets.back().tasks_per_thread == c.tasks_per_thread) {
+        Choice& merged = buckets.back();
+        merged.dim_max = c.dim_max;
+        merged.workloads.insert(merged.workloads.end(), c.workloads.begin(), c.workloads.end());
+        merged.default_gbps.insert(merged.default_gbps.end(), c.default_gbps.begin(),
+                                   c.default_gbps.end());
+        merged.tuned_gbps.insert(merged.tuned_gbps.end(), c.tuned_gbps.begin(), c.tuned_gbps.end());
+        double log_sum = 0;
+        for (size_t i = 0; i < merged.workloads.size(); ++i)
+          if (merged.default_gbps[i] > 0)
+            log_sum += std::log(merged.tuned_gbps[i] / merged.default_gbps[i]);
+        merged.geomean_gain = std::exp(log_sum / static_cast<double>(merged.workloads.size()));
+      } else {
+        buckets.push_back(c);
       }
     }
-    choices.push_back(choice);
+    choices.insert(choices.end(), buckets.begin(), buckets.end());
   }
   return choices;
 }
@@ -209,11 +253,8 @@ std::string tuning_json(const Results& r, const std::vector<Choice>& choices,
     << "  \"threads\": " << r.threads << ",\n"
     << "  \"created_by\": " << json_string(created_by) << ",\n"
     << "  \"workloads\": [\n";
-  int64_t dim_min = 0, dim_max = 0;
   for (size_t w = 0; w < r.workloads.size(); ++w) {
     const WorkloadInfo& wl = r.workloads[w];
-    dim_min = w == 0 ? wl.dim : std::min(dim_min, wl.dim);
-    dim_max = w == 0 ? wl.dim : std::max(dim_max, wl.dim);
     j << "    {\"rows\": " << wl.rows << ", \"dim\": " << wl.dim << ", \"bags\": " << wl.bags
       << ", \"positions\": " << wl.positions << ", \"description\": " << json_string(wl.description)
       << "}" << (w + 1 < r.workloads.size() ? "," : "") << "\n";
@@ -225,11 +266,13 @@ std::string tuning_json(const Results& r, const std::vector<Choice>& choices,
       << "      \"pipeline\": \"forward\", \"mode\": " << json_string(c.mode)
       << ", \"weight\": " << json_string(c.weight) << ", \"index\": " << json_string(c.index)
       << ",\n"
-      << "      \"dim_min\": " << dim_min << ", \"dim_max\": " << dim_max << ",\n"
+      << "      \"dim_min\": " << c.dim_min << ", \"dim_max\": " << c.dim_max << ",\n"
       << "      \"params\": " << params_json(c.params) << ",\n"
       << "      \"tasks_per_thread\": " << c.tasks_per_thread << ",\n"
       << "      \"gain\": " << number(c.geomean_gain, 4) << ",\n"
-      << "      \"default_gbps\": [";
+      << "      \"workloads\": [";
+    for (size_t w = 0; w < c.workloads.size(); ++w) j << (w ? ", " : "") << c.workloads[w];
+    j << "],\n      \"default_gbps\": [";
     for (size_t w = 0; w < c.default_gbps.size(); ++w)
       j << (w ? ", " : "") << number(c.default_gbps[w], 3);
     j << "],\n      \"tuned_gbps\": [";
@@ -244,17 +287,27 @@ std::string tuning_json(const Results& r, const std::vector<Choice>& choices,
 void print_table(std::ostream& out, const Results& r, const std::vector<Choice>& choices) {
   std::vector<std::vector<std::string>> rows = {
       {"kernel", "workload", "default GB/s", "tuned GB/s", "gain", "chosen"}};
-  for (const Choice& c : choices) {
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const Choice& c = choices[i];
     std::string chosen = c.params.empty() ? "default schedule" : c.params;
     if (c.tasks_per_thread != 4)
       chosen += " tasks_per_thread=" + std::to_string(c.tasks_per_thread);
-    for (size_t w = 0; w < r.workloads.size(); ++w) {
+    const bool first_bucket = i == 0 || choices[i - 1].mode != c.mode ||
+                              choices[i - 1].weight != c.weight || choices[i - 1].index != c.index;
+    const bool bucketed = !(c.dim_min == 1 && c.dim_max == kMaxDim);
+    std::string label = first_bucket ? c.mode + " " + c.weight + " " + c.index : "";
+    if (bucketed)
+      label += (label.empty() ? "" : " ") + std::string("D ") + std::to_string(c.dim_min) + "-" +
+               (c.dim_max == kMaxDim ? std::string("") : std::to_string(c.dim_max));
+    for (size_t w = 0; w < c.workloads.size(); ++w) {
       const double gain = c.default_gbps[w] > 0 ? c.tuned_gbps[w] / c.default_gbps[w] : 1;
-      rows.push_back({w == 0 ? c.mode + " " + c.weight + " " + c.index : "",
-                      r.workloads[w].description, number(c.default_gbps[w], 2),
-                      number(c.tuned_gbps[w], 2), number(gain, 3) + "x", w == 0 ? chosen : ""});
+      rows.push_back({w == 0 ? label : "", r.workloads[c.workloads[w]].description,
+                      number(c.default_gbps[w], 2), number(c.tuned_gbps[w], 2),
+                      number(gain, 3) + "x", w == 0 ? chosen : ""});
     }
-    if (c.rejected)
+    const bool last_bucket = i + 1 == choices.size() || choices[i + 1].mode != c.mode ||
+                             choices[i + 1].weight != c.weight || choices[i + 1].index != c.index;
+    if (c.rejected && last_bucket)
       rows.push_back({"",
                       "(" + std::to_string(c.rejected) +
                           " candidate(s) rejected: output "

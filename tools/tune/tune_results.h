@@ -3,6 +3,7 @@
 // default on any workload -- and writes the tuning file and the default-vs-tuned table.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <ostream>
 #include <string>
@@ -44,19 +45,27 @@ struct Results {
 // Reads a results file; errors name the file and line.
 Status read_results(const std::string& path, Results* out);
 
-// The decision for one kernel, and the numbers behind it (per workload, same run).
+// The largest D a bucket can reach (the last bucket of a kernel ends here).
+constexpr int64_t kMaxDim = 2147483647;
+
+// The decision for one kernel on one D bucket, and the numbers behind it (per workload of the
+// bucket, same run).
 struct Choice {
   std::string mode, weight, index;
+  int64_t dim_min = 1, dim_max = kMaxDim;
   std::string params;  // "" keeps the default schedule
   int tasks_per_thread = 4;
   double geomean_gain = 1;
-  std::vector<double> default_gbps, tuned_gbps;  // per workload
+  std::vector<size_t> workloads;                 // the bucket's workloads
+  std::vector<double> default_gbps, tuned_gbps;  // per workload of the bucket
   size_t rejected = 0;
 };
 
-// Picks, per kernel, the schedule with the best geometric-mean speedup among those that checked
-// out on every workload and are no slower than the default on any workload; it must beat the
-// default by `margin` (0.02 = 2%) in geometric mean, otherwise the default is kept.
+// Picks, per kernel and D bucket, the schedule with the best geometric-mean speedup among those
+// that checked out on every workload of the bucket and are no slower than the default on any of
+// them; it must beat the default by `margin` (0.02 = 2%) in geometric mean, otherwise the default
+// is kept. Buckets: workloads grouped by D, each reaching halfway to the next tuned D (the first
+// from 1, the last to kMaxDim); neighbours with the same choice merge.
 std::vector<Choice> choose(const Results& results, double margin);
 
 // The tuning file (JSON; see README "Retune for your machine" for the format).
