@@ -59,7 +59,8 @@ what:
   --modes sum,mean,max      pooling modes: sum, wsum (sum with per_sample_weights), mean,
                             max (with argmax, training), max_values (max without argmax:
                             inference)                                    [sum,mean,max]
-  --dtypes f32              table dtypes (f32, f64, f16, bf16)            [f32]
+  --dtypes f32              table dtypes (f32, f64, f16, bf16)
+                            [the shape files' dtypes (their sixth field), else f32]
   --index-dtypes i64        index dtypes (i32, i64)                       [i64]
   --isa ISA                 avx512, avx2, sse41 (run here), neon, armv7 (--bundle)
                             [the best ISA of this CPU]
@@ -124,11 +125,30 @@ std::map<std::string, std::string> isa_targets() {
   return targets;
 }
 
-Status shape_workloads(const std::string& path, std::vector<Workload>* out) {
+// The short dtype names of the registry and the tuning file.
+std::string short_dtype(embag::DType dtype) {
+  switch (dtype) {
+    case embag::DType::kFloat64:
+      return "f64";
+    case embag::DType::kFloat16:
+      return "f16";
+    case embag::DType::kBFloat16:
+      return "bf16";
+    default:
+      return "f32";
+  }
+}
+
+// Appends the shapes of `path` to `out`, and their table dtypes (the optional sixth field) to
+// `dtypes`.
+Status shape_workloads(const std::string& path, std::vector<Workload>* out,
+                       std::vector<std::string>* dtypes) {
   std::vector<embag::bench::Shape> shapes;
   Status s = embag::bench::read_shape_file(path, &shapes);
   if (!s.ok()) return s;
   for (const embag::bench::Shape& shape : shapes) {
+    const std::string dtype = short_dtype(shape.dtype);
+    if (std::find(dtypes->begin(), dtypes->end(), dtype) == dtypes->end()) dtypes->push_back(dtype);
     Workload w;
     w.rows = shape.rows;
     w.dim = shape.dim;
@@ -330,8 +350,9 @@ int main(int argc, char** argv) {
 
   // The workloads.
   std::vector<Workload> workloads;
+  std::vector<std::string> shape_dtypes;
   for (const std::string& path : split(text("shapes", ""), ',')) {
-    s = shape_workloads(path, &workloads);
+    s = shape_workloads(path, &workloads, &shape_dtypes);
     if (!s.ok()) return fail(s.message());
   }
   if (flags.has("indices") != flags.has("offsets"))
@@ -348,7 +369,9 @@ int main(int argc, char** argv) {
   // The kernels.
   std::vector<KernelSpec> kernels;
   for (const std::string& mode : split(text("modes", "sum,mean,max"), ','))
-    for (const std::string& w : split(text("dtypes", "f32"), ','))
+    for (const std::string& w : flags.has("dtypes") || shape_dtypes.empty()
+                                    ? split(text("dtypes", "f32"), ',')
+                                    : shape_dtypes)
       for (const std::string& i : split(text("index-dtypes", "i64"), ',')) {
         if (mode != "sum" && mode != "wsum" && mode != "mean" && mode != "max" &&
             mode != "max_values")
