@@ -7,15 +7,22 @@
 # examples/consumer against the install; `make test-install` does the install check for this
 # machine; `make install PREFIX=...`.
 #
+# `make tune SHAPES=bench/shapes/tune-small.txt OUT=tuning.json [BUDGET=10m] [ISA=avx2]
+# [TUNE_ARGS=...]` retunes the forward schedules for this machine (tools/tune/, embag-tune);
+# `make ... TUNING=tuning.json` builds with the result. `make test-tune-bundle` runs the ARM
+# bundle round trip (bundle, runner under qemu-aarch64, collect, a cross build with it).
+#
 # Knobs: BUILD_DIR (default build), BUILD_TYPE (Release), ISAS
 # (semicolon list of ISAs to compile; empty, the default, means every ISA of this machine's
 # architecture, as CMakeLists.txt decides -- the cache entry is dropped so an earlier ISAS does
 # not stick; a development build may pick one), WERROR (ON in CI), JOBS (parallel build jobs),
-# CMAKE_ARGS (anything else for CMake), PREFIX (for make install).
+# CMAKE_ARGS (anything else for CMake), PREFIX (for make install), TUNING (a tuning file from
+# embag-tune; the cache entry is dropped when it is not given, like ISAS).
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 ISAS ?=
+TUNING ?=
 WERROR ?= OFF
 CMAKE_ARGS ?=
 JOBS ?= $(shell nproc)
@@ -41,7 +48,8 @@ configure: deps
 	@$(CMAKE) -S . -B $(BUILD_DIR) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	  $(if $(ISAS),-DEMBAG_ISAS="$(ISAS)",-UEMBAG_ISAS) -DEMBAG_WERROR=$(WERROR) $(CMAKE_ARGS) \
+	  $(if $(ISAS),-DEMBAG_ISAS="$(ISAS)",-UEMBAG_ISAS) -DEMBAG_WERROR=$(WERROR) \
+	  $(if $(TUNING),-DEMBAG_TUNING_FILE=$(abspath $(TUNING)),-UEMBAG_TUNING_FILE) $(CMAKE_ARGS) \
 	  > $(BUILD_DIR)/configure.log 2>&1 \
 	  || (cat $(BUILD_DIR)/configure.log; exit 1)
 
@@ -195,6 +203,28 @@ bench: build
 
 info: build
 	$(BUILD_DIR)/tools/embag info
+
+# ---- Retuning (tools/tune/) -------------------------------------------------------------------
+# make tune: embag-tune on SHAPES (a shape file, comma-separated for several) within BUDGET,
+# writing OUT; ISA picks another ISA of this CPU; TUNE_ARGS passes anything else (--modes,
+# --dtypes, --indices/--offsets, --timing-lock ...). Only the tool and the generators are built.
+SHAPES ?= bench/shapes/tune-small.txt
+OUT ?= tuning.json
+BUDGET ?= 10m
+ISA ?=
+TUNE_ARGS ?=
+.PHONY: tune test-tune-bundle
+tune: configure
+	@$(CMAKE) --build $(BUILD_DIR) --parallel $(JOBS) --target embag_tune
+	$(BUILD_DIR)/tools/tune/embag-tune --shapes $(SHAPES) --out $(OUT) --budget $(BUDGET) \
+	  --work $(BUILD_DIR)/tune-work $(if $(ISA),--isa $(ISA)) $(TUNE_ARGS)
+
+# The ARM bundle round trip, plumbing only (QEMU timings mean nothing): embag-tune --isa neon
+# --bundle with two candidates, the static runner under qemu-aarch64, --collect, the tuning file
+# checked by the build's own reader, then the aarch64 cross build configured with it.
+test-tune-bundle: configure
+	@$(CMAKE) --build $(BUILD_DIR) --parallel $(JOBS) --target embag_tune
+	scripts/test-tune-bundle.sh $(BUILD_DIR)
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h')

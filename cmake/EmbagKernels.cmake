@@ -101,6 +101,38 @@ foreach (isa IN LISTS EMBAG_ISAS)
   set(EMBAG_PLATFORM "${platform}")
 endforeach ()
 
+# A tuning file from embag-tune (cmake/EmbagTuning.cmake reads and checks it): its kernels are
+# built with the schedule parameters it chose, on its ISA; everything else keeps the defaults.
+set(EMBAG_TUNING_FILE "" CACHE FILEPATH
+    "Tuning file written by embag-tune (make tune): build its kernels with its schedules")
+set(EMBAG_TUNED_ISA "")
+set(EMBAG_TUNED_KERNELS "")
+if (EMBAG_TUNING_FILE)
+  include(${CMAKE_CURRENT_LIST_DIR}/EmbagTuning.cmake)
+  set(halide_version "${Halide_VERSION}")
+  if (NOT halide_version)
+    set(halide_version "${HalideHelpers_VERSION}")  # cross builds find only the helpers
+  endif ()
+  embag_read_tuning_file(FILE "${EMBAG_TUNING_FILE}" ISAS ${EMBAG_ISAS}
+                         EMBAG_VERSION "${PROJECT_VERSION}" HALIDE_VERSION "${halide_version}"
+                         MODES ${EMBAG_FORWARD_MODES} WEIGHTS ${EMBAG_WEIGHT_TYPES}
+                         INDICES ${EMBAG_INDEX_TYPES})
+  # Editing the file reconfigures, so the kernels follow it.
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${EMBAG_TUNING_FILE}")
+  list(JOIN EMBAG_TUNED_KERNELS ", " tuned_text)
+  message(STATUS "embag: ${EMBAG_TUNED_ISA} kernels tuned by ${EMBAG_TUNING_FILE} "
+                 "(on ${EMBAG_TUNED_CPU}): ${tuned_text}")
+  # A different CPU is only worth a warning: the build host is often not where the kernels run.
+  if (NOT CMAKE_CROSSCOMPILING AND EXISTS /proc/cpuinfo)
+    file(STRINGS /proc/cpuinfo host_cpu REGEX "^model name" LIMIT_COUNT 1)
+    string(REGEX REPLACE "^model name[ \t]*:[ \t]*" "" host_cpu "${host_cpu}")
+    if (host_cpu AND NOT host_cpu STREQUAL EMBAG_TUNED_CPU)
+      message(WARNING "EMBAG_TUNING_FILE was tuned on '${EMBAG_TUNED_CPU}', this is "
+                      "'${host_cpu}': fine if the kernels will run on the tuned machine")
+    endif ()
+  endif ()
+endif ()
+
 # GPU ISAs use the platform of the CPU ISAs.
 foreach (isa IN LISTS EMBAG_GPU_ISAS)
   if (NOT isa IN_LIST EMBAG_KNOWN_GPU_ISAS)
@@ -132,12 +164,26 @@ set(EMBAG_KERNEL_TABLE "")
 set(EMBAG_KERNEL_HEADERS "")
 
 # Adds one kernel and its registry row: {name, pipeline, pooling, weight dtype, index dtype,
-# offsets dtype, ISA, target, entry point, metadata}. POOLING / WEIGHT / INDEX / OFFSETS are omitted where the pipeline has no
+# offsets dtype, ISA, target, entry point, metadata, schedule, schedule source, tasks per
+# thread, D min, D max}. POOLING / WEIGHT / INDEX / OFFSETS are omitted where the pipeline has no
 # such dimension (the row then says std::nullopt). The runtime calls every kernel through its
-# uniform `_argv` entry point and binds arguments by the names its `_metadata` lists.
+# uniform `_argv` entry point and binds arguments by the names its `_metadata` lists. SCHEDULE
+# is the schedule parameters passed beyond the generator's defaults (for `embag info`), SOURCE
+# where they came from, TASKS_PER_THREAD the tuned parallel grain (0: the runtime's default),
+# DIM_MIN / DIM_MAX the D range the row serves (0 0: every D; a tuning file with D buckets).
 function(embag_add_kernel NAME)
-  cmake_parse_arguments(ARG "" "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX;OFFSETS" "PARAMS"
-                        ${ARGN})
+  cmake_parse_arguments(
+    ARG ""
+    "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX;OFFSETS;SCHEDULE;SOURCE;TASKS_PER_THREAD;DIM_MIN;DIM_MAX"
+    "PARAMS" ${ARGN})
+  if (NOT ARG_SOURCE)
+    set(ARG_SOURCE "default")
+  endif ()
+  foreach (number IN ITEMS TASKS_PER_THREAD DIM_MIN DIM_MAX)
+    if (NOT ARG_${number})
+      set(ARG_${number} 0)
+    endif ()
+  endforeach ()
   set(extra_outputs "")
   if (EMBAG_EMIT_STMT)
     set(extra_outputs STMT ${NAME}_stmt)
@@ -179,7 +225,7 @@ function(embag_add_kernel NAME)
   set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)
   set(EMBAG_KERNEL_TABLE
-      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, ${OFFSETS_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata},\n"
+      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, ${OFFSETS_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata, \"${ARG_SCHEDULE}\", \"${ARG_SOURCE}\", ${ARG_TASKS_PER_THREAD}, ${ARG_DIM_MIN}, ${ARG_DIM_MAX}},\n"
       PARENT_SCOPE)
 endfunction()
 
@@ -190,15 +236,66 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
         if (mode STREQUAL "max_values" AND isa IN_LIST EMBAG_GPU_ISAS)
           continue()
         endif ()
-        embag_add_kernel(embag_forward_${mode}_${w}_${i}_${isa}
-                         GENERATOR embag_forward
-                         ISA ${isa}
-                         PIPELINE kForward POOLING ${mode} WEIGHT ${w} INDEX ${i}
-                         PARAMS mode=${mode}
-                                weight_type=${EMBAG_HALIDE_TYPE_${w}}
-                                index_type=${EMBAG_HALIDE_TYPE_${i}}
-                                ${EMBAG_FORWARD_PARAMS_${mode}}
-                                ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
+        # Schedule parameters: the tuning file's first, then the cache variables' (the generator
+        # takes the last value of a parameter given twice, so an explicit -D wins). A tuning file
+        # may give a kernel one schedule per D bucket: one kernel per bucket, the first under the
+        # plain name, the others with _d<min> before the ISA; the registry picks by D.
+        set(tuned "${mode}_${w}_${i}")
+        set(buckets 0)
+        if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
+          set(buckets ${EMBAG_TUNED_BUCKETS_${tuned}})
+        endif ()
+        foreach (bucket IN LISTS buckets)
+          set(tuned_params "")
+          set(tasks_per_thread 0)
+          set(source "default")
+          set(dim_min 0)
+          set(dim_max 0)
+          set(name embag_forward_${mode}_${w}_${i}_${isa})
+          if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
+            set(tuned_params ${EMBAG_TUNED_PARAMS_${tuned}_${bucket}})
+            set(tasks_per_thread ${EMBAG_TUNED_TPT_${tuned}_${bucket}})
+            set(source "tuning file")
+            if (NOT tuned_params AND tasks_per_thread EQUAL 4)
+              set(source "tuning file (default kept)")
+              set(tasks_per_thread 0)
+            endif ()
+            list(LENGTH buckets nbuckets)
+            if (nbuckets GREATER 1)
+              set(dim_min ${EMBAG_TUNED_DIM_MIN_${tuned}_${bucket}})
+              set(dim_max ${EMBAG_TUNED_DIM_MAX_${tuned}_${bucket}})
+              if (bucket GREATER 0)
+                set(name embag_forward_${mode}_${w}_${i}_d${dim_min}_${isa})
+              endif ()
+            endif ()
+          endif ()
+          set(cache_params ${EMBAG_FORWARD_PARAMS_${mode}} ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
+          if (cache_params)
+            set(source "${source}, cmake")
+            string(REPLACE "default, " "" source "${source}")
+          endif ()
+          set(schedule ${tuned_params} ${cache_params})
+          if (tasks_per_thread GREATER 0)
+            list(APPEND schedule "tasks_per_thread=${tasks_per_thread}")
+          endif ()
+          if (dim_max GREATER 0)
+            list(APPEND schedule "(D ${dim_min}-${dim_max})")
+          endif ()
+          list(JOIN schedule " " schedule)
+          embag_add_kernel(${name}
+                           GENERATOR embag_forward
+                           ISA ${isa}
+                           PIPELINE kForward POOLING ${mode} WEIGHT ${w} INDEX ${i}
+                           SCHEDULE "${schedule}" SOURCE "${source}"
+                           TASKS_PER_THREAD ${tasks_per_thread}
+                           DIM_MIN ${dim_min} DIM_MAX ${dim_max}
+                           PARAMS mode=${mode}
+                                  weight_type=${EMBAG_HALIDE_TYPE_${w}}
+                                  index_type=${EMBAG_HALIDE_TYPE_${i}}
+                                  ${tuned_params}
+                                  ${EMBAG_FORWARD_PARAMS_${mode}}
+                                  ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
+        endforeach ()
       endforeach ()
     endforeach ()
     embag_add_kernel(embag_renorm_${w}_${isa}
@@ -291,7 +388,7 @@ endforeach ()
 
 set(EMBAG_GENERATED_DIR "${CMAKE_BINARY_DIR}/generated")
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_table.inc"
-     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, offsets dtype, ISA, target, entry point,\n// metadata}\n@EMBAG_KERNEL_TABLE@"
+     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, offsets dtype, ISA, target, entry point,\n// metadata, schedule, schedule source, tasks per thread, D min, D max}\n@EMBAG_KERNEL_TABLE@"
      @ONLY)
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_headers.h"
      CONTENT "// Generated by cmake/EmbagKernels.cmake: the header of every compiled kernel.\n#pragma once\n@EMBAG_KERNEL_HEADERS@"

@@ -41,11 +41,13 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
   const internal::KernelKey forward_key{Pipeline::kForward, pooling, in.weight.dtype,
                                         in.input.dtype};
+  // (by D too: a tuning file may give a kernel a schedule per D bucket)
+  const int64_t dim = in.weight.shape[1];
   if (pooling == Pooling::kMax && !wants_argmax) {
     kernels->forward = internal::find_kernel(
-        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa);
+        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa, dim);
   }
-  if (kernels->forward == nullptr) kernels->forward = internal::find_kernel(forward_key, isa);
+  if (kernels->forward == nullptr) kernels->forward = internal::find_kernel(forward_key, isa, dim);
   auto missing = [&](const internal::KernelKey& key) {
     return Status(StatusCode::kUnsupported,
                   "no " + internal::describe(key) + " kernel was compiled for " + isa_name(isa));
@@ -112,7 +114,7 @@ Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const Fo
   HalideBuffer offsets(layout.offsets, layout.index_dtype, B + 1);
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
-  const int32_t bags_per_task = internal::bags_per_task(B);
+  const int32_t bags_per_task = internal::bags_per_task(B, kernel.tasks_per_thread);
   KernelArgs args;
   args.buffer("weight", weight.get())
       .buffer("indices", indices.get())

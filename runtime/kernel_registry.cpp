@@ -28,13 +28,14 @@ uint64_t key_of(const KernelKey& key, Isa isa) {
   return k;
 }
 
-// Every (key, ISA) that was compiled -> its row.
-const std::unordered_map<uint64_t, const KernelEntry*>& kernel_index() {
+// Every (key, ISA) that was compiled -> its rows (one, or one per tuned D bucket, in table
+// order).
+const std::unordered_map<uint64_t, std::vector<const KernelEntry*>>& kernel_index() {
   static const auto* index = [] {
-    auto* built = new std::unordered_map<uint64_t, const KernelEntry*>;
+    auto* built = new std::unordered_map<uint64_t, std::vector<const KernelEntry*>>;
     for (const KernelEntry& e : kernel_table()) {
       const KernelKey key{e.pipeline, e.pooling, e.weight_dtype, e.index_dtype, e.offsets_dtype};
-      built->emplace(key_of(key, e.isa), &e);  // first match wins
+      (*built)[key_of(key, e.isa)].push_back(&e);
     }
     return built;
   }();
@@ -62,10 +63,18 @@ const std::vector<KernelEntry>& kernel_table() {
   return table;
 }
 
-const KernelEntry* find_kernel(const KernelKey& key, Isa isa) {
+const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim) {
   const auto& index = kernel_index();
   const auto found = index.find(key_of(key, isa));
-  return found == index.end() ? nullptr : found->second;
+  if (found == index.end()) return nullptr;
+  const std::vector<const KernelEntry*>& rows = found->second;
+  if (dim < 0 || rows.size() == 1) return rows.front();
+  for (const KernelEntry* e : rows) {
+    const bool any = e->dim_min == 0 && e->dim_max == 0;
+    if (any || (dim >= e->dim_min && dim <= e->dim_max)) return e;
+  }
+  // (The build checks that a tuning file's buckets cover every D; D = 0 runs no kernel.)
+  return rows.front();
 }
 
 bool device_has_kernels(DeviceType device) {

@@ -36,6 +36,17 @@ struct KernelEntry {
   const char* target;  // the Halide target string it was compiled for
   KernelArgvFn argv;
   KernelMetadataFn metadata;
+  // The schedule parameters it was compiled with beyond the generator's defaults ("" if none),
+  // and where they came from: "default", "cmake" (EMBAG_FORWARD_PARAMS_*), "tuning file".
+  const char* schedule;
+  const char* schedule_source;
+  // Parallel grain from a tuning file: tasks per thread for bags_per_task; 0 = the runtime's.
+  int32_t tasks_per_thread;
+  // The embedding dimensions D this row serves, [dim_min, dim_max]; 0, 0 = every D. A tuning file
+  // with schedules per D bucket compiles one row per bucket for the same key; the forward
+  // dispatch picks the row whose range holds the call's D.
+  int64_t dim_min;
+  int64_t dim_max;
 };
 
 const std::vector<KernelEntry>& kernel_table();
@@ -49,9 +60,10 @@ struct KernelKey {
   std::optional<DType> offsets_dtype = std::nullopt;
 };
 
-// The first row matching `key` on `isa` (the table has at most one), or nullptr when no such
-// kernel was compiled. Answered from an index built once, not by scanning the table.
-const KernelEntry* find_kernel(const KernelKey& key, Isa isa);
+// The row matching `key` on `isa` whose D range holds `dim` (the first matching row when `dim` is
+// negative or the key has a single row), or nullptr when no such kernel was compiled. Answered
+// from an index built once, not by scanning the table.
+const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim = -1);
 
 // True when this build has kernels for `device` (CPU always).
 bool device_has_kernels(DeviceType device);

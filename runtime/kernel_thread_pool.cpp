@@ -172,8 +172,10 @@ void parallel_for(int tasks, void (*body)(void* context, int task), void* contex
   pool().run(nullptr, &run_parallel_for_task, 0, tasks, reinterpret_cast<uint8_t*>(&closure));
 }
 
-int32_t bags_per_task(int64_t num_bags) {
-  const int64_t tasks = 4 * static_cast<int64_t>(pool().threads());
+int32_t bags_per_task(int64_t num_bags, int tasks_per_thread) {
+  // (tools/tune/runner.cpp computes the same when it times tasks-per-thread values)
+  const int64_t per_thread = tasks_per_thread > 0 ? tasks_per_thread : 4;
+  const int64_t tasks = per_thread * static_cast<int64_t>(pool().threads());
   const int64_t per_task = (num_bags + tasks - 1) / tasks;
   return static_cast<int32_t>(std::clamp<int64_t>(per_task, 16, 1 << 20));
 }

@@ -17,8 +17,9 @@ int kernel_threads();
 
 // Bags per parallel task for a call with `num_bags` bags: about four tasks per thread, so each
 // thread walks long runs of consecutive bags (a row prefetch only restarts at a task boundary)
-// while uneven bags still balance; at least 16 bags per task.
-int32_t bags_per_task(int64_t num_bags);
+// while uneven bags still balance; at least 16 bags per task. A tuning file may choose another
+// number of tasks per thread for a kernel (KernelEntry::tasks_per_thread; 0 keeps 4).
+int32_t bags_per_task(int64_t num_bags, int tasks_per_thread = 0);
 
 // Runs body(i) for i in [0, tasks) on the kernel threads (for the runtime's own bulk work:
 // zeroing and scattering gradients). Tasks must be independent.

@@ -230,6 +230,10 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.isa = e.isa;
       v.device = isa_device(e.isa);
       v.target = e.target;
+      v.schedule = e.schedule;
+      v.schedule_source = e.schedule_source;
+      v.dim_min = e.dim_min;
+      v.dim_max = e.dim_max;
       out.push_back(v);
     }
     return out;

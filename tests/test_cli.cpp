@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -250,6 +252,73 @@ TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
     const std::string line = info.substr(at, info.find('\n', at) - at);
     EXPECT_NE(line.find("embag_forward_sum_f32_i64_" + name), std::string::npos) << line;
   }
+}
+
+// `embag info` shows every kernel's schedule parameters and where they came from (default,
+// cmake, or a tuning file from embag-tune), from the same registry columns compiled_variants()
+// reports.
+TEST_F(Cli, InfoShowsEachKernelsScheduleAndItsSource) {
+  ASSERT_EQ(
+      std::system(("cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " info > info.txt").c_str()),
+      0);
+  const std::string info = file_bytes("info.txt");
+  const size_t header = info.find("  name ");
+  ASSERT_NE(header, std::string::npos) << info;
+  const std::string heading = info.substr(header, info.find('\n', header) - header);
+  EXPECT_NE(heading.find(" schedule "), std::string::npos) << heading;
+  EXPECT_NE(heading.find(" from "), std::string::npos) << heading;
+  for (const embag::VariantInfo& v : embag::compiled_variants()) {
+    EXPECT_TRUE(v.schedule_source == "default" || v.schedule_source == "cmake" ||
+                v.schedule_source.rfind("tuning file", 0) == 0)
+        << v.name << ": " << v.schedule_source;
+    const size_t row = info.find("  " + v.name + " ");
+    ASSERT_NE(row, std::string::npos) << v.name;
+    const std::string line = info.substr(row, info.find('\n', row) - row);
+    EXPECT_NE(line.find("  " + (v.schedule.empty() ? std::string("-") : v.schedule) + "  "),
+              std::string::npos)
+        << line;
+    EXPECT_NE(line.find("  " + v.schedule_source + "  "), std::string::npos) << line;
+  }
+}
+
+// A build from a tuning file with schedules per D bucket has one forward variant per bucket; a
+// call runs the variant whose range holds its D (float32 / int64 sum, mean and max variants of
+// the selected ISA, at both ends of each range). Nothing to check in an untuned build.
+TEST(TunedBuckets, ForwardRunsTheVariantOfItsDBucket) {
+  embag::Isa isa{};
+  ASSERT_TRUE(embag::selected_isa(&isa).ok());
+  int checked = 0;
+  for (const embag::VariantInfo& v : embag::compiled_variants()) {
+    if (v.pipeline != "forward" || v.isa != isa || v.dim_max == 0 ||
+        v.weight_dtype != embag::DType::kFloat32 || v.index_dtype != embag::DType::kInt64)
+      continue;
+    const std::optional<embag::Mode> mode = embag::parse_mode(v.mode);
+    if (!mode) continue;  // wsum / max_values: reached through other options
+    for (const int64_t dim : {v.dim_min, std::min<int64_t>(v.dim_max, v.dim_min + 200)}) {
+      const int64_t rows = 4, bags = 2;
+      std::vector<float> table(static_cast<size_t>(rows * dim), 1.0f);
+      std::vector<float> out(static_cast<size_t>(bags * dim));
+      std::vector<int64_t> argmax(static_cast<size_t>(bags * dim));
+      std::vector<int64_t> idx = {0, 1, 2, 3}, off = {0, 2};
+      embag::ForwardInputs in;
+      in.weight = embag::make_view_2d(table.data(), embag::DType::kFloat32, rows, dim);
+      in.input = embag::make_view_1d(idx.data(), embag::DType::kInt64, 4);
+      const embag::TensorView offsets = embag::make_view_1d(off.data(), embag::DType::kInt64, 2);
+      in.offsets = &offsets;
+      embag::TensorView argmax_view =
+          embag::make_view_2d(argmax.data(), embag::DType::kInt64, bags, dim);
+      embag::ForwardOutputs outs;
+      outs.output = embag::make_view_2d(out.data(), embag::DType::kFloat32, bags, dim);
+      if (*mode == embag::Mode::kMax) outs.argmax = &argmax_view;
+      embag::Options options;
+      options.mode = *mode;
+      const embag::Status status = embag::forward(in, outs, options);
+      ASSERT_TRUE(status.ok()) << status.message();
+      EXPECT_EQ(embag::last_variant(), v.name) << "D = " << dim;
+    }
+    ++checked;
+  }
+  std::cout << checked << " D-bucket variant(s) checked\n";
 }
 
 }  // namespace

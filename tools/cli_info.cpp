@@ -17,7 +17,9 @@ namespace {
 
 constexpr char kUsage[] = R"(usage: embag info
 
-Lists the kernel variants compiled into this build, the ISAs this CPU supports, the ISA calls
+Lists the kernel variants compiled into this build (with the schedule parameters each was
+compiled with beyond the generator's defaults, and where they came from: default, cmake
+(EMBAG_FORWARD_PARAMS_*) or a tuning file from embag-tune), the ISAs this CPU supports, the ISA calls
 will use (EMBAG_ISA=avx512|...|armv7 forces one), the worker thread count (EMBAG_NUM_THREADS)
 and the variant a float32 table / int64 indices / mode sum call runs here.
 
@@ -63,15 +65,17 @@ void print_variants() {
     std::cout << "  (none)\n";
     return;
   }
-  std::vector<std::vector<std::string>> rows = {
-      {"name", "device", "pipeline", "mode", "weight", "index", "isa", "target"}};
+  std::vector<std::vector<std::string>> rows = {{"name", "device", "pipeline", "mode", "weight",
+                                                 "index", "isa", "schedule", "from", "target"}};
   auto dtype_cell = [](const std::optional<DType>& dtype) {
     return dtype ? std::string(dtype_name(*dtype)) : std::string("-");
   };
   for (const VariantInfo& variant : variants) {
     rows.push_back({variant.name, device_type_name(variant.device), variant.pipeline,
                     variant.mode.empty() ? "-" : variant.mode, dtype_cell(variant.weight_dtype),
-                    dtype_cell(variant.index_dtype), isa_name(variant.isa), variant.target});
+                    dtype_cell(variant.index_dtype), isa_name(variant.isa),
+                    variant.schedule.empty() ? "-" : variant.schedule, variant.schedule_source,
+                    variant.target});
   }
   print_table(rows);
 }

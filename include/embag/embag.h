@@ -209,6 +209,15 @@ struct VariantInfo {
   DeviceType device;
   Isa isa;
   std::string target;  // the Halide target string it was compiled for
+  // Schedule parameters beyond the generator's defaults ("" if none, e.g.
+  // "prefetch_distance=8 tasks_per_thread=2") and where they came from: "default", "cmake"
+  // (EMBAG_FORWARD_PARAMS_*) or "tuning file" (EMBAG_TUNING_FILE, written by embag-tune).
+  std::string schedule;
+  std::string schedule_source;
+  // The embedding dimensions D it serves, [dim_min, dim_max]; both 0 for every D (a tuning file
+  // with schedules per D bucket compiles one forward variant per bucket).
+  int64_t dim_min = 0;
+  int64_t dim_max = 0;
 };
 const std::vector<VariantInfo>& compiled_variants();
 

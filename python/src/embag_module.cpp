@@ -239,6 +239,10 @@ nb::list compiled_variants() {
     row["device"] = embag::device_type_name(v.device);
     row["isa"] = embag::isa_name(v.isa);
     row["target"] = v.target;
+    row["schedule"] = v.schedule;
+    row["schedule_source"] = v.schedule_source;
+    row["dim_min"] = v.dim_min;
+    row["dim_max"] = v.dim_max;
     variants.append(row);
   }
   return variants;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# embag-tune end to end on this machine, on tiny shapes (plumbing, not performance):
+#   within-budget  a run finishes inside its --budget, prints the table, and writes a tuning file
+#                  the build's reader (cmake/EmbagTuning.cmake) accepts
+#   mismatch       a candidate that computes something else (mode=mean posing as a sum schedule)
+#                  is rejected loudly by the bitwise check, never timed, and not chosen
+#   bad-results    --collect refuses a truncated results file with a message naming it
+# Usage: test_tune_tool.sh CASE TUNE_EXE SOURCE_DIR WORK_DIR CMAKE EMBAG_VERSION HALIDE_VERSION
+set -euo pipefail
+case_name=$1 tune=$2 source=$3 work=$4 cmake=$5 embag_version=$6 halide_version=$7
+rm -rf "$work" && mkdir -p "$work"
+shapes="$source/tests/tuning/tiny-shapes.txt"
+fail() { echo "FAIL: $*"; exit 1; }
+
+case "$case_name" in
+within-budget)
+  budget=20
+  start=$(date +%s)
+  "$tune" --shapes "$shapes" --modes sum,max --budget ${budget}s --out "$work/t.json" \
+    --work "$work/w" > "$work/out.txt" 2> "$work/err.txt" || { cat "$work/err.txt"; fail "embag-tune failed"; }
+  elapsed=$(( $(date +%s) - start ))
+  cat "$work/out.txt"
+  [ "$elapsed" -le $((budget + 2)) ] || fail "took ${elapsed}s for a ${budget}s budget"
+  grep -q "default GB/s  tuned GB/s" "$work/out.txt" || fail "no table printed"
+  grep -q "timing \[" "$work/err.txt" || fail "no progress bar"
+  grep -q '"mode": "max"' "$work/t.json" || fail "the tuning file lacks the max kernel"
+  "$cmake" -DFILE="$work/t.json" -DISAS="$(sed -n 's/.*"isa": "\(.*\)".*/\1/p' "$work/t.json")" \
+    -DEMBAG_VERSION="$embag_version" -DHALIDE_VERSION="$halide_version" \
+    -P "$source/cmake/EmbagTuning.cmake" || fail "the build's reader refuses the tuning file"
+  ;;
+mismatch)
+  "$tune" --shapes "$shapes" --modes sum --candidates 2 --candidate "mode=mean" --budget 15s \
+    --out "$work/t.json" --work "$work/w" > "$work/out.txt" 2> "$work/err.txt" \
+    || { cat "$work/err.txt"; fail "embag-tune failed"; }
+  cat "$work/out.txt"
+  grep -q "REJECTED sum f32 i64 candidate \[mode=mean\]" "$work/err.txt" \
+    || { cat "$work/err.txt"; fail "the mismatching candidate was not rejected loudly"; }
+  grep -q "1 candidate(s) rejected" "$work/out.txt" || fail "the table does not report the rejection"
+  grep -q '"params": {}' "$work/t.json" || fail "a rejected candidate was chosen"
+  if grep -q "^confirm.*mode=mean" "$work/w/results.txt"; then fail "a rejected candidate was timed"; fi
+  ;;
+bad-results)
+  printf 'embag-tune-results\t1\nisa\tavx512\n' > "$work/results.txt"
+  if "$tune" --collect "$work/results.txt" --out "$work/t.json" 2> "$work/err.txt"; then
+    fail "--collect accepted a truncated results file"
+  fi
+  cat "$work/err.txt"
+  grep -q "results.txt: truncated (no 'end' line)" "$work/err.txt" || fail "unclear message"
+  [ ! -e "$work/t.json" ] || fail "a tuning file was written from bad results"
+  ;;
+*)
+  fail "unknown case $case_name"
+  ;;
+esac
+echo "PASS $case_name"
