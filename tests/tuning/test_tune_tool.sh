@@ -21,8 +21,8 @@ within-budget)
   elapsed=$(( $(date +%s) - start ))
   cat "$work/out.txt"
   # The budget drives the tool's plan from estimates (a generator run, a timing round) made on a
-  # machine that may be busy; a quarter over is still "within budget", and a tool that ignored
-  # its budget would take several times longer on these shapes.
+  # machine that may be busy (seen: 23 s while a benchmark ran beside it): the check is that the
+  # tool plans to its budget, within a quarter, not that its estimates are exact.
   [ "$elapsed" -le $((budget + budget / 4)) ] || fail "took ${elapsed}s for a ${budget}s budget"
   grep -q "default GB/s  tuned GB/s" "$work/out.txt" || fail "no table printed"
   grep -q "timing \[" "$work/err.txt" || fail "no progress bar"
