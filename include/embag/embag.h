@@ -202,8 +202,11 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
 // One compiled kernel, as listed by `embag info`.
 struct VariantInfo {
   std::string name;      // C symbol of the kernel
-  std::string pipeline;  // "forward", "renorm", "backward", "psw_grad", ... (see embag info)
-  std::string mode;      // "sum", "wsum" (with per_sample_weights), "mean", "max"; "" otherwise
+  // "forward", "renorm", "backward", "dense_scatter", "psw_grad", ... (see embag info)
+  std::string pipeline;
+  // "sum", "wsum" (with per_sample_weights), "mean", "max", "max_values" (forward max without
+  // the argmax); "" for pipelines without a pooling
+  std::string mode;
   std::optional<DType> weight_dtype;  // unset for pipelines without a table (GPU planning)
   std::optional<DType> index_dtype;   // set for pipelines that read the caller's indices
   DeviceType device;
