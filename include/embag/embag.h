@@ -201,7 +201,7 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
 
 // One compiled kernel, as listed by `embag info`.
 struct VariantInfo {
-  std::string name;      // C symbol of the kernel
+  std::string name;  // C symbol of the kernel
   // "forward", "renorm", "backward", "dense_scatter", "psw_grad", ... (see embag info)
   std::string pipeline;
   // "sum", "wsum" (with per_sample_weights), "mean", "max", "max_values" (forward max without
