@@ -160,9 +160,17 @@ Dataset* dataset_for(const Shape& shape, benchmark::State& state) {
     const int64_t elements = shape.rows * shape.dim;
     ds->typed_table =
         embag::bench::allocate_floats((elements * static_cast<int64_t>(element) + 3) / 4);
-    if (!ds->typed_table || !embag::bench::convert_floats(ds->table.get(), elements, shape.dtype,
-                                                          ds->typed_table.get())) {
-      fail(state, std::string("cannot build the ") + embag::dtype_name(shape.dtype) + " table");
+    if (!ds->typed_table) {
+      fail(state, std::string("cannot allocate the ") + embag::dtype_name(shape.dtype) + " table");
+      return nullptr;
+    }
+    if (!embag::bench::convert_floats(ds->table.get(), elements, shape.dtype,
+                                      ds->typed_table.get())) {
+      // Not a failure: float16 tables are rounded with F16C, which only x86 has; the typed loop
+      // that would check embag needs AVX-512 anyway.
+      state.SkipWithError((std::string("skipped: no ") + embag::dtype_name(shape.dtype) +
+                           " conversion on this machine (F16C), so no typed table to compare on")
+                              .c_str());
       return nullptr;
     }
     ds->table.reset();  // only the typed table is read

@@ -35,8 +35,10 @@ def shape_lines(path):
 
 
 def run_bench(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
-    """Runs `binary` once per shape (interleaving rows of one shape only: the benchmarks rebuild
-    their table whenever the shape changes) and merges the results into out_json."""
+    """Runs `binary` once per shape and merges the results into out_json. Rows are not randomly
+    interleaved: the benchmarks rebuild their table whenever the shape changes, and with three
+    thread pools in one process (embag's, the loop's, PyTorch's OpenMP) interleaved rows left the
+    loop's two-thread rows at its one-thread speed (seen 2026-11-30, not understood)."""
     merged = {"context": {}, "benchmarks": []}
     for k, line in enumerate(shape_lines(shapes)):
         one = f"{out_json}.shape{k}.txt"
@@ -62,9 +64,6 @@ def _skip_memory(extra_filter):
 def run_bench_once(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
     cmd = [binary, f"--shapes={shapes}", *flags, f"--benchmark_repetitions={repetitions}",
            "--benchmark_report_aggregates_only=true", f"--benchmark_out={out_json}",
-           # repetitions of different rows interleaved: a slow spell of a shared machine then
-           # lands on every row alike instead of on one
-           "--benchmark_enable_random_interleaving=true",
            "--benchmark_out_format=json"]
     if extra_filter:
         cmd.append(f"--benchmark_filter={extra_filter}")
@@ -185,7 +184,7 @@ def main():
         f"- PyTorch: {context.get('pytorch', '?')}; the loop: the hand-written gather loop "
         f"(`bench/gather_*.cpp`, {context.get('baseline_isa', '?')})",
         f"- Command: `{args.command}` (shapes `{args.shapes}`, median of {args.repetitions} "
-        "repetitions, randomly interleaved; float32 table 64-byte aligned, int64 indices, 2048 bags of 40, cold "
+        "repetitions, each shape in a run of its own; float32 table 64-byte aligned, int64 indices, 2048 bags of 40, cold "
         "shapes cycle 8 index batches)",
         f"- Sequential read: {fmt(seq[1])} GB/s on 1 thread, {fmt(seq[2])} GB/s on 2", "",
         "## Forward (GB/s)", "",

@@ -109,12 +109,8 @@ set(EMBAG_TUNED_ISA "")
 set(EMBAG_TUNED_KERNELS "")
 if (EMBAG_TUNING_FILE)
   include(${CMAKE_CURRENT_LIST_DIR}/EmbagTuning.cmake)
-  set(halide_version "${Halide_VERSION}")
-  if (NOT halide_version)
-    set(halide_version "${HalideHelpers_VERSION}")  # cross builds find only the helpers
-  endif ()
   embag_read_tuning_file(FILE "${EMBAG_TUNING_FILE}" ISAS ${EMBAG_ISAS}
-                         EMBAG_VERSION "${PROJECT_VERSION}" HALIDE_VERSION "${halide_version}"
+                         EMBAG_VERSION "${PROJECT_VERSION}" HALIDE_VERSION "${EMBAG_HALIDE_VERSION}"
                          MODES ${EMBAG_FORWARD_MODES} WEIGHTS ${EMBAG_WEIGHT_TYPES}
                          INDICES ${EMBAG_INDEX_TYPES})
   # Editing the file reconfigures, so the kernels follow it.
