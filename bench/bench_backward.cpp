@@ -631,13 +631,18 @@ double forward_bytes(const Shape& s) {
          static_cast<double>(s.bags * s.dim) * sizeof(float);
 }
 
+// Distinct rows in one index batch.
+int64_t distinct_rows(const std::vector<int64_t>& batch) {
+  std::vector<int64_t> rows(batch);
+  std::sort(rows.begin(), rows.end());
+  return std::unique(rows.begin(), rows.end()) - rows.begin();
+}
+
 // The mean number of distinct rows per batch (U of the sparse rows' byte count).
 double mean_unique_rows(const Dataset& ds) {
   double total = 0;
   for (const std::vector<int64_t>& batch : ds.batches) {
-    std::vector<int64_t> rows(batch);
-    std::sort(rows.begin(), rows.end());
-    total += static_cast<double>(std::unique(rows.begin(), rows.end()) - rows.begin());
+    total += static_cast<double>(distinct_rows(batch));
   }
   return total / static_cast<double>(ds.batches.size());
 }
@@ -667,9 +672,7 @@ void bench_embag_train(benchmark::State& state, const Shape& shape, Mode mode, F
   // Sparse outputs sized for the largest batch.
   int64_t capacity = 1;
   for (const std::vector<int64_t>& batch : ds->batches) {
-    std::vector<int64_t> rows(batch);
-    std::sort(rows.begin(), rows.end());
-    capacity = std::max<int64_t>(capacity, std::unique(rows.begin(), rows.end()) - rows.begin());
+    capacity = std::max(capacity, distinct_rows(batch));
   }
   std::vector<int64_t> rows(form == Form::kSparse ? static_cast<size_t>(capacity) : 0);
   std::vector<float> values(form == Form::kSparse ? static_cast<size_t>(capacity * s.dim) : 0);
@@ -730,18 +733,11 @@ void bench_embag_train(benchmark::State& state, const Shape& shape, Mode mode, F
 namespace tp = embag::bench::torch_peer;
 
 tp::Call torch_call(const Dataset& ds, size_t batch, Mode mode) {
-  tp::Call call;
-  call.table = ds.table.get();
-  call.rows = ds.shape.rows;
-  call.dim = ds.shape.dim;
-  call.indices = ds.batches[batch].data();
-  call.positions = static_cast<int64_t>(ds.batches[batch].size());
-  call.offsets = ds.offsets.data();
-  call.bags = ds.shape.bags;
-  call.mode = mode == Mode::kSum    ? tp::Mode::kSum
-              : mode == Mode::kMean ? tp::Mode::kMean
-                                    : tp::Mode::kMax;
-  return call;
+  return tp::float32_call(ds.table.get(), ds.shape.rows, ds.shape.dim, ds.batches[batch],
+                          ds.offsets,
+                          mode == Mode::kSum    ? tp::Mode::kSum
+                          : mode == Mode::kMean ? tp::Mode::kMean
+                                                : tp::Mode::kMax);
 }
 
 // PyTorch's backward (train = false) or training step (train = true).

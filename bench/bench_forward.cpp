@@ -420,18 +420,11 @@ std::string compare_close(const std::vector<float>& got, const std::vector<float
 
 embag::bench::torch_peer::Call torch_call(const Dataset& ds, size_t batch, GatherMode mode) {
   namespace tp = embag::bench::torch_peer;
-  tp::Call call;
-  call.table = ds.table.get();
-  call.rows = ds.shape.rows;
-  call.dim = ds.shape.dim;
-  call.indices = ds.batches[batch].data();
-  call.positions = static_cast<int64_t>(ds.batches[batch].size());
-  call.offsets = ds.offsets.data();
-  call.bags = ds.shape.bags;
-  call.mode = mode == GatherMode::kSum    ? tp::Mode::kSum
-              : mode == GatherMode::kMean ? tp::Mode::kMean
-                                          : tp::Mode::kMax;
-  return call;
+  return tp::float32_call(ds.table.get(), ds.shape.rows, ds.shape.dim, ds.batches[batch],
+                          ds.offsets,
+                          mode == GatherMode::kSum    ? tp::Mode::kSum
+                          : mode == GatherMode::kMean ? tp::Mode::kMean
+                                                      : tp::Mode::kMax);
 }
 
 void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {

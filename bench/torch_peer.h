@@ -30,6 +30,23 @@ struct Call {
   Mode mode = Mode::kSum;
 };
 
+// The call over a float32 (rows, dim) table, one index batch and bags + 1 offsets: what every
+// benchmark row passes.
+inline Call float32_call(const float* table, int64_t rows, int64_t dim,
+                         const std::vector<int64_t>& batch, const std::vector<int64_t>& offsets,
+                         Mode mode) {
+  Call call;
+  call.table = table;
+  call.rows = rows;
+  call.dim = dim;
+  call.indices = batch.data();
+  call.positions = static_cast<int64_t>(batch.size());
+  call.offsets = offsets.data();
+  call.bags = static_cast<int64_t>(offsets.size()) - 1;
+  call.mode = mode;
+  return call;
+}
+
 // "2.15.0" and whether this libtorch has FBGEMM, e.g. "2.15.0 (FBGEMM)".
 std::string version();
 // torch.set_num_threads: the intra-op threads PyTorch's kernels use.
