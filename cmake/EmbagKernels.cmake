@@ -75,6 +75,17 @@ set(EMBAG_POOLING_ENUM_max_values kMaxValues)
 # for it (CPU ISAs only: GPU calls write the argmax into scratch).
 set(EMBAG_FORWARD_MODES sum wsum mean max max_values)
 
+set(EMBAG_CMAKE_DIR "${CMAKE_CURRENT_LIST_DIR}")
+
+# The cache hint of the forward kernels' software prefetches (cmake/EmbagPrefetchHint.cmake):
+# t0 (keep the line in every cache level, as FBGEMM and the gather loop do) or nta (Halide's own
+# non-temporal hint, for comparison).
+set(EMBAG_PREFETCH_HINT "t0" CACHE STRING "Prefetch hint of the forward kernels: t0 or nta")
+set_property(CACHE EMBAG_PREFETCH_HINT PROPERTY STRINGS t0 nta)
+if (NOT EMBAG_PREFETCH_HINT MATCHES "^(t0|nta)$")
+  message(FATAL_ERROR "EMBAG_PREFETCH_HINT must be t0 or nta, not '${EMBAG_PREFETCH_HINT}'")
+endif ()
+
 # Schedule knobs (GeneratorParams) per forward mode and ISA, as "name=value" lists: the place to
 # retune. EMBAG_FORWARD_PARAMS_<mode> applies to every ISA, EMBAG_FORWARD_PARAMS_<mode>_<isa> to
 # one; both may be set on the CMake command line. See generators/forward_generator.cpp.
@@ -161,28 +172,41 @@ set(EMBAG_KERNEL_HEADERS "")
 
 # Adds one kernel and its registry row: {name, pipeline, pooling, weight dtype, index dtype,
 # offsets dtype, ISA, target, entry point, metadata, schedule, schedule source, tasks per
-# thread, D min, D max}. POOLING / WEIGHT / INDEX / OFFSETS are omitted where the pipeline has no
+# thread, D min, D max, table class}. POOLING / WEIGHT / INDEX / OFFSETS are omitted where the pipeline has no
 # such dimension (the row then says std::nullopt). The runtime calls every kernel through its
 # uniform `_argv` entry point and binds arguments by the names its `_metadata` lists. SCHEDULE
 # is the schedule parameters passed beyond the generator's defaults (for `embag info`), SOURCE
 # where they came from, TASKS_PER_THREAD the tuned parallel grain (0: the runtime's default),
-# DIM_MIN / DIM_MAX the D range the row serves (0 0: every D; a tuning file with D buckets).
+# DIM_MIN / DIM_MAX the D range the row serves (0 0: every D; a tuning file with D buckets),
+# TABLE_CLASS the tables it serves (kAny, kCacheResident or kMemoryResident: see TableClass in
+# generators/kernel_enums.h). PREFETCHES marks a kernel whose code may hold software prefetches:
+# on 64-bit x86 and ARM it is assembled from Halide's assembly with EMBAG_PREFETCH_HINT's hint
+# (cmake/EmbagPrefetchHint.cmake says why).
 function(embag_add_kernel NAME)
   cmake_parse_arguments(
-    ARG ""
-    "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX;OFFSETS;SCHEDULE;SOURCE;TASKS_PER_THREAD;DIM_MIN;DIM_MAX"
+    ARG "PREFETCHES"
+    "GENERATOR;ISA;PIPELINE;POOLING;WEIGHT;INDEX;OFFSETS;SCHEDULE;SOURCE;TASKS_PER_THREAD;DIM_MIN;DIM_MAX;TABLE_CLASS"
     "PARAMS" ${ARGN})
   if (NOT ARG_SOURCE)
     set(ARG_SOURCE "default")
+  endif ()
+  if (NOT ARG_TABLE_CLASS)
+    set(ARG_TABLE_CLASS kAny)
+  endif ()
+  set(extra_outputs "")
+  string(REGEX MATCH "^[^-]+-[^-]+" arch "${EMBAG_ISA_TARGET_${ARG_ISA}}")
+  set(rewrite_hint OFF)
+  if (ARG_PREFETCHES AND arch MATCHES "^(x86-64|arm-64)$" AND NOT ARG_ISA IN_LIST EMBAG_GPU_ISAS)
+    set(rewrite_hint ON)
+    list(APPEND extra_outputs ASSEMBLY assembly)
   endif ()
   foreach (number IN ITEMS TASKS_PER_THREAD DIM_MIN DIM_MAX)
     if (NOT ARG_${number})
       set(ARG_${number} 0)
     endif ()
   endforeach ()
-  set(extra_outputs "")
   if (EMBAG_EMIT_STMT)
-    set(extra_outputs STMT ${NAME}_stmt)
+    list(APPEND extra_outputs STMT ${NAME}_stmt)
   endif ()
   set(features ${EMBAG_KERNEL_FEATURES} ${EMBAG_ISA_FEATURES_${ARG_ISA}})
   add_halide_library(${NAME}
@@ -198,6 +222,20 @@ function(embag_add_kernel NAME)
   get_target_property(object ${NAME} SOURCES)
   if (NOT object MATCHES "\\.o$")
     message(FATAL_ERROR "${NAME}: expected Halide to produce one object file, got '${object}'")
+  endif ()
+  if (rewrite_hint)
+    # The object that goes into embag_kernels is assembled from Halide's assembly with the hint
+    # set; Halide's own object is not used.
+    set(hinted "${CMAKE_CURRENT_BINARY_DIR}/${NAME}.prefetch_${EMBAG_PREFETCH_HINT}.s")
+    set(object "${CMAKE_CURRENT_BINARY_DIR}/${NAME}.prefetch_${EMBAG_PREFETCH_HINT}.o")
+    add_custom_command(
+      OUTPUT "${object}"
+      COMMAND ${CMAKE_COMMAND} -DIN=${assembly} -DOUT=${hinted} -DARCH=${arch}
+              -DHINT=${EMBAG_PREFETCH_HINT} -P ${EMBAG_CMAKE_DIR}/EmbagPrefetchHint.cmake
+      COMMAND ${CMAKE_C_COMPILER} -c -x assembler "${hinted}" -o "${object}"
+      DEPENDS "${assembly}" ${EMBAG_CMAKE_DIR}/EmbagPrefetchHint.cmake
+      COMMENT "Assembling ${NAME} with ${EMBAG_PREFETCH_HINT} prefetches"
+      VERBATIM)
   endif ()
   set_target_properties(${NAME} PROPERTIES EXCLUDE_FROM_ALL ON)
   list(JOIN features "-" feature_text)
@@ -221,7 +259,7 @@ function(embag_add_kernel NAME)
   set(EMBAG_KERNEL_OBJECTS ${EMBAG_KERNEL_OBJECTS} ${object} PARENT_SCOPE)
   set(EMBAG_KERNEL_HEADERS "${EMBAG_KERNEL_HEADERS}#include \"${NAME}.h\"\n" PARENT_SCOPE)
   set(EMBAG_KERNEL_TABLE
-      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, ${OFFSETS_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata, \"${ARG_SCHEDULE}\", \"${ARG_SOURCE}\", ${ARG_TASKS_PER_THREAD}, ${ARG_DIM_MIN}, ${ARG_DIM_MAX}},\n"
+      "${EMBAG_KERNEL_TABLE}{\"${NAME}\", Pipeline::${ARG_PIPELINE}, ${POOLING_cell}, ${WEIGHT_cell}, ${INDEX_cell}, ${OFFSETS_cell}, Isa::${EMBAG_ISA_ENUM_${ARG_ISA}}, \"${target}\", &${NAME}_argv, &${NAME}_metadata, \"${ARG_SCHEDULE}\", \"${ARG_SOURCE}\", ${ARG_TASKS_PER_THREAD}, ${ARG_DIM_MIN}, ${ARG_DIM_MAX}, TableClass::${ARG_TABLE_CLASS}},\n"
       PARENT_SCOPE)
 endfunction()
 
@@ -241,13 +279,31 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
         if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
           set(buckets ${EMBAG_TUNED_BUCKETS_${tuned}})
         endif ()
+        # CPU kernels come in two table classes (TableClass in generators/kernel_enums.h): the
+        # default schedule for tables past the caches, and one without software prefetch for
+        # tables that stay in them. A tuning file's kernels serve every table: embag-tune chose
+        # their prefetch for the user's own workloads.
+        set(classes kAny)
+        if (NOT isa IN_LIST EMBAG_GPU_ISAS AND buckets STREQUAL "0")
+          set(classes kMemoryResident kCacheResident)
+        endif ()
         foreach (bucket IN LISTS buckets)
+        foreach (table_class IN LISTS classes)
           set(tuned_params "")
           set(tasks_per_thread 0)
           set(source "default")
           set(dim_min 0)
           set(dim_max 0)
           set(name embag_forward_${mode}_${w}_${i}_${isa})
+          set(class_params "")
+          set(prefetches PREFETCHES)
+          if (table_class STREQUAL "kCacheResident")
+            set(name embag_forward_${mode}_${w}_${i}_cache_${isa})
+            set(class_params prefetch_distance=0)
+            set(prefetches "")
+          elseif (isa IN_LIST EMBAG_GPU_ISAS)
+            set(prefetches "")
+          endif ()
           if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
             set(tuned_params ${EMBAG_TUNED_PARAMS_${tuned}_${bucket}})
             set(tasks_per_thread ${EMBAG_TUNED_TPT_${tuned}_${bucket}})
@@ -270,7 +326,7 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
             set(source "${source}, cmake")
             string(REPLACE "default, " "" source "${source}")
           endif ()
-          set(schedule ${tuned_params} ${cache_params})
+          set(schedule ${class_params} ${tuned_params} ${cache_params})
           if (tasks_per_thread GREATER 0)
             list(APPEND schedule "tasks_per_thread=${tasks_per_thread}")
           endif ()
@@ -285,12 +341,15 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
                            SCHEDULE "${schedule}" SOURCE "${source}"
                            TASKS_PER_THREAD ${tasks_per_thread}
                            DIM_MIN ${dim_min} DIM_MAX ${dim_max}
+                           TABLE_CLASS ${table_class} ${prefetches}
                            PARAMS mode=${mode}
                                   weight_type=${EMBAG_HALIDE_TYPE_${w}}
                                   index_type=${EMBAG_HALIDE_TYPE_${i}}
+                                  ${class_params}
                                   ${tuned_params}
                                   ${EMBAG_FORWARD_PARAMS_${mode}}
                                   ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
+        endforeach ()
         endforeach ()
       endforeach ()
     endforeach ()
@@ -384,7 +443,7 @@ endforeach ()
 
 set(EMBAG_GENERATED_DIR "${CMAKE_BINARY_DIR}/generated")
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_table.inc"
-     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, offsets dtype, ISA, target, entry point,\n// metadata, schedule, schedule source, tasks per thread, D min, D max}\n@EMBAG_KERNEL_TABLE@"
+     CONTENT "// Generated by cmake/EmbagKernels.cmake: one row per compiled kernel.\n// {name, pipeline, pooling, weight dtype, index dtype, offsets dtype, ISA, target, entry point,\n// metadata, schedule, schedule source, tasks per thread, D min, D max, table class}\n@EMBAG_KERNEL_TABLE@"
      @ONLY)
 file(CONFIGURE OUTPUT "${EMBAG_GENERATED_DIR}/embag_kernel_headers.h"
      CONTENT "// Generated by cmake/EmbagKernels.cmake: the header of every compiled kernel.\n#pragma once\n@EMBAG_KERNEL_HEADERS@"

@@ -351,12 +351,20 @@ class EmbagForward : public Generator<EmbagForward> {
                                   Internal::Call::Intrinsic);
     };
     // The first kUnrolledLines lines are issued straight-line (a loop costs more instructions
-    // than the prefetches, and instructions per position are what limits max): lines past a
-    // short row are clamped to its last element, and a repeated prefetch of a line is nearly
-    // free. Rows longer than that (D > 128 floats) prefetch the rest in a loop.
+    // than the prefetches, and instructions per position are what limits max). A line past a
+    // short row is skipped by a branch (if_then_else is evaluated lazily, unlike select), which
+    // the schedule's `dim >= width` specializations fold away for the lines every row has: a
+    // prefetch takes a load slot even when its line is already in flight, a predicted branch
+    // does not (a D = 64 float row issued 8 prefetches for its 4 lines before). Rows longer than
+    // that (D > 128 floats) prefetch the rest in a loop.
     constexpr int kUnrolledLines = 8;
     Expr issued = cast<uint8_t>(0);
-    for (int line = 0; line < kUnrolledLines; ++line) issued = issued | prefetch_line(line);
+    for (int line = 0; line < kUnrolledLines; ++line) {
+      Expr in_row = line * elements_per_line < dim;
+      issued = issued | Internal::Call::make(UInt(8), Internal::Call::if_then_else,
+                                             {in_row, prefetch_line(line), cast<uint8_t>(0)},
+                                             Internal::Call::PureIntrinsic);
+    }
     prefetch_(pos, bag) = issued;
     Expr lines = (dim + elements_per_line - 1) / elements_per_line;
     RDom more(0, max(lines - kUnrolledLines, 0), "more_lines");

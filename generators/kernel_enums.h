@@ -38,6 +38,30 @@ enum class Pipeline : uint8_t {
 // the winning rows runs, so inference does not pay for training's int64 output.
 enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kMaxValues, kCount };
 
+// Which tables a forward kernel is for, by where their rows live (CPU forward kernels; every
+// other row serves any table). A gather from a table that stays in this CPU's caches needs no
+// software prefetch, and there a prefetch only costs issue slots; a gather from a table far past
+// the last-level cache waits on DRAM unless rows are prefetched well ahead. So each CPU forward
+// kernel is compiled twice, and the runtime picks per call from the table's bytes against the
+// cache sizes it read (runtime/cpu_features.cpp).
+enum class TableClass : uint8_t {
+  kAny,             // one kernel for every table (GPU kernels, other pipelines, tuned kernels)
+  kCacheResident,   // no software prefetch
+  kMemoryResident,  // rows prefetched ahead of the gather
+};
+
+inline const char* table_class_name(TableClass table_class) {
+  switch (table_class) {
+    case TableClass::kAny:
+      return "any";
+    case TableClass::kCacheResident:
+      return "cache-resident";
+    case TableClass::kMemoryResident:
+      return "memory-resident";
+  }
+  return "?";
+}
+
 // Which fold the renorm kernel runs for a norm_type, chosen on the host so that kernels never
 // compare floats with infinities (they are compiled with fast-math flags that may assume none).
 enum class NormKind : int32_t {

@@ -1,5 +1,6 @@
 // CPU feature detection: cpuid and xgetbv on x86-64, the kernel's hardware capabilities
-// (getauxval) on ARM. Every other file asks cpu_supports().
+// (getauxval) on ARM, and the data cache sizes (Linux's sysfs, else cpuid through glibc). Every
+// other file asks cpu_supports() and cpu_cache_sizes().
 #include "cpu_features.h"
 
 #if defined(__x86_64__)
@@ -9,7 +10,12 @@
 #include <sys/auxv.h>
 #endif
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <fstream>
+#include <string>
 
 namespace embag::internal {
 namespace {
@@ -152,6 +158,69 @@ std::string cpu_feature_summary() {
   add(f.neon, "neon");
   add(f.vfpv3, "vfpv3");
   return s.empty() ? "(none of interest)" : s;
+}
+
+namespace {
+
+// "48K", "2048K", "32M" (sysfs's cache size format) -> bytes; 0 for anything else.
+int64_t parse_cache_size(const std::string& text) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (...) {
+    return 0;
+  }
+  const std::string unit = text.substr(used);
+  if (unit.empty()) return value;
+  if (unit[0] == 'K') return value << 10;
+  if (unit[0] == 'M') return value << 20;
+  if (unit[0] == 'G') return value << 30;
+  return 0;
+}
+
+std::string read_line(const std::string& path) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  return line;
+}
+
+// The caches of the CPU this thread started on (cpu0: the sizes are per cache instance and alike
+// across cores on every machine embag targets). Linux lists them under sysfs on x86 and ARM
+// alike; glibc's sysconf asks cpuid on x86 where sysfs is missing (some containers).
+CacheSizes detect_caches() {
+  CacheSizes sizes;
+  for (int index = 0; index < 16; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+    const std::string level = read_line(dir + "/level");
+    if (level.empty()) break;
+    const std::string type = read_line(dir + "/type");
+    if (type != "Data" && type != "Unified") continue;
+    const int64_t bytes = parse_cache_size(read_line(dir + "/size"));
+    if (level == "1") sizes.l1d = bytes;
+    if (level == "2") sizes.l2 = bytes;
+    if (level == "3") sizes.l3 = bytes;
+  }
+  if (sizes.l1d > 0 || sizes.l2 > 0 || sizes.l3 > 0) {
+    sizes.source = "sysfs";
+    return sizes;
+  }
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && \
+    defined(_SC_LEVEL3_CACHE_SIZE)
+  sizes.l1d = std::max<long>(sysconf(_SC_LEVEL1_DCACHE_SIZE), 0);
+  sizes.l2 = std::max<long>(sysconf(_SC_LEVEL2_CACHE_SIZE), 0);
+  sizes.l3 = std::max<long>(sysconf(_SC_LEVEL3_CACHE_SIZE), 0);
+  if (sizes.l1d > 0 || sizes.l2 > 0 || sizes.l3 > 0) sizes.source = "cpuid";
+#endif
+  return sizes;
+}
+
+}  // namespace
+
+const CacheSizes& cpu_cache_sizes() {
+  static const CacheSizes cached = detect_caches();
+  return cached;
 }
 
 }  // namespace embag::internal

@@ -17,4 +17,14 @@ const char* isa_requirement(Isa isa);
 // A one-line list of the relevant features this CPU has, for `embag info`.
 std::string cpu_feature_summary();
 
+// This CPU's data caches: the size of one L1 data cache, one L2 and one L3 (bytes, 0 where not
+// reported), and where they were read ("sysfs", "cpuid" or "none").
+struct CacheSizes {
+  int64_t l1d = 0;
+  int64_t l2 = 0;
+  int64_t l3 = 0;
+  const char* source = "none";
+};
+const CacheSizes& cpu_cache_sizes();
+
 }  // namespace embag::internal

@@ -14,6 +14,7 @@
 #include "kernel_thread_pool.h"
 #include "renorm.h"
 #include "runtime_state.h"
+#include "table_class.h"
 
 namespace embag {
 namespace {
@@ -41,13 +42,17 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
   const internal::KernelKey forward_key{Pipeline::kForward, pooling, in.weight.dtype,
                                         in.input.dtype};
-  // (by D too: a tuning file may give a kernel a schedule per D bucket)
+  // By D too (a tuning file may give a kernel a schedule per D bucket), and by where the table
+  // lives (a cache-resident and a memory-resident variant of each CPU forward kernel).
   const int64_t dim = in.weight.shape[1];
+  const internal::TableClass table_class = internal::table_class_of(in.weight);
   if (pooling == Pooling::kMax && !wants_argmax) {
     kernels->forward = internal::find_kernel(
-        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa, dim);
+        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa, dim,
+        table_class);
   }
-  if (kernels->forward == nullptr) kernels->forward = internal::find_kernel(forward_key, isa, dim);
+  if (kernels->forward == nullptr)
+    kernels->forward = internal::find_kernel(forward_key, isa, dim, table_class);
   auto missing = [&](const internal::KernelKey& key) {
     return Status(StatusCode::kUnsupported,
                   "no " + internal::describe(key) + " kernel was compiled for " + isa_name(isa));

@@ -63,17 +63,21 @@ const std::vector<KernelEntry>& kernel_table() {
   return table;
 }
 
-const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim) {
+const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim, TableClass table_class) {
   const auto& index = kernel_index();
   const auto found = index.find(key_of(key, isa));
   if (found == index.end()) return nullptr;
   const std::vector<const KernelEntry*>& rows = found->second;
-  if (dim < 0 || rows.size() == 1) return rows.front();
+  if (rows.size() == 1) return rows.front();
   for (const KernelEntry* e : rows) {
-    const bool any = e->dim_min == 0 && e->dim_max == 0;
-    if (any || (dim >= e->dim_min && dim <= e->dim_max)) return e;
+    const bool any_dim = dim < 0 || (e->dim_min == 0 && e->dim_max == 0);
+    const bool serves_dim = any_dim || (dim >= e->dim_min && dim <= e->dim_max);
+    const bool serves_table = table_class == TableClass::kAny ||
+                              e->table_class == TableClass::kAny || e->table_class == table_class;
+    if (serves_dim && serves_table) return e;
   }
-  // (The build checks that a tuning file's buckets cover every D; D = 0 runs no kernel.)
+  // (The build checks that a tuning file's buckets cover every D, and compiles both classes
+  // wherever it compiles one; D = 0 runs no kernel.)
   return rows.front();
 }
 

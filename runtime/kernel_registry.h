@@ -18,6 +18,7 @@ namespace embag::internal {
 
 using kernels::Pipeline;
 using kernels::Pooling;
+using kernels::TableClass;
 
 // The kernel family a forward call needs: sum with per_sample_weights is its own kernel.
 Pooling pooling_for(Mode mode, bool has_per_sample_weights);
@@ -47,6 +48,9 @@ struct KernelEntry {
   // dispatch picks the row whose range holds the call's D.
   int64_t dim_min;
   int64_t dim_max;
+  // The tables it serves (CPU forward kernels come in a cache-resident and a memory-resident
+  // variant; every other row serves any table).
+  TableClass table_class;
 };
 
 const std::vector<KernelEntry>& kernel_table();
@@ -60,10 +64,12 @@ struct KernelKey {
   std::optional<DType> offsets_dtype = std::nullopt;
 };
 
-// The row matching `key` on `isa` whose D range holds `dim` (the first matching row when `dim` is
-// negative or the key has a single row), or nullptr when no such kernel was compiled. Answered
-// from an index built once, not by scanning the table.
-const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim = -1);
+// The row matching `key` on `isa` whose D range holds `dim` (any D when `dim` is negative) and
+// that serves `table_class` (rows for any table serve every class; kAny takes the first row), or
+// nullptr when no such kernel was compiled. Answered from an index built once, not by scanning
+// the table.
+const KernelEntry* find_kernel(const KernelKey& key, Isa isa, int64_t dim = -1,
+                               TableClass table_class = TableClass::kAny);
 
 // True when this build has kernels for `device` (CPU always).
 bool device_has_kernels(DeviceType device);

@@ -234,6 +234,7 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.schedule_source = e.schedule_source;
       v.dim_min = e.dim_min;
       v.dim_max = e.dim_max;
+      v.table_class = kernels::table_class_name(e.table_class);
       out.push_back(v);
     }
     return out;

@@ -232,6 +232,7 @@ class RestoreGlobals {
     selected_device() = DeviceType::kCPU;
     (void)set_isa(std::nullopt);
     set_num_threads(threads_);
+    set_cache_resident_bytes(-1);
   }
   RestoreGlobals(const RestoreGlobals&) = delete;
   RestoreGlobals& operator=(const RestoreGlobals&) = delete;

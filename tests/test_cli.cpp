@@ -251,7 +251,24 @@ TEST_F(Cli, EmbagIsaForcesTheVariantOrFailsClearly) {
     ASSERT_NE(at, std::string::npos) << info;
     const std::string line = info.substr(at, info.find('\n', at) - at);
     EXPECT_NE(line.find("embag_forward_sum_f32_i64_" + name), std::string::npos) << line;
+    // (and, for a table inside the table-size rule's limit, its cache-resident variant)
+    EXPECT_NE(line.find("embag_forward_sum_f32_i64_cache_" + name), std::string::npos) << line;
   }
+}
+
+// `embag info` shows the caches it read and the table-size rule, and EMBAG_CACHE_RESIDENT_BYTES
+// sets the rule's limit.
+TEST_F(Cli, InfoShowsTheTableSizeRuleAndTheEnvironmentSetsIt) {
+  ASSERT_EQ(std::system(("cd '" + dir_.string() + "' && EMBAG_CACHE_RESIDENT_BYTES=4096 " +
+                         EMBAG_CLI_COMMAND " info > info.txt")
+                            .c_str()),
+            0);
+  const std::string info = file_bytes("info.txt");
+  EXPECT_NE(info.find("CPU caches:"), std::string::npos) << info;
+  EXPECT_NE(info.find("tables of at most 4 KiB run the cache-resident forward variants, larger "
+                      "ones the memory-resident (EMBAG_CACHE_RESIDENT_BYTES)"),
+            std::string::npos)
+      << info;
 }
 
 // `embag info` shows every kernel's schedule parameters and where they came from (default,

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -110,6 +111,12 @@ std::vector<Variant> variants_for(Mode mode) {
   return v;
 }
 
+// Each CPU forward kernel has a cache-resident and a memory-resident variant (picked by the
+// table's bytes; embag::TableSizeRule). The tests' tables are small, so half the cases, by the
+// seed's low bit, set the limit to 0 and run the memory-resident variant: every seed says which
+// it ran, and both variants see every dtype, D and option.
+bool memory_resident_case(uint64_t seed) { return (seed & 1) != 0; }
+
 std::string describe(const Config& c, uint64_t seed) {
   std::ostringstream s;
   s << "seed=" << seed << " mode=" << mode_name(c.mode) << " weight=" << dtype_name(c.weight_dtype)
@@ -117,6 +124,7 @@ std::string describe(const Config& c, uint64_t seed) {
   if (c.variant.norm_type) s << " norm_type=" << *c.variant.norm_type;
   if (c.num_rows >= 0) s << " V=" << c.num_rows;
   if (c.num_bags >= 0) s << " B=" << c.num_bags;
+  s << " table=" << (memory_resident_case(seed) ? "memory-resident" : "cache-resident");
   if (c.max_bag_size >= 0) s << " max_bag_size=" << c.max_bag_size;
   if (c.all_padding) s << " all_padding";
   return s.str();
@@ -136,12 +144,14 @@ struct Problem {
   // Row strides of embag's output and argmax views: D, or wider (a slice of a wider array) with
   // sentinel gaps between rows that must stay untouched.
   int64_t out_stride = 0, argmax_stride = 0;
+  bool memory_resident = false;  // run the CPU's memory-resident forward variant
 };
 
 Problem make_problem(const Config& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
   Problem p;
   p.config = c;
+  p.memory_resident = memory_resident_case(seed);
   const Variant& v = c.variant;
   const bool renorm = v.norm_type.has_value();
   // Renorm cases get their NaN / inf in a few chosen rows instead (below), so most rows keep a
@@ -298,6 +308,14 @@ struct Produced {
   std::vector<unsigned char> weight, output, argmax, bag_count;
 };
 
+// Whether this build compiled the CPU forward kernels of `isa` in both table classes.
+bool has_table_classes(Isa isa) {
+  for (const VariantInfo& v : compiled_variants()) {
+    if (v.isa == isa && v.table_class == "cache-resident") return true;
+  }
+  return false;
+}
+
 // Runs one problem through embag (on whatever ISA is selected) and the reference and reports
 // every disagreement. Returns false if anything failed. `produced`, when given, receives embag's
 // bytes.
@@ -334,6 +352,8 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
   ForwardOutputs outputs{out_view, p.with_bag_count ? &count_view : nullptr,
                          p.with_argmax ? &argmax_view : nullptr};
   const std::string expected_variant = isa ? std::string("_") + isa_name(*isa) : "";
+  // (RestoreGlobals puts the rule from the caches back when the test ends.)
+  set_cache_resident_bytes(p.memory_resident ? 0 : std::numeric_limits<int64_t>::max());
   if (isa) {
     const std::string planned = run_forward_variant_name(ev.inputs, p.options);
     EXPECT_TRUE(ends_with(planned, expected_variant))
@@ -361,6 +381,14 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
     }
     // Max without an argmax asked for runs the kernel that writes none (CPU ISAs; GPU calls
     // write it into scratch); with one, the kernel that writes it.
+    // The table-size rule picked the variant the case asked for (where this build compiled
+    // both: a tuning file's kernels serve every table).
+    const bool cache_variant = ran.find("_cache_") != std::string::npos;
+    if (selected_device() == DeviceType::kCPU && has_table_classes(*isa) &&
+        cache_variant == p.memory_resident) {
+      fail("a " + std::string(p.memory_resident ? "memory" : "cache") + "-resident table ran " +
+           ran);
+    }
     const bool values_only = ran.find("_max_values_") != std::string::npos;
     if (p.options.mode == Mode::kMax && selected_device() == DeviceType::kCPU &&
         values_only == p.with_argmax) {

@@ -21,7 +21,10 @@ Lists the kernel variants compiled into this build (with the schedule parameters
 compiled with beyond the generator's defaults, and where they came from: default, cmake
 (EMBAG_FORWARD_PARAMS_*) or a tuning file from embag-tune), the ISAs this CPU supports, the ISA calls
 will use (EMBAG_ISA=avx512|...|armv7 forces one), the worker thread count (EMBAG_NUM_THREADS)
-and the variant a float32 table / int64 indices / mode sum call runs here.
+the CPU's cache sizes and the table-size rule they give (which tables run the
+cache-resident forward variants, which the memory-resident ones; EMBAG_CACHE_RESIDENT_BYTES sets
+the limit) and the variant a float32 table / int64 indices / mode sum call runs here, for a table
+on each side of that limit.
 
 Exits 1 when no ISA can be selected (a bad EMBAG_ISA), since every call would fail.
 )";
@@ -66,14 +69,15 @@ void print_variants() {
     return;
   }
   std::vector<std::vector<std::string>> rows = {{"name", "device", "pipeline", "mode", "weight",
-                                                 "index", "isa", "schedule", "from", "target"}};
+                                                 "index", "isa", "tables", "schedule", "from",
+                                                 "target"}};
   auto dtype_cell = [](const std::optional<DType>& dtype) {
     return dtype ? std::string(dtype_name(*dtype)) : std::string("-");
   };
   for (const VariantInfo& variant : variants) {
     rows.push_back({variant.name, device_type_name(variant.device), variant.pipeline,
                     variant.mode.empty() ? "-" : variant.mode, dtype_cell(variant.weight_dtype),
-                    dtype_cell(variant.index_dtype), isa_name(variant.isa),
+                    dtype_cell(variant.index_dtype), isa_name(variant.isa), variant.table_class,
                     variant.schedule.empty() ? "-" : variant.schedule, variant.schedule_source,
                     variant.target});
   }
@@ -101,22 +105,41 @@ int run_info(const std::vector<std::string>& args) {
     selected_text += std::string(" (forced by EMBAG_ISA=") + forced + ")";
   }
 
-  // Only the shapes and dtypes matter to the variant name; no data is read.
-  ForwardInputs probe;
-  probe.weight = make_view_2d(nullptr, DType::kFloat32, 1, 1);
-  probe.input = make_view_1d(nullptr, DType::kInt64, 1);
-  const TensorView probe_offsets = make_view_1d(nullptr, DType::kInt64, 1);
-  probe.offsets = &probe_offsets;
-  Options sum;
-  sum.mode = Mode::kSum;
-  const std::string variant = selection.ok() ? forward_variant_name(probe, sum) : "";
+  // Only the shapes and dtypes matter to the variant name; no data is read. One table on each
+  // side of the table-size rule's limit.
+  const TableSizeRule rule = table_size_rule();
+  auto sum_variant = [&](int64_t rows) {
+    ForwardInputs probe;
+    probe.weight = make_view_2d(nullptr, DType::kFloat32, rows, 1);
+    probe.input = make_view_1d(nullptr, DType::kInt64, 1);
+    const TensorView probe_offsets = make_view_1d(nullptr, DType::kInt64, 1);
+    probe.offsets = &probe_offsets;
+    Options sum;
+    sum.mode = Mode::kSum;
+    const std::string name = selection.ok() ? forward_variant_name(probe, sum) : "";
+    return name.empty() ? std::string("(no variant)") : name;
+  };
+  const std::string small_table = sum_variant(1);
+  const std::string large_table = sum_variant(rule.cache_resident_max_bytes / 4 + 1);
+  auto size = [](int64_t bytes) {
+    if (bytes <= 0) return std::string("?");
+    if (bytes % (1 << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+    if (bytes % (1 << 10) == 0) return std::to_string(bytes >> 10) + " KiB";
+    return std::to_string(bytes) + " B";
+  };
 
   std::cout << "CPU features:        " << cpu_features() << "\n"
             << "CPU supports:        " << isa_list(supported_isas()) << "\n"
             << "compiled for:        " << isa_list(compiled_isas()) << "\n"
             << "selected ISA:        " << selected_text << "\n"
             << "threads:             " << num_threads() << "\n"
-            << "float32/int64 sum:   " << (variant.empty() ? "(no variant)" : variant) << "\n"
+            << "CPU caches:          L1d " << size(rule.l1d_bytes) << ", L2 " << size(rule.l2_bytes)
+            << ", L3 " << size(rule.l3_bytes) << " (from " << rule.cache_source << ")\n"
+            << "table-size rule:     tables of at most " << size(rule.cache_resident_max_bytes)
+            << " run the cache-resident forward variants, larger ones the memory-resident ("
+            << rule.limit_source << ")\n"
+            << "float32/int64 sum:   cache-resident table: " << small_table
+            << ", memory-resident table: " << large_table << "\n"
             << "CUDA:                " << cuda_status() << "\n";
   print_variants();
 

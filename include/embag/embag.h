@@ -221,8 +221,37 @@ struct VariantInfo {
   // with schedules per D bucket compiles one forward variant per bucket).
   int64_t dim_min = 0;
   int64_t dim_max = 0;
+  // The tables it serves: "cache-resident" or "memory-resident" for the two variants of each CPU
+  // forward kernel (see table_size_rule()), "any" for every other kernel.
+  std::string table_class;
 };
 const std::vector<VariantInfo>& compiled_variants();
+
+// ---- Tables in cache, tables in memory ---------------------------------------------------
+
+// A CPU forward call runs one of two variants of its kernel, picked by where its table lives: a
+// table of at most `cache_resident_max_bytes` (rows x row stride x element size) runs the
+// cache-resident variant, which issues no software prefetch; a larger one runs the
+// memory-resident variant, which prefetches each row ahead of the gather. The limit comes from
+// this CPU's cache sizes (half its L3: the rest of the cache holds the indices, the output and
+// other programs' data; measured in README "Benchmarks"), from the environment variable
+// EMBAG_CACHE_RESIDENT_BYTES, or from set_cache_resident_bytes(). Both variants give bitwise the
+// same results; only their speed differs.
+struct TableSizeRule {
+  int64_t l1d_bytes = 0;  // this CPU's caches as read (0: not reported)
+  int64_t l2_bytes = 0;
+  int64_t l3_bytes = 0;
+  std::string cache_source;  // "sysfs", "cpuid" or "none"
+  int64_t cache_resident_max_bytes = 0;
+  // Where the limit came from: "half of L3", "L2 x 4" (no L3 reported), "default" (no caches
+  // reported), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
+  std::string limit_source;
+};
+TableSizeRule table_size_rule();
+// Sets the limit for later calls (a table whose rows stay hot although it is large, such as a
+// zipf-accessed one, may run faster with a larger limit); a negative value returns to the rule
+// from the caches. Results never depend on it.
+void set_cache_resident_bytes(int64_t bytes);
 
 // Threads used by the kernels (the calling thread included; embag's own pool runs the kernels'
 // parallel loops on exactly this many). The environment variable

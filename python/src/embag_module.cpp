@@ -243,6 +243,7 @@ nb::list compiled_variants() {
     row["schedule_source"] = v.schedule_source;
     row["dim_min"] = v.dim_min;
     row["dim_max"] = v.dim_max;
+    row["table_class"] = v.table_class;
     variants.append(row);
   }
   return variants;

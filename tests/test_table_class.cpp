@@ -1,0 +1,129 @@
+// The table-size rule: which variant of a CPU forward kernel a call runs, by its table's bytes
+// against the limit from this CPU's caches (embag::TableSizeRule), checked through
+// last_variant(); the limit's sources (the caches, set_cache_resident_bytes); and that both
+// variants of a call give the same bytes. The prefetch instructions each variant carries are
+// checked by disassembly in tests/check_prefetch_hint.sh.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "embag/embag.h"
+
+namespace {
+
+using embag::DType;
+
+// Whether this build has both classes of the selected ISA's forward kernels (a tuning file's
+// kernels serve every table, so a tuned build has one).
+bool has_table_classes() {
+  embag::Isa isa{};
+  if (!embag::selected_isa(&isa).ok()) return false;
+  for (const embag::VariantInfo& v : embag::compiled_variants()) {
+    if (v.isa == isa && v.pipeline == "forward" && v.table_class == "cache-resident") return true;
+  }
+  return false;
+}
+
+// A float32 table of `rows` x `dim` whose memory is allocated but only the rows the call reads
+// are written (a table past the limit can be larger than the test wants to fill), and a sum over
+// bags of those rows. Returns the output, and the variant through `variant`.
+std::vector<float> sum_of_rows(int64_t rows, int64_t dim, std::string* variant) {
+  std::unique_ptr<float[]> table(new float[static_cast<size_t>(rows * dim)]);
+  const std::vector<int64_t> idx = {0, rows - 1, rows / 2, 0, rows - 1}, off = {0, 2};
+  for (int64_t r : idx) {
+    for (int64_t d = 0; d < dim; ++d) table[r * dim + d] = static_cast<float>(r % 97 + d) * 0.25f;
+  }
+  std::vector<float> out(static_cast<size_t>(2 * dim), -1.0f);
+  embag::ForwardInputs in;
+  in.weight = embag::make_view_2d(table.get(), DType::kFloat32, rows, dim);
+  in.input = embag::make_view_1d(const_cast<int64_t*>(idx.data()), DType::kInt64, 5);
+  const embag::TensorView offsets =
+      embag::make_view_1d(const_cast<int64_t*>(off.data()), DType::kInt64, 2);
+  in.offsets = &offsets;
+  embag::ForwardOutputs outs;
+  outs.output = embag::make_view_2d(out.data(), DType::kFloat32, 2, dim);
+  embag::Options options;
+  options.mode = embag::Mode::kSum;
+  const embag::Status status = embag::forward(in, outs, options);
+  EXPECT_TRUE(status.ok()) << status.message();
+  *variant = embag::last_variant();
+  return out;
+}
+
+class TableClass : public ::testing::Test {
+ protected:
+  void TearDown() override { embag::set_cache_resident_bytes(-1); }
+};
+
+TEST_F(TableClass, RuleComesFromThisCpusCaches) {
+  const embag::TableSizeRule rule = embag::table_size_rule();
+  std::cout << "caches (" << rule.cache_source << "): L1d " << rule.l1d_bytes << " B, L2 "
+            << rule.l2_bytes << " B, L3 " << rule.l3_bytes << " B; cache-resident up to "
+            << rule.cache_resident_max_bytes << " B (" << rule.limit_source << ")\n";
+  EXPECT_GT(rule.cache_resident_max_bytes, 0);
+  if (rule.l3_bytes > 0) {
+    EXPECT_EQ(rule.cache_resident_max_bytes, rule.l3_bytes / 2);
+    EXPECT_EQ(rule.limit_source, "half of L3");
+  } else if (rule.l2_bytes > 0) {
+    EXPECT_EQ(rule.cache_resident_max_bytes, rule.l2_bytes * 4);
+    EXPECT_EQ(rule.limit_source, "L2 x 4");
+  } else {
+    EXPECT_EQ(rule.limit_source, "default");
+  }
+  embag::set_cache_resident_bytes(12345);
+  EXPECT_EQ(embag::table_size_rule().cache_resident_max_bytes, 12345);
+  EXPECT_EQ(embag::table_size_rule().limit_source, "set_cache_resident_bytes");
+  embag::set_cache_resident_bytes(-1);
+  EXPECT_EQ(embag::table_size_rule().cache_resident_max_bytes, rule.cache_resident_max_bytes);
+}
+
+// A table inside the limit runs the cache-resident variant and one a row past it the
+// memory-resident variant, with the limit from the caches; the two give the same bytes.
+TEST_F(TableClass, CacheAndMemoryResidentTablesRunTheirVariants) {
+  if (!has_table_classes()) GTEST_SKIP() << "this build's forward kernels serve every table";
+  const int64_t dim = 64, row_bytes = dim * 4;
+  const int64_t limit = embag::table_size_rule().cache_resident_max_bytes;
+  std::string small_variant, large_variant, at_limit_variant;
+  const std::vector<float> small = sum_of_rows(1000, dim, &small_variant);
+  ASSERT_LE(1000 * row_bytes, limit) << "this CPU's limit is below a 256 KB table";
+  EXPECT_NE(small_variant.find("_cache_"), std::string::npos) << small_variant;
+  // The largest table still inside the limit, and one row more.
+  sum_of_rows(limit / row_bytes, dim, &at_limit_variant);
+  EXPECT_NE(at_limit_variant.find("_cache_"), std::string::npos) << at_limit_variant;
+  sum_of_rows(limit / row_bytes + 1, dim, &large_variant);
+  EXPECT_EQ(large_variant.find("_cache_"), std::string::npos) << large_variant;
+  EXPECT_EQ(large_variant, [&] {
+    std::string expected = small_variant;
+    expected.erase(expected.find("_cache_"), 6);
+    return expected;
+  }()) << "the two variants of one kernel";
+  std::cout << "a " << 1000 * row_bytes << " B table ran " << small_variant << ", a "
+            << (limit / row_bytes + 1) * row_bytes << " B table ran " << large_variant << "\n";
+}
+
+// set_cache_resident_bytes moves the limit for every later call, and both variants of a call
+// give the same bytes.
+TEST_F(TableClass, SetLimitMovesTheBoundaryAndBothVariantsAgree) {
+  if (!has_table_classes()) GTEST_SKIP() << "this build's forward kernels serve every table";
+  const int64_t rows = 300, dim = 33, bytes = rows * dim * 4;
+  std::string variant;
+  embag::set_cache_resident_bytes(bytes);
+  const std::vector<float> cached = sum_of_rows(rows, dim, &variant);
+  EXPECT_NE(variant.find("_cache_"), std::string::npos) << variant;
+  embag::set_cache_resident_bytes(bytes - 1);
+  const std::vector<float> streamed = sum_of_rows(rows, dim, &variant);
+  EXPECT_EQ(variant.find("_cache_"), std::string::npos) << variant;
+  ASSERT_EQ(cached.size(), streamed.size());
+  EXPECT_EQ(std::memcmp(cached.data(), streamed.data(), cached.size() * sizeof(float)), 0);
+  embag::set_cache_resident_bytes(std::numeric_limits<int64_t>::max());
+  sum_of_rows(rows, dim, &variant);
+  EXPECT_NE(variant.find("_cache_"), std::string::npos) << variant;
+}
+
+}  // namespace
