@@ -232,19 +232,19 @@ const std::vector<VariantInfo>& compiled_variants();
 // A CPU forward call runs one of two variants of its kernel, picked by where its table lives: a
 // table of at most `cache_resident_max_bytes` (rows x row stride x element size) runs the
 // cache-resident variant, which issues no software prefetch; a larger one runs the
-// memory-resident variant, which prefetches each row ahead of the gather. The limit comes from
-// this CPU's cache sizes (half its L3: the rest of the cache holds the indices, the output and
-// other programs' data; measured in README "Benchmarks"), from the environment variable
-// EMBAG_CACHE_RESIDENT_BYTES, or from set_cache_resident_bytes(). Both variants give bitwise the
-// same results; only their speed differs.
+// memory-resident variant, which prefetches each row ahead of the gather (with the T0 hint). The
+// limit is this CPU's L2 size per core (an L3 hit is already more latency than the gather hides
+// without prefetching; runtime/table_class.cpp has the measurements), or the environment
+// variable EMBAG_CACHE_RESIDENT_BYTES, or set_cache_resident_bytes(). Both variants give bitwise
+// the same results; only their speed differs.
 struct TableSizeRule {
   int64_t l1d_bytes = 0;  // this CPU's caches as read (0: not reported)
   int64_t l2_bytes = 0;
   int64_t l3_bytes = 0;
   std::string cache_source;  // "sysfs", "cpuid" or "none"
   int64_t cache_resident_max_bytes = 0;
-  // Where the limit came from: "half of L3", "L2 x 4" (no L3 reported), "default" (no caches
-  // reported), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
+  // Where the limit came from: "L2", "default" (no L2 reported: 256 KiB),
+  // "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
   std::string limit_source;
 };
 TableSizeRule table_size_rule();
