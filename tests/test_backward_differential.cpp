@@ -757,7 +757,7 @@ void check_max_backward(const std::vector<int64_t>& input, const std::vector<int
     SCOPED_TRACE("isa=" + isa_label(isa));
     if (!select(isa)) return;
     // On a GPU the argmax is not read on the host, so such entries are not refused there (the
-    // kernel ignores them; README, "CUDA"): only the CPU's refusal is tested.
+    // kernel ignores them; docs/gpu.md): only the CPU's refusal is tested.
     if (refused != nullptr && selected_device() != DeviceType::kCPU) continue;
     for (const auto& [name, run] : implementations) {
       SCOPED_TRACE(name);
