@@ -33,6 +33,13 @@ class CliTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
+  // SEMANTICS.md's worked example as W.npy (5, 2), I.npy (6) and O.npy (5 bags).
+  void save_worked_example() {
+    save_f64("W.npy", {5, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    save_i64("I.npy", {6}, {3, 1, 1, 1, 4, 0});
+    save_i64("O.npy", {5}, {0, 0, 3, 3, 6});
+  }
+
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   void save_f64(const std::string& name, std::vector<int64_t> shape, std::vector<double> values) {
@@ -87,6 +94,15 @@ class CliTest : public ::testing::Test {
     if (err) *err = text;
     std::filesystem::remove(stderr_path);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  // Runs `args`, which must fail: exit status `status` and an "embag: error:" message on stderr
+  // that holds `fragment`.
+  void expect_error(const std::string& args, int status, const std::string& fragment) {
+    std::string err;
+    EXPECT_EQ(run(args, &err), status);
+    EXPECT_NE(err.find("embag: error:"), std::string::npos) << err;
+    EXPECT_NE(err.find(fragment), std::string::npos) << err;
   }
 
   std::filesystem::path dir_;

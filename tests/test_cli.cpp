@@ -28,10 +28,7 @@ class Cli : public embag::clitest::CliTest {
  protected:
   void SetUp() override {
     make_scratch_dir("embag_cli_test_");
-    // SEMANTICS.md's worked example.
-    save_f64("W.npy", {5, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
-    save_i64("I.npy", {6}, {3, 1, 1, 1, 4, 0});
-    save_i64("O.npy", {5}, {0, 0, 3, 3, 6});
+    save_worked_example();
   }
 };
 
@@ -168,10 +165,7 @@ TEST_F(Cli, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
-    std::string err;
-    EXPECT_EQ(run(c.args, &err), c.status);
-    EXPECT_NE(err.find("embag: error:"), std::string::npos) << err;
-    EXPECT_NE(err.find(c.fragment), std::string::npos) << err;
+    expect_error(c.args, c.status, c.fragment);
     EXPECT_FALSE(fs::exists(path("out.npy")));
     EXPECT_FALSE(fs::exists(path("W2.npy")));
   }
