@@ -8,7 +8,7 @@
 #include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
-#include "gpu_forward.h"
+#include "gpu/gpu_forward.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"

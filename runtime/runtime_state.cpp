@@ -10,7 +10,7 @@
 
 #include "call_context.h"
 #include "cpu_features.h"
-#include "cuda_driver.h"
+#include "gpu/cuda_driver.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 

@@ -2,7 +2,8 @@
 //
 // This is the whole public API. Include it, link embag::embag, call embag::forward().
 //
-// Semantics (the exact rules, with the deliberate differences from PyTorch, are in the README):
+// Semantics (the exact rules, with the deliberate differences from PyTorch, are in
+// docs/semantics.md):
 //
 //   V, D     = weight.shape                        # table of V rows of D columns
 //   P        = padding_idx (negative wraps: P += V), or none
@@ -263,7 +264,7 @@ int num_threads();
 // Asks Linux to back [data, data + bytes) with transparent huge pages (madvise MADV_HUGEPAGE on
 // the whole 2 MiB pages inside the range). A gather from a table far larger than the TLB's reach
 // misses the TLB on nearly every row; with 2 MiB pages it mostly does not (measured: about 10%
-// more GB/s on cold 1M-row tables, README "Benchmarks"). The table is the caller's memory, so
+// more GB/s on cold 1M-row tables, docs/benchmarks.md). The table is the caller's memory, so
 // embag only offers this: call it right after allocating the table, before filling it (pages
 // already populated become huge only when the kernel's khugepaged gets to them), ideally on a
 // 2 MiB-aligned allocation. Ok when there is nothing whole to advise (bytes below 2 MiB);
