@@ -234,18 +234,18 @@ const std::vector<VariantInfo>& compiled_variants();
 // table of at most `cache_resident_max_bytes` (rows x row stride x element size) runs the
 // cache-resident variant, which issues no software prefetch; a larger one runs the
 // memory-resident variant, which prefetches each row ahead of the gather (with the T0 hint). The
-// limit is this CPU's L2 size per core (an L3 hit is already more latency than the gather hides
-// without prefetching; runtime/table_class.cpp has the measurements), or the environment
-// variable EMBAG_CACHE_RESIDENT_BYTES, or set_cache_resident_bytes(). Both variants give bitwise
-// the same results; only their speed differs.
+// limit is a quarter of this CPU's L3 and at most 8 MiB (what a 2048-entry TLB reaches with
+// 4 KiB pages; runtime/table_class.cpp has the measurements), the L2 where no L3 is reported, or
+// the environment variable EMBAG_CACHE_RESIDENT_BYTES, or set_cache_resident_bytes(). Both
+// variants give bitwise the same results; only their speed differs.
 struct TableSizeRule {
   int64_t l1d_bytes = 0;  // this CPU's caches as read (0: not reported)
   int64_t l2_bytes = 0;
   int64_t l3_bytes = 0;
   std::string cache_source;  // "sysfs", "cpuid" or "none"
   int64_t cache_resident_max_bytes = 0;
-  // Where the limit came from: "L2", "default" (no L2 reported: 256 KiB),
-  // "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
+  // Where the limit came from: "L3 / 4, at most 8 MiB", "L2" (no L3 reported), "default" (no
+  // cache reported: 256 KiB), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
   std::string limit_source;
 };
 TableSizeRule table_size_rule();
