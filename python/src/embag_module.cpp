@@ -293,6 +293,18 @@ NB_MODULE(_embag, m) {
   });
   m.def("compiled_variants", &compiled_variants);
   m.def("last_variant", [] { return embag::last_variant(); });
-  m.def("set_num_threads", &embag::set_num_threads, nb::arg("n"));
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        embag::Status status;
+        {
+          // Starting threads can take a while; other Python threads may run meanwhile.
+          nb::gil_scoped_release release;
+          status = embag::set_num_threads(n);
+        }
+        raise_if_error(status);
+      },
+      nb::arg("n"));
   m.def("num_threads", &embag::num_threads);
+  m.def("max_num_threads", &embag::max_num_threads);
 }
