@@ -177,14 +177,19 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, cons
   });
 }
 
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
-               const Execution& execution) {
+Status forward(const ForwardInputs& caller_inputs, const ForwardOutputs& outputs,
+               const Options& options, const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
-    if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
-    if (inputs.weight.device.type != DeviceType::kCPU) {
-      return internal::gpu::forward(inputs, outputs, options, execution, plan);
+    internal::IndexSnapshot snapshot;
+    if (Status s = internal::validate_forward(caller_inputs, outputs, options, &plan, &snapshot);
+        !s.ok())
+      return s;
+    if (caller_inputs.weight.device.type != DeviceType::kCPU) {
+      return internal::gpu::forward(caller_inputs, outputs, options, execution, plan);
     }
+    // From here on the offsets and indices are the validated private copies.
+    const ForwardInputs inputs = snapshot.apply(caller_inputs);
     SelectedKernels kernels;
     if (Status s =
             select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr, &kernels);

@@ -5,6 +5,8 @@
 // message a caller sees is the one PyTorch would give.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <sstream>
 #include <vector>
@@ -184,7 +186,10 @@ static_assert(size_t{1} << (64 - 57) == 2 * SmallRowSet::kMaxRows, "slot_of cove
 // argmax from another call, or one the caller edited, would otherwise put gradient on a row the
 // bag never read. Each bag's valid rows are put in a set once and every entry is looked up in
 // it: O(N + B D) for bags of up to 64 valid rows, O(N log L + B D log L) beyond.
-Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan) {
+// With `copy` (B x D, contiguous), each bag's entries of `argmax` are copied there first and the
+// copy is checked (see IndexSnapshot).
+Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan,
+                         const TensorView* argmax, int64_t* copy) {
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
   const TensorView& input = in.input;
   std::vector<int64_t> rows;
@@ -218,8 +223,11 @@ Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan) {
       return small ? small_set.contains(value)
                    : std::binary_search(rows.begin(), rows.end(), value);
     };
-    const int64_t* entries =
-        static_cast<const int64_t*>(in.argmax->data) + b * in.argmax->strides[0];
+    const int64_t* entries = static_cast<const int64_t*>(argmax->data) + b * argmax->strides[0];
+    if (copy != nullptr && D > 0) {
+      std::memcpy(copy + b * D, entries, static_cast<size_t>(D) * sizeof(int64_t));
+      entries = copy + b * D;
+    }
     for (int64_t d = 0; d < D; ++d) {
       const int64_t value = entries[d];
       // (the text only on failure: built for each of the B x D entries it was most of max
@@ -286,12 +294,20 @@ namespace {
 // with a branch-free reduction (an unsigned compare catches negative indices too), which the
 // compiler vectorises; only a block that holds a bad index is scanned again for its position.
 // (An early exit per index kept the loop scalar: a tenth of a cold forward call on 2 threads.)
+// With `copy`, each block is first copied there and the copy is checked, so the verdict holds
+// for the copy whatever another thread writes to `source` meanwhile (the block is still in L1
+// when it is checked).
 template <typename Index>
-int64_t first_out_of_range(const Index* indices, int64_t n, int64_t rows) {
+int64_t first_out_of_range(const Index* source, Index* copy, int64_t n, int64_t rows) {
   constexpr int64_t kBlock = 1024;
   const uint64_t limit = static_cast<uint64_t>(rows);
   for (int64_t begin = 0; begin < n; begin += kBlock) {
     const int64_t end = std::min(n, begin + kBlock);
+    const Index* indices = source;
+    if (copy != nullptr) {
+      std::memcpy(copy + begin, source + begin, static_cast<size_t>(end - begin) * sizeof(Index));
+      indices = copy;
+    }
     bool bad = false;
     for (int64_t p = begin; p < end; ++p) {
       bad |= static_cast<uint64_t>(static_cast<int64_t>(indices[p])) >= limit;
@@ -304,15 +320,161 @@ int64_t first_out_of_range(const Index* indices, int64_t n, int64_t rows) {
   return -1;
 }
 
-int64_t first_index_out_of_range(const TensorView& input, int64_t n, int64_t rows) {
-  return input.dtype == DType::kInt32
-             ? first_out_of_range(static_cast<const int32_t*>(input.data), n, rows)
-             : first_out_of_range(static_cast<const int64_t*>(input.data), n, rows);
+int64_t first_index_out_of_range(const TensorView& input, void* copy, int64_t n, int64_t rows) {
+  return input.dtype == DType::kInt32 ? first_out_of_range(static_cast<const int32_t*>(input.data),
+                                                           static_cast<int32_t*>(copy), n, rows)
+                                      : first_out_of_range(static_cast<const int64_t*>(input.data),
+                                                           static_cast<int64_t*>(copy), n, rows);
+}
+
+// The calling thread's snapshot buffers (see IndexSnapshot), grown as needed and kept: 8-byte
+// words, so either index dtype fits aligned.
+enum SnapshotBuffer { kOffsetsCopy, kIndicesCopy, kArgmaxCopy, kSnapshotBuffers };
+void* snapshot_buffer(SnapshotBuffer which, int64_t bytes) {
+  thread_local std::vector<int64_t> buffers[kSnapshotBuffers];
+  std::vector<int64_t>& buffer = buffers[which];
+  // (at least one word: an empty copy still has an address, as the caller's array had)
+  const size_t words = std::max<size_t>(1, static_cast<size_t>((bytes + 7) / 8));
+  if (buffer.size() < words) buffer.resize(words);
+  return buffer.data();
+}
+
+// The bytes [begin, end) a view spans (first to one past the last element); empty when it has
+// no elements. Validated views only: non-negative extents, rows contiguous, row stride >= cols.
+struct Span {
+  uintptr_t begin = 0, end = 0;
+  int64_t rows = 1;  // rows of `row_bytes`, `stride_bytes` apart
+  int64_t row_bytes = 0;
+  int64_t stride_bytes = 0;
+};
+Span span_of(const TensorView& v) {
+  Span s;
+  const int64_t n = v.numel();
+  if (n <= 0 || v.data == nullptr) return s;
+  const int64_t element = static_cast<int64_t>(dtype_size(v.dtype));
+  if (v.ndim == 2) {
+    s.rows = v.shape[0];
+    s.row_bytes = v.shape[1] * element;
+    s.stride_bytes = v.strides[0] * element;
+  } else {
+    s.row_bytes = n * element;
+    s.stride_bytes = s.row_bytes;
+  }
+  s.begin = reinterpret_cast<uintptr_t>(v.data);
+  s.end = s.begin + static_cast<uintptr_t>((s.rows - 1) * s.stride_bytes + s.row_bytes);
+  return s;
+}
+
+// Whether any byte of `a`'s rows is a byte of `b`'s rows. Byte ranges decide almost every case;
+// two row-strided views whose ranges interleave (columns [0, 4) and [4, 8) of one table) are
+// compared row by row over their common range.
+bool spans_overlap(const Span& a, const Span& b) {
+  if (a.begin >= a.end || b.begin >= b.end) return false;
+  if (a.end <= b.begin || b.end <= a.begin) return false;
+  const bool a_dense = a.rows == 1 || a.stride_bytes == a.row_bytes;
+  const bool b_dense = b.rows == 1 || b.stride_bytes == b.row_bytes;
+  if (a_dense && b_dense) return true;
+  // Walk the rows of `x` inside the common range; for each, the rows of `y` that could touch
+  // it follow from y's stride (b_dense: y is one interval).
+  const Span& x = a.rows <= b.rows ? a : b;
+  const Span& y = a.rows <= b.rows ? b : a;
+  const uintptr_t lo = std::max(a.begin, b.begin), hi = std::min(a.end, b.end);
+  for (int64_t i = 0; i < x.rows; ++i) {
+    const uintptr_t from = x.begin + static_cast<uintptr_t>(i * x.stride_bytes);
+    const uintptr_t to = from + static_cast<uintptr_t>(x.row_bytes);
+    if (to <= lo) continue;
+    if (from >= hi) break;
+    // y's rows j with y.begin + j * stride < to and y.begin + j * stride + row_bytes > from.
+    const int64_t stride = y.stride_bytes > 0 ? y.stride_bytes : 1;
+    const int64_t rel_from = static_cast<int64_t>(from) - static_cast<int64_t>(y.begin);
+    const int64_t rel_to = static_cast<int64_t>(to) - static_cast<int64_t>(y.begin);
+    int64_t j = rel_from - y.row_bytes < 0 ? 0 : (rel_from - y.row_bytes) / stride;
+    for (; j < y.rows; ++j) {
+      const int64_t start = j * stride;
+      if (start >= rel_to) break;
+      if (start + y.row_bytes > rel_from) return true;
+    }
+  }
+  return false;
+}
+
+bool views_overlap(const TensorView& a, const TensorView& b) {
+  if (a.device.type != b.device.type) return false;
+  if (a.device.type == DeviceType::kOpenCL) {
+    // cl_mem handles, not addresses: one buffer is one allocation.
+    return a.data != nullptr && a.data == b.data && a.numel() > 0 && b.numel() > 0;
+  }
+  return spans_overlap(span_of(a), span_of(b));
 }
 
 }  // namespace
 
-Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan) {
+Status check_no_overlap(std::initializer_list<NamedView> writes,
+                        std::initializer_list<NamedView> reads) {
+  auto refuse = [](const NamedView& w, const NamedView& r) {
+    return invalid(
+        std::string("unsupported operation: some elements of the input tensor and the "
+                    "written-to tensor refer to a single memory location. Please clone() the "
+                    "tensor before performing the operation. (") +
+        w.name + " overlaps " + r.name + ")");
+  };
+  // Each view's span once (this runs on every call; a handful of compares when nothing
+  // overlaps).
+  constexpr size_t kMaxViews = 8;
+  Span write_spans[kMaxViews], read_spans[kMaxViews];
+  size_t k = 0;
+  for (const NamedView& w : writes) {
+    if (w.view != nullptr && k < kMaxViews) write_spans[k] = span_of(*w.view);
+    ++k;
+  }
+  k = 0;
+  for (const NamedView& r : reads) {
+    if (r.view != nullptr && k < kMaxViews) read_spans[k] = span_of(*r.view);
+    ++k;
+  }
+  auto overlap = [](const NamedView& a, const Span& sa, const NamedView& b, const Span& sb) {
+    if (a.view->device.type != b.view->device.type) return false;
+    if (a.view->device.type == DeviceType::kOpenCL) return views_overlap(*a.view, *b.view);
+    return spans_overlap(sa, sb);
+  };
+  size_t i = 0;
+  for (auto w = writes.begin(); w != writes.end() && i < kMaxViews; ++w, ++i) {
+    if (w->view == nullptr) continue;
+    size_t j = 0;
+    for (auto r = reads.begin(); r != reads.end() && j < kMaxViews; ++r, ++j) {
+      // (the table under max_norm is read and written: the same view, not an overlap)
+      if (r->view == nullptr || r->view == w->view) continue;
+      if (overlap(*w, write_spans[i], *r, read_spans[j])) return refuse(*w, *r);
+    }
+    size_t m = i + 1;
+    for (auto other = std::next(w); other != writes.end() && m < kMaxViews; ++other, ++m) {
+      if (other->view != nullptr && overlap(*w, write_spans[i], *other, write_spans[m])) {
+        return refuse(*other, *w);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+ForwardInputs IndexSnapshot::apply(const ForwardInputs& in) const {
+  if (!taken) return in;
+  ForwardInputs out = in;
+  out.input = input;
+  if (in.offsets != nullptr) out.offsets = &offsets;
+  return out;
+}
+
+BackwardInputs IndexSnapshot::apply(const BackwardInputs& in) const {
+  if (!taken) return in;
+  BackwardInputs out = in;
+  out.input = input;
+  if (in.offsets != nullptr) out.offsets = &offsets;
+  if (has_argmax) out.argmax = &argmax;
+  return out;
+}
+
+Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan,
+                               IndexSnapshot* snapshot) {
   const TensorView& weight = in.weight;
   const TensorView& input = in.input;
 
@@ -356,6 +518,14 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
                      dtype_name(offsets->dtype));
     }
     if (Status s = check_memory(*offsets, "offsets", true); !s.ok()) return s;
+    if (snapshot != nullptr && on_host) {
+      // From here on the offsets are read from the copy (see IndexSnapshot).
+      const int64_t bytes = offsets->shape[0] * static_cast<int64_t>(dtype_size(offsets->dtype));
+      void* copy = snapshot_buffer(kOffsetsCopy, bytes);
+      if (bytes > 0) std::memcpy(copy, offsets->data, static_cast<size_t>(bytes));
+      snapshot->offsets = make_view_1d(copy, offsets->dtype, offsets->shape[0], offsets->device);
+      offsets = &snapshot->offsets;
+    }
   } else if (offsets != nullptr) {
     return invalid(
         "if input is 2D, then offsets has to be None, as input is treated is a mini-batch of "
@@ -447,8 +617,18 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
 
   // Every index that is read must name a row.
   if (on_host) {
-    const int64_t bad = first_index_out_of_range(input, positions_end, V);
-    if (bad >= 0) return index_value_error(input, bad, load_index(input, bad), V);
+    void* copy = nullptr;
+    if (snapshot != nullptr) {
+      copy = snapshot_buffer(kIndicesCopy,
+                             positions_end * static_cast<int64_t>(dtype_size(input.dtype)));
+      snapshot->input = input;
+      snapshot->input.data = copy;
+      snapshot->taken = true;
+    }
+    const int64_t bad = first_index_out_of_range(input, copy, positions_end, V);
+    if (bad >= 0) {
+      return index_value_error(input, bad, load_index(copy ? snapshot->input : input, bad), V);
+    }
   }
 
   plan->num_rows = V;
@@ -462,8 +642,8 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
 }
 
 Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
-                        ForwardPlan* plan) {
-  if (Status s = validate_forward_inputs(in, opt, plan); !s.ok()) return s;
+                        ForwardPlan* plan, IndexSnapshot* snapshot) {
+  if (Status s = validate_forward_inputs(in, opt, plan, snapshot); !s.ok()) return s;
   for (auto [view, name] :
        {std::pair{&out.output, "output"}, {out.bag_count, "bag_count"}, {out.argmax, "argmax"}}) {
     if (Status s = check_device(in.weight.device, view, name); !s.ok()) return s;
@@ -482,11 +662,24 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
     return invalid(std::string("argmax is only produced by mode='max' (mode is '") +
                    mode_name(opt.mode) + "'); pass no argmax view");
   }
-  return check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D);
+  if (Status s = check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
+    return s;
+  }
+  // (the caller's arrays, not the snapshot's copies: it is their memory the kernels write)
+  return check_no_overlap(
+      {{&out.output, "output"},
+       {out.bag_count, "bag_count"},
+       {out.argmax, "argmax"},
+       {opt.max_norm ? &in.weight : nullptr, "weight (renormalised by max_norm)"}},
+      {{&in.weight, "weight"},
+       {&in.input, "input"},
+       {in.offsets, "offsets"},
+       {in.per_sample_weights, "per_sample_weights"}});
 }
 
 Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& out,
-                              const Options& opt, const ForwardPlan& plan, int64_t sparse_rows) {
+                              const Options& opt, const ForwardPlan& plan, int64_t sparse_rows,
+                              IndexSnapshot* snapshot) {
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
   const DType weight_dtype = in.weight.dtype;
   const TensorView& g = in.grad_output;
@@ -524,7 +717,14 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
     // memory the entries are not read on the host: the GPU kernel adds a bag's gradient only to
     // rows the bag holds, so other entries are ignored there.)
     if (in.weight.device.type == DeviceType::kCPU) {
-      if (Status s = check_argmax_rows(in, plan); !s.ok()) return s;
+      int64_t* copy = nullptr;
+      if (snapshot != nullptr && snapshot->taken) {
+        copy = static_cast<int64_t*>(snapshot_buffer(kArgmaxCopy, B * D * 8));
+        snapshot->argmax = make_view_2d(copy, DType::kInt64, B, D, D, in.argmax->device);
+        snapshot->has_argmax = true;
+      }
+      const BackwardInputs read = snapshot != nullptr ? snapshot->apply(in) : in;
+      if (Status s = check_argmax_rows(read, plan, in.argmax, copy); !s.ok()) return s;
     }
   } else if (in.argmax != nullptr) {
     return invalid(std::string("argmax is only used by mode='max' (mode is '") +
@@ -579,7 +779,16 @@ Status validate_backward_rest(const BackwardInputs& in, const BackwardOutputs& o
     }
     if (Status s = check_memory(gp, "grad_per_sample_weights", true); !s.ok()) return s;
   }
-  return Status::Ok();
+  return check_no_overlap({{out.grad_weight, "grad_weight"},
+                           {out.grad_weight_rows, "grad_weight_rows"},
+                           {out.grad_weight_values, "grad_weight_values"},
+                           {out.grad_per_sample_weights, "grad_per_sample_weights"}},
+                          {{&in.weight, "weight"},
+                           {&in.input, "input"},
+                           {in.offsets, "offsets"},
+                           {in.per_sample_weights, "per_sample_weights"},
+                           {&in.grad_output, "grad_output"},
+                           {in.argmax, "argmax"}});
 }
 
 }  // namespace embag::internal
