@@ -103,6 +103,12 @@ Status check_memory(const TensorView& v, const char* name, bool require_contiguo
       return invalid(std::string(name) + " must be contiguous, but has shape " + v.shape_string() +
                      " and strides " + strides_string(v));
     }
+    if (v.ndim == 2 && v.shape[0] > 1 && v.strides[0] < 0) {
+      return invalid(std::string(name) + " has a negative row stride " +
+                     std::to_string(v.strides[0]) +
+                     " (its rows run backwards in memory, as a reversed view's do); embag reads "
+                     "rows in ascending memory order: pass a copy");
+    }
     if (v.ndim == 2 && v.shape[0] > 1 && v.strides[0] < v.shape[1]) {
       return invalid(std::string(name) + "'s row stride " + std::to_string(v.strides[0]) +
                      " is smaller than its row length " + std::to_string(v.shape[1]) +
@@ -575,8 +581,6 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
     }
     padding = static_cast<int32_t>(p < 0 ? p + V : p);
   }
-  if (opt.max_norm && std::isnan(*opt.max_norm)) return invalid("max_norm must not be NaN");
-  if (opt.max_norm && std::isnan(opt.norm_type)) return invalid("norm_type must not be NaN");
 
   // Sizes the kernels address with 32-bit extents (elements are addressed in 64 bits). Each
   // view's extents and row stride were checked by check_memory; what is left are the products.
