@@ -201,6 +201,31 @@ def _options(
     """Every option checked here, with its name, before nanobind sees it (whose message for a
     wrong type names no argument)."""
     return _embag.make_options(
+        *_checked_options(
+            mode,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            include_last_offset,
+            padding_idx,
+            weight,
+        )
+    )
+
+
+def _checked_options(
+    mode: Any,
+    max_norm: Any,
+    norm_type: Any,
+    scale_grad_by_freq: Any,
+    sparse: Any,
+    include_last_offset: Any,
+    padding_idx: Any,
+    weight: Any,
+) -> tuple:
+    """The options type- and range-checked (pure Python, so torch.compile can trace it)."""
+    return (
         _check_mode(mode),
         None if max_norm is None else _check_real(max_norm, "max_norm"),
         _check_real(norm_type, "norm_type"),

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _embag
-from ._arrays import _capsule, _check_extent, _options, _stream
+from ._arrays import _capsule, _check_extent, _checked_options, _options, _stream
 
 __all__ = ["EmbeddingBag", "embedding_bag"]
 
@@ -364,17 +364,19 @@ def embedding_bag(
     ``ValueError`` with PyTorch's message (PyTorch raises RuntimeError for most of them).
     """
     # Options checked here, with their names, before torch's schema sees them (which refuses
-    # padding_idx=2**63 in its own words, naming no argument).
-    _options(
-        mode,
-        max_norm,
-        norm_type,
-        scale_grad_by_freq,
-        sparse,
-        include_last_offset,
-        padding_idx,
-        weight,
-    )
+    # padding_idx=2**63 in its own words, naming no argument). Eagerly only: under
+    # torch.compile the schema checks the traced values.
+    if not torch.compiler.is_compiling():
+        _checked_options(
+            mode,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            include_last_offset,
+            padding_idx,
+            weight,
+        )
     if max_norm is not None:
         # As PyTorch: renormalise the referenced rows in place, outside autograd.
         with torch.no_grad():
