@@ -45,7 +45,8 @@ std::optional<Mode> parse_mode(const std::string& name);
 // PyTorch's keyword arguments, with PyTorch's defaults.
 struct Options {
   Mode mode = Mode::kMean;
-  std::optional<double> max_norm;      // renormalise referenced rows in place when set
+  std::optional<double> max_norm;      // renormalise referenced rows in place when set (NaN, or
+                                       // a NaN norm_type: no row changes, as in PyTorch)
   double norm_type = 2.0;              // p of the p-norm used by max_norm
   bool scale_grad_by_freq = false;     // backward only; validated here (rejected with max)
   bool sparse = false;                 // backward only; validated here (rejected with max)

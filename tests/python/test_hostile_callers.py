@@ -429,6 +429,24 @@ def test_message_names_the_argument_and_value(case: str, call: Any, kind: type, 
     assert embag.num_threads() == before
 
 
+def test_device_arrays_of_other_libraries_need_out() -> None:
+    # embag allocates the outputs of non-torch arrays with NumPy on the host; an array that says
+    # it lives on a GPU (DLPack device type 2, CUDA) gets UnsupportedError before anything runs,
+    # not a device mismatch. (A stand-in: NumPy memory that reports a CUDA device.)
+    class OnDevice:
+        def __init__(self, array: np.ndarray) -> None:
+            self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+        def __dlpack__(self, **kwargs: Any) -> Any:
+            return self.array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (2, 0)
+
+    with pytest.raises(embag.UnsupportedError, match=r"allocates the outputs of a OnDevice.*pass out="):
+        embag.embedding_bag(OnDevice(W8), IDX, OFF)
+
+
 def test_nan_max_norm_and_norm_type_renormalise_nothing() -> None:
     # PyTorch's result: every `norm > max_norm` comparison is false, so no row changes.
     W = np.random.default_rng(4).random((20, 3)) * 10
