@@ -451,26 +451,33 @@ inline ByteRange byte_range(const TensorView& v) {
 // compared exactly (row by row for row-strided views, by handle for OpenCL buffers).
 bool ranges_may_overlap(std::initializer_list<NamedView> writes,
                         std::initializer_list<NamedView> reads) {
-  ByteRange others[16];
+  constexpr size_t kMax = 16;
+  ByteRange ranges[kMax];
+  const TensorView* views[kMax];
   size_t n = 0;
   for (const NamedView& r : reads) {
-    if (r.view != nullptr && n < 16) others[n++] = byte_range(*r.view);
+    if (r.view != nullptr && n < kMax) {
+      ranges[n] = byte_range(*r.view);
+      views[n++] = r.view;
+    }
   }
   const size_t first_write = n;
   for (const NamedView& w : writes) {
-    if (w.view != nullptr && n < 16) others[n++] = byte_range(*w.view);
-  }
-  for (size_t i = first_write; i < n; ++i) {
-    const ByteRange w = others[i];
-    for (size_t j = 0; j < n; ++j) {
-      const ByteRange o = others[j];
-      if (j != i && w.begin < o.end && o.begin < w.end && w.begin < w.end && o.begin < o.end) {
-        return true;
-      }
+    if (w.view == nullptr) continue;
+    if (w.view->device.type == DeviceType::kOpenCL) return true;
+    if (n < kMax) {
+      ranges[n] = byte_range(*w.view);
+      views[n++] = w.view;
     }
   }
-  for (const NamedView& w : writes) {
-    if (w.view != nullptr && w.view->device.type == DeviceType::kOpenCL) return true;
+  for (size_t i = first_write; i < n; ++i) {
+    const ByteRange w = ranges[i];
+    if (w.begin >= w.end) continue;
+    for (size_t j = 0; j < n; ++j) {
+      // (the table under max_norm is read and written: the same view, not an overlap)
+      if (views[j] == views[i]) continue;
+      if (w.begin < ranges[j].end && ranges[j].begin < w.end) return true;
+    }
   }
   return false;
 }
