@@ -11,6 +11,7 @@
 #include <sstream>
 #include <vector>
 
+#include "cpu_features.h"
 #include "forward_plan.h"
 
 namespace embag::internal {
@@ -303,35 +304,65 @@ namespace {
 // With `copy`, each index is copied there as it is checked: the value loaded once into a
 // register is both stored and compared, so the verdict holds for the copy whatever another
 // thread writes to `source` meanwhile; the rescan for the position reads the copy.
-// (__restrict__: the copy is embag's own buffer, never the caller's, so the fused loop
-// vectorises like the plain check; without it the compiler kept it scalar, +500 instructions a
-// call on the CI shapes.)
+// (__restrict__: the copy is embag's own buffer, never the caller's.) The OR of 0/1 words is the
+// form GCC vectorises; baseline x86-64 has no 64-bit compare (SSE4.2's pcmpgtq), so on x86 an
+// AVX2 instance is picked where the CPU has it: the copy then costs about nothing next to the
+// check (callgrind, 10k x 64 warm forward: +3.2 instructions an index scalar).
 template <typename Index>
-int64_t first_out_of_range(const Index* __restrict__ source, Index* __restrict__ copy, int64_t n,
-                           int64_t rows) {
+inline __attribute__((always_inline)) bool block_out_of_range(const Index* __restrict__ source,
+                                                              Index* __restrict__ copy,
+                                                              int64_t length, uint64_t limit) {
+  uint64_t bad = 0;
+  if (copy != nullptr) {
+    for (int64_t p = 0; p < length; ++p) {
+      const Index value = source[p];
+      copy[p] = value;
+      bad |= static_cast<uint64_t>(static_cast<int64_t>(value)) >= limit ? 1u : 0u;
+    }
+  } else {
+    for (int64_t p = 0; p < length; ++p) {
+      bad |= static_cast<uint64_t>(static_cast<int64_t>(source[p])) >= limit ? 1u : 0u;
+    }
+  }
+  return bad != 0;
+}
+
+template <typename Index>
+int64_t scan_blocks(const Index* __restrict__ source, Index* __restrict__ copy, int64_t n,
+                    int64_t rows, bool (*block)(const Index*, Index*, int64_t, uint64_t)) {
   constexpr int64_t kBlock = 1024;
   const uint64_t limit = static_cast<uint64_t>(rows);
   for (int64_t begin = 0; begin < n; begin += kBlock) {
-    const int64_t end = std::min(n, begin + kBlock);
-    bool bad = false;
-    if (copy != nullptr) {
-      for (int64_t p = begin; p < end; ++p) {
-        const Index value = source[p];
-        copy[p] = value;
-        bad |= static_cast<uint64_t>(static_cast<int64_t>(value)) >= limit;
-      }
-    } else {
-      for (int64_t p = begin; p < end; ++p) {
-        bad |= static_cast<uint64_t>(static_cast<int64_t>(source[p])) >= limit;
-      }
-    }
-    if (!bad) continue;
+    const int64_t length = std::min(n - begin, kBlock);
+    if (!block(source + begin, copy != nullptr ? copy + begin : nullptr, length, limit)) continue;
     const Index* indices = copy != nullptr ? copy : source;
-    for (int64_t p = begin; p < end; ++p) {
+    for (int64_t p = begin; p < begin + length; ++p) {
       if (static_cast<uint64_t>(static_cast<int64_t>(indices[p])) >= limit) return p;
     }
   }
   return -1;
+}
+
+template <typename Index>
+bool block_generic(const Index* source, Index* copy, int64_t length, uint64_t limit) {
+  return block_out_of_range(source, copy, length, limit);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+template <typename Index>
+__attribute__((target("avx2"))) bool block_avx2(const Index* source, Index* copy, int64_t length,
+                                                uint64_t limit) {
+  return block_out_of_range(source, copy, length, limit);
+}
+#endif
+
+template <typename Index>
+int64_t first_out_of_range(const Index* source, Index* copy, int64_t n, int64_t rows) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool avx2 = cpu_supports(Isa::kAvx2);
+  if (avx2) return scan_blocks<Index>(source, copy, n, rows, &block_avx2<Index>);
+#endif
+  return scan_blocks<Index>(source, copy, n, rows, &block_generic<Index>);
 }
 
 int64_t first_index_out_of_range(const TensorView& input, void* copy, int64_t n, int64_t rows) {
