@@ -131,26 +131,33 @@ const embag::TensorView* optional_view(nb::handle capsule, const char* name,
   return &**storage;
 }
 
-// Releases the GIL for a call into embag and takes it back afterwards, except while the
-// interpreter is finalizing: Python 3.11 then ends a thread that asks for the GIL with
-// pthread_exit, whose forced unwinding through the noexcept frames of the call (and nanobind's)
-// aborts the whole process ("terminate called without an active exception", rc 134) when a
-// daemon thread is inside a kernel at exit. Such a thread parks instead, holding nothing, until
-// the exiting process ends it. (A finalization that starts between the check and the re-acquire
-// still takes Python's path; the window is the length of one test.)
+// Releases the GIL for a call into embag and takes it back afterwards, surviving interpreter
+// exit. When the interpreter finalizes, Python 3.11 ends a daemon thread that asks for the GIL
+// with pthread_exit; its forced unwinding through this destructor (noexcept) or nanobind's
+// dispatcher (catch (...) without rethrow) aborts the whole process ("terminate called without
+// an active exception", rc 134; F.embedding_bag does the same). So a thread that comes back from
+// a kernel during finalization parks instead of asking, and one that was already waiting for
+// the GIL when finalization began catches the forced unwind right here and parks inside the
+// handler: it holds nothing, and the exiting process ends it. (Leaving the handler would
+// terminate; never leaving it does not.)
 class GilRelease {
  public:
   GilRelease() : state_(PyEval_SaveThread()) {}
   ~GilRelease() {
-    if (finalizing()) {
-      for (;;) pause();
+    if (finalizing()) park();
+    try {
+      PyEval_RestoreThread(state_);
+    } catch (...) {  // abi::__forced_unwind from pthread_exit: the interpreter ended this thread
+      park();
     }
-    PyEval_RestoreThread(state_);
   }
   GilRelease(const GilRelease&) = delete;
   GilRelease& operator=(const GilRelease&) = delete;
 
  private:
+  [[noreturn]] static void park() {
+    for (;;) pause();
+  }
   static bool finalizing() {
 #if PY_VERSION_HEX >= 0x030D0000
     return Py_IsFinalizing() != 0;
