@@ -29,9 +29,12 @@ struct ForwardPlan {
 // gradients) are not copied; a race on them changes numbers, never addresses.
 //
 // The copies live in buffers kept per calling thread (a fresh allocation each call costs a page
-// fault per 4 KiB); a snapshot is valid until the next call on the same thread. Copying costs
-// one write of the indices, a stream small next to the rows they gather (measured in the
-// README's "Racing callers").
+// fault per 4 KiB); a snapshot is valid until the next call on the same thread. The index copy is
+// fused with the range check (vectorised with AVX2 where the CPU has it), so it costs about
+// nothing next to the check; what remains is a fixed few hundred instructions a call (callgrind,
+// instructions per forward call against the same build without the copies: +0.3 to +1.8% on
+// the CI shapes with D >= 33, +7 to +12% on its sub-microsecond D = 1 and empty-bag rows,
+// -5.5% on a 10k x 64 warm batch of 82k indices).
 struct IndexSnapshot {
   bool taken = false;  // false: validation read the caller's arrays (validate(), GPU calls)
   TensorView input;    // [0, positions_end) copied; the rest is never read
