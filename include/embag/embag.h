@@ -46,7 +46,8 @@ std::optional<Mode> parse_mode(const std::string& name);
 // PyTorch's keyword arguments, with PyTorch's defaults.
 struct Options {
   Mode mode = Mode::kMean;
-  std::optional<double> max_norm;      // renormalise referenced rows in place when set
+  std::optional<double> max_norm;      // renormalise referenced rows in place when set (NaN, or
+                                       // a NaN norm_type: no row changes, as in PyTorch)
   double norm_type = 2.0;              // p of the p-norm used by max_norm
   bool scale_grad_by_freq = false;     // backward only; validated here (rejected with max)
   bool sparse = false;                 // backward only; validated here (rejected with max)
@@ -256,10 +257,18 @@ void set_cache_resident_bytes(int64_t bytes);
 
 // Threads used by the kernels (the calling thread included; embag's own pool runs the kernels'
 // parallel loops on exactly this many). The environment variable
-// EMBAG_NUM_THREADS sets the initial value; default is the number of cores. Results are
-// bitwise identical for every thread count.
-void set_num_threads(int n);
+// EMBAG_NUM_THREADS sets the initial value (clamped to [1, max_num_threads()]); default is the
+// number of cores. Results are bitwise identical for every thread count.
+// n must be in [1, max_num_threads()]: kInvalidArgument otherwise. All or nothing: when the
+// system refuses a new thread (a thread or memory limit), the threads this call started are
+// stopped again, the count stays as it was, and the Status (kUnsupported) says why.
+// The pool survives fork(): a child process keeps the count and starts its own threads on its
+// first parallel call (the parent's threads do not exist there).
+Status set_num_threads(int n);
 int num_threads();
+// The most threads set_num_threads accepts: 1024, or four per hardware thread on machines with
+// more than 256 of them. A bound, not advice: beyond the cores, threads only share them.
+int max_num_threads();
 
 // Asks Linux to back [data, data + bytes) with transparent huge pages (madvise MADV_HUGEPAGE on
 // the whole 2 MiB pages inside the range). A gather from a table far larger than the TLB's reach
