@@ -59,7 +59,9 @@ class CliTest : public ::testing::Test {
     const Status status = npy::load(path(name), &a);
     EXPECT_TRUE(status.ok()) << status.message();
     EXPECT_EQ(a.dtype, dtype) << name;
-    if (shape != nullptr) EXPECT_EQ(a.shape, *shape) << name;
+    if (shape != nullptr) {
+      EXPECT_EQ(a.shape, *shape) << name;
+    }
     std::vector<T> v(static_cast<size_t>(a.numel()));
     if (a.data.size() == v.size() * sizeof(T)) {
       std::memcpy(v.data(), a.data.data(), a.data.size());
