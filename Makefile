@@ -139,11 +139,12 @@ bench-venv:
 # PNG plots (bench/report.py), and that report into README.md's section for this CPU kind. About
 # 15 minutes on a 2-core machine; nothing else should run.
 # BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
-# the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_SHAPES the
-# shape file.
+# the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_MIN_TIME the
+# seconds each repetition lasts at least, BENCH_SHAPES the shape file.
 BENCH_BUILD_DIR ?= build-bench
 BENCH_ISAS ?=
 BENCH_REPETITIONS ?= 3
+BENCH_MIN_TIME ?= 0.2
 BENCH_SHAPES ?= bench/shapes/report.txt
 bench-report: bench-venv
 	@torch_dir=$$(cd / && $(abspath .venv-torch/bin/python) -c \
@@ -151,7 +152,8 @@ bench-report: bench-venv
 	$(MAKE) build BUILD_DIR=$(BENCH_BUILD_DIR) ISAS="$(BENCH_ISAS)" \
 	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
 	.venv-torch/bin/python bench/report.py --build $(BENCH_BUILD_DIR) --out bench/results \
-	  --shapes $(BENCH_SHAPES) --repetitions $(BENCH_REPETITIONS) --readme README.md \
+	  --shapes $(BENCH_SHAPES) --repetitions $(BENCH_REPETITIONS) --min-time $(BENCH_MIN_TIME) \
+	  --readme README.md \
 	  --command "make bench-report$(if $(BENCH_ISAS), BENCH_ISAS=$(BENCH_ISAS))$(if $(filter-out bench/shapes/report.txt,$(BENCH_SHAPES)), BENCH_SHAPES=$(BENCH_SHAPES))"
 
 install: build

@@ -20,8 +20,8 @@ Table rows sized from this CPU's caches: in the shape file the rows field may be
 smallest row count whose float32 table is at least k times the L3 cache), besides a plain number.
 The L3 size comes from sysfs (/sys/devices/system/cpu/cpu0/cache), then `getconf`; it is passed to
 the benchmarks as --llc_mib, so "cold" (table over half the L3) and "warm" follow the same cache.
-Backward runs on the uniform shapes only (the zipf ones change little there and would double the
-run time).
+Backward and the huge-pages forward run on the uniform shapes only, and every repetition lasts at
+least --min-time (0.2 s): the whole report takes ~15 minutes on 2 cores.
 
 Run with .venv-torch's Python (matplotlib). Times depend on the machine and its load: read the
 ratios of one run, not absolute numbers across runs.
@@ -414,8 +414,10 @@ def main():
     ap.add_argument("--command", default="make bench-report", help="recorded in the report")
     ap.add_argument("--readme", help="README to put the report into (its CPU kind's section)")
     ap.add_argument("--no-backward", action="store_true", help="forward rows only")
-    ap.add_argument("--min-time", help="Google Benchmark's --benchmark_min_time per repetition "
-                    "(its default when not given); a small value for a quick check of the report")
+    ap.add_argument("--min-time", default="0.2",
+                    help="Google Benchmark's --benchmark_min_time, seconds per repetition (0.2: "
+                    "the whole report in ~15 minutes on 2 cores; a smaller value for a quick "
+                    "check of the report)")
     args = ap.parse_args()
 
     cpu = lscpu()
@@ -430,16 +432,16 @@ def main():
         f.write("\n".join(shapes) + "\n")
     llc_mib = max(1, caches["l3"] >> 20) if caches["l3"] else 32
     llc_flag = f"--llc_mib={llc_mib}"
-    bench_flags = (llc_flag,) + ((f"--benchmark_min_time={args.min_time}",) if args.min_time
-                                 else ())
+    bench_flags = (llc_flag, f"--benchmark_min_time={args.min_time}")
 
     load_before = loadavg()
     fwd_bin = os.path.join(args.build, "bench/bench_forward")
     fwd_data = run_bench(fwd_bin, shapes, args.repetitions, os.path.join(out, "forward.json"),
                          "-reference", flags=bench_flags)
     # The same forward rows with every table on transparent huge pages (--huge_pages: embag's
-    # advise_huge_pages, for every row alike), cold shapes only.
-    thp_data = run_bench(fwd_bin, shapes, args.repetitions,
+    # advise_huge_pages, for every row alike), cold uniform shapes only (for the run time).
+    thp_data = run_bench(fwd_bin, [s for s in shapes if s.split(",")[4].strip() == "uniform"],
+                         args.repetitions,
                          os.path.join(out, "forward_huge_pages.json"), "-reference|warm",
                          flags=bench_flags + ("--huge_pages",))
     bwd_data = {"context": {}, "benchmarks": []}
@@ -485,7 +487,8 @@ def main():
         f"L3 {mib(caches['l3'])} (lscpu, all instances: {lscpu_caches or '?'})",
         f"- Date: {now}; commit {commit}{' (with local changes)' if dirty else ''}",
         f"- Command: `{args.command}` (shapes `{args.shapes}`, resolved in `shapes.txt`; median "
-        f"of {args.repetitions} repetitions, each shape in a run of its own)",
+        f"of {args.repetitions} repetitions of at least {args.min_time} s, each shape in a run "
+        f"of its own)",
         f"- Shapes: float32 table 64-byte aligned, int64 indices, B+1 offsets; warm tables fit "
         f"in half the L3 (one index batch), cold ones do not and cycle 8 index batches drawn "
         f"over the whole table; `<k>xL3` rows in the shape file are k times the "
@@ -541,7 +544,8 @@ def main():
     thp_seq = {t: thp.get(f"memory/sequential_read/threads:{t}") for t in (1, 2)}
     lines += ["", "## Forward, tables on transparent huge pages (GB/s)", "",
               "`bench_forward --huge_pages`: every table 2 MiB-aligned and advised with "
-              "`embag::advise_huge_pages` before it is filled, the same memory for all. "
+              "`embag::advise_huge_pages` before it is filled, the same memory for all; cold uniform "
+              "shapes. "
               f"Sequential read there: {fmt(thp_seq[1])} / {fmt(thp_seq[2])} GB/s (1 / 2 "
               "threads).", "",
               "| shape | mode | threads | embag | loop | PyTorch | TBE | embag / loop | "
