@@ -171,6 +171,26 @@ def loop_prefetches(build):
     return ", ".join(f"`{k}` x {v}" for k, v in sorted(counts.items()))
 
 
+def tbe_module_check():
+    """The line bench/tbe_module_check.py gives for the report: the module against the operator
+    the fbgemm_tbe rows time (same output? how much slower?)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tbe_module_check.py")
+    run = subprocess.run([sys.executable, script, "--threads", "1"], capture_output=True,
+                         text=True)
+    try:
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return "not checked (`bench/tbe_module_check.py` failed: " + \
+            (run.stderr.strip().splitlines() or ["?"])[-1] + ")"
+    parts = [f"{mode}: module {m['module_us']:.0f} us, operator {m['operator_us']:.0f} us per "
+             f"call ({m['module_over_operator']:.2f}x), "
+             f"{'bitwise the same output' if m['bitwise_equal'] else 'DIFFERENT OUTPUTS'}"
+             for mode, m in r["modes"].items()]
+    return (f"the module itself, from Python under `no_grad` ({r['shape']}, 1 thread, "
+            f"`bench/tbe_module_check.py`), against the operator with its buffers: "
+            + "; ".join(parts))
+
+
 def loadavg():
     try:
         with open("/proc/loadavg") as f:
@@ -450,6 +470,7 @@ def main():
         bwd_data = run_bench(os.path.join(args.build, "bench/bench_backward"), bwd_shapes,
                              args.repetitions, os.path.join(out, "backward.json"),
                              flags=bench_flags)
+    load_after = loadavg()
     fwd, bwd, thp = medians(fwd_data), medians(bwd_data), medians(thp_data)
     fwd_labels = labels(fwd_data)
     if not any(k.startswith("pytorch/") for k in fwd):
@@ -506,8 +527,9 @@ def main():
                       "`SplitTableBatchedEmbeddingBagsCodegen`'s CPU forward operator "
                       "(`fbgemm::split_embedding_codegen_forward_cpu`, what the module runs for "
                       "one HOST table, SUM or MEAN pooling; it has no max) through the c10 "
-                      "dispatcher, in the same process on the same memory"
-                      if has_tbe else "not measured (no fbgemm_gpu in this build's torch)"),
+                      "dispatcher, in the same process on the same memory; "
+                      + tbe_module_check()
+                      if has_tbe else "not measured (no fbgemm_gpu beside this build's torch)"),
         f"- Sequential read: {fmt(seq[1])} GB/s on 1 thread, {fmt(seq[2])} GB/s on 2",
         "- Every peer row is checked before timing: embag and the loop bitwise, PyTorch and TBE "
         "within 1e-5 relative of the loop",
@@ -592,8 +614,12 @@ def main():
                   "dense loop (fill, then add each position's row).", "",
                   "| shape | mode / form | threads | embag | loop | PyTorch | embag / loop | "
                   "embag / PyTorch |", "|---|---|---|---|---|---|---|---|"]
+    def form_key(rest):
+        mode, _, form = rest.partition("/")
+        return (FORM_ORDER.get(form, 9), MODE_ORDER.get(mode, 9))
+
     for (shape, rest, threads), v in sorted(
-            btable.items(), key=lambda kv: (shape_key(kv[0][0]), kv[0][1], kv[0][2])):
+            btable.items(), key=lambda kv: (shape_key(kv[0][0]), form_key(kv[0][1]), kv[0][2])):
         if "embag" not in v and "pytorch" not in v:
             continue
         e, loop, pt = v.get("embag"), v.get("pytorch_style_dense"), v.get("pytorch")
@@ -605,7 +631,7 @@ def main():
     lines += ["", "![forward: embag / loop and embag / best peer](forward_ratios.png)", ""]
     if bwd_plot:
         lines += ["![backward: embag / loop and embag / PyTorch](backward_ratios.png)", ""]
-    lines = [line.replace("{load_after}", loadavg()) for line in lines]
+    lines = [line.replace("{load_after}", load_after) for line in lines]
     with open(os.path.join(out, "REPORT.md"), "w") as f:
         f.write("\n".join(lines))
 
