@@ -267,6 +267,17 @@ def _skip_memory(extra_filter):
     return "-memory/" if not extra_filter else extra_filter + "|memory/"
 
 
+def bench_env():
+    """The benchmarks' environment: OMP_WAIT_POLICY=passive unless the caller set one. PyTorch's
+    and TBE's kernels run on OpenMP threads; with libgomp's default (spin, then sleep) PyTorch's
+    2-thread embedding_bag rows ran 4-15x slower than with passive on a shared 2-core machine
+    (2026-12-03), the waiting worker burning the core the other needed. embag and the loop use
+    their own pools, which this does not touch."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    return env
+
+
 def run_bench_once(binary, shapes, repetitions, out_json, extra_filter=None, flags=()):
     cmd = [binary, f"--shapes={shapes}", *flags, f"--benchmark_repetitions={repetitions}",
            "--benchmark_report_aggregates_only=true", f"--benchmark_out={out_json}",
@@ -274,7 +285,7 @@ def run_bench_once(binary, shapes, repetitions, out_json, extra_filter=None, fla
     if extra_filter:
         cmd.append(f"--benchmark_filter={extra_filter}")
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=bench_env())
     # (a filter that matches no row of this shape -- warm shapes in the huge-pages run -- leaves
     # no output)
     if not os.path.exists(out_json) or os.path.getsize(out_json) == 0:
@@ -522,7 +533,10 @@ def main():
         f"`_mm_prefetch(..., _MM_HINT_T0)` (`prefetcht0`, as FBGEMM's JIT emits) of every line "
         f"of the row 16 positions ahead; the machine's limit (its objects, by objdump: "
         f"{loop_prefetches(args.build)})",
-        f"- PyTorch: {context.get('pytorch', '?')}: `F.embedding_bag` under inference mode",
+        f"- PyTorch: {context.get('pytorch', '?')}: `F.embedding_bag` under inference mode; "
+        f"PyTorch's and TBE's OpenMP threads with `OMP_WAIT_POLICY={bench_env()['OMP_WAIT_POLICY']}`"
+        f" (libgomp's default spinning made PyTorch's 2-thread rows 4-15x slower on a shared "
+        f"2-core machine)",
         f"- TBE: " + (f"fbgemm-gpu-cpu {context.get('fbgemm_tbe', '?')}: "
                       "`SplitTableBatchedEmbeddingBagsCodegen`'s CPU forward operator "
                       "(`fbgemm::split_embedding_codegen_forward_cpu`, what the module runs for "
