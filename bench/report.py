@@ -12,9 +12,10 @@ folder per CPU vendor and vector ISA, so the last report of each kind stays besi
   backward_ratios.png   the same for backward and the training step (embag / loop, / PyTorch)
   shapes.txt            the shape file the benchmarks ran (rows resolved, see below)
   forward.json, forward_huge_pages.json, backward.json   Google Benchmark's raw output
-With --readme it also puts REPORT.md into that file between the markers of its CPU kind
-(`<!-- bench-report <kind>: begin -->` ... `end -->`), adding them after the last such section if
-they are not there yet: the README keeps the last report of every CPU kind it was run on.
+With --readme it also puts a summary of the report (CPU, date, commit, command, a link, the forward
+ratio plot) into that file between the markers of its CPU kind (`<!-- bench-report <kind>:
+begin -->` ... `end -->`), adding them after the last such section if they are not there yet: the
+README keeps the last report of every CPU kind it was run on.
 
 Table rows sized from this CPU's caches: in the shape file the rows field may be `<k>xL3` (the
 smallest row count whose float32 table is at least k times the L3 cache), besides a plain number.
@@ -409,16 +410,17 @@ def ratio_bars(path, title, panels, series, values, note, columns=4):
 # ---- README ---------------------------------------------------------------------------------
 
 def update_readme(readme, kind, lines, folder):
-    """Puts the report between README's markers for `kind`, as described in the docstring."""
+    """Puts a summary of the report (the CPU, caches, date, commit, command and load, a link to
+    REPORT.md and the forward ratio plot) between README's markers for `kind`, adding them after
+    the last such section if they are not there yet: the README keeps the last report of every
+    CPU kind it was run on, the tables stay in REPORT.md."""
     with open(readme) as f:
         text = f.read()
     begin, end = f"<!-- bench-report {kind}: begin -->", f"<!-- bench-report {kind}: end -->"
-    # In the README the plots are under the report's folder.
-    body = [re.sub(r"\]\((\w+\.png)\)", rf"]({folder}/\1)", line) for line in lines]
-    # The README's section heading ("#### <kind>") stands for the report's title; its sections
-    # go under it.
-    body = [f"**{line[2:]}**" if line.startswith("# ") else
-            ("###" + line if line.startswith("## ") else line) for line in body]
+    keep = ("- CPU:", "- Caches", "- Date:", "- Command:", "- Load average")
+    body = [line for line in lines if line.startswith(keep)]
+    body += [f"- Every table: [{folder}/REPORT.md]({folder}/REPORT.md)", "",
+             f"![forward: embag / loop and embag / best peer]({folder}/forward_ratios.png)"]
     block = "\n".join([begin, *body, end])
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]

@@ -34,7 +34,12 @@ inline Halide::Expr infinity_bits(const Halide::Type& t) {
 
 // True where `v` (any float type) is a NaN, decided with integer operations on its bits.
 inline Halide::Expr is_nan_by_bits(const Halide::Expr& v) {
-  return magnitude_bits(v) > infinity_bits(v.type());
+  // Compared as signed integers (the magnitude's top bit is clear, so the order is the same): x86
+  // has a signed vector compare (pcmpgt) but no unsigned one, which LLVM emulates with a max and an
+  // equality, one instruction more per vector in max's fold.
+  using namespace Halide;
+  const Type signed_bits = Int(v.type().bits());
+  return cast(signed_bits, magnitude_bits(v)) > cast(signed_bits, infinity_bits(v.type()));
 }
 
 // True when float16 conversions on `target` are emulated and so need the NaN fix-ups below. Only

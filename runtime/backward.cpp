@@ -8,7 +8,7 @@
 #include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
-#include "gpu_forward.h"
+#include "gpu/gpu_forward.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -247,10 +247,15 @@ Status run_rows_kernel(CallContext& call, const KernelEntry& kernel, const Backw
 }
 
 // Everything up to the kernels: validation of inputs and outputs, the layout and the row groups.
+// The index arrays are copied into `snapshot` and validated there; the layout, the groups and
+// (through snapshot->apply) the kernels use the copies.
 Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
-               ForwardPlan* plan, BagLayout* layout, RowGroups* groups) {
-  const ForwardInputs fin = forward_inputs_of(in);
-  if (Status s = internal::validate_forward_inputs(fin, opt, plan); !s.ok()) return s;
+               ForwardPlan* plan, BagLayout* layout, RowGroups* groups,
+               internal::IndexSnapshot* snapshot) {
+  if (Status s = internal::validate_forward_inputs(forward_inputs_of(in), opt, plan, snapshot);
+      !s.ok())
+    return s;
+  const ForwardInputs fin = snapshot->apply(forward_inputs_of(in));
   internal::make_bag_layout(fin, opt, *plan, layout);
   // (the dense scatter needs each position's bag, not the sort; U matters only to sparse
   // outputs)
@@ -260,7 +265,7 @@ Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Optio
     assign_bags(*layout, *plan, groups, nullptr, nullptr);
   }
   return internal::validate_backward_rest(in, out, opt, *plan,
-                                          static_cast<int64_t>(groups->rows.size()));
+                                          static_cast<int64_t>(groups->rows.size()), snapshot);
 }
 
 }  // namespace
@@ -269,11 +274,15 @@ Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options
                             const Execution& execution) {
   return internal::guard_api([&] {
     ForwardPlan plan;
-    const ForwardInputs fin = forward_inputs_of(inputs);
-    if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+    internal::IndexSnapshot snapshot;
+    if (Status s =
+            internal::validate_forward_inputs(forward_inputs_of(inputs), options, &plan, &snapshot);
+        !s.ok())
+      return s;
     if (inputs.weight.device.type != DeviceType::kCPU) {
       return internal::gpu::backward(inputs, BackwardOutputs{}, options, execution, plan, rows);
     }
+    const ForwardInputs fin = snapshot.apply(forward_inputs_of(inputs));
     BagLayout layout;
     internal::make_bag_layout(fin, options, plan, &layout);
     RowGroups groups;
@@ -300,7 +309,9 @@ Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& ou
     }
     BagLayout layout;
     RowGroups groups;
-    if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups); !s.ok()) return s;
+    internal::IndexSnapshot snapshot;
+    if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups, &snapshot); !s.ok())
+      return s;
     BackwardKernels kernels;
     return select_backward_kernels(inputs, outputs, options, plan, &kernels);
   });
@@ -436,10 +447,12 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     }
     BagLayout layout;
     RowGroups groups;
-    if (Status s = prepare(in, out, opt, &plan, &layout, &groups); !s.ok()) return s;
+    internal::IndexSnapshot snapshot;
+    if (Status s = prepare(in, out, opt, &plan, &layout, &groups, &snapshot); !s.ok()) return s;
     BackwardKernels kernels;
     if (Status s = select_backward_kernels(in, out, opt, plan, &kernels); !s.ok()) return s;
-    return cpu_backward(in, out, opt, plan, layout, groups, kernels);
+    // The kernels read the validated copies of the offsets, indices and argmax.
+    return cpu_backward(snapshot.apply(in), out, opt, plan, layout, groups, kernels);
   });
 }
 

@@ -20,15 +20,49 @@ std::optional<DType> dtype_from_dlpack(DLDataType t) {
   return std::nullopt;
 }
 
+// A DLPack dtype as NumPy / PyTorch spell it ("int8", "uint64", "complex64", "bool"), or its
+// codes where there is no common name.
+std::string dlpack_dtype_name(DLDataType t) {
+  std::string base;
+  switch (t.code) {
+    case kDLInt:
+      base = "int";
+      break;
+    case kDLUInt:
+      base = "uint";
+      break;
+    case kDLFloat:
+      base = "float";
+      break;
+    case kDLBfloat:
+      base = "bfloat";
+      break;
+    case 5:  // kDLComplex
+      base = "complex";
+      break;
+    case 6:  // kDLBool
+      if (t.bits == 8) base = "bool";
+      break;
+    default:
+      break;
+  }
+  if (base.empty()) {
+    return "(DLPack code " + std::to_string(t.code) + ", bits " + std::to_string(t.bits) + ")";
+  }
+  std::string name = base == "bool" ? base : base + std::to_string(t.bits);
+  if (t.lanes != 1) name += " x " + std::to_string(t.lanes) + " lanes";
+  return name;
+}
+
 }  // namespace
 
 Status from_dlpack(const DLTensor& tensor, TensorView* view) {
   const std::optional<DType> dtype = dtype_from_dlpack(tensor.dtype);
   if (!dtype) {
     return Status(StatusCode::kInvalidArgument,
-                  "DLPack dtype (code " + std::to_string(tensor.dtype.code) + ", bits " +
-                      std::to_string(tensor.dtype.bits) + ", lanes " +
-                      std::to_string(tensor.dtype.lanes) + ") has no embag equivalent");
+                  "dtype " + dlpack_dtype_name(tensor.dtype) +
+                      " is not one embag takes (tables and weights: float16, bfloat16, float32, "
+                      "float64; indices and offsets: int32, int64)");
   }
   if (tensor.ndim < 0 || tensor.ndim > 2) {
     return Status(StatusCode::kInvalidArgument,

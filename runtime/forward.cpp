@@ -1,4 +1,5 @@
 // embag::forward and embag::validate: validate, plan the bags, renormalise, pick the kernel, run.
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -6,8 +7,8 @@
 #include "api_guard.h"
 #include "bag_layout.h"
 #include "forward_plan.h"
-#include "gpu_forward.h"
-#include "gpu_session.h"
+#include "gpu/gpu_forward.h"
+#include "gpu/gpu_session.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -159,6 +160,15 @@ Status run_forward_kernel(CallContext& call, const KernelEntry& kernel, const Fo
   return s;
 }
 
+// max_norm = NaN or norm_type = NaN renormalises nothing, as in PyTorch: every comparison
+// `norm > max_norm` is false then (SEMANTICS.md: a row whose norm is NaN is untouched). The
+// call then neither runs the renorm kernel nor counts as writing the table.
+Options without_nan_renorm(const Options& options) {
+  Options o = options;
+  if (o.max_norm && (std::isnan(*o.max_norm) || std::isnan(o.norm_type))) o.max_norm.reset();
+  return o;
+}
+
 }  // namespace
 
 int64_t num_bags(const TensorView& input, const TensorView* offsets, const Options& options) {
@@ -169,9 +179,10 @@ int64_t num_bags(const TensorView& input, const TensorView* offsets, const Optio
   return n;
 }
 
-Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
-                const Execution& /*execution*/) {
+Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs,
+                const Options& caller_options, const Execution& /*execution*/) {
   return internal::guard_api([&] {
+    const Options options = without_nan_renorm(caller_options);
     ForwardPlan plan;
     if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
     if (inputs.weight.device.type != DeviceType::kCPU) {
@@ -182,14 +193,20 @@ Status validate(const ForwardInputs& inputs, const ForwardOutputs& outputs, cons
   });
 }
 
-Status forward(const ForwardInputs& inputs, const ForwardOutputs& outputs, const Options& options,
-               const Execution& execution) {
+Status forward(const ForwardInputs& caller_inputs, const ForwardOutputs& outputs,
+               const Options& caller_options, const Execution& execution) {
   return internal::guard_api([&] {
+    const Options options = without_nan_renorm(caller_options);
     ForwardPlan plan;
-    if (Status s = internal::validate_forward(inputs, outputs, options, &plan); !s.ok()) return s;
-    if (inputs.weight.device.type != DeviceType::kCPU) {
-      return internal::gpu::forward(inputs, outputs, options, execution, plan);
+    internal::IndexSnapshot snapshot;
+    if (Status s = internal::validate_forward(caller_inputs, outputs, options, &plan, &snapshot);
+        !s.ok())
+      return s;
+    if (caller_inputs.weight.device.type != DeviceType::kCPU) {
+      return internal::gpu::forward(caller_inputs, outputs, options, execution, plan);
     }
+    // From here on the offsets and indices are the validated private copies.
+    const ForwardInputs inputs = snapshot.apply(caller_inputs);
     SelectedKernels kernels;
     if (Status s =
             select_kernels(inputs, options, plan.pooling, outputs.argmax != nullptr, &kernels);

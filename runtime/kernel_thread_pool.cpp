@@ -1,11 +1,24 @@
 // A small persistent thread pool for the kernels' parallel loops.
+//
+// fork(): a child process has only the thread that forked, so the parent's workers do not exist
+// there, and any of the pool's mutexes may have been held by one of them at the moment of the
+// fork. A pthread_atfork child handler therefore replaces the pool with a fresh one of the same
+// size whose workers start on its first parallel loop (the parent's pool is left as it was, and
+// the child's copy of it is abandoned, never touched again). Without this a forked child
+// (multiprocessing's "fork" start method, DataLoader workers, pre-forking servers) published its
+// first job to workers that do not exist and waited for them forever.
 #include "kernel_thread_pool.h"
+
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -16,15 +29,19 @@ namespace {
 
 class KernelThreadPool {
  public:
-  void set_threads(int n) {
+  KernelThreadPool() = default;
+  // A pool of `threads` whose workers start on the first parallel loop (a forked child's).
+  explicit KernelThreadPool(int threads) : threads_(threads) {}
+
+  // Starts the missing workers and sets the thread count; all or nothing: when a worker cannot
+  // be started, the ones this call started are stopped again, the count is unchanged, and the
+  // error (errno-style, e.g. EAGAIN) is returned. 0 on success.
+  int set_threads(int n) {
     std::lock_guard<std::mutex> job_lock(job_mutex_);
     const int threads = n < 1 ? 1 : n;
-    std::lock_guard<std::mutex> lock(mutex_);
-    while (static_cast<int>(workers_.size()) < threads - 1) {
-      const int id = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, id] { worker_loop(id); });
-    }
+    if (int error = start_workers(threads - 1); error != 0) return error;
     threads_.store(threads, std::memory_order_relaxed);
+    return 0;
   }
 
   int threads() const { return threads_.load(std::memory_order_relaxed); }
@@ -39,7 +56,11 @@ class KernelThreadPool {
     if (!job_lock.owns_lock() || threads == 1 || size <= 1) {
       return run_serially(user_context, task, min, size, closure);
     }
-    const int helpers = std::min(threads - 1, size - 1);
+    // A forked child's pool starts its workers here. Should that fail (a thread limit), the
+    // loop runs on the workers that did start: same results, fewer threads.
+    if (static_cast<int>(workers_.size()) < threads - 1) start_workers(threads - 1);
+    const int helpers = std::min({threads - 1, size - 1, static_cast<int>(workers_.size())});
+    if (helpers == 0) return run_serially(user_context, task, min, size, closure);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = Job{user_context, task, min, size, closure};
@@ -66,6 +87,38 @@ class KernelThreadPool {
     int min = 0, size = 0;
     uint8_t* closure = nullptr;
   };
+
+  // Starts workers until there are `count`; on failure stops those it started (under job_mutex_,
+  // so no loop is running) and returns the error.
+  int start_workers(int count) {
+    const size_t before = workers_.size();
+    int error = 0;
+    while (static_cast<int>(workers_.size()) < count) {
+      const int id = static_cast<int>(workers_.size());
+      try {
+        workers_.emplace_back([this, id] { worker_loop(id); });
+      } catch (const std::system_error& e) {
+        error = e.code().value() != 0 ? e.code().value() : EAGAIN;
+        break;
+      } catch (const std::bad_alloc&) {
+        error = ENOMEM;
+        break;
+      }
+    }
+    if (error == 0 || workers_.size() == before) return error;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      retire_from_ = static_cast<int>(before);
+      helpers_wanted_ = 0;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_workers_.notify_all();
+    for (size_t i = before; i < workers_.size(); ++i) workers_[i].join();
+    workers_.resize(before);
+    std::lock_guard<std::mutex> lock(mutex_);
+    retire_from_ = INT_MAX;
+    return error;
+  }
 
   static int run_serially(void* user_context, halide_task_t task, int min, int size,
                           uint8_t* closure) {
@@ -122,6 +175,7 @@ class KernelThreadPool {
         std::lock_guard<std::mutex> lock(mutex_);
         seen = generation_.load(std::memory_order_relaxed);
         wanted = helpers_wanted_;
+        if (id >= retire_from_) return;  // set_threads could not start them all: undo
       }
       if (id >= wanted) continue;  // this loop needs fewer threads
       take_tasks();
@@ -140,20 +194,37 @@ class KernelThreadPool {
   Job job_;
   std::atomic<uint64_t> generation_{0};
   int helpers_wanted_ = 0;
+  int retire_from_ = INT_MAX;  // workers with this id or above exit (guarded by mutex_)
   std::atomic<int> helpers_running_{0};
   std::atomic<int> next_{0};
   std::atomic<int> status_{0};
 };
 
+// Never destroyed: workers may still be parked when static destructors run at exit.
+std::atomic<KernelThreadPool*> g_pool{nullptr};
+
+// In a forked child (only the forking thread runs there): a fresh pool of the same size. The
+// old one is leaked on purpose: its std::thread objects name threads that do not exist here
+// (destroying or joining them would terminate or hang), and its mutexes may be locked forever.
+void replace_pool_in_child() {
+  KernelThreadPool* old = g_pool.load(std::memory_order_relaxed);
+  if (old != nullptr) g_pool.store(new KernelThreadPool(old->threads()), std::memory_order_release);
+}
+
 KernelThreadPool& pool() {
-  // Never destroyed: workers may still be parked when static destructors run at exit.
-  static KernelThreadPool* instance = new KernelThreadPool;
-  return *instance;
+  static KernelThreadPool* instance = [] {
+    auto* p = new KernelThreadPool;
+    g_pool.store(p, std::memory_order_release);
+    pthread_atfork(nullptr, nullptr, &replace_pool_in_child);
+    return p;
+  }();
+  (void)instance;
+  return *g_pool.load(std::memory_order_acquire);
 }
 
 }  // namespace
 
-void set_kernel_threads(int n) { pool().set_threads(n); }
+int set_kernel_threads(int n) { return pool().set_threads(n); }
 
 namespace {
 struct ParallelForClosure {

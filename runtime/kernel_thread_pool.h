@@ -11,8 +11,10 @@
 
 namespace embag::internal {
 
-// Sets the number of threads kernels use (the calling thread included); n >= 1.
-void set_kernel_threads(int n);
+// Sets the number of threads kernels use (the calling thread included); n >= 1. All or nothing:
+// returns 0, or the errno-style error that stopped a worker from starting (nothing changed).
+// The pool survives fork(): a child starts its own workers on its first parallel loop.
+int set_kernel_threads(int n);
 int kernel_threads();
 
 // Bags per parallel task for a call with `num_bags` bags: about four tasks per thread, so each

@@ -3,14 +3,17 @@
 
 #include <HalideRuntime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
+#include "api_guard.h"
 #include "call_context.h"
 #include "cpu_features.h"
-#include "cuda_driver.h"
+#include "gpu/cuda_driver.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 
@@ -54,7 +57,9 @@ void install_runtime_hooks() {
       threads = std::atoi(env);
     }
     if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-    set_kernel_threads(threads);
+    threads = std::clamp(threads, 1, max_num_threads());
+    // (should the system refuse threads this early, calls run on the calling thread alone)
+    if (set_kernel_threads(threads) != 0) set_kernel_threads(1);
   });
 }
 
@@ -62,9 +67,28 @@ namespace {
 
 thread_local std::string t_last_variant;
 
+// The ISAs of the kernel table, best first: the table is generated data, so this is worked out
+// once. (Every call resolves its ISA; building the list each time walked the whole table and
+// allocated, about a quarter of a 1 us call on the CI shapes.)
+const std::vector<Isa>& compiled_isa_list() {
+  static const std::vector<Isa> isas = [] {
+    std::vector<Isa> out;
+    for (Isa isa : known_isas()) {
+      for (const KernelEntry& e : kernel_table()) {
+        if (e.isa == isa) {
+          out.push_back(isa);
+          break;
+        }
+      }
+    }
+    return out;
+  }();
+  return isas;
+}
+
 Status check_isa_usable(Isa isa) {
   bool compiled = false;
-  for (Isa c : compiled_isas()) compiled = compiled || c == isa;
+  for (Isa c : compiled_isa_list()) compiled = compiled || c == isa;
   if (!compiled) {
     return Status(StatusCode::kUnsupported, std::string("ISA ") + isa_name(isa) +
                                                 " was not compiled into this build of embag");
@@ -92,7 +116,7 @@ Status resolve_isa(Isa* isa) {
     *isa = static_cast<Isa>(forced);
     return Status::Ok();
   }
-  for (Isa c : compiled_isas()) {
+  for (Isa c : compiled_isa_list()) {
     if (cpu_supports(c)) {
       *isa = c;
       return Status::Ok();
@@ -184,18 +208,7 @@ std::vector<Isa> supported_isas() {
   return out;
 }
 
-std::vector<Isa> compiled_isas() {
-  std::vector<Isa> out;
-  for (Isa isa : known_isas()) {
-    for (const internal::KernelEntry& e : kernel_table()) {
-      if (e.isa == isa) {
-        out.push_back(isa);
-        break;
-      }
-    }
-  }
-  return out;
-}
+std::vector<Isa> compiled_isas() { return internal::compiled_isa_list(); }
 
 std::string cpu_features() { return internal::cpu_feature_summary(); }
 
@@ -242,9 +255,28 @@ const std::vector<VariantInfo>& compiled_variants() {
   return variants;
 }
 
-void set_num_threads(int n) {
-  internal::install_runtime_hooks();
-  internal::set_kernel_threads(n);
+int max_num_threads() {
+  const int hardware = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1024, hardware > 256 ? 4 * hardware : 0);
+}
+
+Status set_num_threads(int n) {
+  return internal::guard_api([&] {
+    const int limit = max_num_threads();
+    if (n < 1 || n > limit) {
+      return Status(StatusCode::kInvalidArgument,
+                    "set_num_threads: n must be between 1 and " + std::to_string(limit) +
+                        " (max_num_threads()), but got " + std::to_string(n));
+    }
+    if (int error = internal::set_kernel_threads(n); error != 0) {
+      return Status(StatusCode::kUnsupported,
+                    "set_num_threads(" + std::to_string(n) + "): the system refused to start " +
+                        "another thread (" + std::generic_category().message(error) +
+                        "); the kernels keep " + std::to_string(internal::kernel_threads()) +
+                        " threads");
+    }
+    return Status::Ok();
+  });
 }
 
 int num_threads() {

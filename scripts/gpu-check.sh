@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: build (or reuse a carried build), run the CUDA tests (the
 # differential and golden suites on cuda:0, bit for bit against the reference) and the GPU
-# benchmark, and print one results table to paste into the README.
+# benchmark, and print one results table to paste into docs/gpu.md.
 #
 #   scripts/gpu-check.sh [BUILD_DIR]      (default: build; built with `make build` if absent)
 #

@@ -1,8 +1,9 @@
 // Shared helpers for the randomized differential tests (test_forward_differential.cpp and
 // test_backward_differential.cpp): guard-byte buffers, the dtype/index/D grids, seed mixing,
-// random value generators, bitwise (NaN-tolerant, optionally ulp-tolerant) comparison, and the
+// random value generators, bitwise (NaN-tolerant, optionally ulp-tolerant) comparison, the
 // per-ISA scaffolding (which ISAs to run, selecting one, restoring the global ISA and thread
-// count). Test-only; not part of the library.
+// count), and the case grids both drivers sweep (a mode's random cases, the edge shapes) with
+// the loop that runs them on every ISA. Test-only; not part of the library.
 #ifndef EMBAG_TESTS_DIFFERENTIAL_SUPPORT_H_
 #define EMBAG_TESTS_DIFFERENTIAL_SUPPORT_H_
 
@@ -259,6 +260,99 @@ inline bool select(std::optional<Isa> isa) {
 }
 
 inline constexpr int kMaxFailingCases = 5;  // per test: the first few say it all, the rest noise
+
+// Named corner cases both drivers run: no bags, no positions, bags of nothing but padding, a
+// one-row table, zero-width rows, and a few rows each read (and folded) hundreds of times.
+struct EdgeShape {
+  const char* name;
+  int64_t num_rows, num_bags, max_bag_size, dim;
+  bool all_padding;
+};
+inline constexpr EdgeShape kEdgeShapes[] = {
+    {"B=0", 5, 0, 4, 16, false},
+    {"N=0 (all bags empty)", 5, 6, 0, 33, false},
+    {"all-padding bags", 5, 4, 6, 33, true},
+    {"V=1", 1, 5, 6, 85, false},
+    {"D=0", 5, 4, 4, 0, false},
+    {"long bags, few rows", 3, 3, 200, 163, false},
+};
+
+// The randomized grid of one mode: every weight dtype x index dtype x D x variant, `repeats`
+// cases each (each case gets its own seed from its place in the grid). Config is the driver's.
+template <typename Config, typename Variant>
+std::vector<Config> mode_grid(Mode mode, const std::vector<Variant>& variants, int repeats) {
+  std::vector<Config> cases;
+  for (DType wd : kWeightDTypes) {
+    for (DType id : kIndexDTypes) {
+      for (int64_t dim : kDims) {
+        for (const Variant& variant : variants) {
+          for (int repeat = 0; repeat < repeats; ++repeat) {
+            Config c;
+            c.mode = mode;
+            c.weight_dtype = wd;
+            c.index_dtype = id;
+            c.dim = dim;
+            c.variant = variant;
+            cases.push_back(c);
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+// The edge-shape grid: every kEdgeShapes entry x mode x weight dtype x index dtype x
+// variants_for(mode).
+template <typename Config, typename VariantsFor>
+std::vector<Config> edge_grid(const VariantsFor& variants_for) {
+  std::vector<Config> cases;
+  for (const EdgeShape& e : kEdgeShapes) {
+    for (Mode mode : {Mode::kSum, Mode::kMean, Mode::kMax}) {
+      for (DType wd : kWeightDTypes) {
+        for (DType id : kIndexDTypes) {
+          for (const auto& variant : variants_for(mode)) {
+            Config c;
+            c.shape = e.name;
+            c.mode = mode;
+            c.weight_dtype = wd;
+            c.index_dtype = id;
+            c.dim = e.dim;
+            c.variant = variant;
+            c.num_rows = e.num_rows;
+            c.num_bags = e.num_bags;
+            c.max_bag_size = e.max_bag_size;
+            // Without a padding index "all padding" has no meaning; the case is then plain.
+            c.all_padding = e.all_padding && variant.padding != Padding::kNone;
+            cases.push_back(c);
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+// Runs `check(config, seed, isa)` (true: the case passed) on every case, on every ISA to test.
+// Case i's seed is mix(test_seed ^ mix(i)) whatever the ISA, so every ISA sees the same cases;
+// EMBAG_DIFF_SEED=<seed> runs only that case. Stops after kMaxFailingCases failing cases.
+template <typename Config, typename Check>
+void run_cases(const std::vector<Config>& cases, uint64_t test_seed, const Check& check) {
+  RestoreGlobals restore;
+  const std::optional<uint64_t> only = only_seed();
+  int failures = 0;
+  for (std::optional<Isa> isa : isas_to_test()) {
+    SCOPED_TRACE("isa=" + isa_label(isa));
+    if (!select(isa)) return;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const uint64_t seed = mix(test_seed ^ mix(i));
+      if (only && *only != seed) continue;
+      if (!check(cases[i], seed, isa) && ++failures >= kMaxFailingCases) {
+        FAIL() << "stopping after " << kMaxFailingCases << " failing cases";
+      }
+    }
+  }
+}
 
 }  // namespace difftest
 }  // namespace embag

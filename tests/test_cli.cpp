@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_support.h"
 #include "embag/embag.h"
 #include "npy/npy_file.h"
 
@@ -23,60 +24,12 @@ namespace {
 namespace fs = std::filesystem;
 using embag::DType;
 
-class Cli : public ::testing::Test {
+class Cli : public embag::clitest::CliTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("embag_cli_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    // SEMANTICS.md's worked example.
-    save_f64("W.npy", {5, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
-    save_i64("I.npy", {6}, {3, 1, 1, 1, 4, 0});
-    save_i64("O.npy", {5}, {0, 0, 3, 3, 6});
+    make_scratch_dir("embag_cli_test_");
+    save_worked_example();
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  void save_f64(const std::string& name, std::vector<int64_t> shape, std::vector<double> values) {
-    embag::npy::Array a = embag::npy::make_array(DType::kFloat64, shape);
-    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(double));
-    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
-  }
-  void save_i64(const std::string& name, std::vector<int64_t> shape, std::vector<int64_t> values) {
-    embag::npy::Array a = embag::npy::make_array(DType::kInt64, shape);
-    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(int64_t));
-    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
-  }
-  std::vector<double> load_f64(const std::string& name) {
-    embag::npy::Array a;
-    EXPECT_TRUE(embag::npy::load(path(name), &a).ok());
-    EXPECT_EQ(a.dtype, DType::kFloat64);
-    std::vector<double> v(static_cast<size_t>(a.numel()));
-    std::memcpy(v.data(), a.data.data(), v.size() * sizeof(double));
-    return v;
-  }
-  std::string file_bytes(const std::string& name) {
-    std::ifstream in(path(name), std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-
-  // Runs the CLI with `args` (paths relative to the test directory); returns the exit status
-  // and what it printed on stderr.
-  int run(const std::string& args, std::string* err = nullptr) {
-    const std::string stderr_path = path("stderr.txt");
-    const std::string command = "cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " " + args +
-                                " > /dev/null 2> '" + stderr_path + "'";
-    const int status = std::system(command.c_str());
-    if (err) *err = file_bytes("stderr.txt");
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
-  fs::path dir_;
 };
 
 TEST_F(Cli, ForwardWritesTheResultAndDefaultsToMean) {
@@ -212,10 +165,7 @@ TEST_F(Cli, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
-    std::string err;
-    EXPECT_EQ(run(c.args, &err), c.status);
-    EXPECT_NE(err.find("embag: error:"), std::string::npos) << err;
-    EXPECT_NE(err.find(c.fragment), std::string::npos) << err;
+    expect_error(c.args, c.status, c.fragment);
     EXPECT_FALSE(fs::exists(path("out.npy")));
     EXPECT_FALSE(fs::exists(path("W2.npy")));
   }

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_support.h"
 #include "embag/embag.h"
 #include "npy/npy_file.h"
 
@@ -21,82 +22,19 @@ namespace {
 namespace fs = std::filesystem;
 using embag::DType;
 
-class CliBackward : public ::testing::Test {
+class CliBackward : public embag::clitest::CliTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("embag_cli_backward_test_" +
-            std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    // SEMANTICS.md's worked example. The 99s are the gradients of empty bags (0 and 2 and 4):
-    // they must reach no row.
-    save_f64("W.npy", {5, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
-    save_i64("I.npy", {6}, {3, 1, 1, 1, 4, 0});
-    save_i64("O.npy", {5}, {0, 0, 3, 3, 6});
+    make_scratch_dir("embag_cli_backward_test_");
+    save_worked_example();
+    // The 99s are the gradients of empty bags (0 and 2 and 4): they must reach no row.
     save_f64("G.npy", {5, 2}, {99, 99, 1, 2, 99, 99, 3, 4, 99, 99});
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  void save_f64(const std::string& name, std::vector<int64_t> shape, std::vector<double> values) {
-    embag::npy::Array a = embag::npy::make_array(DType::kFloat64, shape);
-    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(double));
-    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
-  }
-  void save_i64(const std::string& name, std::vector<int64_t> shape, std::vector<int64_t> values) {
-    embag::npy::Array a = embag::npy::make_array(DType::kInt64, shape);
-    std::memcpy(a.data.data(), values.data(), values.size() * sizeof(int64_t));
-    ASSERT_TRUE(embag::npy::save(path(name), a).ok());
-  }
-  // Loads `name`, checking its dtype and shape, and returns its elements.
-  template <typename T>
-  std::vector<T> load(const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
-    embag::npy::Array a;
-    const embag::Status status = embag::npy::load(path(name), &a);
-    EXPECT_TRUE(status.ok()) << status.message();
-    EXPECT_EQ(a.dtype, dtype) << name;
-    EXPECT_EQ(a.shape, shape) << name;
-    std::vector<T> v(static_cast<size_t>(a.numel()));
-    if (a.data.size() == v.size() * sizeof(T)) {
-      std::memcpy(v.data(), a.data.data(), a.data.size());
-    }
-    return v;
-  }
-  std::vector<double> load_f64(const std::string& name, const std::vector<int64_t>& shape) {
-    return load<double>(name, DType::kFloat64, shape);
-  }
-  std::vector<int64_t> load_i64(const std::string& name, const std::vector<int64_t>& shape) {
-    return load<int64_t>(name, DType::kInt64, shape);
-  }
-  std::string file_bytes(const std::string& name) {
-    std::ifstream in(path(name), std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-
-  // Runs the CLI with `args` (paths relative to the test directory); returns the exit status
-  // and what it printed on stderr.
-  int run(const std::string& args, std::string* err = nullptr) {
-    const std::string stderr_path = path("stderr.txt");
-    const std::string command = "cd '" + dir_.string() + "' && " EMBAG_CLI_COMMAND " " + args +
-                                " > /dev/null 2> '" + stderr_path + "'";
-    const int status = std::system(command.c_str());
-    const std::string text = file_bytes("stderr.txt");
-    if (err) *err = text;
-    fs::remove(stderr_path);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
 
   // The worked example's arrays, ahead of the flags a case adds.
   static std::string example(const std::string& flags) {
     return "backward --weight W.npy --input I.npy --offsets O.npy --grad-output G.npy " + flags;
   }
-
-  fs::path dir_;
 };
 
 TEST_F(CliBackward, DenseGradientsOfSumMeanAndMax) {
@@ -214,10 +152,7 @@ TEST_F(CliBackward, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
   const std::string grad_output_before = file_bytes("G.npy");
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
-    std::string err;
-    EXPECT_EQ(run(c.args, &err), c.status);
-    EXPECT_NE(err.find("embag: error:"), std::string::npos) << err;
-    EXPECT_NE(err.find(c.fragment), std::string::npos) << err;
+    expect_error(c.args, c.status, c.fragment);
     // Nothing at all is left behind: no output and no half-staged file.
     for (const auto& entry : fs::directory_iterator(dir_)) {
       const std::string name = entry.path().filename().string();

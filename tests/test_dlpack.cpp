@@ -82,8 +82,11 @@ TEST(DLPack, UnsupportedDescriptionsAreRefusedAndLeaveTheViewAlone) {
   };
   const Case cases[] = {
       {make_tensor(table.data(), {kDLFloat, 32, 1}, shape3), "at most 2 dimensions"},
-      {make_tensor(table.data(), {kDLUInt, 8, 1}, shape2), "no embag equivalent"},
-      {make_tensor(table.data(), {kDLFloat, 32, 4}, shape2), "lanes 4"},
+      {make_tensor(table.data(), {kDLUInt, 8, 1}, shape2), "dtype uint8 is not one embag takes"},
+      {make_tensor(table.data(), {kDLInt, 8, 1}, shape2), "dtype int8 is not one embag takes"},
+      {make_tensor(table.data(), {5, 64, 1}, shape2), "dtype complex64 is not"},
+      {make_tensor(table.data(), {6, 8, 1}, shape2), "dtype bool is not"},
+      {make_tensor(table.data(), {kDLFloat, 32, 4}, shape2), "float32 x 4 lanes"},
       {make_tensor(table.data(), {kDLFloat, 32, 1}, shape2, nullptr, kDLOpenCL),
        "neither CPU nor CUDA"},
       // null + offset is a non-null pointer to nowhere; the view's null check would miss it.

@@ -77,7 +77,8 @@ struct Config {
   Variant variant{"plain"};
   // Forced sizes for the edge-shape tests; -1 = choose from the seed.
   int64_t num_rows = -1, num_bags = -1, max_bag_size = -1;
-  bool all_padding = false;  // every bag holds only the padding index
+  bool all_padding = false;     // every bag holds only the padding index
+  const char* shape = nullptr;  // the edge shape's name, for the trace
 };
 
 // norm_type 3 goes through pow(), which the kernels evaluate with Halide's pow (in float64,
@@ -478,62 +479,24 @@ bool run_problem(const Problem& p, std::optional<Isa> isa, Produced* produced = 
 // under a second per mode and ISA in an optimised build.
 constexpr int kRepeats = 4;
 
+// Runs one case: builds its problem from the seed and checks it on `isa`.
+bool check_case(const Config& c, uint64_t seed, std::optional<Isa> isa) {
+  SCOPED_TRACE((c.shape != nullptr ? std::string(c.shape) + ": " : std::string()) +
+               describe(c, seed));
+  return run_problem(make_problem(c, seed), isa);
+}
+
 // Every weight dtype x index dtype x D x variant of one mode, kRepeats seeds each, on every ISA.
 void run_mode(Mode mode, uint64_t test_seed) {
-  RestoreGlobals restore;
-  const std::optional<uint64_t> only = only_seed();
-  int failures = 0;
-  for (std::optional<Isa> isa : isas_to_test()) {
-    SCOPED_TRACE("isa=" + isa_label(isa));
-    if (!select(isa)) return;
-    uint64_t case_number = 0;
-    for (DType wd : kWeightDTypes) {
-      for (DType id : kIndexDTypes) {
-        for (int64_t dim : kDims) {
-          for (const Variant& variant : variants_for(mode)) {
-            for (int repeat = 0; repeat < kRepeats; ++repeat) {
-              // The seed does not depend on the ISA: every ISA sees the same cases.
-              const uint64_t seed = mix(test_seed ^ mix(case_number++));
-              if (only && *only != seed) continue;
-              Config c;
-              c.mode = mode;
-              c.weight_dtype = wd;
-              c.index_dtype = id;
-              c.dim = dim;
-              c.variant = variant;
-              SCOPED_TRACE(describe(c, seed));
-              if (!run_problem(make_problem(c, seed), isa) && ++failures >= kMaxFailingCases) {
-                FAIL() << "stopping after " << kMaxFailingCases << " failing cases";
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+  run_cases(mode_grid<Config>(mode, variants_for(mode), kRepeats), test_seed, check_case);
 }
 
 TEST(ForwardDifferential, Sum) { run_mode(Mode::kSum, 0x5E11'0001); }
 TEST(ForwardDifferential, Mean) { run_mode(Mode::kMean, 0x3EA4'0002); }
 TEST(ForwardDifferential, Max) { run_mode(Mode::kMax, 0x3A80'0003); }
 
-// Named corner cases: no bags, no positions, bags of nothing but padding, a one-row table,
-// zero-width rows, and a table whose every row is referenced many times.
+// Named corner cases (kEdgeShapes) with a few structural variants.
 TEST(ForwardDifferential, EdgeShapes) {
-  RestoreGlobals restore;
-  struct Edge {
-    const char* name;
-    int64_t num_rows, num_bags, max_bag_size, dim;
-    bool all_padding;
-  };
-  const Edge edges[] = {
-      {"B=0", 5, 0, 4, 16, false},
-      {"N=0 (all bags empty)", 5, 6, 0, 33, false},
-      {"all-padding bags", 5, 4, 6, 33, true},
-      {"V=1", 1, 5, 6, 85, false},
-      {"D=0", 5, 4, 4, 0, false},
-      {"long bags, few rows", 3, 3, 200, 163, false},
-  };
   const std::vector<Variant> variants = {
       {"plain"},
       {"padding-", Padding::kNegative},
@@ -541,38 +504,7 @@ TEST(ForwardDifferential, EdgeShapes) {
       {"2d+padding+", Padding::kPositive, kTwoD},
       {"max_norm+padding", Padding::kPositive, 0, 2.0},
   };
-  int failures = 0;
-  for (std::optional<Isa> isa : isas_to_test()) {
-    SCOPED_TRACE("isa=" + isa_label(isa));
-    if (!select(isa)) return;
-    uint64_t case_number = 0;
-    for (const Edge& e : edges) {
-      for (Mode mode : {Mode::kSum, Mode::kMean, Mode::kMax}) {
-        for (DType wd : kWeightDTypes) {
-          for (DType id : kIndexDTypes) {
-            for (const Variant& variant : variants) {
-              const uint64_t seed = mix(0xED6E'0004 ^ mix(case_number++));
-              Config c;
-              c.mode = mode;
-              c.weight_dtype = wd;
-              c.index_dtype = id;
-              c.dim = e.dim;
-              c.variant = variant;
-              c.num_rows = e.num_rows;
-              c.num_bags = e.num_bags;
-              c.max_bag_size = e.max_bag_size;
-              // Without a padding index "all padding" has no meaning; the case is then plain.
-              c.all_padding = e.all_padding && variant.padding != Padding::kNone;
-              SCOPED_TRACE(std::string(e.name) + ": " + describe(c, seed));
-              if (!run_problem(make_problem(c, seed), isa) && ++failures >= kMaxFailingCases) {
-                FAIL() << "stopping after " << kMaxFailingCases << " failing cases";
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+  run_cases(edge_grid<Config>([&](Mode) { return variants; }), 0xED6E'0004, check_case);
 }
 
 // Every ISA compiled in either runs the suites here or is reported: a CPU without AVX-512 cannot

@@ -2,7 +2,7 @@
 // handler, parallel loop) once and routes by user_context, so callbacks that are not from an
 // embag call reach whatever the host installed before; embag's own calls keep their per-call
 // error text and their thread pool. (A host that installs its hooks after embag's first call
-// replaces embag's; see README, "CUDA (and OpenCL)" and call_context.h.)
+// replaces embag's; see docs/gpu.md and call_context.h.)
 #include <HalideRuntime.h>
 #include <gtest/gtest.h>
 

@@ -2,7 +2,8 @@
 //
 // This is the whole public API. Include it, link embag::embag, call embag::forward().
 //
-// Semantics (the exact rules, with the deliberate differences from PyTorch, are in the README):
+// Semantics (the exact rules, with the deliberate differences from PyTorch, are in
+// docs/semantics.md):
 //
 //   V, D     = weight.shape                        # table of V rows of D columns
 //   P        = padding_idx (negative wraps: P += V), or none
@@ -45,7 +46,8 @@ std::optional<Mode> parse_mode(const std::string& name);
 // PyTorch's keyword arguments, with PyTorch's defaults.
 struct Options {
   Mode mode = Mode::kMean;
-  std::optional<double> max_norm;      // renormalise referenced rows in place when set
+  std::optional<double> max_norm;      // renormalise referenced rows in place when set (NaN, or
+                                       // a NaN norm_type: no row changes, as in PyTorch)
   double norm_type = 2.0;              // p of the p-norm used by max_norm
   bool scale_grad_by_freq = false;     // backward only; validated here (rejected with max)
   bool sparse = false;                 // backward only; validated here (rejected with max)
@@ -232,19 +234,19 @@ const std::vector<VariantInfo>& compiled_variants();
 // A CPU forward call runs one of two variants of its kernel, picked by where its table lives: a
 // table of at most `cache_resident_max_bytes` (rows x row stride x element size) runs the
 // cache-resident variant, which issues no software prefetch; a larger one runs the
-// memory-resident variant, which prefetches each row ahead of the gather. The limit comes from
-// this CPU's cache sizes (half its L3: the rest of the cache holds the indices, the output and
-// other programs' data; measured in README "Benchmarks"), from the environment variable
-// EMBAG_CACHE_RESIDENT_BYTES, or from set_cache_resident_bytes(). Both variants give bitwise the
-// same results; only their speed differs.
+// memory-resident variant, which prefetches each row ahead of the gather (with the T0 hint). The
+// limit is a quarter of this CPU's L3 and at most 8 MiB (what a 2048-entry TLB reaches with
+// 4 KiB pages; runtime/table_class.cpp has the measurements), the L2 where no L3 is reported, or
+// the environment variable EMBAG_CACHE_RESIDENT_BYTES, or set_cache_resident_bytes(). Both
+// variants give bitwise the same results; only their speed differs.
 struct TableSizeRule {
   int64_t l1d_bytes = 0;  // this CPU's caches as read (0: not reported)
   int64_t l2_bytes = 0;
   int64_t l3_bytes = 0;
   std::string cache_source;  // "sysfs", "cpuid" or "none"
   int64_t cache_resident_max_bytes = 0;
-  // Where the limit came from: "half of L3", "L2 x 4" (no L3 reported), "default" (no caches
-  // reported), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
+  // Where the limit came from: "L3 / 4, at most 8 MiB", "L2" (no L3 reported), "default" (no
+  // cache reported: 256 KiB), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
   std::string limit_source;
 };
 TableSizeRule table_size_rule();
@@ -255,15 +257,23 @@ void set_cache_resident_bytes(int64_t bytes);
 
 // Threads used by the kernels (the calling thread included; embag's own pool runs the kernels'
 // parallel loops on exactly this many). The environment variable
-// EMBAG_NUM_THREADS sets the initial value; default is the number of cores. Results are
-// bitwise identical for every thread count.
-void set_num_threads(int n);
+// EMBAG_NUM_THREADS sets the initial value (clamped to [1, max_num_threads()]); default is the
+// number of cores. Results are bitwise identical for every thread count.
+// n must be in [1, max_num_threads()]: kInvalidArgument otherwise. All or nothing: when the
+// system refuses a new thread (a thread or memory limit), the threads this call started are
+// stopped again, the count stays as it was, and the Status (kUnsupported) says why.
+// The pool survives fork(): a child process keeps the count and starts its own threads on its
+// first parallel call (the parent's threads do not exist there).
+Status set_num_threads(int n);
 int num_threads();
+// The most threads set_num_threads accepts: 1024, or four per hardware thread on machines with
+// more than 256 of them. A bound, not advice: beyond the cores, threads only share them.
+int max_num_threads();
 
 // Asks Linux to back [data, data + bytes) with transparent huge pages (madvise MADV_HUGEPAGE on
 // the whole 2 MiB pages inside the range). A gather from a table far larger than the TLB's reach
 // misses the TLB on nearly every row; with 2 MiB pages it mostly does not (measured: about 10%
-// more GB/s on cold 1M-row tables, README "Benchmarks"). The table is the caller's memory, so
+// more GB/s on cold 1M-row tables, docs/benchmarks.md). The table is the caller's memory, so
 // embag only offers this: call it right after allocating the table, before filling it (pages
 // already populated become huge only when the kernel's khugepaged gets to them), ideally on a
 // 2 MiB-aligned allocation. Ok when there is nothing whole to advise (bytes below 2 MiB);

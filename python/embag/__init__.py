@@ -5,7 +5,8 @@ PyTorch, JAX) without copying; ``embag.torch`` (imported separately, needs PyTor
 for ``torch.nn.functional.embedding_bag`` and ``torch.nn.EmbeddingBag`` with autograd.
 
 Errors: ``ValueError`` when a call breaks a rule (PyTorch's message; nothing was written),
-``TypeError`` when an argument is not an array embag can view, ``embag.UnsupportedError`` (a
+``TypeError`` when an argument is not an array embag can view or an option has the wrong type
+(the message names the argument and the value), ``embag.UnsupportedError`` (a
 ``RuntimeError``) when a well-formed call cannot run on this build or machine.
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "embedding_bag_backward",
     "info",
     "last_variant",
+    "max_num_threads",
     "num_threads",
     "selected_isa",
     "set_isa",
@@ -47,6 +49,8 @@ def set_isa(isa: Optional[str]) -> None:
     """Forces every later call onto one CPU ISA ("avx512", "avx2", "sse41", "neon", "armv7");
     None returns to the automatic choice. Raises ValueError for an unknown name and
     UnsupportedError when the ISA is not compiled in or this CPU lacks it (nothing changes)."""
+    if isa is not None and not isinstance(isa, str):
+        raise TypeError(f"set_isa: isa must be a str or None, but got {isa!r} ({type(isa).__name__})")
     _embag.set_isa(isa)
 
 
@@ -56,15 +60,27 @@ def selected_isa() -> str:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the kernels use (the calling thread included). Results are bitwise identical for
-    every thread count."""
+    """Threads the kernels use (the calling thread included), 1 to ``max_num_threads()``.
+    Results are bitwise identical for every thread count. All or nothing: if the system refuses
+    a thread, ``UnsupportedError`` says why and the count stays as it was. A forked child keeps
+    the count and starts its own threads."""
     try:
         count = operator.index(n)  # ints and NumPy integers; not floats or bools
     except TypeError:
         count = 0
-    if isinstance(n, bool) or count < 1:
-        raise ValueError(f"set_num_threads: n must be a positive integer, but got {n!r}")
+    limit = _embag.max_num_threads()
+    if isinstance(n, bool) or count < 1 or count > limit:
+        raise ValueError(
+            f"set_num_threads: n must be an integer between 1 and {limit} (max_num_threads()), "
+            f"but got {n!r}"
+        )
     _embag.set_num_threads(count)
+
+
+def max_num_threads() -> int:
+    """The most threads ``set_num_threads`` accepts: 1024, or 4 per hardware thread on machines
+    with more than 256."""
+    return _embag.max_num_threads()
 
 
 def num_threads() -> int:

@@ -12,10 +12,15 @@ lacks) raises ``embag.UnsupportedError``, a ``RuntimeError``.
 
 from __future__ import annotations
 
+import numbers
+import operator
 import sys
 from typing import Any, NamedTuple, Optional
 
 from . import _embag
+
+# The largest extent embag's kernels address (int32), and the most bags a call can have.
+_MAX_EXTENT = 2**31 - 1
 
 __all__ = [
     "Gradients",
@@ -59,17 +64,49 @@ def _is_torch(array: Any) -> bool:
     return torch is not None and isinstance(array, torch.Tensor)
 
 
-def _capsule(array: Any, name: str) -> Any:
-    """A DLPack capsule viewing ``array``; the caller keeps it for the whole call."""
+def _torch_view(array: Any, name: str, written: bool) -> Any:
+    """The tensor embag should view for a torch ``array``: checked, with lazy bits resolved."""
+    torch = _torch_module()
+    if array.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, but got a {array.layout} tensor; "
+            f"pass {name}.to_dense()"
+        )
+    if array.device.type == "meta":
+        raise _embag.UnsupportedError(
+            f"{name} is on the meta device, which holds no data; embag computes on cpu (and "
+            f"cuda) tensors"
+        )
+    # DLPack has no negation or conjugation bit: to_dlpack hands out the stored values, so a
+    # lazily negated view (x.conj().imag, x._neg_view()) would be read with the wrong sign.
+    # Inputs are resolved (a copy); an output cannot be, as the copy would get the results.
+    if array.is_neg() or array.is_conj():
+        if written:
+            raise ValueError(
+                f"{name} is a lazily negated or conjugated view (is_neg() or is_conj() is "
+                f"True), which embag cannot write through; pass a tensor without those bits "
+                f"(e.g. {name}.resolve_neg()) and copy the result back"
+            )
+        array = array.resolve_neg().resolve_conj()
+    return array
+
+
+def _capsule(array: Any, name: str, written: bool = False) -> Any:
+    """A DLPack capsule viewing ``array``; the caller keeps it for the whole call. ``written``:
+    the call writes the array (the C++ side refuses read-only arrays then)."""
     if array is None:
         return None
     if _is_torch(array):
+        array = _torch_view(array, name, written)
         # detach(): torch refuses to export a tensor that requires grad; the view shares memory.
         # to_dlpack, not __dlpack__(): the kernels are issued on torch's current stream (see
         # _stream), so no synchronisation with the default stream is wanted.
         from torch.utils.dlpack import to_dlpack
 
-        return to_dlpack(array.detach())
+        try:
+            return to_dlpack(array.detach())
+        except (RuntimeError, BufferError) as error:
+            raise TypeError(f"{name} cannot be exported through DLPack: {error}") from error
     export = getattr(array, "__dlpack__", None)
     if export is None:
         raise TypeError(
@@ -77,10 +114,132 @@ def _capsule(array: Any, name: str) -> Any:
             f"but got {type(array).__name__}"
         )
     try:
-        return export()
+        # The versioned protocol (DLPack 1.0) carries a read-only flag, so read-only arrays
+        # (np.load(..., mmap_mode="r"), a frozen table) can be read; unversioned export refuses
+        # them. Producers older than DLPack 1.0 do not take max_version.
+        try:
+            return export(max_version=(1, 0))
+        except TypeError:
+            return export()
     except BufferError as error:
-        # NumPy refuses to export read-only arrays through unversioned DLPack.
         raise TypeError(f"{name} cannot be exported through DLPack: {error}") from error
+
+
+def _bump_versions(*arrays: Any) -> None:
+    """Tells autograd that embag wrote these torch tensors (as an in-place op would), so a
+    backward that saved their old values raises instead of silently using the new ones."""
+    torch = _torch_module()
+    if torch is None:
+        return
+    for array in arrays:
+        if isinstance(array, torch.Tensor) and not array.is_inference():
+            torch.autograd.graph.increment_version(array)
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    # bools are bools (NumPy's too): "no" or 1 is a mistake, not a truth value.
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, but got {value!r} ({type(value).__name__})")
+
+
+def _check_real(value: Any, name: str) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_bool(value):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, but got {value!r} ({type(value).__name__})")
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value).__name__ == "bool_"
+
+
+def _check_mode(mode: Any) -> str:
+    if not isinstance(mode, str):
+        raise TypeError(
+            f"mode must be a str, one of 'sum', 'mean' or 'max', but got {mode!r} "
+            f"({type(mode).__name__})"
+        )
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"mode has to be one of sum, mean or max, but got {mode!r}")
+    return mode
+
+
+def _check_padding_idx(padding_idx: Any, weight: Any) -> Optional[int]:
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or _is_bool(padding_idx):
+        raise TypeError(f"padding_idx must be an int or None, but got {padding_idx!r}")
+    try:
+        value = operator.index(padding_idx)
+    except TypeError:
+        raise TypeError(
+            f"padding_idx must be an int or None, but got {padding_idx!r} "
+            f"({type(padding_idx).__name__})"
+        ) from None
+    if not -(2**63) <= value < 2**63:
+        shape = tuple(getattr(weight, "shape", ()))
+        if len(shape) == 2:
+            rows = int(shape[0])
+            raise ValueError(
+                f"padding_idx must be within the number of embeddings, -{rows} through "
+                f"{rows - 1}, but got {value}"
+            )
+        raise ValueError(f"padding_idx must fit int64, but got {value}")
+    return value
+
+
+def _options(
+    mode: Any,
+    max_norm: Any,
+    norm_type: Any,
+    scale_grad_by_freq: Any,
+    sparse: Any,
+    include_last_offset: Any,
+    padding_idx: Any,
+    weight: Any,
+) -> Any:
+    """Every option checked here, with its name, before nanobind sees it (whose message for a
+    wrong type names no argument)."""
+    return _embag.make_options(
+        *_checked_options(
+            mode,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            include_last_offset,
+            padding_idx,
+            weight,
+        )
+    )
+
+
+def _checked_options(
+    mode: Any,
+    max_norm: Any,
+    norm_type: Any,
+    scale_grad_by_freq: Any,
+    sparse: Any,
+    include_last_offset: Any,
+    padding_idx: Any,
+    weight: Any,
+) -> tuple:
+    """The options type- and range-checked (pure Python, so torch.compile can trace it)."""
+    return (
+        _check_mode(mode),
+        None if max_norm is None else _check_real(max_norm, "max_norm"),
+        _check_real(norm_type, "norm_type"),
+        _check_bool(scale_grad_by_freq, "scale_grad_by_freq"),
+        _check_bool(sparse, "sparse"),
+        _check_bool(include_last_offset, "include_last_offset"),
+        _check_padding_idx(padding_idx, weight),
+    )
+
+
+def _check_extent(value: int, what: str) -> None:
+    """An extent checked before anything is allocated for it, in the runtime's words."""
+    if value > _MAX_EXTENT:
+        raise ValueError(f"{what} is {value}, but embag supports at most {_MAX_EXTENT}")
 
 
 def _stream(array: Any) -> int:
@@ -100,6 +259,15 @@ def _empty(like: Any, shape: tuple[int, ...], index: bool = False) -> Any:
 
     if isinstance(like, np.ndarray):
         return np.empty(shape, dtype=np.int64 if index else like.dtype)
+    # Outputs of other libraries are allocated with NumPy on the host; an array on a device
+    # would get them in the wrong place (and a confusing "output is on cpu" error).
+    device = getattr(like, "__dlpack_device__", None)
+    if device is not None and int(device()[0]) not in (1, 3):  # kDLCPU, kDLCUDAHost
+        raise _embag.UnsupportedError(
+            f"embag allocates the outputs of a {type(like).__name__} with NumPy on the host, but "
+            f"the weight is on device {tuple(device())} (DLPack device type, id); pass out= (and "
+            f"the other outputs) on that device, or use torch tensors"
+        )
     # Other libraries (JAX, ...): their arrays may be immutable, so the kernels write a NumPy
     # buffer that the library then adopts through its Array API namespace.
     buffer = np.empty(shape, dtype=np.int64 if index else np.dtype(str(like.dtype)))
@@ -174,14 +342,17 @@ def embedding_bag(
         TypeError: an argument is not a DLPack array.
         embag.UnsupportedError: well-formed, but this build or machine cannot run it.
     """
-    options = _embag.make_options(
-        mode, max_norm, float(norm_type), False, False, include_last_offset, padding_idx
+    options = _options(
+        mode, max_norm, norm_type, False, False, include_last_offset, padding_idx, weight
     )
-    weight_c = _capsule(weight, "weight")
+    return_aux = _check_bool(return_aux, "return_aux")
+    check_indices = _check_bool(check_indices, "check_indices")
+    weight_c = _capsule(weight, "weight", written=max_norm is not None)
     input_c = _capsule(input, "input")
     offsets_c = _capsule(offsets, "offsets")
     psw_c = _capsule(per_sample_weights, "per_sample_weights")
-    bags = _embag.num_bags(input_c, offsets_c, include_last_offset)
+    bags = _embag.num_bags(input_c, offsets_c, options.include_last_offset)
+    _check_extent(bags + 1, "the number of bags + 1")
     columns = _columns(weight)
     output = out if out is not None else _empty(weight, (bags, columns))
     bag_count = _empty(weight, (bags,), index=True) if return_aux else None
@@ -191,13 +362,15 @@ def embedding_bag(
         input_c,
         offsets_c,
         psw_c,
-        _capsule(output, "out"),
-        _capsule(bag_count, "bag_count"),
-        _capsule(argmax, "argmax"),
+        _capsule(output, "out", written=True),
+        _capsule(bag_count, "bag_count", written=True),
+        _capsule(argmax, "argmax", written=True),
         options,
         _stream(weight),
         check_indices,
     )
+    # (the outputs embag allocated are new; the caller's out and table are what autograd saw)
+    _bump_versions(out, weight if max_norm is not None else None)
     if not return_aux:
         return _finish(output)
     return ForwardResult(_finish(output), _finish(bag_count), _finish(argmax))
@@ -234,9 +407,11 @@ def embedding_bag_backward(
     Raises:
         ValueError, TypeError, embag.UnsupportedError: as ``embedding_bag``.
     """
-    options = _embag.make_options(
-        mode, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    options = _options(
+        mode, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight
     )
+    check_indices = _check_bool(check_indices, "check_indices")
+    sparse = options.sparse
     grad_c = _capsule(grad_output, "grad_output")
     weight_c = _capsule(weight, "weight")
     input_c = _capsule(input, "input")
@@ -253,7 +428,10 @@ def embedding_bag_backward(
         rows = _empty(weight, (count,), index=True)
         grad_weight = _empty(weight, (count, columns))
     else:
-        grad_weight = _empty(weight, (int(tuple(weight.shape)[0]) if columns else 0, columns))
+        rows_v = int(tuple(weight.shape)[0]) if columns else 0
+        # (a table the kernels cannot address gets the runtime's words, not an allocator's)
+        _check_extent(rows_v, "the number of rows of weight")
+        grad_weight = _empty(weight, (rows_v, columns))
     grad_psw = (
         _empty(weight, tuple(int(n) for n in per_sample_weights.shape))
         if per_sample_weights is not None
@@ -266,10 +444,10 @@ def embedding_bag_backward(
         offsets_c,
         psw_c,
         argmax_c,
-        None if sparse else _capsule(grad_weight, "grad_weight"),
-        _capsule(rows, "grad_weight_rows"),
-        _capsule(grad_weight, "grad_weight_values") if sparse else None,
-        _capsule(grad_psw, "grad_per_sample_weights"),
+        None if sparse else _capsule(grad_weight, "grad_weight", written=True),
+        _capsule(rows, "grad_weight_rows", written=True),
+        _capsule(grad_weight, "grad_weight_values", written=True) if sparse else None,
+        _capsule(grad_psw, "grad_per_sample_weights", written=True),
         options,
         stream,
         check_indices,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _embag
-from ._arrays import _capsule, _stream
+from ._arrays import _capsule, _check_extent, _checked_options, _options, _stream
 
 __all__ = ["EmbeddingBag", "embedding_bag"]
 
@@ -43,8 +43,15 @@ def _views(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
 
 
 def _table(weight: Tensor) -> Tensor:
-    # The kernels take a table whose rows are contiguous (a row stride larger than D is fine).
-    return weight if weight.dim() != 2 or weight.stride(-1) == 1 else weight.contiguous()
+    # The kernels take a table whose rows are contiguous and do not overlap (a row stride larger
+    # than D is fine). PyTorch accepts any strides, so anything else is copied: a non-unit
+    # inner stride, and rows that share memory (expand(), as_strided with row stride < D).
+    if weight.dim() != 2:
+        return weight
+    rows, columns = weight.shape
+    inner_ok = weight.stride(1) == 1 or columns <= 1
+    rows_ok = rows <= 1 or weight.stride(0) >= columns
+    return weight if inner_ok and rows_ok else weight.contiguous()
 
 
 def _run_forward(
@@ -60,14 +67,23 @@ def _run_forward(
     scale_grad_by_freq: bool,
     sparse: bool,
 ) -> tuple[Tensor, Tensor]:
-    options = _embag.make_options(
-        mode, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    options = _options(
+        mode,
+        max_norm,
+        norm_type,
+        scale_grad_by_freq,
+        sparse,
+        include_last_offset,
+        padding_idx,
+        weight,
     )
     input, offsets, per_sample_weights = _views(input, offsets, per_sample_weights)
-    weight_c = _capsule(weight, "weight")
+    weight_c = _capsule(weight, "weight", written=max_norm is not None)
     input_c = _capsule(input, "input")
     offsets_c = _capsule(offsets, "offsets")
     bags = _embag.num_bags(input_c, offsets_c, include_last_offset)
+    # (before allocating (B, D): 2^40 bags get embag's message, not the allocator's)
+    _check_extent(bags + 1, "the number of bags + 1")
     columns = weight.shape[1] if weight.dim() == 2 else 0
     output = weight.new_empty((bags, columns))
     argmax = weight.new_empty((bags, columns) if mode == "max" else (0,), dtype=torch.int64)
@@ -213,8 +229,8 @@ def _backward_op(
     grad_output, input, offsets, per_sample_weights, argmax = _views(
         grad_output, input, offsets, per_sample_weights, argmax
     )
-    options = _embag.make_options(
-        pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx
+    options = _options(
+        pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight
     )
     capsules = [
         _capsule(grad_output, "grad_output"),
@@ -347,6 +363,20 @@ def embedding_bag(
     indices past the last offset are not read, validated or renormalised. Errors raise
     ``ValueError`` with PyTorch's message (PyTorch raises RuntimeError for most of them).
     """
+    # Options checked here, with their names, before torch's schema sees them (which refuses
+    # padding_idx=2**63 in its own words, naming no argument). Eagerly only: under
+    # torch.compile the schema checks the traced values.
+    if not torch.compiler.is_compiling():
+        _checked_options(
+            mode,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            include_last_offset,
+            padding_idx,
+            weight,
+        )
     if max_norm is not None:
         # As PyTorch: renormalise the referenced rows in place, outside autograd.
         with torch.no_grad():

@@ -13,6 +13,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -45,20 +47,59 @@ void raise_if_error(const embag::Status& status) {
   throw std::runtime_error("embag internal error: " + status.message());
 }
 
+// DLPack 1.0's versioned managed tensor (capsule "dltensor_versioned"), which adds the flags
+// that say whether the producer lets the consumer write. Debian's dlpack.h is 0.6, which lacks
+// it; the layout is fixed by the DLPack ABI (DLTensor itself is unchanged since 0.6).
+struct ManagedTensorVersioned {
+  struct {
+    uint32_t major, minor;
+  } version;
+  void* manager_ctx;
+  void (*deleter)(ManagedTensorVersioned* self);
+  uint64_t flags;
+  DLTensor dl_tensor;
+};
+constexpr uint64_t kDLPackFlagReadOnly = uint64_t{1} << 0;
+
+// Whether a call writes the array: outputs always, the table only under max_norm.
+enum class Access { kRead, kWrite };
+
 // A TensorView of a DLPack capsule the caller still owns. The capsule is not renamed to
 // "used_dltensor": the caller's reference keeps the producer's memory alive during the call and
 // the capsule's destructor releases it afterwards, as the DLPack protocol allows for borrowers.
-embag::TensorView view_of(nb::handle capsule, const char* name) {
+// Versioned capsules (DLPack 1.x, `__dlpack__(max_version=(1, 0))`) carry a read-only flag:
+// read-only arrays (NumPy's read-only and memory-mapped ones) are accepted where the call only
+// reads them and refused, naming the argument, where it would write them.
+embag::TensorView view_of(nb::handle capsule, const char* name, Access access = Access::kRead,
+                          const char* why_written = nullptr) {
   PyObject* object = capsule.ptr();
-  if (!PyCapsule_IsValid(object, "dltensor")) {
-    throw nb::type_error((std::string(name) + " must be a DLPack capsule named 'dltensor' "
-                                              "(call __dlpack__() without max_version)")
-                             .c_str());
+  const DLTensor* tensor = nullptr;
+  if (PyCapsule_IsValid(object, "dltensor_versioned")) {
+    auto* managed =
+        static_cast<ManagedTensorVersioned*>(PyCapsule_GetPointer(object, "dltensor_versioned"));
+    if (managed->version.major != 1) {
+      throw nb::type_error((std::string(name) + " was exported with DLPack " +
+                            std::to_string(managed->version.major) + "." +
+                            std::to_string(managed->version.minor) + ", but embag reads DLPack 1.x")
+                               .c_str());
+    }
+    if ((managed->flags & kDLPackFlagReadOnly) != 0 && access == Access::kWrite) {
+      throw nb::value_error((std::string(name) + " is read-only, but " +
+                             (why_written ? why_written : "this call writes it") +
+                             "; pass a writable array (for NumPy: numpy.array(" + name + "))")
+                                .c_str());
+    }
+    tensor = &managed->dl_tensor;
+  } else if (PyCapsule_IsValid(object, "dltensor")) {
+    tensor = &static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"))->dl_tensor;
+  } else {
+    throw nb::type_error(
+        (std::string(name) + " must be a DLPack capsule named 'dltensor' or 'dltensor_versioned'")
+            .c_str());
   }
-  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"));
   // A view has at most two dimensions, so the runtime never sees a 3-D table, input or offsets;
   // give PyTorch's message for them here, as the runtime does for a 0-D one.
-  const int ndim = managed->dl_tensor.ndim;
+  const int ndim = tensor->ndim;
   const std::string rank = std::to_string(ndim);
   if (ndim > 2 && std::string(name) == "weight") {
     throw nb::value_error(
@@ -73,7 +114,7 @@ embag::TensorView view_of(nb::handle capsule, const char* name) {
         ("offsets has to be a 1D Tensor, but got Tensor of dimension " + rank).c_str());
   }
   embag::TensorView view;
-  const embag::Status status = embag::from_dlpack(managed->dl_tensor, &view);
+  const embag::Status status = embag::from_dlpack(*tensor, &view);
   if (!status.ok()) {
     // from_dlpack reports dtypes, ranks and devices embag cannot view; name the argument.
     raise_if_error(embag::Status(status.code(), std::string(name) + ": " + status.message()));
@@ -83,11 +124,49 @@ embag::TensorView view_of(nb::handle capsule, const char* name) {
 
 // Optional arrays: None stays a null pointer; `storage` owns the view the pointer refers to.
 const embag::TensorView* optional_view(nb::handle capsule, const char* name,
-                                       std::optional<embag::TensorView>* storage) {
+                                       std::optional<embag::TensorView>* storage,
+                                       Access access = Access::kRead) {
   if (capsule.is_none()) return nullptr;
-  storage->emplace(view_of(capsule, name));
+  storage->emplace(view_of(capsule, name, access));
   return &**storage;
 }
+
+// Releases the GIL for a call into embag and takes it back afterwards, surviving interpreter
+// exit. When the interpreter finalizes, Python 3.11 ends a daemon thread that asks for the GIL
+// with pthread_exit; its forced unwinding through this destructor (noexcept) or nanobind's
+// dispatcher (catch (...) without rethrow) aborts the whole process ("terminate called without
+// an active exception", rc 134; F.embedding_bag does the same). So a thread that comes back from
+// a kernel during finalization parks instead of asking, and one that was already waiting for
+// the GIL when finalization began catches the forced unwind right here and parks inside the
+// handler: it holds nothing, and the exiting process ends it. (Leaving the handler would
+// terminate; never leaving it does not.)
+class GilRelease {
+ public:
+  GilRelease() : state_(PyEval_SaveThread()) {}
+  ~GilRelease() {
+    if (finalizing()) park();
+    try {
+      PyEval_RestoreThread(state_);
+    } catch (...) {  // abi::__forced_unwind from pthread_exit: the interpreter ended this thread
+      park();
+    }
+  }
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  [[noreturn]] static void park() {
+    for (;;) pause();
+  }
+  static bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+  }
+  PyThreadState* state_;
+};
 
 embag::Options make_options(const std::string& mode, std::optional<double> max_norm,
                             double norm_type, bool scale_grad_by_freq, bool sparse,
@@ -128,18 +207,21 @@ void forward(nb::handle weight, nb::handle input, nb::handle offsets, nb::handle
              const embag::Options& options, uintptr_t stream, bool check_indices) {
   std::optional<embag::TensorView> offsets_view, psw_view, bag_count_view, argmax_view;
   embag::ForwardInputs inputs;
-  inputs.weight = view_of(weight, "weight");
+  inputs.weight =
+      view_of(weight, "weight", options.max_norm ? Access::kWrite : Access::kRead,
+              "max_norm renormalises the rows it references in place (pass max_norm=None to "
+              "only read it)");
   inputs.input = view_of(input, "input");
   inputs.offsets = optional_view(offsets, "offsets", &offsets_view);
   inputs.per_sample_weights = optional_view(per_sample_weights, "per_sample_weights", &psw_view);
   embag::ForwardOutputs outputs;
-  outputs.output = view_of(output, "output");
-  outputs.bag_count = optional_view(bag_count, "bag_count", &bag_count_view);
-  outputs.argmax = optional_view(argmax, "argmax", &argmax_view);
+  outputs.output = view_of(output, "out", Access::kWrite, "the output is written into it");
+  outputs.bag_count = optional_view(bag_count, "bag_count", &bag_count_view, Access::kWrite);
+  outputs.argmax = optional_view(argmax, "argmax", &argmax_view, Access::kWrite);
   const embag::Execution execution = make_execution(stream, check_indices);
   embag::Status status;
   {
-    nb::gil_scoped_release release;
+    GilRelease release;
     status = embag::forward(inputs, outputs, options, execution);
   }
   raise_if_error(status);
@@ -169,7 +251,7 @@ int64_t sparse_gradient_rows(nb::handle grad_output, nb::handle weight, nb::hand
   int64_t rows = 0;
   embag::Status status;
   {
-    nb::gil_scoped_release release;
+    GilRelease release;
     status = embag::sparse_gradient_rows(views.inputs, options, &rows, execution);
   }
   raise_if_error(status);
@@ -184,15 +266,17 @@ void backward(nb::handle grad_output, nb::handle weight, nb::handle input, nb::h
   BackwardViews views(grad_output, weight, input, offsets, per_sample_weights, argmax);
   std::optional<embag::TensorView> gw, rows, values, gpsw;
   embag::BackwardOutputs outputs;
-  outputs.grad_weight = optional_view(grad_weight, "grad_weight", &gw);
-  outputs.grad_weight_rows = optional_view(grad_weight_rows, "grad_weight_rows", &rows);
-  outputs.grad_weight_values = optional_view(grad_weight_values, "grad_weight_values", &values);
+  outputs.grad_weight = optional_view(grad_weight, "grad_weight", &gw, Access::kWrite);
+  outputs.grad_weight_rows =
+      optional_view(grad_weight_rows, "grad_weight_rows", &rows, Access::kWrite);
+  outputs.grad_weight_values =
+      optional_view(grad_weight_values, "grad_weight_values", &values, Access::kWrite);
   outputs.grad_per_sample_weights =
-      optional_view(grad_per_sample_weights, "grad_per_sample_weights", &gpsw);
+      optional_view(grad_per_sample_weights, "grad_per_sample_weights", &gpsw, Access::kWrite);
   const embag::Execution execution = make_execution(stream, check_indices);
   embag::Status status;
   {
-    nb::gil_scoped_release release;
+    GilRelease release;
     status = embag::backward(views.inputs, outputs, options, execution);
   }
   raise_if_error(status);
@@ -289,11 +373,23 @@ NB_MODULE(_embag, m) {
   m.def("cpu_features", &embag::cpu_features);
   m.def("cuda_status", [] {
     // Loading the CUDA driver can take a while; other Python threads may run meanwhile.
-    nb::gil_scoped_release release;
+    GilRelease release;
     return embag::cuda_status();
   });
   m.def("compiled_variants", &compiled_variants);
   m.def("last_variant", [] { return embag::last_variant(); });
-  m.def("set_num_threads", &embag::set_num_threads, nb::arg("n"));
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        embag::Status status;
+        {
+          // Starting threads can take a while; other Python threads may run meanwhile.
+          GilRelease release;
+          status = embag::set_num_threads(n);
+        }
+        raise_if_error(status);
+      },
+      nb::arg("n"));
   m.def("num_threads", &embag::num_threads);
+  m.def("max_num_threads", &embag::max_num_threads);
 }

@@ -407,6 +407,9 @@ int main(int argc, char** argv) {
   tc.target = targets.at(isa) + "-user_context" + (is_32_bit ? "" : "-large_buffers");
   tc.embag_version = EMBAG_TUNE_VERSION;
   tc.halide_version = EMBAG_TUNE_HALIDE_VERSION;
+  tc.cmake = EMBAG_TUNE_CMAKE;
+  tc.prefetch_hint = EMBAG_TUNE_PREFETCH_HINT;
+  tc.hint_script = EMBAG_TUNE_PREFETCH_HINT_SCRIPT;
   const bool cross = targets.at(isa).rfind(EMBAG_TUNE_HOST_PLATFORM, 0) != 0;
   tc.cxx = text("cxx", cross ? (is_32_bit ? "arm-linux-gnueabihf-g++" : "aarch64-linux-gnu-g++")
                              : EMBAG_TUNE_CXX);

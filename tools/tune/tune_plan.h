@@ -54,6 +54,10 @@ struct Toolchain {
   bool static_link = false;
   int jobs = 1;
   std::string embag_version, halide_version;
+  // The prefetch hint the build gives forward kernels (t0 or nta) and how: candidates for 64-bit
+  // x86 and ARM are compiled to assembly, passed through `cmake -P hint_script`, and assembled by
+  // `cxx`, as cmake/EmbagKernels.cmake does.
+  std::string cmake, prefetch_hint, hint_script;
   double seconds = 30;  // the runner's default timing budget
 };
 

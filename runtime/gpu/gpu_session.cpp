@@ -15,8 +15,8 @@
 #if EMBAG_WITH_CUDA
 #include <HalideRuntimeCuda.h>
 
-#include "cuda/cuda_group_rows.h"
 #include "cuda_driver.h"
+#include "cuda_group_rows.h"
 #endif
 #if EMBAG_WITH_OPENCL
 #include <HalideRuntimeOpenCL.h>
