@@ -126,23 +126,35 @@ fuzz: deps-clang
 	done
 
 # ---- Benchmarks against peers -----------------------------------------------------------------
-# .venv-bench: PyTorch from PyPI (and matplotlib), the benchmark environment; never needed by
-# make test.
+# The benchmarks' peers come from .venv-torch, the one PyTorch environment (scripts/install-deps.sh
+# --bench, the same as --torch: PyTorch pinned to FBGEMM's compatibility table, fbgemm-gpu-cpu,
+# matplotlib, pytest); never needed by make test.
 bench-venv:
 	@scripts/install-deps.sh --bench
 
-# Builds the benchmarks in $(BENCH_BUILD_DIR) linked with .venv-bench's libtorch, runs
-# bench_forward and bench_backward on bench/shapes/report.txt (embag, the gather loop and
-# PyTorch 2.x in one process on the same memory) and writes bench/results/REPORT.md with its
-# PNG plots (bench/report.py). About 10 minutes on a 2-core machine; nothing else should run.
+# Builds the benchmarks in $(BENCH_BUILD_DIR) linked with .venv-torch's libtorch, runs
+# bench_forward and bench_backward on bench/shapes/report.txt (embag, the gather loop, PyTorch 2.x
+# and FBGEMM's table-batched operator in one process on the same memory; table rows sized from
+# this CPU's L3 as sysfs reports it) and writes bench/results/<vendor>-<isa>/REPORT.md with its
+# PNG plots (bench/report.py), and that report into README.md's section for this CPU kind. About
+# 15 minutes on a 2-core machine; nothing else should run.
 # BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
-# the best), BENCH_REPETITIONS the repetitions per row (medians are reported).
+# the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_MIN_TIME the
+# seconds each repetition lasts at least, BENCH_SHAPES the shape file.
 BENCH_BUILD_DIR ?= build-bench
 BENCH_ISAS ?=
 BENCH_REPETITIONS ?= 3
+BENCH_MIN_TIME ?= 0.2
+BENCH_SHAPES ?= bench/shapes/report.txt
 bench-report: bench-venv
-	@torch_dir=$$(cd / && $(abspath .venv-bench/bin/python) -c 	  'import os, torch; print(os.path.dirname(torch.__file__))') && 	$(MAKE) build BUILD_DIR=$(BENCH_BUILD_DIR) ISAS="$(BENCH_ISAS)" 	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
-	.venv-bench/bin/python bench/report.py --build $(BENCH_BUILD_DIR) --out bench/results 	  --repetitions $(BENCH_REPETITIONS) 	  --command "make bench-report$(if $(BENCH_ISAS), BENCH_ISAS=$(BENCH_ISAS))"
+	@torch_dir=$$(cd / && $(abspath .venv-torch/bin/python) -c \
+	  'import os, torch; print(os.path.dirname(torch.__file__))') && \
+	$(MAKE) build BUILD_DIR=$(BENCH_BUILD_DIR) ISAS="$(BENCH_ISAS)" \
+	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
+	.venv-torch/bin/python bench/report.py --build $(BENCH_BUILD_DIR) --out bench/results \
+	  --shapes $(BENCH_SHAPES) --repetitions $(BENCH_REPETITIONS) --min-time $(BENCH_MIN_TIME) \
+	  --readme README.md \
+	  --command "make bench-report$(if $(BENCH_ISAS), BENCH_ISAS=$(BENCH_ISAS))$(if $(filter-out bench/shapes/report.txt,$(BENCH_SHAPES)), BENCH_SHAPES=$(BENCH_SHAPES))"
 
 install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix $(PREFIX)
@@ -238,7 +250,8 @@ clean:
 # would, but incrementally (no build isolation: the build requirements are in .venv already).
 # make test-python: the whole pytest suite, the PyTorch drop-in included, on the package staged in
 # $(BUILD_DIR)/python by `make build` (so the kernels are compiled once), with PyTorch from
-# .venv-torch (scripts/install-deps.sh --torch). `make test` runs the torch-free part via CTest.
+# .venv-torch (scripts/install-deps.sh --torch), the environment make bench-report uses too.
+# `make test` runs the torch-free part via CTest.
 .PHONY: python test-python
 python: deps
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \

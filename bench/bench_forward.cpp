@@ -9,7 +9,9 @@
 // Its own flags are taken out before Google Benchmark reads the rest:
 //   --shapes=FILE   `rows,dim,bags,pooling,distribution` a line (default: perf.txt in the source)
 //   --llc_mib=N     last-level cache size that decides cold or warm (default 32; sysconf is not
-//                   asked because VMs report the host's cache: 320 MiB on the dev machine)
+//                   asked because VMs report the host's cache: 320 MiB on the dev machine);
+//                   make bench-report passes the L3 that sysfs reports, and sizes its cold
+//                   tables from it (bench/report.py, `4xL3` rows in bench/shapes/report.txt)
 //
 // Rows, for every shape x mode (sum, mean, max) x threads (1, 2), each name ending in /real_time:
 //   embag/<mode>/rows:V/dim:D/bags:B/pool:L/<dist>/<cold|warm>/threads:N   embag::forward, float32
@@ -25,6 +27,11 @@
 //   pytorch/...    PyTorch 2.x's torch.nn.functional.embedding_bag (FBGEMM inside) on the same
 //                  table, batches and offsets, under inference mode, torch.set_num_threads(N);
 //                  only in builds configured with EMBAG_BENCH_TORCH_DIR (make bench-report)
+//   fbgemm_tbe/<sum|mean>/...  FBGEMM's table-batched embedding operator (fbgemm_gpu's
+//                  SplitTableBatchedEmbeddingBagsCodegen, one HOST table: the CPU forward operator
+//                  the module runs, called through the c10 dispatcher under no_grad) on the same
+//                  memory, torch.set_num_threads(N); with the pytorch rows, where fbgemm_gpu is
+//                  installed beside torch (TBE pools by sum and mean only: no max rows)
 // Counters: GB/s = useful bytes per call / wall time, decimal (1e9): every position reads one
 // row (D * 4 bytes) and its index (8), plus the offsets and the B x D float32 output. The label
 // is the kernel variant that ran (embag::last_variant(), or the baseline's equivalent).
@@ -405,14 +412,16 @@ void bench_baseline(benchmark::State& state, const Shape& shape, GatherMode mode
 }
 
 #ifdef EMBAG_BENCH_HAVE_TORCH
-// PyTorch's result is checked against the baseline within 1e-5 relative, not bitwise: its mean
-// multiplies the sum by 1/n where embag and the loop divide (SEMANTICS.md).
-std::string compare_close(const std::vector<float>& got, const std::vector<float>& want) {
+// The peers' results are checked against the baseline (which embag matches bitwise) within 1e-5
+// relative, not bitwise: PyTorch's mean multiplies the sum by 1/n where embag and the loop divide
+// (SEMANTICS.md), and TBE's kernels need not add in the same order.
+std::string compare_close(const std::vector<float>& got, const std::vector<float>& want,
+                          const char* who) {
   for (size_t i = 0; i < want.size(); ++i) {
     const double tolerance = 1e-5 * std::max(1.0, std::fabs(static_cast<double>(want[i])));
     if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tolerance)) {
-      return "PyTorch differs from the baseline at element " + std::to_string(i) + ": " +
-             std::to_string(got[i]) + " vs " + std::to_string(want[i]);
+      return std::string(who) + " differs from the baseline at element " + std::to_string(i) +
+             ": " + std::to_string(got[i]) + " vs " + std::to_string(want[i]);
     }
   }
   return "";
@@ -438,7 +447,7 @@ void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, i
     return;
   }
   std::string error = tp::forward(torch_call(*ds, 0, mode), ds->output.data());
-  if (error.empty()) error = compare_close(ds->output, expected);
+  if (error.empty()) error = compare_close(ds->output, expected, "PyTorch");
   if (!error.empty()) {
     fail(state, error);
     return;
@@ -455,6 +464,47 @@ void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, i
     batch = batch + 1 == calls.size() ? 0 : batch + 1;
   }
   report(state, *ds, "pytorch " + tp::version());
+}
+
+// Whether fbgemm_gpu's operator loaded: its rows are registered only then (the context's
+// fbgemm_tbe entry says why not), so a torch without fbgemm_gpu still runs the other rows.
+bool tbe_available() {
+  std::string why;
+  return !embag::bench::torch_peer::tbe_version(&why).empty();
+}
+
+// FBGEMM's TBE, as bench_torch: same thread setting (its kernel runs on PyTorch's intra-op
+// pool), checked against the loop within 1e-5 relative before timing.
+void bench_tbe(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+  namespace tp = embag::bench::torch_peer;
+  std::string why;
+  const std::string version = tp::tbe_version(&why);
+  Dataset* ds = dataset_for(shape, state);
+  if (!ds) return;
+  tp::set_num_threads(threads);
+  std::vector<float> expected(ds->output.size());
+  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), threads)) {
+    fail(state, "baseline rejected the inputs (index out of range?)");
+    return;
+  }
+  std::string error = tp::tbe_forward(torch_call(*ds, 0, mode), ds->output.data());
+  if (error.empty()) error = compare_close(ds->output, expected, "FBGEMM's TBE");
+  if (!error.empty()) {
+    fail(state, error);
+    return;
+  }
+  std::vector<tp::Call> calls;
+  for (size_t k = 0; k < ds->batches.size(); ++k) calls.push_back(torch_call(*ds, k, mode));
+  size_t batch = kFirstTimedBatch % calls.size();
+  for (auto _ : state) {
+    error = tp::tbe_forward(calls[batch], nullptr);
+    if (!error.empty()) {
+      fail(state, error);
+      break;
+    }
+    batch = batch + 1 == calls.size() ? 0 : batch + 1;
+  }
+  report(state, *ds, "fbgemm_gpu " + version + " split_embedding_codegen_forward_cpu");
 }
 #endif
 
@@ -561,6 +611,11 @@ void register_shape(const Shape& shape) {
       embag::bench::configure(benchmark::RegisterBenchmark(
           row_name("pytorch", mode, shape, threads).c_str(),
           [=](benchmark::State& state) { bench_torch(state, shape, mode, threads); }));
+      if (mode != GatherMode::kMax && tbe_available()) {
+        embag::bench::configure(benchmark::RegisterBenchmark(
+            row_name("fbgemm_tbe", mode, shape, threads).c_str(),
+            [=](benchmark::State& state) { bench_tbe(state, shape, mode, threads); }));
+      }
 #endif
     }
 #ifdef EMBAG_BENCH_HAVE_REFERENCE
@@ -596,6 +651,11 @@ int main(int argc, char** argv) {
                               embag::bench::gather_isa_name(embag::bench::gather_best_isa()));
 #ifdef EMBAG_BENCH_HAVE_TORCH
   benchmark::AddCustomContext("pytorch", embag::bench::torch_peer::version());
+  {
+    std::string why;
+    const std::string tbe = embag::bench::torch_peer::tbe_version(&why);
+    benchmark::AddCustomContext("fbgemm_tbe", tbe.empty() ? "unavailable: " + why : tbe);
+  }
 #endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -1,15 +1,22 @@
-// PyTorch 2.x as a benchmark peer (see torch_peer.h): the one file that includes libtorch's
-// headers. Compiled as C++20 (libtorch 2.15's headers need it) against the torch package of
-// .venv-bench, and linked with its libtorch_cpu and libc10 only (no CUDA library is loaded).
+// PyTorch 2.x and FBGEMM's TBE as benchmark peers (see torch_peer.h): the one file that includes
+// libtorch's headers. Compiled as C++20 (libtorch 2.14's headers need it) against the torch
+// package of .venv-torch, and linked with its libtorch_cpu and libc10 only. fbgemm_gpu's
+// libraries are dlopen'ed on first use of the TBE rows (they need the wheel's libtorch.so, which
+// loads its CUDA libraries; no GPU is needed or touched).
 #include "torch_peer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
+#include <dlfcn.h>
 #include <torch/version.h>
 
 #include <cstring>
 #include <exception>
+#include <mutex>
+#include <optional>
 #include <tuple>
 
 namespace embag::bench::torch_peer {
@@ -151,6 +158,124 @@ std::string training_step(const Call& call, const float* grad_output, bool spars
   std::string error = training_forward(call, &state);
   if (error.empty()) error = backward(call, state, grad_output, sparse, nullptr, nullptr, nullptr);
   return error;
+}
+
+// ---- FBGEMM's TBE ----------------------------------------------------------------------------
+
+namespace {
+
+// fbgemm::split_embedding_codegen_forward_cpu, the CPU forward SplitTableBatchedEmbeddingBagsCodegen
+// runs (schema in fbgemm_gpu_tbe_common.so, kernel in fbgemm_gpu_tbe_training_forward.so).
+// (The kernel is registered with its tensors by value, and typed() wants that exact signature.)
+using TbeForward = at::Tensor(at::Tensor weights, at::Tensor weights_offsets, at::Tensor D_offsets,
+                              c10::SymInt total_D, at::Tensor hash_size_cumsum, at::Tensor indices,
+                              at::Tensor offsets, int64_t pooling_mode, at::Tensor indice_weights,
+                              int64_t output_dtype);
+
+struct Tbe {
+  std::string error;  // why there is no operator (empty: `op` is set)
+  std::optional<c10::TypedOperatorHandle<TbeForward>> op;
+};
+
+// Loads fbgemm_gpu's libraries once: libtorch.so first (fbgemm_gpu's libraries name it, and the
+// benchmarks link only libtorch_cpu), then those the forward operator needs, in the order
+// fbgemm_gpu/__init__.py loads them.
+const Tbe& tbe() {
+  static Tbe* const state = [] {
+    auto* t = new Tbe;
+#ifdef EMBAG_BENCH_FBGEMM_GPU_DIR
+    const std::string torch_lib = std::string(EMBAG_BENCH_TORCH_LIB_DIR) + "/libtorch.so";
+    if (dlopen(torch_lib.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      t->error = std::string("cannot load ") + torch_lib + ": " + dlerror();
+      return t;
+    }
+    for (const char* library : {"fbgemm_gpu_config", "fbgemm_gpu_tbe_utils", "fbgemm_gpu_tbe_common",
+                                "fbgemm_gpu_tbe_training_forward"}) {
+      const std::string path = std::string(EMBAG_BENCH_FBGEMM_GPU_DIR) + "/" + library + ".so";
+      if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+        t->error = "cannot load " + path + ": " + dlerror();
+        return t;
+      }
+    }
+    try {
+      t->op.emplace(c10::Dispatcher::singleton()
+                  .findSchemaOrThrow("fbgemm::split_embedding_codegen_forward_cpu", "")
+                  .typed<TbeForward>());
+    } catch (const std::exception& e) {
+      // (the first line: c10's messages go on with a stack trace)
+      const std::string what = e.what();
+      t->error = "fbgemm::split_embedding_codegen_forward_cpu: " + what.substr(0, what.find('\n'));
+    }
+#else
+    t->error = "fbgemm_gpu was not found beside torch when the benchmarks were configured";
+#endif
+    return t;
+  }();
+  return *state;
+}
+
+// The module's buffers for one table of (rows, dim): weights_offsets {0}, D_offsets {0, D}
+// (int32), hash_size_cumsum {0, rows}; kept for the last shape so a timed call allocates nothing
+// of its own. No per-sample weights is an undefined tensor, as the module's CPU lookup passes:
+// an empty but defined one is read as weights (a segfault, seen with fbgemm-gpu-cpu 1.9.0).
+struct TbeBuffers {
+  int64_t rows = -1, dim = -1;
+  at::Tensor weights_offsets, d_offsets, hash_size_cumsum, no_weights;
+};
+
+const TbeBuffers& tbe_buffers(int64_t rows, int64_t dim) {
+  static TbeBuffers buffers;
+  static std::mutex mutex;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (buffers.rows != rows || buffers.dim != dim) {
+    buffers.rows = rows;
+    buffers.dim = dim;
+    buffers.weights_offsets = at::zeros({1}, at::kLong);
+    buffers.d_offsets = at::tensor({0, static_cast<int32_t>(dim)}, at::kInt);
+    buffers.hash_size_cumsum = at::tensor({int64_t{0}, rows}, at::kLong);
+  }
+  return buffers;
+}
+
+}  // namespace
+
+std::string tbe_version(std::string* why) {
+  const Tbe& t = tbe();
+  if (!t.error.empty()) {
+    *why = t.error;
+    return "";
+  }
+#ifdef EMBAG_BENCH_FBGEMM_GPU_VERSION
+  return EMBAG_BENCH_FBGEMM_GPU_VERSION;
+#else
+  return "?";
+#endif
+}
+
+std::string tbe_forward(const Call& call, void* output) {
+  const Tbe& t = tbe();
+  if (!t.error.empty()) return "TBE: " + t.error;
+  if (call.dtype != Dtype::kFloat32 || call.mode == Mode::kMax) {
+    return "TBE: float32 sum or mean only";
+  }
+  return guarded([&] {
+    // The module's CPU lookup is an autograd function: it runs under no_grad, not inference
+    // mode (which it rejects), and so does this.
+    at::NoGradGuard no_grad;
+    const TbeBuffers& b = tbe_buffers(call.rows, call.dim);
+    const at::Tensor weights = at::from_blob(const_cast<void*>(call.table), {call.rows * call.dim},
+                                             at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor indices =
+        at::from_blob(const_cast<int64_t*>(call.indices), {call.positions}, at::kLong);
+    const at::Tensor offsets =
+        at::from_blob(const_cast<int64_t*>(call.offsets), {call.bags + 1}, at::kLong);
+    // PoolingMode: SUM 0, MEAN 1; output_dtype: SparseType.FP32 is 0.
+    const at::Tensor result =
+        t.op->call(weights, b.weights_offsets, b.d_offsets, c10::SymInt(call.dim),
+                  b.hash_size_cumsum, indices, offsets, call.mode == Mode::kMean ? 1 : 0,
+                  b.no_weights, /*output_dtype=*/0);
+    if (output != nullptr) copy_out(result, call.dtype, output);
+  });
 }
 
 }  // namespace embag::bench::torch_peer

@@ -1,7 +1,8 @@
 // PyTorch 2.x as a peer in the benchmarks: its CPU embedding_bag (FBGEMM inside) and its
-// backward, called on exactly the memory the embag and gather-loop rows use.
+// backward, and FBGEMM's table-batched embedding operator (fbgemm_gpu), called on exactly the
+// memory the embag and gather-loop rows use.
 //
-// Built only when CMake is given EMBAG_BENCH_TORCH_DIR (the torch package of .venv-bench, see
+// Built only when CMake is given EMBAG_BENCH_TORCH_DIR (the torch package of .venv-torch, see
 // `make bench-venv`); then EMBAG_BENCH_HAVE_TORCH is defined and the benchmarks register
 // pytorch/... rows. The interface holds no torch type, so the benchmarks compile without
 // libtorch's headers; torch_peer.cpp is the one file that includes them.
@@ -85,5 +86,22 @@ std::string backward(const Call& call, const ForwardState& state, const float* g
 
 // One training step's embedding work: training_forward then backward, nothing copied out.
 std::string training_step(const Call& call, const float* grad_output, bool sparse);
+
+// ---- FBGEMM's table-batched embedding operator (TBE) --------------------------------------
+// The forward of fbgemm_gpu's SplitTableBatchedEmbeddingBagsCodegen for one float32 table on the
+// host (EmbeddingLocation.HOST, ComputeDevice.CPU): the module's CPU lookup runs
+// fbgemm::split_embedding_codegen_forward_cpu inside its autograd function, and this calls that
+// operator through the c10 dispatcher (under NoGradGuard, as the module runs under no_grad)
+// on the caller's memory. fbgemm_gpu's libraries (PyPI fbgemm-gpu-cpu, beside torch in
+// .venv-torch) are loaded on first use; only in builds where CMake found them
+// (EMBAG_BENCH_FBGEMM_GPU_DIR).
+
+// fbgemm-gpu-cpu's version ("1.9.0") if its operator is loaded and found, else empty with the
+// reason in *why.
+std::string tbe_version(std::string* why);
+
+// The TBE forward of `call` (sum or mean; TBE has no max pooling): as forward() above, the
+// (bags, dim) float32 result copied to `output` when it is not null.
+std::string tbe_forward(const Call& call, void* output);
 
 }  // namespace embag::bench::torch_peer

@@ -13,13 +13,14 @@
 # GoogleTest and Google Benchmark (Debian multiarch: the architecture is added to dpkg, which only
 # widens what apt may install).
 #
-# With --torch it (also) creates .venv-torch, a second virtual environment with PyTorch from PyPI
-# for `make test-python` (scripts/requirements-torch.txt). It is separate so that .venv, which
-# every build uses, stays small: PyPI's Linux x86-64 torch is the CUDA build, whose nvidia-*
+# With --torch or --bench it (also) creates .venv-torch, the one PyTorch environment
+# (scripts/requirements-torch.txt): PyTorch from PyPI pinned to the version FBGEMM's
+# compatibility table names for fbgemm-gpu-cpu (FBGEMM's table-batched embedding operator, a
+# benchmark peer), pytest for `make test-python`, matplotlib for `make bench-report`; TorchRec
+# will join it. One environment, so the tests, the benchmarks and TorchRec see the same torch. It
+# is separate from .venv, which every build uses and which stays small: PyPI's Linux x86-64 torch
+# is the CUDA build (PyPI serves no CPU-only wheel under the name torch), whose nvidia-*
 # dependencies make it about 5 GiB (measured: 80 s to install on the CI machine's network).
-#
-# With --bench it creates .venv-bench, the benchmark environment (scripts/requirements-bench.txt:
-# PyTorch, the peer bench_forward / bench_backward link, and matplotlib for make bench-report).
 #
 # With --clang it also installs clang 14 and its compiler-rt runtimes (AddressSanitizer,
 # UndefinedBehaviorSanitizer, ThreadSanitizer, libFuzzer): make test-sanitize, make test-tsan and
@@ -101,9 +102,6 @@ make_venv() {
   cp "$requirements" "$stamp"
 }
 make_venv .venv scripts/requirements.txt bin/cmake
-if [ -n "$with_torch" ]; then
+if [ -n "$with_torch$with_bench" ]; then
   make_venv .venv-torch scripts/requirements-torch.txt bin/pytest
-fi
-if [ -n "$with_bench" ]; then
-  make_venv .venv-bench scripts/requirements-bench.txt bin/python
 fi
