@@ -436,7 +436,12 @@ embag::bench::torch_peer::Call torch_call(const Dataset& ds, size_t batch, Gathe
                                                       : tp::Mode::kMax);
 }
 
-void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+// A peer's forward (PyTorch's F.embedding_bag, or FBGEMM's TBE operator, whose kernel runs on
+// PyTorch's intra-op pool): same thread setting as embag, checked against the loop within 1e-5
+// relative before timing, then timed over the same index batches.
+using PeerForward = std::string (*)(const embag::bench::torch_peer::Call&, void*);
+void bench_peer(benchmark::State& state, const Shape& shape, GatherMode mode, int threads,
+                PeerForward peer_forward, const char* peer_name, const std::string& label) {
   namespace tp = embag::bench::torch_peer;
   Dataset* ds = dataset_for(shape, state);
   if (!ds) return;
@@ -446,8 +451,8 @@ void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, i
     fail(state, "baseline rejected the inputs (index out of range?)");
     return;
   }
-  std::string error = tp::forward(torch_call(*ds, 0, mode), ds->output.data());
-  if (error.empty()) error = compare_close(ds->output, expected, "PyTorch");
+  std::string error = peer_forward(torch_call(*ds, 0, mode), ds->output.data());
+  if (error.empty()) error = compare_close(ds->output, expected, peer_name);
   if (!error.empty()) {
     fail(state, error);
     return;
@@ -456,14 +461,19 @@ void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, i
   for (size_t k = 0; k < ds->batches.size(); ++k) calls.push_back(torch_call(*ds, k, mode));
   size_t batch = kFirstTimedBatch % calls.size();
   for (auto _ : state) {
-    error = tp::forward(calls[batch], nullptr);
+    error = peer_forward(calls[batch], nullptr);
     if (!error.empty()) {
       fail(state, error);
       break;
     }
     batch = batch + 1 == calls.size() ? 0 : batch + 1;
   }
-  report(state, *ds, "pytorch " + tp::version());
+  report(state, *ds, label);
+}
+
+void bench_torch(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
+  namespace tp = embag::bench::torch_peer;
+  bench_peer(state, shape, mode, threads, &tp::forward, "PyTorch", "pytorch " + tp::version());
 }
 
 // Whether fbgemm_gpu's operator loaded: its rows are registered only then (the context's
@@ -473,38 +483,11 @@ bool tbe_available() {
   return !embag::bench::torch_peer::tbe_version(&why).empty();
 }
 
-// FBGEMM's TBE, as bench_torch: same thread setting (its kernel runs on PyTorch's intra-op
-// pool), checked against the loop within 1e-5 relative before timing.
 void bench_tbe(benchmark::State& state, const Shape& shape, GatherMode mode, int threads) {
   namespace tp = embag::bench::torch_peer;
   std::string why;
-  const std::string version = tp::tbe_version(&why);
-  Dataset* ds = dataset_for(shape, state);
-  if (!ds) return;
-  tp::set_num_threads(threads);
-  std::vector<float> expected(ds->output.size());
-  if (!embag::bench::gather_forward(baseline_problem(*ds, 0, mode, expected.data()), threads)) {
-    fail(state, "baseline rejected the inputs (index out of range?)");
-    return;
-  }
-  std::string error = tp::tbe_forward(torch_call(*ds, 0, mode), ds->output.data());
-  if (error.empty()) error = compare_close(ds->output, expected, "FBGEMM's TBE");
-  if (!error.empty()) {
-    fail(state, error);
-    return;
-  }
-  std::vector<tp::Call> calls;
-  for (size_t k = 0; k < ds->batches.size(); ++k) calls.push_back(torch_call(*ds, k, mode));
-  size_t batch = kFirstTimedBatch % calls.size();
-  for (auto _ : state) {
-    error = tp::tbe_forward(calls[batch], nullptr);
-    if (!error.empty()) {
-      fail(state, error);
-      break;
-    }
-    batch = batch + 1 == calls.size() ? 0 : batch + 1;
-  }
-  report(state, *ds, "fbgemm_gpu " + version + " split_embedding_codegen_forward_cpu");
+  bench_peer(state, shape, mode, threads, &tp::tbe_forward, "FBGEMM's TBE",
+             "fbgemm_gpu " + tp::tbe_version(&why) + " split_embedding_codegen_forward_cpu");
 }
 #endif
 

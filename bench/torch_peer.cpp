@@ -164,9 +164,10 @@ std::string training_step(const Call& call, const float* grad_output, bool spars
 
 namespace {
 
-// fbgemm::split_embedding_codegen_forward_cpu, the CPU forward SplitTableBatchedEmbeddingBagsCodegen
-// runs (schema in fbgemm_gpu_tbe_common.so, kernel in fbgemm_gpu_tbe_training_forward.so).
-// (The kernel is registered with its tensors by value, and typed() wants that exact signature.)
+// fbgemm::split_embedding_codegen_forward_cpu, the CPU forward
+// SplitTableBatchedEmbeddingBagsCodegen runs (schema in fbgemm_gpu_tbe_common.so, kernel in
+// fbgemm_gpu_tbe_training_forward.so). (The kernel is registered with its tensors by value, and
+// typed() wants that exact signature.)
 using TbeForward = at::Tensor(at::Tensor weights, at::Tensor weights_offsets, at::Tensor D_offsets,
                               c10::SymInt total_D, at::Tensor hash_size_cumsum, at::Tensor indices,
                               at::Tensor offsets, int64_t pooling_mode, at::Tensor indice_weights,
@@ -189,8 +190,8 @@ const Tbe& tbe() {
       t->error = std::string("cannot load ") + torch_lib + ": " + dlerror();
       return t;
     }
-    for (const char* library : {"fbgemm_gpu_config", "fbgemm_gpu_tbe_utils", "fbgemm_gpu_tbe_common",
-                                "fbgemm_gpu_tbe_training_forward"}) {
+    for (const char* library : {"fbgemm_gpu_config", "fbgemm_gpu_tbe_utils",
+                                "fbgemm_gpu_tbe_common", "fbgemm_gpu_tbe_training_forward"}) {
       const std::string path = std::string(EMBAG_BENCH_FBGEMM_GPU_DIR) + "/" + library + ".so";
       if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
         t->error = "cannot load " + path + ": " + dlerror();
@@ -199,8 +200,8 @@ const Tbe& tbe() {
     }
     try {
       t->op.emplace(c10::Dispatcher::singleton()
-                  .findSchemaOrThrow("fbgemm::split_embedding_codegen_forward_cpu", "")
-                  .typed<TbeForward>());
+                        .findSchemaOrThrow("fbgemm::split_embedding_codegen_forward_cpu", "")
+                        .typed<TbeForward>());
     } catch (const std::exception& e) {
       // (the first line: c10's messages go on with a stack trace)
       const std::string what = e.what();
@@ -270,10 +271,9 @@ std::string tbe_forward(const Call& call, void* output) {
     const at::Tensor offsets =
         at::from_blob(const_cast<int64_t*>(call.offsets), {call.bags + 1}, at::kLong);
     // PoolingMode: SUM 0, MEAN 1; output_dtype: SparseType.FP32 is 0.
-    const at::Tensor result =
-        t.op->call(weights, b.weights_offsets, b.d_offsets, c10::SymInt(call.dim),
-                  b.hash_size_cumsum, indices, offsets, call.mode == Mode::kMean ? 1 : 0,
-                  b.no_weights, /*output_dtype=*/0);
+    const at::Tensor result = t.op->call(
+        weights, b.weights_offsets, b.d_offsets, c10::SymInt(call.dim), b.hash_size_cumsum, indices,
+        offsets, call.mode == Mode::kMean ? 1 : 0, b.no_weights, /*output_dtype=*/0);
     if (output != nullptr) copy_out(result, call.dtype, output);
   });
 }
