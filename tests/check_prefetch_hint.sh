@@ -22,16 +22,19 @@ any_prefetch='prefetch|prfm[[:space:]]'
 
 listing=$(mktemp)
 trap 'rm -f "$listing"' EXIT
-"$objdump" -d --no-show-raw-insn "$archive" > "$listing"
+# Each member's heading, in GNU objdump's form ("name.o:     file format ...") or llvm-objdump's
+# ("archive.a(name.o):	file format ..."), becomes "OBJECT name.o".
+"$objdump" -d --no-show-raw-insn "$archive" |
+  sed -E 's/^(.*\()?([^():]+\.o)\)?:[[:space:]]+file format.*/OBJECT \2/' > "$listing"
 
 failures=0 checked=0 shown=""
-# One block per object: "<name>.o:     file format ..." up to the next such line.
-for object in $(grep -oE '^embag_forward_[a-z0-9_]+\.[a-z0-9_.]*o:' "$listing" | sed 's/:$//' | sort -u); do
+# One block per object: from its OBJECT line up to the next.
+for object in $(sed -n 's/^OBJECT \(embag_forward_.*\)$/\1/p' "$listing" | sort -u); do
   kernel=${object%%.*}
   cpu=""
   for isa in "${isas[@]}"; do [[ $kernel == *_"$isa" ]] && cpu=$isa; done
   [ -n "$cpu" ] || continue
-  body=$(awk -v o="$object:" '$1 == o {on = 1; next} /file format/ {on = 0} on' "$listing")
+  body=$(awk -v o="$object" '$1 == "OBJECT" {on = ($2 == o); next} on' "$listing")
   wanted=$(grep -cE "$want" <<< "$body" || true)
   others=$(grep -cE "$unwanted" <<< "$body" || true)
   all=$(grep -cE "$any_prefetch" <<< "$body" || true)
