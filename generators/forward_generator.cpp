@@ -23,6 +23,7 @@
 #include "Halide.h"
 #include "float_bits.h"
 #include "kernel_enums.h"
+#include "widen_constant_offsets.h"
 
 namespace {
 
@@ -183,6 +184,8 @@ class EmbagForward : public Generator<EmbagForward> {
   }
 
   void schedule_cpu() {
+    // One offset register per tile instead of one per vector (see widen_constant_offsets.h).
+    get_pipeline().add_custom_lowering_pass(new embag_generators::WidenConstantOffsets);
     const Type acc_type = accumulator_type();
     const int vector_lanes = natural_vector_size(acc_type);
     int widest = max_tile_vectors;
@@ -206,6 +209,24 @@ class EmbagForward : public Generator<EmbagForward> {
       const Target target = get_target();
       const bool wide_float = weight_type.value() == Float(32) || weight_type.value() == Float(64);
       if (target.arch == Target::ARM && target.bits == 64 && !is_max() && wide_float) {
+        widest *= 2;
+      }
+      // x86 with AVX: an unweighted sum adds each row vector straight from memory (vaddps
+      // ymm, ymm, [mem] needs no register for the row), so 16 accumulators fit AVX2's 16
+      // registers and a 128-float row is walked once, not in two passes that each reload the
+      // bag's indices and re-touch its rows (AVX-512: a 256-float row). A weighted sum needs two
+      // more registers (the sample weight and the product), which only AVX-512's 32 have.
+      // SSE4.1 stays at 8: its addps takes only aligned memory operands, so every row vector
+      // needs a register. The generated assembly has no vector spills inside the position loop
+      // at 16 (mean spills three vectors once per bag, around its division).
+      // (Halide 21 sets no implied features: an avx512_skylake target reports neither AVX2 nor
+      // AVX512, so each is asked for.)
+      const bool wide_registers =
+          target.has_feature(Target::AVX512) || target.has_feature(Target::AVX512_Skylake);
+      const bool avx_like =
+          target.arch == Target::X86 && (target.has_feature(Target::AVX2) || wide_registers);
+      if (avx_like && !is_max() && wide_float &&
+          (mode != Pooling::kWeightedSum || wide_registers)) {
         widest *= 2;
       }
     }
@@ -351,18 +372,25 @@ class EmbagForward : public Generator<EmbagForward> {
                                   Internal::Call::Intrinsic);
     };
     // The first kUnrolledLines lines are issued straight-line (a loop costs more instructions
-    // than the prefetches, and instructions per position are what limits max). A line past a
-    // short row is skipped by a branch (if_then_else is evaluated lazily, unlike select), which
-    // the schedule's `dim >= width` specializations fold away for the lines every row has: a
-    // prefetch takes a load slot even when its line is already in flight, a predicted branch
-    // does not (a D = 64 float row issued 8 prefetches for its 4 lines before). Rows longer than
-    // that (D > 128 floats) prefetch the rest in a loop.
+    // than the prefetches, and instructions per position are what limits the warm kernels), in
+    // groups of doubling size -- line 0, line 1, lines 2-3, lines 4-7 -- each behind one branch
+    // on the row's width (if_then_else is evaluated lazily, unlike select). The schedule's
+    // `dim >= width` specializations fold the branches of the groups every row has, so a
+    // 64-float row tests one branch (lines 4-7, not taken) and a 128-float row none. Within the
+    // last group a row partly covers, lines past the row are clamped to its last line: one
+    // duplicate prefetch is cheaper than a branch per line (a prefetch takes a load slot, a
+    // predicted branch an issue slot; the per-line branches also kept one flag register per
+    // line live across the loop, spilled at D >= 64). Rows longer than that (D > 128 floats)
+    // prefetch the rest in a loop.
     constexpr int kUnrolledLines = 8;
     Expr issued = cast<uint8_t>(0);
-    for (int line = 0; line < kUnrolledLines; ++line) {
-      Expr in_row = line * elements_per_line < dim;
+    for (int first = 0; first < kUnrolledLines; first = first == 0 ? 1 : first * 2) {
+      const int end = first == 0 ? 1 : first * 2;
+      Expr group = cast<uint8_t>(0);
+      for (int line = first; line < end; ++line) group = group | prefetch_line(line);
+      Expr in_row = first * elements_per_line < dim;
       issued = issued | Internal::Call::make(UInt(8), Internal::Call::if_then_else,
-                                             {in_row, prefetch_line(line), cast<uint8_t>(0)},
+                                             {in_row, group, cast<uint8_t>(0)},
                                              Internal::Call::PureIntrinsic);
     }
     prefetch_(pos, bag) = issued;

@@ -13,31 +13,32 @@
 namespace embag::internal {
 namespace {
 
-// Without any cache size reported: 256 KiB, the smallest L2 of the CPUs embag targets
-// (Cortex-A53 boards have 128 KiB to 1 MiB; x86 cores 256 KiB and up).
-constexpr int64_t kDefaultLimitBytes = int64_t{256} << 10;
+// Without any cache size reported: 64 KiB, a quarter of the smallest L2 of the CPUs embag
+// targets (Cortex-A53 boards have 128 KiB to 1 MiB; x86 cores 256 KiB and up).
+constexpr int64_t kDefaultLimitBytes = int64_t{64} << 10;
 
 struct Limit {
   int64_t bytes;
   const char* source;
 };
 
-// A quarter of the L3, and at most 8 MiB. Measured on a 2-core AMD EPYC (Zen 3, AVX2, 512 KiB L2,
-// 32 MiB L3), 2048 bags of 40 uniform indices, 1 thread, both variants of one build alternated:
-// at 5 MiB (10k x 128 float32) the variant without prefetch ran sum at 0.99 of the gather loop
-// against 0.57 with it (mean 0.80 against 0.42; max even); at 20 MiB (40k x 128, still inside the
-// L3) the prefetch won everywhere (max 0.83 against 0.26, sum 0.89 against 0.70). What changes
-// between the two is less the L3 than the TLB: 8 MiB is what the 2048-entry second-level TLBs of
-// current x86 cores (Zen 2-4, Ice Lake and later) reach with 4 KiB pages; past it every row costs
-// a page walk, which only a prefetch issued well ahead hides. The quarter keeps a small L3 (8 MiB
-// on the AVX2-only EPYC seen) from counting tables it cannot hold beside the indices, the output
-// and its other tenants. Without an L3 (many ARM boards) the L2 is the last cache level.
-constexpr int64_t kTlbReachBytes = int64_t{8} << 20;
-
+// A quarter of one core's L2. Measured on a 2-core AMD EPYC (Zen 3, AVX2, 32 KiB L1d, 512 KiB L2,
+// 32 MiB L3), sum, 2048 bags of 40 uniform indices, 1 thread, both variants of one build
+// (EMBAG_CACHE_RESIDENT_BYTES=0 against 1e9), medians of 5-7: the variant without prefetch won
+// at 25-128 KiB (100 x 64: 199 against 349 us; 250 x 128: 763 against 845), the two were even
+// at 128 KiB (500 x 64), and the T0-prefetching variant won from 256 KiB on (1000 x 128: 619
+// against 910; 10k x 64, 2.5 MiB: 472 against 639; 100k x 64: 1819 against 2774). So a table
+// that fits a fraction of L2 is read at L1/L2 latency that the out-of-order window hides; past
+// that, each row is an L2 miss (L3 or DRAM, 40 cycles and up) that only a prefetch issued 16
+// positions ahead covers. The quarter leaves the rest of L2 to the indices, the output and the
+// rows' neighbours. (An earlier rule, a quarter of L3, was measured when the prefetch issued
+// non-temporal hints, one prefetch per line per register tile and the offsets spilled; with T0
+// hints and one tile per 128-float row the prefetch pays already at L2 size.) On CPUs that
+// report no L2, the L1d times four (L2 is rarely smaller), else the default.
 Limit limit_from_caches() {
   const CacheSizes& caches = cpu_cache_sizes();
-  if (caches.l3 > 0) return {std::min(caches.l3 / 4, kTlbReachBytes), "L3 / 4, at most 8 MiB"};
-  if (caches.l2 > 0) return {caches.l2, "L2"};
+  if (caches.l2 > 0) return {caches.l2 / 4, "L2 / 4"};
+  if (caches.l1d > 0) return {caches.l1d * 4, "L1d x 4"};
   return {kDefaultLimitBytes, "default"};
 }
 

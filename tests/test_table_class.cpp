@@ -68,14 +68,14 @@ TEST_F(TableClass, RuleComesFromThisCpusCaches) {
             << rule.l2_bytes << " B, L3 " << rule.l3_bytes << " B; cache-resident up to "
             << rule.cache_resident_max_bytes << " B (" << rule.limit_source << ")\n";
   EXPECT_GT(rule.cache_resident_max_bytes, 0);
-  if (rule.l3_bytes > 0) {
-    EXPECT_EQ(rule.cache_resident_max_bytes, std::min<int64_t>(rule.l3_bytes / 4, 8 << 20));
-    EXPECT_EQ(rule.limit_source, "L3 / 4, at most 8 MiB");
-  } else if (rule.l2_bytes > 0) {
-    EXPECT_EQ(rule.cache_resident_max_bytes, rule.l2_bytes);
-    EXPECT_EQ(rule.limit_source, "L2");
+  if (rule.l2_bytes > 0) {
+    EXPECT_EQ(rule.cache_resident_max_bytes, rule.l2_bytes / 4);
+    EXPECT_EQ(rule.limit_source, "L2 / 4");
+  } else if (rule.l1d_bytes > 0) {
+    EXPECT_EQ(rule.cache_resident_max_bytes, rule.l1d_bytes * 4);
+    EXPECT_EQ(rule.limit_source, "L1d x 4");
   } else {
-    EXPECT_EQ(rule.cache_resident_max_bytes, 256 << 10);
+    EXPECT_EQ(rule.cache_resident_max_bytes, 64 << 10);
     EXPECT_EQ(rule.limit_source, "default");
   }
   embag::set_cache_resident_bytes(12345);

@@ -235,18 +235,19 @@ const std::vector<VariantInfo>& compiled_variants();
 // table of at most `cache_resident_max_bytes` (rows x row stride x element size) runs the
 // cache-resident variant, which issues no software prefetch; a larger one runs the
 // memory-resident variant, which prefetches each row ahead of the gather (with the T0 hint). The
-// limit is a quarter of this CPU's L3 and at most 8 MiB (what a 2048-entry TLB reaches with
-// 4 KiB pages; runtime/table_class.cpp has the measurements), the L2 where no L3 is reported, or
-// the environment variable EMBAG_CACHE_RESIDENT_BYTES, or set_cache_resident_bytes(). Both
-// variants give bitwise the same results; only their speed differs.
+// limit is a quarter of one core's L2 (past it, rows come from L3 or DRAM at a latency only the
+// prefetch hides; runtime/table_class.cpp has the measurements), four times the L1d where no L2
+// is reported, 64 KiB where no cache is, or the environment variable EMBAG_CACHE_RESIDENT_BYTES,
+// or set_cache_resident_bytes(). Both variants give bitwise the same results; only their speed
+// differs.
 struct TableSizeRule {
   int64_t l1d_bytes = 0;  // this CPU's caches as read (0: not reported)
   int64_t l2_bytes = 0;
   int64_t l3_bytes = 0;
   std::string cache_source;  // "sysfs", "cpuid" or "none"
   int64_t cache_resident_max_bytes = 0;
-  // Where the limit came from: "L3 / 4, at most 8 MiB", "L2" (no L3 reported), "default" (no
-  // cache reported: 256 KiB), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
+  // Where the limit came from: "L2 / 4", "L1d x 4" (no L2 reported), "default" (no cache
+  // reported: 64 KiB), "EMBAG_CACHE_RESIDENT_BYTES" or "set_cache_resident_bytes".
   std::string limit_source;
 };
 TableSizeRule table_size_rule();
