@@ -17,6 +17,8 @@
 #include <fstream>
 #include <string>
 
+#include "enum_tables.h"
+
 namespace embag::internal {
 namespace {
 
@@ -116,23 +118,8 @@ bool cpu_supports(Isa isa) {
 }
 
 const char* isa_requirement(Isa isa) {
-  switch (isa) {
-    case Isa::kSse41:
-      return "SSE4.1";
-    case Isa::kAvx2:
-      return "AVX2, FMA and F16C";
-    case Isa::kAvx512:
-      return "AVX-512 F, BW, DQ, VL and CD";
-    case Isa::kNeon:
-      return "a 64-bit ARM CPU with Advanced SIMD (NEON)";
-    case Isa::kArmv7:
-      return "a 32-bit ARM CPU with NEON and VFPv3";
-    case Isa::kCudaSm86:
-    case Isa::kCudaSm80:
-    case Isa::kOpenCL:
-      return "a GPU (it is chosen by the tensors' device, not by set_isa)";
-  }
-  return "?";
+  const IsaInfo* row = find_row(kIsaTable, &IsaInfo::isa, isa);
+  return row ? row->requirement : "?";
 }
 
 std::string cpu_feature_summary() {

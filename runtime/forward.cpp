@@ -21,12 +21,9 @@ namespace embag {
 namespace {
 
 using internal::BagLayout;
-using internal::CallContext;
 using internal::ForwardPlan;
 using internal::HalideBuffer;
-using internal::KernelArgs;
 using internal::KernelEntry;
-using internal::Pipeline;
 using internal::Pooling;
 
 // The kernels a validated call needs on the selected ISA, or why they are missing.
@@ -41,7 +38,7 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
                       bool wants_argmax, SelectedKernels* kernels) {
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
-  const internal::KernelKey forward_key{Pipeline::kForward, pooling, in.weight.dtype,
+  const internal::KernelKey forward_key{internal::Pipeline::kForward, pooling, in.weight.dtype,
                                         in.input.dtype};
   // By D too (a tuning file may give a kernel a schedule per D bucket), and by where the table
   // lives (a cache-resident and a memory-resident variant of each CPU forward kernel).
@@ -49,8 +46,8 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
   const internal::TableClass table_class = internal::table_class_of(in.weight);
   if (pooling == Pooling::kMax && !wants_argmax) {
     kernels->forward = internal::find_kernel(
-        {Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa, dim,
-        table_class);
+        {internal::Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa,
+        dim, table_class);
   }
   if (kernels->forward == nullptr)
     kernels->forward = internal::find_kernel(forward_key, isa, dim, table_class);
@@ -60,7 +57,7 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
   };
   if (kernels->forward == nullptr) return missing(forward_key);
   if (opt.max_norm) {
-    const internal::KernelKey renorm_key{Pipeline::kRenorm, std::nullopt, in.weight.dtype,
+    const internal::KernelKey renorm_key{internal::Pipeline::kRenorm, std::nullopt, in.weight.dtype,
                                          std::nullopt};
     kernels->renorm = internal::find_kernel(renorm_key, isa);
     if (kernels->renorm == nullptr) return missing(renorm_key);
@@ -111,9 +108,9 @@ void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out
     count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
 }
 
-Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const ForwardInputs& in,
-                          const ForwardOutputs& out, const ForwardPlan& plan,
-                          const BagLayout& layout) {
+Status run_pooling_kernel(internal::CallContext& call, const KernelEntry& kernel,
+                          const ForwardInputs& in, const ForwardOutputs& out,
+                          const ForwardPlan& plan, const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
   HalideBuffer weight(in.weight.data, in.weight.dtype, plan.num_rows, D, in.weight.strides[0]);
   HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
@@ -121,7 +118,7 @@ Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const Fo
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
   const int32_t bags_per_task = internal::bags_per_task(B, kernel.tasks_per_thread);
-  KernelArgs args;
+  internal::KernelArgs args;
   args.buffer("weight", weight.get())
       .buffer("indices", indices.get())
       .buffer("offsets", offsets.get())
@@ -150,9 +147,9 @@ Status run_pooling_kernel(CallContext& call, const KernelEntry& kernel, const Fo
   return internal::run_kernel(call, kernel, args);
 }
 
-Status run_forward_kernel(CallContext& call, const KernelEntry& kernel, const ForwardInputs& in,
-                          const ForwardOutputs& out, const ForwardPlan& plan,
-                          const BagLayout& layout) {
+Status run_forward_kernel(internal::CallContext& call, const KernelEntry& kernel,
+                          const ForwardInputs& in, const ForwardOutputs& out,
+                          const ForwardPlan& plan, const BagLayout& layout) {
   Status s = run_pooling_kernel(call, kernel, in, out, plan, layout);
   if (s.ok() && out.bag_count) {
     count_valid_positions(plan, layout, static_cast<int64_t*>(out.bag_count->data));
@@ -220,7 +217,7 @@ Status forward(const ForwardInputs& caller_inputs, const ForwardOutputs& outputs
     if (kernels.forward->pooling == Pooling::kMax && outputs.argmax == nullptr) {
       t_scratch_argmax.resize(static_cast<size_t>(plan.num_bags * plan.dim));
     }
-    CallContext call;
+    internal::CallContext call;
     if (options.max_norm) {
       Status s = internal::renormalize_referenced_rows(
           call, inputs.weight, layout, plan, *options.max_norm, options.norm_type, *kernels.renorm);
@@ -246,7 +243,7 @@ std::string forward_variant_name(const ForwardInputs& inputs, const Options& opt
     Isa isa{};
     if (!internal::gpu::select_isa(inputs.weight.device, &isa).ok()) return "";
     const KernelEntry* kernel = internal::find_kernel(
-        {Pipeline::kForward, pooling, inputs.weight.dtype, inputs.input.dtype}, isa);
+        {internal::Pipeline::kForward, pooling, inputs.weight.dtype, inputs.input.dtype}, isa);
     return kernel != nullptr ? kernel->name : "";
   }
   SelectedKernels kernels;

@@ -1,6 +1,8 @@
 // HalideBuffer: caller memory described as halide_buffer_t.
 #include "halide_buffer.h"
 
+#include "enum_tables.h"
+
 namespace embag::internal {
 namespace {
 
@@ -11,21 +13,9 @@ alignas(64) unsigned char g_empty_storage[64];
 }  // namespace
 
 halide_type_t halide_type_of(DType dtype) {
-  switch (dtype) {
-    case DType::kInt32:
-      return halide_type_t(halide_type_int, 32);
-    case DType::kInt64:
-      return halide_type_t(halide_type_int, 64);
-    case DType::kFloat16:
-      return halide_type_t(halide_type_float, 16);
-    case DType::kBFloat16:
-      return halide_type_t(halide_type_bfloat, 16);
-    case DType::kFloat32:
-      return halide_type_t(halide_type_float, 32);
-    case DType::kFloat64:
-      return halide_type_t(halide_type_float, 64);
-  }
-  return halide_type_t();
+  const DTypeInfo* row = find_row(kDTypeTable, &DTypeInfo::dtype, dtype);
+  if (row == nullptr) return halide_type_t();
+  return halide_type_t(row->halide_code, static_cast<uint8_t>(row->bytes * 8));
 }
 
 void HalideBuffer::init(const void* data, DType dtype, int dimensions) {

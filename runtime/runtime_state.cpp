@@ -13,6 +13,7 @@
 #include "api_guard.h"
 #include "call_context.h"
 #include "cpu_features.h"
+#include "enum_tables.h"
 #include "gpu/cuda_driver.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
@@ -134,70 +135,35 @@ namespace embag {
 
 using internal::kernel_table;
 
-const char* mode_name(Mode mode) {
-  switch (mode) {
-    case Mode::kSum:
-      return "sum";
-    case Mode::kMean:
-      return "mean";
-    case Mode::kMax:
-      return "max";
-  }
-  return "?";
-}
+const char* mode_name(Mode mode) { return internal::name_in(internal::kModeTable, mode, "?"); }
 
 std::optional<Mode> parse_mode(const std::string& name) {
-  if (name == "sum") return Mode::kSum;
-  if (name == "mean") return Mode::kMean;
-  if (name == "max") return Mode::kMax;
-  return std::nullopt;
+  return internal::parse_in(internal::kModeTable, &internal::EnumName<Mode>::value, name);
 }
 
 const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kSse41:
-      return "sse41";
-    case Isa::kNeon:
-      return "neon";
-    case Isa::kArmv7:
-      return "armv7";
-    case Isa::kCudaSm86:
-      return "cuda_sm86";
-    case Isa::kCudaSm80:
-      return "cuda_sm80";
-    case Isa::kOpenCL:
-      return "opencl";
-  }
-  return "?";
+  const internal::IsaInfo* row =
+      internal::find_row(internal::kIsaTable, &internal::IsaInfo::isa, isa);
+  return row ? row->name : "?";
 }
 
 DeviceType isa_device(Isa isa) {
-  switch (isa) {
-    case Isa::kCudaSm86:
-    case Isa::kCudaSm80:
-      return DeviceType::kCUDA;
-    case Isa::kOpenCL:
-      return DeviceType::kOpenCL;
-    default:
-      return DeviceType::kCPU;
-  }
+  const internal::IsaInfo* row =
+      internal::find_row(internal::kIsaTable, &internal::IsaInfo::isa, isa);
+  return row ? row->device : DeviceType::kCPU;
 }
 
 const std::vector<Isa>& known_isas() {
-  static const std::vector<Isa> isas = {Isa::kAvx512, Isa::kAvx2,     Isa::kSse41,    Isa::kNeon,
-                                        Isa::kArmv7,  Isa::kCudaSm86, Isa::kCudaSm80, Isa::kOpenCL};
+  static const std::vector<Isa> isas = [] {
+    std::vector<Isa> out;
+    for (const internal::IsaInfo& row : internal::kIsaTable) out.push_back(row.isa);
+    return out;
+  }();
   return isas;
 }
 
 std::optional<Isa> parse_isa(const std::string& name) {
-  for (Isa isa : known_isas()) {
-    if (name == isa_name(isa)) return isa;
-  }
-  return std::nullopt;
+  return internal::parse_in(internal::kIsaTable, &internal::IsaInfo::isa, name);
 }
 
 std::vector<Isa> supported_isas() {

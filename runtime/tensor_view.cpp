@@ -2,52 +2,24 @@
 #include <sstream>
 
 #include "embag/tensor.h"
+#include "enum_tables.h"
 
 namespace embag {
 
 const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kInt32:
-      return "int32";
-    case DType::kInt64:
-      return "int64";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat64:
-      return "float64";
-  }
-  return "unknown";
+  const internal::DTypeInfo* row =
+      internal::find_row(internal::kDTypeTable, &internal::DTypeInfo::dtype, dtype);
+  return row ? row->name : "unknown";
 }
 
 const char* device_type_name(DeviceType type) {
-  switch (type) {
-    case DeviceType::kCPU:
-      return "cpu";
-    case DeviceType::kCUDA:
-      return "cuda";
-    case DeviceType::kOpenCL:
-      return "opencl";
-  }
-  return "unknown";
+  return internal::name_in(internal::kDeviceTypeTable, type, "unknown");
 }
 
 size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-    case DType::kBFloat16:
-      return 2;
-    case DType::kInt32:
-    case DType::kFloat32:
-      return 4;
-    case DType::kInt64:
-    case DType::kFloat64:
-      return 8;
-  }
-  return 0;
+  const internal::DTypeInfo* row =
+      internal::find_row(internal::kDTypeTable, &internal::DTypeInfo::dtype, dtype);
+  return row ? row->bytes : 0;
 }
 
 // -1 for a negative extent or a product that does not fit int64 (a caller's shape such as
