@@ -64,7 +64,8 @@ def _run_forward(
     per_sample_weights: Optional[Tensor],
     options: tuple,
 ) -> tuple[Tensor, Tensor]:
-    """One forward call; ``options`` as ``_arrays._options`` takes them (weight last)."""
+    """One forward call; ``options`` in the order ``_arrays._options`` takes them: mode,
+    max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight."""
     parsed = _options(*options)
     input, offsets, per_sample_weights = _views(input, offsets, per_sample_weights)
     weight_c = _capsule(weight, "weight", written=parsed.max_norm is not None)
@@ -92,22 +93,6 @@ def _run_forward(
     return output, argmax
 
 
-def _option_tuple(
-    pooling: str,
-    max_norm: Optional[float],
-    norm_type: float,
-    scale_grad_by_freq: bool,
-    sparse: bool,
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-    weight: Tensor,
-) -> tuple:
-    # The operators take their options in their own order (schemas cannot take a tuple); this
-    # puts them in the one order _arrays._options checks them in.
-    return (pooling, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset,
-            padding_idx, weight)
-
-
 @torch.library.custom_op("embag::embedding_bag_forward", mutates_args=())
 def _forward_op(
     weight: Tensor,
@@ -127,8 +112,8 @@ def _forward_op(
     them with mode max, as PyTorch does. coalesced (the sparse gradient's layout) only matters to
     backward."""
     table = _table(weight)
-    options = _option_tuple(pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset,
-                            padding_idx, table)
+    options = (pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx,
+               table)
     return _run_forward(table, input, offsets, per_sample_weights, options)
 
 
@@ -166,8 +151,8 @@ def _renorm_op(
     ``max_norm``. It takes every argument of the forward so that the whole call is validated
     before a row changes (a call that fails changes nothing)."""
     table = _table(weight)
-    options = _option_tuple(pooling, max_norm, norm_type, scale_grad_by_freq, sparse,
-                            include_last_offset, padding_idx, table)
+    options = (pooling, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset,
+               padding_idx, table)
     _run_forward(table, input, offsets, per_sample_weights, options)
     if table is not weight:
         weight.copy_(table)
@@ -200,10 +185,8 @@ def _backward_op(
     grad_output, input, offsets, per_sample_weights, argmax = _views(
         grad_output, input, offsets, per_sample_weights, argmax
     )
-    options = _options(
-        *_option_tuple(pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset,
+    options = _options(pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset,
                        padding_idx, weight)
-    )
     capsules = [
         _capsule(grad_output, "grad_output"),
         _capsule(weight, "weight"),
