@@ -441,5 +441,6 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
             per_sample_weights,
             self.include_last_offset,
             self.padding_idx,
-            coalesced=self.coalesced,
+            # (a module pickled before coalesced existed has no such attribute)
+            coalesced=getattr(self, "coalesced", False),
         )

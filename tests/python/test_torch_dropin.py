@@ -459,3 +459,13 @@ def test_opinfo_samples_match_pytorch(dtype: torch.dtype) -> None:
                 assert torch.all(g[untouched] == 0), f"{what}: tail rows got a gradient"
                 g, e = g[rows], e[rows]
             torch.testing.assert_close(g.to(e.dtype), e, msg=f"{what}: {name}", **tol)
+
+
+def test_module_coalesced_option() -> None:
+    # The module's one extra keyword reaches the functional: embag's coalesced layout.
+    bag = et.EmbeddingBag(10, 3, mode="sum", sparse=True, coalesced=True)
+    bag(torch.tensor([4, 1, 4, 1, 7]), torch.tensor([0, 2])).sum().backward()
+    assert bag.weight.grad is not None
+    assert bag.weight.grad._indices().tolist() == [[1, 4, 7]]
+    with pytest.raises(TypeError, match="coalesced must be a bool"):
+        et.EmbeddingBag(10, 3, coalesced="yes")
