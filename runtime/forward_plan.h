@@ -79,12 +79,12 @@ Status check_no_overlap(std::initializer_list<NamedView> writes,
 
 // The errors of the value rules, in PyTorch's words: offsets (first must be 0, last at most N,
 // non-decreasing: `decreasing_at` is the first i with offsets[i] = before > offsets[i+1] = after,
-// or -1), and an index outside [0, V). Shared by the host checks and the GPU check kernel's
-// report, so both say the same thing. offsets_value_error returns Ok when nothing is wrong.
+// or -1), and an index outside [0, V) at flattened `position` (worded as PyTorch words it for
+// `opt`'s mode and padding_idx). Shared by the host checks and the GPU check kernel's report, so
+// both say the same thing. offsets_value_error returns Ok when nothing is wrong.
 Status offsets_value_error(int64_t first, int64_t last, int64_t num_indices, int64_t decreasing_at,
                            int64_t before, int64_t after);
-Status index_value_error(const TensorView& input, int64_t position, int64_t value,
-                         int64_t num_rows);
+Status index_value_error(int64_t position, int64_t value, int64_t num_rows, const Options& opt);
 
 // Reads element `i` of a contiguous int32/int64 view as int64.
 inline int64_t load_index(const TensorView& view, int64_t i) {

@@ -21,6 +21,25 @@ constexpr int64_t kMaxExtent = std::numeric_limits<int32_t>::max();
 
 Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
+// PyTorch's legacy CPU tensor type names, which its type-mismatch messages use.
+const char* legacy_type_name(DType dtype) {
+  switch (dtype) {
+    case DType::kInt32:
+      return "torch.IntTensor";
+    case DType::kInt64:
+      return "torch.LongTensor";
+    case DType::kFloat16:
+      return "torch.HalfTensor";
+    case DType::kBFloat16:
+      return "torch.BFloat16Tensor";
+    case DType::kFloat32:
+      return "torch.FloatTensor";
+    case DType::kFloat64:
+      return "torch.DoubleTensor";
+  }
+  return "torch.Tensor";
+}
+
 std::string device_string(const Device& device) {
   return device.type == DeviceType::kCPU
              ? "cpu"
@@ -284,15 +303,18 @@ Status offsets_value_error(int64_t first, int64_t last, int64_t num_indices, int
   return Status::Ok();
 }
 
-Status index_value_error(const TensorView& input, int64_t position, int64_t value,
-                         int64_t num_rows) {
-  std::string where = std::to_string(position);
-  if (input.ndim == 2) {
-    const int64_t L = input.shape[1];
-    where += " (input[" + std::to_string(position / L) + "][" + std::to_string(position % L) + "])";
+Status index_value_error(int64_t position, int64_t value, int64_t num_rows, const Options& opt) {
+  // PyTorch 2.14 words it two ways, by which of its loops finds the index: the padding-aware
+  // and max loops say "Expected idx ...", the plain sum/mean gather "Index i of input ...". Code
+  // that matches PyTorch's message (its own tests do) finds the same one here. The position is
+  // counted in the flattened input, as PyTorch counts it.
+  if (opt.padding_idx.has_value() || opt.mode == Mode::kMax) {
+    return invalid("embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be " +
+                   std::to_string(value));
   }
-  return invalid("Index " + where + " of input takes value " + std::to_string(value) +
-                 " which is not in the valid range [0, " + std::to_string(num_rows) + ")");
+  return invalid("Index " + std::to_string(position) + " of input takes value " +
+                 std::to_string(value) + " which is not in the valid range [0, " +
+                 std::to_string(num_rows) + ")");
 }
 
 namespace {
@@ -580,6 +602,18 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
                                IndexSnapshot* snapshot) {
   const TensorView& weight = in.weight;
   const TensorView& input = in.input;
+  const TensorView* psw = in.per_sample_weights;
+
+  // The rules are checked in PyTorch's order (torch.nn.functional.embedding_bag's Python checks,
+  // then its C++ ones), so a call that breaks two gets PyTorch's message: per_sample_weights'
+  // shape first, then the ranks, the mode, and the dtypes and values.
+  if (psw != nullptr &&
+      (psw->ndim != input.ndim || (input.ndim >= 1 && psw->shape[0] != input.shape[0]) ||
+       (input.ndim == 2 && psw->shape[1] != input.shape[1]))) {
+    return invalid("embedding_bag: If per_sample_weights (" + psw->shape_string() +
+                   ") is not None, then it must have the same shape as the input (" +
+                   input.shape_string() + ")");
+  }
 
   // Tables.
   if (weight.ndim != 2) {
@@ -640,7 +674,12 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
   if (opt.mode != Mode::kSum && opt.mode != Mode::kMean && opt.mode != Mode::kMax) {
     return invalid("mode has to be one of sum, mean or max");
   }
-  const TensorView* psw = in.per_sample_weights;
+  if (opt.mode == Mode::kMax && opt.scale_grad_by_freq) {
+    return invalid("max mode does not support scaling the gradient by the frequency");
+  }
+  if (opt.mode == Mode::kMax && opt.sparse) {
+    return invalid("max mode does not support sparse weights");
+  }
   if (psw != nullptr) {
     if (opt.mode != Mode::kSum) {
       return invalid(
@@ -648,24 +687,15 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
                       "only supported for mode='sum' (got mode='") +
           mode_name(opt.mode) + "')");
     }
-    if (psw->ndim != input.ndim || psw->shape[0] != input.shape[0] ||
-        (input.ndim == 2 && psw->shape[1] != input.shape[1])) {
-      return invalid("embedding_bag: If per_sample_weights (" + psw->shape_string() +
-                     ") is not None, then it must have the same shape as the input (" +
-                     input.shape_string() + ")");
-    }
     if (psw->dtype != weight.dtype) {
-      return invalid(std::string("embedding_bag: per_sample_weights has dtype ") +
-                     dtype_name(psw->dtype) + ", but it must have the weight's dtype " +
-                     dtype_name(weight.dtype));
+      // PyTorch's words (its checkSameType), legacy type names included.
+      return invalid(
+          std::string("Expected tensor for argument #1 'weight' to have the same type as "
+                      "tensor for argument #1 'per_sample_weights'; but type ") +
+          legacy_type_name(weight.dtype) + " does not equal " + legacy_type_name(psw->dtype) +
+          " (while checking arguments for embedding_bag)");
     }
     if (Status s = check_memory(*psw, "per_sample_weights", true); !s.ok()) return s;
-  }
-  if (opt.mode == Mode::kMax && opt.scale_grad_by_freq) {
-    return invalid("max mode does not support scaling the gradient by the frequency");
-  }
-  if (opt.mode == Mode::kMax && opt.sparse) {
-    return invalid("max mode does not support sparse weights");
   }
   const int64_t V = weight.shape[0];
   const int64_t D = weight.shape[1];
@@ -728,7 +758,7 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
     }
     const int64_t bad = first_index_out_of_range(input, copy, positions_end, V);
     if (bad >= 0) {
-      return index_value_error(input, bad, load_index(copy ? snapshot->input : input, bad), V);
+      return index_value_error(bad, load_index(copy ? snapshot->input : input, bad), V, opt);
     }
   }
 

@@ -337,6 +337,12 @@ std::vector<ErrorRow> error_rows() {
   add_input("index -1 at position 2: rows are numbered from 0",
             [](Call& c) { c.input_data[2] = -1; },
             {"Index 2 of input takes value -1 which is not in the valid range [0, 5)"});
+  add_input("index -1 with a padding_idx: PyTorch's padding-aware wording",
+            [](Call& c) {
+              c.options.padding_idx = 0;
+              c.input_data[2] = -1;
+            },
+            {"embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be -1"});
   add_input("padding_idx = V: the padding row must exist",
             [](Call& c) { c.options.padding_idx = 5; },
             {"padding_idx must be within the number of embeddings, -5 through 4, but got 5"});

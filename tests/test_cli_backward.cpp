@@ -133,10 +133,10 @@ TEST_F(CliBackward, ErrorsPrintAMessageExitNonZeroAndCreateNoOutput) {
        "--mode sum --sparse " +
            outputs,
        1, "Index 4 of input takes value 9"},
-      // Same, through the forward call mode max runs first.
+      // Same, through the forward call mode max runs first (in PyTorch's wording for max).
       {"backward --weight W.npy --input bad_index.npy --offsets O.npy --grad-output G.npy "
        "--mode max --grad-weight GW.npy",
-       1, "Index 4 of input takes value 9"},
+       1, "embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be 9"},
       {example("--grad-weight missing_dir/GW.npy --mode sum"), 1, "missing_dir"},
       // The first of two outputs is written (staged) before the second fails: it must go too.
       {example("--mode sum --sparse --grad-weight GW.npy --grad-weight-rows missing_dir/R.npy"), 1,

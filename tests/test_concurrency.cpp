@@ -170,9 +170,13 @@ std::string run_failing_call(Call& c, int thread, int i) {
   o.sparse = false;
   const Status s = (i % 2 ? forward : validate)(in, {make_view_2d(out.data(), c.dtype, c.B, c.D)},
                                                 o, Execution{});
-  const std::string want = "Index " + std::to_string(position) + " of input takes value " +
-                           std::to_string(bad) + " which is not in the valid range [0, " +
-                           std::to_string(c.V) + ")";
+  // PyTorch's two wordings: its padding-aware and max loops', and the plain gather's.
+  const std::string want =
+      o.padding_idx || o.mode == Mode::kMax
+          ? "embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be " +
+                std::to_string(bad)
+          : "Index " + std::to_string(position) + " of input takes value " + std::to_string(bad) +
+                " which is not in the valid range [0, " + std::to_string(c.V) + ")";
   if (s.ok() || s.message() != want) {
     return "thread " + std::to_string(thread) + " expected '" + want + "' but got '" + s.message() +
            "'";

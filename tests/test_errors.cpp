@@ -178,7 +178,19 @@ std::vector<ErrorRow> error_rows() {
         c.make_input_2d();
         c.input_data[4] = 9;
       },
-      {"Index 4", "takes value 9 which is not in the valid range [0, 5)"});
+      {"Index 4 of input takes value 9 which is not in the valid range [0, 5)"});
+  add("index -1 with a padding_idx: PyTorch's padding-aware loop words it its own way",
+      [](Call& c) {
+        c.options.padding_idx = 0;
+        c.input_data[2] = -1;
+      },
+      {"embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be -1"});
+  add("index 5 = V in mode max: PyTorch's max loop words it as the padding-aware one",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.input_data[4] = 5;
+      },
+      {"embedding_bag: Expected idx >= 0 && idx < num_embeddings but found idx to be 5"});
 
   // ---- padding_idx
   add("padding_idx = V: the padding row must exist", [](Call& c) { c.options.padding_idx = 5; },
@@ -217,7 +229,23 @@ std::vector<ErrorRow> error_rows() {
         c.psw = make_view_1d(c.psw64_data.data(), DType::kFloat64, 6);
         c.inputs.per_sample_weights = &c.psw;
       },
-      {"per_sample_weights", "float64"});
+      {"Expected tensor for argument #1 'weight' to have the same type as tensor for argument #1 "
+       "'per_sample_weights'; but type torch.FloatTensor does not equal torch.DoubleTensor "
+       "(while checking arguments for embedding_bag)"});
+  add("per_sample_weights of 5 with mode mean: PyTorch reports the shape first",
+      [](Call& c) {
+        c.options.mode = Mode::kMean;
+        c.psw.shape[0] = 5;
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"must have the same shape as the input"});
+  add("per_sample_weights with max and sparse: PyTorch reports max's sparse rule first",
+      [](Call& c) {
+        c.options.mode = Mode::kMax;
+        c.options.sparse = true;
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"max mode does not support sparse weights"});
   add("max with scale_grad_by_freq: max's gradient goes to one row, there is nothing to scale",
       [](Call& c) {
         c.options.mode = Mode::kMax;

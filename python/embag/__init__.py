@@ -4,9 +4,12 @@
 PyTorch, JAX) without copying; ``embag.torch`` (imported separately, needs PyTorch) is a drop-in
 for ``torch.nn.functional.embedding_bag`` and ``torch.nn.EmbeddingBag`` with autograd.
 
-Errors: ``ValueError`` when a call breaks a rule (PyTorch's message; nothing was written),
-``TypeError`` when an argument is not an array embag can view or an option has the wrong type
-(the message names the argument and the value), ``embag.UnsupportedError`` (a
+Errors: ``embag.EmbeddingBagError`` when a call breaks a rule (PyTorch's message; nothing was
+written): it is both a ``RuntimeError``, as PyTorch raises for these rules, and a ``ValueError``,
+embag's earlier contract, so either ``except`` catches it (``EmbeddingBagNotImplementedError``, its
+subclass, is also a ``NotImplementedError``, as PyTorch raises for per_sample_weights with mode
+mean or max); ``TypeError`` when an argument is not an array embag can view or an option has the
+wrong type (the message names the argument and the value); ``embag.UnsupportedError`` (a
 ``RuntimeError``) when a well-formed call cannot run on this build or machine.
 """
 
@@ -20,6 +23,20 @@ from ._arrays import ForwardResult, Gradients, embedding_bag, embedding_bag_back
 
 __version__ = "0.1.0"
 
+EmbeddingBagError = _embag.EmbeddingBagError
+EmbeddingBagError.__module__ = "embag"
+EmbeddingBagError.__doc__ = (
+    "A call broke one of embedding_bag's rules (PyTorch's message; nothing was written). Both a "
+    "RuntimeError (what PyTorch raises for the rule, so `except RuntimeError` written for PyTorch "
+    "catches it) and a ValueError (embag's contract before)."
+)
+EmbeddingBagNotImplementedError = _embag.EmbeddingBagNotImplementedError
+EmbeddingBagNotImplementedError.__module__ = "embag"
+EmbeddingBagNotImplementedError.__doc__ = (
+    "An EmbeddingBagError that is also a NotImplementedError: per_sample_weights with mode mean "
+    "or max, which PyTorch reports as not implemented."
+)
+
 UnsupportedError = _embag.UnsupportedError
 UnsupportedError.__module__ = "embag"
 UnsupportedError.__doc__ = (
@@ -28,6 +45,8 @@ UnsupportedError.__doc__ = (
 )
 
 __all__ = [
+    "EmbeddingBagError",
+    "EmbeddingBagNotImplementedError",
     "ForwardResult",
     "Gradients",
     "UnsupportedError",

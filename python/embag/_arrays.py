@@ -5,9 +5,12 @@ array library (NumPy in, NumPy out; torch in, torch out) and written by the kern
 DLPack as well. Neither NumPy nor PyTorch is imported here unless the caller's arrays already
 are of that kind, so ``import embag`` needs neither.
 
-Errors keep the C++ runtime's messages: a broken rule raises ``ValueError``; a well-formed call
-this build or machine cannot run (a CUDA tensor before CUDA kernels exist, a forced ISA the CPU
-lacks) raises ``embag.UnsupportedError``, a ``RuntimeError``.
+Errors keep the C++ runtime's messages: a broken rule raises ``embag.EmbeddingBagError``, which
+is both a ``RuntimeError`` (what PyTorch raises for these rules, so code written against PyTorch
+catches it) and a ``ValueError`` (embag's contract before it); for per_sample_weights with mode
+mean or max it is also a ``NotImplementedError``, as in PyTorch. A well-formed call this build or
+machine cannot run (a CUDA tensor before CUDA kernels exist, a forced ISA the CPU lacks) raises
+``embag.UnsupportedError``, a ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import sys
 from typing import Any, NamedTuple, Optional
 
 from . import _embag
+
+# A broken rule (see the module's docstring).
+_RuleError = _embag.EmbeddingBagError
 
 # The largest extent embag's kernels address (int32), and the most bags a call can have.
 _MAX_EXTENT = 2**31 - 1
@@ -82,7 +88,7 @@ def _torch_view(array: Any, name: str, written: bool) -> Any:
     # Inputs are resolved (a copy); an output cannot be, as the copy would get the results.
     if array.is_neg() or array.is_conj():
         if written:
-            raise ValueError(
+            raise _RuleError(
                 f"{name} is a lazily negated or conjugated view (is_neg() or is_conj() is "
                 f"True), which embag cannot write through; pass a tensor without those bits "
                 f"(e.g. {name}.resolve_neg()) and copy the result back"
@@ -160,7 +166,7 @@ def _check_mode(mode: Any) -> str:
             f"({type(mode).__name__})"
         )
     if mode not in ("sum", "mean", "max"):
-        raise ValueError(f"mode has to be one of sum, mean or max, but got {mode!r}")
+        raise _RuleError(f"mode has to be one of sum, mean or max, but got {mode!r}")
     return mode
 
 
@@ -180,38 +186,18 @@ def _check_padding_idx(padding_idx: Any, weight: Any) -> Optional[int]:
         shape = tuple(getattr(weight, "shape", ()))
         if len(shape) == 2:
             rows = int(shape[0])
-            raise ValueError(
+            raise _RuleError(
                 f"padding_idx must be within the number of embeddings, -{rows} through "
                 f"{rows - 1}, but got {value}"
             )
-        raise ValueError(f"padding_idx must fit int64, but got {value}")
+        raise _RuleError(f"padding_idx must fit int64, but got {value}")
     return value
 
 
-def _options(
-    mode: Any,
-    max_norm: Any,
-    norm_type: Any,
-    scale_grad_by_freq: Any,
-    sparse: Any,
-    include_last_offset: Any,
-    padding_idx: Any,
-    weight: Any,
-) -> Any:
-    """Every option checked here, with its name, before nanobind sees it (whose message for a
-    wrong type names no argument)."""
-    return _embag.make_options(
-        *_checked_options(
-            mode,
-            max_norm,
-            norm_type,
-            scale_grad_by_freq,
-            sparse,
-            include_last_offset,
-            padding_idx,
-            weight,
-        )
-    )
+def _options(*options: Any) -> Any:
+    """``_embag.Options`` from ``_checked_options``' arguments, every one checked first with its
+    name (nanobind's message for a wrong type names no argument)."""
+    return _embag.make_options(*_checked_options(*options))
 
 
 def _checked_options(
@@ -239,7 +225,7 @@ def _checked_options(
 def _check_extent(value: int, what: str) -> None:
     """An extent checked before anything is allocated for it, in the runtime's words."""
     if value > _MAX_EXTENT:
-        raise ValueError(f"{what} is {value}, but embag supports at most {_MAX_EXTENT}")
+        raise _RuleError(f"{what} is {value}, but embag supports at most {_MAX_EXTENT}")
 
 
 def _stream(array: Any) -> int:
@@ -338,7 +324,9 @@ def embedding_bag(
         The ``(B, D)`` output, in the weight's library; a ForwardResult with ``return_aux``.
 
     Raises:
-        ValueError: the call breaks a rule (PyTorch's message); nothing was written.
+        embag.EmbeddingBagError: the call breaks a rule (PyTorch's message); nothing was written.
+            A RuntimeError and a ValueError (and a NotImplementedError for per_sample_weights
+            with mode mean or max).
         TypeError: an argument is not a DLPack array.
         embag.UnsupportedError: well-formed, but this build or machine cannot run it.
     """
@@ -401,11 +389,12 @@ def embedding_bag_backward(
     Returns:
         Gradients: ``grad_weight`` dense ``(V, D)``; or, with ``sparse=True``, the coalesced
         gradient as ``grad_weight`` ``(U, D)`` value rows and ``grad_weight_rows`` ``(U,)``
-        int64 strictly ascending row ids (padding row absent). ``grad_per_sample_weights`` has
+        int64 strictly ascending row ids (padding row absent): embag's coalesced layout
+        (``embag.torch`` turns it into PyTorch's uncoalesced one unless ``coalesced=True``). ``grad_per_sample_weights`` has
         the input's shape when per_sample_weights were given, else None.
 
     Raises:
-        ValueError, TypeError, embag.UnsupportedError: as ``embedding_bag``.
+        embag.EmbeddingBagError, TypeError, embag.UnsupportedError: as ``embedding_bag``.
     """
     options = _options(
         mode, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight

@@ -8,7 +8,9 @@ operators with ``torch.library`` so that autograd, ``torch.compile(fullgraph=Tru
   needs); autograd gives the dense or sparse weight gradient and the per_sample_weights gradient.
 - ``embag::embedding_bag_backward``: the gradients; the sparse one is coalesced (``U`` strictly
   ascending rows), and ``U`` is data dependent, so its fake implementation returns an unbacked
-  size.
+  size. By default the autograd formula hands PyTorch's layout of a sparse gradient instead (one
+  uncoalesced entry per position read, as PyTorch's own backward makes it, so code and tests that
+  compare sparse gradients structurally see PyTorch's); ``coalesced=True`` hands the kernel's.
 - ``embag::embedding_bag_renorm_``: ``max_norm``'s in-place renormalisation of the weight, run
   under ``no_grad`` before the forward as PyTorch does. A custom operator that mutates an input
   cannot have an autograd formula, so it is separate from the forward, and it runs a whole
@@ -19,19 +21,20 @@ The operators call the pooling mode ``pooling``, not ``mode``: PyTorch's functio
 a mutating custom operator passes a ``mode`` argument of its own (torch 2.15 fails with "got
 multiple values for argument 'mode'" when compiling ``max_norm``).
 
-CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until then they raise
-``embag.UnsupportedError``.
+A broken rule raises ``embag.EmbeddingBagError``, both a ``RuntimeError`` (as PyTorch) and a
+``ValueError``. CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until
+then they raise ``embag.UnsupportedError``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from . import _embag
-from ._arrays import _capsule, _check_extent, _checked_options, _options, _stream
+from ._arrays import _capsule, _check_bool, _check_extent, _checked_options, _options, _stream
 
 __all__ = ["EmbeddingBag", "embedding_bag"]
 
@@ -59,34 +62,22 @@ def _run_forward(
     input: Tensor,
     offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    mode: str,
-    max_norm: Optional[float],
-    norm_type: float,
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-    scale_grad_by_freq: bool,
-    sparse: bool,
+    options: tuple,
 ) -> tuple[Tensor, Tensor]:
-    options = _options(
-        mode,
-        max_norm,
-        norm_type,
-        scale_grad_by_freq,
-        sparse,
-        include_last_offset,
-        padding_idx,
-        weight,
-    )
+    """One forward call; ``options`` in the order ``_arrays._options`` takes them: mode,
+    max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight."""
+    parsed = _options(*options)
     input, offsets, per_sample_weights = _views(input, offsets, per_sample_weights)
-    weight_c = _capsule(weight, "weight", written=max_norm is not None)
+    weight_c = _capsule(weight, "weight", written=parsed.max_norm is not None)
     input_c = _capsule(input, "input")
     offsets_c = _capsule(offsets, "offsets")
-    bags = _embag.num_bags(input_c, offsets_c, include_last_offset)
+    bags = _embag.num_bags(input_c, offsets_c, parsed.include_last_offset)
     # (before allocating (B, D): 2^40 bags get embag's message, not the allocator's)
     _check_extent(bags + 1, "the number of bags + 1")
     columns = weight.shape[1] if weight.dim() == 2 else 0
+    max_mode = parsed.mode == "max"
     output = weight.new_empty((bags, columns))
-    argmax = weight.new_empty((bags, columns) if mode == "max" else (0,), dtype=torch.int64)
+    argmax = weight.new_empty((bags, columns) if max_mode else (0,), dtype=torch.int64)
     _embag.forward(
         weight_c,
         input_c,
@@ -94,8 +85,8 @@ def _run_forward(
         _capsule(per_sample_weights, "per_sample_weights"),
         _capsule(output, "output"),
         None,
-        _capsule(argmax, "argmax") if mode == "max" else None,
-        options,
+        _capsule(argmax, "argmax") if max_mode else None,
+        parsed,
         _stream(weight),
         True,
     )
@@ -113,41 +104,28 @@ def _forward_op(
     padding_idx: Optional[int],
     scale_grad_by_freq: bool,
     sparse: bool,
+    coalesced: bool,
 ) -> tuple[Tensor, Tensor]:
     """The pooled ``(B, D)`` output, and ``(B, D)`` int64 argmax for mode max (else ``(0,)``).
 
     scale_grad_by_freq and sparse only matter to backward; they are here so the forward rejects
-    them with mode max, as PyTorch does."""
-    return _run_forward(
-        _table(weight),
-        input,
-        offsets,
-        per_sample_weights,
-        pooling,
-        None,
-        2.0,
-        include_last_offset,
-        padding_idx,
-        scale_grad_by_freq,
-        sparse,
-    )
+    them with mode max, as PyTorch does. coalesced (the sparse gradient's layout) only matters to
+    backward."""
+    table = _table(weight)
+    options = (pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx,
+               table)
+    return _run_forward(table, input, offsets, per_sample_weights, options)
 
 
 @_forward_op.register_fake
-def _forward_fake(
-    weight: Tensor,
-    input: Tensor,
-    offsets: Optional[Tensor],
-    per_sample_weights: Optional[Tensor],
-    pooling: str,
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-    scale_grad_by_freq: bool,
-    sparse: bool,
-) -> tuple[Tensor, Tensor]:
+def _forward_fake(*args: object) -> tuple[Tensor, Tensor]:
+    # (positional as _forward_op takes them; the fake needs only the shapes)
+    weight, input, offsets, _, pooling, include_last_offset = args[:6]
+    assert isinstance(weight, Tensor) and isinstance(input, Tensor)
     if input.dim() == 2 or offsets is None:
         bags = input.shape[0] if input.dim() == 2 else 0
     else:
+        assert isinstance(offsets, Tensor)
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     columns = weight.shape[1]
     output = weight.new_empty((bags, columns))
@@ -173,37 +151,15 @@ def _renorm_op(
     ``max_norm``. It takes every argument of the forward so that the whole call is validated
     before a row changes (a call that fails changes nothing)."""
     table = _table(weight)
-    _run_forward(
-        table,
-        input,
-        offsets,
-        per_sample_weights,
-        pooling,
-        max_norm,
-        norm_type,
-        include_last_offset,
-        padding_idx,
-        scale_grad_by_freq,
-        sparse,
-    )
+    options = (pooling, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset,
+               padding_idx, table)
+    _run_forward(table, input, offsets, per_sample_weights, options)
     if table is not weight:
         weight.copy_(table)
 
 
 @_renorm_op.register_fake
-def _renorm_fake(
-    weight: Tensor,
-    input: Tensor,
-    offsets: Optional[Tensor],
-    per_sample_weights: Optional[Tensor],
-    pooling: str,
-    max_norm: float,
-    norm_type: float,
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-    scale_grad_by_freq: bool,
-    sparse: bool,
-) -> None:
+def _renorm_fake(*args: object) -> None:
     return None
 
 
@@ -229,9 +185,8 @@ def _backward_op(
     grad_output, input, offsets, per_sample_weights, argmax = _views(
         grad_output, input, offsets, per_sample_weights, argmax
     )
-    options = _options(
-        pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset, padding_idx, weight
-    )
+    options = _options(pooling, None, 2.0, scale_grad_by_freq, sparse, include_last_offset,
+                       padding_idx, weight)
     capsules = [
         _capsule(grad_output, "grad_output"),
         _capsule(weight, "weight"),
@@ -241,15 +196,10 @@ def _backward_op(
         _capsule(argmax, "argmax"),
     ]
     stream = _stream(weight)
-    if sparse:
-        count = _embag.sparse_gradient_rows(*capsules, options, stream, True)
-        rows = weight.new_empty((count,), dtype=torch.int64)
-        grad_weight = weight.new_empty((count, weight.shape[1]))
-    else:
-        rows = weight.new_empty((0,), dtype=torch.int64)
-        grad_weight = weight.new_empty(weight.shape)
-    want_psw = per_sample_weights is not None and per_sample_weights_grad
-    grad_psw = weight.new_empty(per_sample_weights.shape if want_psw else (0,))
+    count = _embag.sparse_gradient_rows(*capsules, options, stream, True) if sparse else None
+    grad_weight, rows, grad_psw = _backward_outputs(weight, per_sample_weights, sparse,
+                                                    per_sample_weights_grad, count)
+    want_psw = grad_psw.numel() > 0
     _embag.backward(
         *capsules,
         None if sparse else _capsule(grad_weight, "grad_weight"),
@@ -263,24 +213,16 @@ def _backward_op(
     return grad_weight, rows, grad_psw
 
 
-@_backward_op.register_fake
-def _backward_fake(
-    grad_output: Tensor,
+def _backward_outputs(
     weight: Tensor,
-    input: Tensor,
-    offsets: Optional[Tensor],
     per_sample_weights: Optional[Tensor],
-    argmax: Optional[Tensor],
-    pooling: str,
-    include_last_offset: bool,
-    padding_idx: Optional[int],
-    scale_grad_by_freq: bool,
     sparse: bool,
     per_sample_weights_grad: bool,
+    count: object,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward op's outputs, allocated: for the op itself (``count`` the sparse row count)
+    and for its fake (``count`` an unbacked size)."""
     if sparse:
-        # U, the number of distinct rows the bags reference, is known only from the data.
-        count = torch.library.get_ctx().new_dynamic_size()
         rows = weight.new_empty((count,), dtype=torch.int64)
         grad_weight = weight.new_empty((count, weight.shape[1]))
     else:
@@ -291,52 +233,109 @@ def _backward_fake(
     return grad_weight, rows, grad_psw
 
 
+@_backward_op.register_fake
+def _backward_fake(*args: object) -> tuple[Tensor, Tensor, Tensor]:
+    weight, per_sample_weights, sparse, per_sample_weights_grad = (args[1], args[4], args[10],
+                                                                   args[11])
+    assert isinstance(weight, Tensor)
+    # U, the number of distinct rows the bags reference, is known only from the data.
+    count = torch.library.get_ctx().new_dynamic_size() if sparse else None
+    return _backward_outputs(weight, per_sample_weights, bool(sparse),  # type: ignore[arg-type]
+                             bool(per_sample_weights_grad), count)
+
+
+def _uncoalesced_gradient(
+    grad_output: Tensor,
+    weight: Tensor,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    mode: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    """The sparse weight gradient in PyTorch's layout: one entry per position the bags read, in
+    input order, padding positions left out, not coalesced. Each entry is its bag's gradient row,
+    divided by the bag's (non-padding) size for mean and times the position's weight for
+    per_sample_weights, computed in the weight's dtype as PyTorch does (pytorch's
+    _embedding_bag_sparse_backward), so ``to_dense()`` and
+    torch's structural comparison of sparse tensors give what PyTorch's backward gives."""
+    flat = input.reshape(-1).to(torch.int64)
+    bags = grad_output.shape[0]
+    positions = torch.arange(flat.numel(), device=flat.device)
+    if input.dim() == 2:
+        bag_of = positions // max(input.shape[1], 1)
+        read = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        assert offsets is not None
+        starts = offsets.to(torch.int64)
+        end = starts[-1] if include_last_offset and starts.numel() > 0 else flat.numel()
+        starts = starts[:bags]
+        # A position belongs to the last bag that starts at or before it (empty bags repeat a
+        # start); positions past the last offset (include_last_offset) belong to none.
+        bag_of = torch.bucketize(positions, starts, right=True) - 1
+        read = (positions < end) & (bag_of >= 0)
+    if padding_idx is not None:
+        row = padding_idx + weight.shape[0] if padding_idx < 0 else padding_idx
+        read &= flat != row
+    rows, bag_of = flat[read], bag_of[read]
+    values = grad_output.index_select(0, bag_of)
+    if mode == "mean":
+        # times 1/size in the weight's dtype, as PyTorch (not a division: the bits differ)
+        inverse = 1 / torch.bincount(bag_of, minlength=bags).to(values.dtype)
+        values.mul_(inverse.index_select(0, bag_of).unsqueeze(1))
+    if per_sample_weights is not None:
+        values.mul_(per_sample_weights.reshape(-1)[read].unsqueeze(1))
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, check_invariants=False)
+
+
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    weight, input, offsets, per_sample_weights, mode, include_last_offset, padding_idx = inputs[:7]
-    scale_grad_by_freq, sparse = inputs[7:]
+    weight, input, offsets, per_sample_weights = inputs[:4]
     _, argmax = output
     ctx.save_for_backward(weight, input, offsets, per_sample_weights, argmax)
-    ctx.options = (mode, include_last_offset, padding_idx, scale_grad_by_freq, sparse)
+    # (pooling, include_last_offset, padding_idx, scale_grad_by_freq, sparse, coalesced)
+    ctx.options = tuple(inputs[4:])
 
 
 def _backward(ctx, grad_output: Tensor, _grad_argmax: Optional[Tensor]):  # type: ignore[no-untyped-def]
     weight, input, offsets, per_sample_weights, argmax = ctx.saved_tensors
-    mode, include_last_offset, padding_idx, scale_grad_by_freq, sparse = ctx.options
+    mode, include_last_offset, padding_idx, scale_grad_by_freq, sparse, coalesced = ctx.options
     want_weight = ctx.needs_input_grad[0]
     want_psw = per_sample_weights is not None and ctx.needs_input_grad[3]
+    none = (None,) * 6  # the options' gradients
     if not (want_weight or want_psw):
-        return (None,) * 9
-    grad_weight, rows, grad_psw = torch.ops.embag.embedding_bag_backward(
-        grad_output,
-        weight,
-        input,
-        offsets,
-        per_sample_weights,
-        argmax if mode == "max" else None,
-        mode,
-        include_last_offset,
-        padding_idx,
-        scale_grad_by_freq,
-        sparse,
-        want_psw,
-    )
-    if sparse and want_weight:
+        return (None,) * 4 + none
+    # PyTorch's layout unless asked for embag's coalesced one; PyTorch has no sparse layout for
+    # scale_grad_by_freq (it refuses the pair), so that gets embag's.
+    pytorch_layout = sparse and want_weight and not coalesced and not scale_grad_by_freq
+    grad_weight, rows, grad_psw = (None, None, None)
+    if want_psw or not pytorch_layout:
+        grad_weight, rows, grad_psw = torch.ops.embag.embedding_bag_backward(
+            grad_output,
+            weight,
+            input,
+            offsets,
+            per_sample_weights,
+            argmax if mode == "max" else None,
+            mode,
+            include_last_offset,
+            padding_idx,
+            scale_grad_by_freq,
+            sparse,
+            want_psw,
+        )
+    if pytorch_layout:
+        grad_weight = _uncoalesced_gradient(grad_output, weight, input, offsets,
+                                            per_sample_weights, mode, include_last_offset,
+                                            padding_idx)
+    elif sparse and want_weight:
         # Coalesced by construction (strictly ascending unique rows), so say so: PyTorch's
         # optimizers then skip coalescing it again.
         grad_weight = torch.sparse_coo_tensor(
             rows.unsqueeze(0), grad_weight, weight.shape, is_coalesced=True, check_invariants=False
         )
-    return (
-        grad_weight if want_weight else None,
-        None,
-        None,
-        grad_psw if want_psw else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return (grad_weight if want_weight else None, None, None,
+            grad_psw if want_psw else None) + none
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -354,29 +353,31 @@ def embedding_bag(
     per_sample_weights: Optional[Tensor] = None,
     include_last_offset: bool = False,
     padding_idx: Optional[int] = None,
+    *,
+    coalesced: bool = False,
 ) -> Tensor:
     """``torch.nn.functional.embedding_bag``, computed by embag (same arguments and defaults).
 
-    The differences are embag's deliberate ones (README, "Deliberate differences from
-    PyTorch"): NaN propagates in max, float16 mean rounds once, scale_grad_by_freq divides by
-    the row's own count, the sparse gradient is coalesced, and with include_last_offset the
-    indices past the last offset are not read, validated or renormalised. Errors raise
-    ``ValueError`` with PyTorch's message (PyTorch raises RuntimeError for most of them).
+    ``coalesced`` (embag's, keyword only) chooses the ``sparse=True`` weight gradient's layout:
+    False (the default) gives PyTorch's (one uncoalesced entry per position read); True gives
+    embag's coalesced one (one entry per distinct row, ascending, flagged coalesced), which
+    optimizers need not coalesce again.
+
+    The differences left are deliberate (docs/semantics.md, "Deliberate differences from
+    PyTorch"): with include_last_offset the indices past the last offset are not read,
+    validated or renormalised; float16/bfloat16 accumulate in float32; scale_grad_by_freq counts
+    each row's own uses. A broken rule raises ``embag.EmbeddingBagError`` with PyTorch's message:
+    a ``RuntimeError`` (what PyTorch raises, what its callers catch) and a ``ValueError``; its
+    ``NotImplementedError`` subclass for per_sample_weights with mode mean or max, as PyTorch.
     """
     # Options checked here, with their names, before torch's schema sees them (which refuses
     # padding_idx=2**63 in its own words, naming no argument). Eagerly only: under
     # torch.compile the schema checks the traced values.
+    options = (mode, max_norm, norm_type, scale_grad_by_freq, sparse, include_last_offset,
+               padding_idx, weight)
     if not torch.compiler.is_compiling():
-        _checked_options(
-            mode,
-            max_norm,
-            norm_type,
-            scale_grad_by_freq,
-            sparse,
-            include_last_offset,
-            padding_idx,
-            weight,
-        )
+        _checked_options(*options)
+        _check_bool(coalesced, "coalesced")
     if max_norm is not None:
         # As PyTorch: renormalise the referenced rows in place, outside autograd.
         with torch.no_grad():
@@ -403,6 +404,7 @@ def embedding_bag(
         padding_idx,
         scale_grad_by_freq,
         sparse,
+        coalesced,
     )
     return output
 
@@ -413,8 +415,13 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
     A subclass, so the constructor, attributes (``weight``, ``mode``, ``padding_idx``, ...),
     ``from_pretrained``, ``reset_parameters``, ``extra_repr``, the state_dict keys and
     ``isinstance(m, torch.nn.EmbeddingBag)`` are PyTorch's own: swapping one for the other in a
-    model changes nothing else, and a checkpoint loads into either.
+    model changes nothing else, and a checkpoint loads into either. The one extra keyword,
+    ``coalesced``, is ``embedding_bag``'s (the sparse gradient's layout).
     """
+
+    def __init__(self, *args: Any, coalesced: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.coalesced = _check_bool(coalesced, "coalesced")
 
     def forward(
         self,
@@ -434,4 +441,6 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
             per_sample_weights,
             self.include_last_offset,
             self.padding_idx,
+            # (a module pickled before coalesced existed has no such attribute)
+            coalesced=getattr(self, "coalesced", False),
         )

@@ -5,8 +5,10 @@
 // no array library is needed to import the module. The capsules are held by the Python caller
 // for the whole call, which keeps every producer's memory alive while the kernels run with the
 // GIL released. Status codes become Python exceptions with the C++ message unchanged:
-// kInvalidArgument -> ValueError, kUnsupported -> embag.UnsupportedError (a RuntimeError),
-// kInternal -> RuntimeError.
+// kInvalidArgument -> embag.EmbeddingBagError (both a RuntimeError, as PyTorch raises for these
+// rules, and a ValueError, embag's earlier contract), or its NotImplementedError subclass for the
+// one rule PyTorch reports as not implemented; kUnsupported -> embag.UnsupportedError (a
+// RuntimeError); kInternal -> RuntimeError.
 #include <dlpack/dlpack.h>
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -19,6 +21,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "embag/dlpack.h"
@@ -33,12 +36,31 @@ struct UnsupportedError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A broken rule. Python code written against PyTorch catches RuntimeError (what
+// torch.embedding_bag raises for these rules); code written against embag catches ValueError.
+// The class derives from both, so each keeps working. Created in NB_MODULE.
+PyObject* g_rule_error = nullptr;
+// PyTorch raises NotImplementedError for per_sample_weights with mode mean or max; this subclass
+// of the above is one too.
+PyObject* g_not_implemented_error = nullptr;
+
+struct RuleError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The runtime's message for per_sample_weights with mode mean or max (validation.cpp); its
+// prefix picks the NotImplementedError class, the one rule PyTorch reports as unimplemented.
+constexpr std::string_view kNotImplementedPrefix =
+    "embedding_bag: per_sample_weights was not None.";
+
+[[noreturn]] void raise_rule(const std::string& message) { throw RuleError(message); }
+
 void raise_if_error(const embag::Status& status) {
   switch (status.code()) {
     case embag::StatusCode::kOk:
       return;
     case embag::StatusCode::kInvalidArgument:
-      throw nb::value_error(status.message().c_str());
+      raise_rule(status.message());
     case embag::StatusCode::kUnsupported:
       throw UnsupportedError(status.message());
     case embag::StatusCode::kInternal:
@@ -84,10 +106,9 @@ embag::TensorView view_of(nb::handle capsule, const char* name, Access access = 
                                .c_str());
     }
     if ((managed->flags & kDLPackFlagReadOnly) != 0 && access == Access::kWrite) {
-      throw nb::value_error((std::string(name) + " is read-only, but " +
-                             (why_written ? why_written : "this call writes it") +
-                             "; pass a writable array (for NumPy: numpy.array(" + name + "))")
-                                .c_str());
+      raise_rule((std::string(name) + " is read-only, but " +
+                  (why_written ? why_written : "this call writes it") +
+                  "; pass a writable array (for NumPy: numpy.array(" + name + "))"));
     }
     tensor = &managed->dl_tensor;
   } else if (PyCapsule_IsValid(object, "dltensor")) {
@@ -102,16 +123,13 @@ embag::TensorView view_of(nb::handle capsule, const char* name, Access access = 
   const int ndim = tensor->ndim;
   const std::string rank = std::to_string(ndim);
   if (ndim > 2 && std::string(name) == "weight") {
-    throw nb::value_error(
-        ("weight has to be a 2D Tensor, but got Tensor of dimension " + rank).c_str());
+    raise_rule("weight has to be a 2D Tensor, but got Tensor of dimension " + rank);
   }
   if (ndim > 2 && std::string(name) == "input") {
-    throw nb::value_error(
-        ("input has to be 1D or 2D Tensor, but got Tensor of dimension " + rank).c_str());
+    raise_rule("input has to be 1D or 2D Tensor, but got Tensor of dimension " + rank);
   }
   if (ndim > 2 && std::string(name) == "offsets") {
-    throw nb::value_error(
-        ("offsets has to be a 1D Tensor, but got Tensor of dimension " + rank).c_str());
+    raise_rule("offsets has to be a 1D Tensor, but got Tensor of dimension " + rank);
   }
   embag::TensorView view;
   const embag::Status status = embag::from_dlpack(*tensor, &view);
@@ -173,7 +191,7 @@ embag::Options make_options(const std::string& mode, std::optional<double> max_n
                             bool include_last_offset, std::optional<int64_t> padding_idx) {
   const std::optional<embag::Mode> parsed = embag::parse_mode(mode);
   // PyTorch's words (torch.nn.functional.embedding_bag raises ValueError with them).
-  if (!parsed) throw nb::value_error("mode has to be one of sum, mean or max");
+  if (!parsed) raise_rule("mode has to be one of sum, mean or max");
   embag::Options options;
   options.mode = *parsed;
   options.max_norm = max_norm;
@@ -198,8 +216,11 @@ int64_t num_bags(nb::handle input, nb::handle offsets, bool include_last_offset)
   std::optional<embag::TensorView> offsets_view;
   embag::Options options;
   options.include_last_offset = include_last_offset;
-  return embag::num_bags(view_of(input, "input"), optional_view(offsets, "offsets", &offsets_view),
-                         options);
+  // One statement each: the input's rank is checked before the offsets' (PyTorch's order), which
+  // the unspecified order of a call's arguments would not guarantee.
+  const embag::TensorView input_view = view_of(input, "input");
+  const embag::TensorView* offsets_ptr = optional_view(offsets, "offsets", &offsets_view);
+  return embag::num_bags(input_view, offsets_ptr, options);
 }
 
 void forward(nb::handle weight, nb::handle input, nb::handle offsets, nb::handle per_sample_weights,
@@ -338,6 +359,28 @@ nb::list compiled_variants() {
 NB_MODULE(_embag, m) {
   m.doc() = "embag's native extension; use the `embag` package, not this module.";
   nb::exception<UnsupportedError>(m, "UnsupportedError", PyExc_RuntimeError);
+  // Two bases, which nb::exception cannot express; the module owns the references.
+  g_rule_error = PyErr_NewException(
+      "embag._embag.EmbeddingBagError",
+      nb::make_tuple(nb::handle(PyExc_RuntimeError), nb::handle(PyExc_ValueError)).ptr(), nullptr);
+  g_not_implemented_error = PyErr_NewException(
+      "embag._embag.EmbeddingBagNotImplementedError",
+      nb::make_tuple(nb::handle(g_rule_error), nb::handle(PyExc_NotImplementedError)).ptr(),
+      nullptr);
+  if (g_rule_error == nullptr || g_not_implemented_error == nullptr) throw nb::python_error();
+  m.attr("EmbeddingBagError") = nb::borrow(g_rule_error);
+  m.attr("EmbeddingBagNotImplementedError") = nb::borrow(g_not_implemented_error);
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const RuleError& e) {
+      const std::string_view message(e.what());
+      PyErr_SetString(message.substr(0, kNotImplementedPrefix.size()) == kNotImplementedPrefix
+                          ? g_not_implemented_error
+                          : g_rule_error,
+                      e.what());
+    }
+  });
 
   nb::class_<embag::Options>(m, "Options")
       .def_prop_ro("mode",

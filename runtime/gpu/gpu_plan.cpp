@@ -68,7 +68,7 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
     if (has_offsets) {
       if (Status s = offsets_value_error(r[0], r[1], N, r[2], r[3], r[4]); !s.ok()) return s;
     }
-    if (r[5] >= 0) return index_value_error(in.input, r[5], r[6], plan.num_rows);
+    if (r[5] >= 0) return index_value_error(r[5], r[6], plan.num_rows, opt);
     bags->positions_end = r[7];
   }
 

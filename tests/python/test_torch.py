@@ -7,8 +7,10 @@ using embag.torch.EmbeddingBag, swapping the module into a model and training, f
 and the array API on torch tensors (torch in, torch out, zero copy).
 
 The random data avoids embag's deliberate differences from PyTorch (SEMANTICS.md): no NaN, no
-float16 mean compared bitwise, no indices past the last offset with include_last_offset, and the
-sparse gradient is compared after coalescing PyTorch's.
+float16 mean compared bitwise, no indices past the last offset with include_last_offset. The
+sparse gradient is compared entry by entry (PyTorch's layout, embag's default), and after
+coalescing PyTorch's where embag's coalesced layout is asked for or is the only one
+(scale_grad_by_freq).
 """
 
 from __future__ import annotations
@@ -126,7 +128,12 @@ def test_matches_pytorch(combo: tuple) -> None:
     tol = _tolerance(dtype)
     torch.testing.assert_close(out_e, out_t, **tol)
     torch.testing.assert_close(w_e, w_t, **tol)  # max_norm's in-place renorm
-    if sparse:
+    if sparse and not sgbf:
+        # PyTorch's layout: the same entries, in the same order, as PyTorch's backward makes.
+        assert gw_e.layout == gw_t.layout == torch.sparse_coo
+        assert torch.equal(gw_e._indices(), gw_t._indices())
+        gw_e, gw_t = gw_e._values(), gw_t._values()
+    elif sparse:
         # (.grad itself is not flagged coalesced: AccumulateGrad re-wraps a sparse gradient
         # without the flag; test_sparse_gradient_is_flagged_coalesced checks the op's own.)
         assert gw_e.layout == torch.sparse_coo
@@ -134,7 +141,6 @@ def test_matches_pytorch(combo: tuple) -> None:
         assert bool((rows[1:] > rows[:-1]).all()), "rows must be strictly ascending"
         if pidx is not None:
             assert int(pidx) % V not in rows.tolist(), "the padding row must be absent"
-        gw_t = gw_t.coalesce().to_dense() if gw_t.layout == torch.sparse_coo else gw_t
         gw_e = gw_e.to_dense()
     torch.testing.assert_close(gw_e, gw_t, **tol)
     if with_psw:
@@ -145,7 +151,8 @@ def test_sparse_gradient_is_flagged_coalesced() -> None:
     case = _case(2, two_d=False, include_last_offset=False, index_dtype=torch.int64,
                  dtype=torch.float32, with_psw=False)
     weight = case["weight"].requires_grad_()
-    output = et.embedding_bag(case["input"], weight, case["offsets"], mode="sum", sparse=True)
+    output = et.embedding_bag(case["input"], weight, case["offsets"], mode="sum", sparse=True,
+                              coalesced=True)
     (grad,) = torch.autograd.grad(output, [weight], torch.ones_like(output))
     assert grad.layout == torch.sparse_coo and grad.is_coalesced()
     assert grad.indices().shape[1] == len(set(case["input"].tolist()))
@@ -190,7 +197,7 @@ def _op_args(sparse: bool = False, mode: str = "sum") -> tuple:
     case = _case(3, two_d=False, include_last_offset=False, index_dtype=torch.int64,
                  dtype=torch.float32, with_psw=mode == "sum")
     return (case["weight"].requires_grad_(), case["input"], case["offsets"],
-            case["per_sample_weights"], mode, False, None, False, sparse)
+            case["per_sample_weights"], mode, False, None, False, sparse, False)
 
 
 @pytest.mark.parametrize("mode", ["sum", "max"])
