@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from . import _embag
 from ._arrays import ForwardResult, Gradients, embedding_bag, embedding_bag_backward
+from ._quantized import QuantizedTable, dequantize, quantize
 
 __version__ = "0.1.0"
 
@@ -30,15 +31,18 @@ UnsupportedError.__doc__ = (
 __all__ = [
     "ForwardResult",
     "Gradients",
+    "QuantizedTable",
     "UnsupportedError",
     "compiled_variants",
     "cuda_status",
+    "dequantize",
     "embedding_bag",
     "embedding_bag_backward",
     "info",
     "last_variant",
     "max_num_threads",
     "num_threads",
+    "quantize",
     "selected_isa",
     "set_isa",
     "set_num_threads",
