@@ -16,6 +16,14 @@
 //   output (D, B)            (mode "max": output_0 is the pooled value, output_1 (D, B) int64 is
 //                            the winning row per column, -1 for an empty bag; mode
 //                            "max_values": the pooled value only)
+//
+// Quantized tables (GeneratorParam codec != none; CPU targets): `weight` is the table's bytes,
+// (row bytes, V) uint8 with the caller's row stride, and three scalars follow `bags_per_task`:
+//   code_offset, qparam_offset  where a row's codes and its scale, bias start, in bytes
+//   dim                         D (the buffer's first extent is the row's bytes, not D)
+// per_sample_weights and the output are float32. Each element is dequantised as
+// w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h) and
+// then pooled exactly as a float32 table's element.
 #include <cmath>
 #include <map>
 #include <string>
@@ -34,14 +42,19 @@ using embag_generators::load_float;
 using embag_generators::storage_type;
 using embag_generators::store_float;
 using embag_generators::stored_is_nan;
+using embag_generators::detail::half_bits_to_float;
 
 using embag::kernels::Pooling;
+using embag::kernels::QuantCodec;
 
 class EmbagForward : public Generator<EmbagForward> {
  public:
   GeneratorParam<Pooling> mode{"mode", Pooling::kSum, embag::kernels::pooling_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
   GeneratorParam<Type> index_type{"index_type", Int(64)};
+  // A quantized table's decoding (kernel_enums.h); "none" for float tables. A quantized kernel
+  // takes weight_type float32 (what it dequantises to and writes).
+  GeneratorParam<QuantCodec> codec{"codec", QuantCodec::kNone, embag::kernels::quant_codec_names()};
 
   // Schedule knobs (see schedule() for what they trade off). Retuning a machine means changing
   // these in the CMake variant table, not the algorithm.
@@ -59,7 +72,7 @@ class EmbagForward : public Generator<EmbagForward> {
   void configure() {
     // (GPU kernels take 16-bit tables as their bits: see storage_type in float_bits.h)
     const Type stored = storage_type(weight_type, get_target());
-    weight_ = add_input<Buffer<>>("weight", stored, 2);
+    weight_ = add_input<Buffer<>>("weight", quantized() ? UInt(8) : stored, 2);
     indices_ = add_input<Buffer<>>("indices", index_type, 1);
     offsets_ = add_input<Buffer<>>("offsets", index_type, 1);
     if (mode == Pooling::kWeightedSum) {
@@ -70,6 +83,11 @@ class EmbagForward : public Generator<EmbagForward> {
     // enough that each thread walks long runs of consecutive bags (the prefetch runs ahead
     // across bag boundaries, and only restarts at a task boundary), small enough to balance.
     bags_per_task_ = add_input<int32_t>("bags_per_task");
+    if (quantized()) {
+      code_offset_ = add_input<int32_t>("code_offset");
+      qparam_offset_ = add_input<int32_t>("qparam_offset");
+      dim_ = add_input<int32_t>("dim");
+    }
     // Max returns the value and the winning row from one Tuple-valued Func, so both come out of
     // the same register tile in one pass.
     std::vector<Type> output_types{stored};
@@ -113,7 +131,8 @@ class EmbagForward : public Generator<EmbagForward> {
     }
     r_ = r;
 
-    Expr value = load_float(weight(d_, row), weight_type, acc_type, get_target());
+    Expr value = quantized() ? dequantized(row)
+                             : load_float(weight(d_, row), weight_type, acc_type, get_target());
 
     if (is_max()) {
       define_max(value, row, bag_positions);
@@ -207,7 +226,9 @@ class EmbagForward : public Generator<EmbagForward> {
       // vector, value and row: 51 spills at 4 -- the same as at 2, outside the inner loop --
       // 87 at 8).
       const Target target = get_target();
-      const bool wide_float = weight_type.value() == Float(32) || weight_type.value() == Float(64);
+      // (Not for quantized rows either: their decoding needs temporaries, as float16's does.)
+      const bool wide_float =
+          !quantized() && (weight_type.value() == Float(32) || weight_type.value() == Float(64));
       if (target.arch == Target::ARM && target.bits == 64 && !is_max() && wide_float) {
         widest *= 2;
       }
@@ -232,7 +253,7 @@ class EmbagForward : public Generator<EmbagForward> {
     }
 
     Func output = *output_;
-    Expr dim = weight_->dim(0).extent();
+    Expr dim = table_dim();
 
     Var bag_task("bag_task"), bag_in_task("bag_in_task"), tile("tile"), lane("lane");
 
@@ -307,7 +328,8 @@ class EmbagForward : public Generator<EmbagForward> {
     // strict_float target feature), LLVM folds float NaN tests and these compares into a
     // NaN-dropping form. A held NaN stays; otherwise a NaN value is taken, or a strictly greater
     // one (a compare that is false whenever either side is NaN).
-    Expr value_is_nan = stored_is_nan(weight(d_, row), weight_type);
+    Expr value_is_nan =
+        quantized() ? is_nan_by_bits(value) : stored_is_nan(weight(d_, row), weight_type);
     Expr current_is_nan = is_nan_by_bits(current);
     Expr take = !current_is_nan && (value_is_nan || strict_float(value > current));
     Expr taken = strict_float(select(take, value, current));
@@ -360,7 +382,9 @@ class EmbagForward : public Generator<EmbagForward> {
     // call is typed uint8 and the offset counted in bytes, whatever the table's element type.
     // (Typed int32, as it once was, it fetched row 2r of a 16-bit table and row r/2 of a float64
     // one.) The hint is Halide's: prefetchnta on x86, prfm pldl1strm on ARM.
-    const int element_bytes = static_cast<Type>(weight_type).bytes();
+    // (A quantized table's elements are its bytes: the loop below walks the row's bytes, codes
+    // and qparams alike, so a row's every line is prefetched.)
+    const int element_bytes = quantized() ? 1 : static_cast<Type>(weight_type).bytes();
     Expr row_start = cast<int64_t>(ahead_row) * cast<int64_t>(weight.dim(1).stride());
     Expr base = Internal::Variable::make(Handle(), "weight", ImageParam(weight).parameter());
     const int elements_per_line = 64 / element_bytes;
@@ -401,6 +425,49 @@ class EmbagForward : public Generator<EmbagForward> {
 
   bool is_max() const { return mode == Pooling::kMax || mode == Pooling::kMaxValues; }
 
+  bool quantized() const { return codec != QuantCodec::kNone; }
+
+  // D: a float table's first extent; a quantized table's is its row bytes, so D comes in.
+  Expr table_dim() const { return quantized() ? Expr(*dim_) : weight_->dim(0).extent(); }
+
+  // Column d_ of `row` of a quantized table, dequantised to float32: w = scale * q + bias, with
+  // q the unsigned code (lowest bits first within a byte). The qparams are assembled from bytes
+  // (rows need not be aligned, and FBGEMM's front layout puts float16s at any byte offset); the
+  // float16 ones are widened in integer arithmetic (half_bits_to_float), exact on every target.
+  // They depend on the row only, so the compiled loop loads them once per row and tile.
+  Expr dequantized(Expr row) {
+    Input<Buffer<>>& weight = *weight_;
+    auto byte = [&](Expr at) { return weight(at, row); };
+    Expr code_offset = *code_offset_, qparam_offset = *qparam_offset_;
+    const int bits = embag::kernels::quant_code_bits(codec);
+    Expr q;
+    if (bits == 8) {
+      q = byte(code_offset + d_);
+    } else {
+      const int per_byte = 8 / bits;
+      Expr packed = byte(code_offset + d_ / per_byte);
+      Expr shift = cast<uint8_t>((d_ % per_byte) * bits);
+      q = (packed >> shift) & cast<uint8_t>((1 << bits) - 1);
+    }
+    Expr scale, bias;
+    if (codec == QuantCodec::kU8F32) {
+      auto f32_at = [&](Expr at) {
+        Expr u = cast<uint32_t>(byte(at)) | (cast<uint32_t>(byte(at + 1)) << 8) |
+                 (cast<uint32_t>(byte(at + 2)) << 16) | (cast<uint32_t>(byte(at + 3)) << 24);
+        return reinterpret(Float(32), u);
+      };
+      scale = f32_at(qparam_offset);
+      bias = f32_at(qparam_offset + 4);
+    } else {
+      auto f16_at = [&](Expr at) {
+        return half_bits_to_float(cast<uint16_t>(byte(at)) | (cast<uint16_t>(byte(at + 1)) << 8));
+      };
+      scale = f16_at(qparam_offset);
+      bias = f16_at(qparam_offset + 2);
+    }
+    return strict_float(exact_product(scale, cast<float>(q), get_target()) + bias);
+  }
+
   Type accumulator_type() const {
     return Float(embag::kernels::accumulator_bits(static_cast<Type>(weight_type).bits()));
   }
@@ -415,6 +482,9 @@ class EmbagForward : public Generator<EmbagForward> {
   Input<Buffer<>>* per_sample_weights_ = nullptr;
   Input<int32_t>* padding_idx_ = nullptr;
   Input<int32_t>* bags_per_task_ = nullptr;
+  Input<int32_t>* code_offset_ = nullptr;
+  Input<int32_t>* qparam_offset_ = nullptr;
+  Input<int32_t>* dim_ = nullptr;
   Output<Func>* output_ = nullptr;
 };
 

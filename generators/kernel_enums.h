@@ -38,6 +38,54 @@ enum class Pipeline : uint8_t {
 // the winning rows runs, so inference does not pay for training's int64 output.
 enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kMaxValues, kCount };
 
+// How a quantized-table forward kernel decodes one row (kNone: a float table). A codec is what
+// the kernel is compiled for: the width of a code and the type of the row's scale and bias.
+// Where in the row the codes and the qparams sit (PyTorch's prepack layouts keep the qparams at
+// the end, FBGEMM's TBE at the front) is not compiled in: the runtime passes both byte offsets,
+// so one kernel serves both layouts. The public formats (include/embag/quantized.h) map onto a
+// codec plus those offsets in runtime/quantized_format.cpp.
+//   kU8F32: 8-bit codes, float32 scale and bias (torch's embedding_bag_byte_prepack)
+//   kU8F16 / kU4F16 / kU2F16: 8-, 4-, 2-bit codes, float16 scale and bias (lowest bits first)
+// Every kernel dequantises an element as w = scale * q + bias in float32, the multiply rounded
+// before the add (never an FMA), and then folds w exactly as a float32 table's kernel folds its
+// element: so a quantized table's result is bitwise the float32 result on its dequantised table.
+enum class QuantCodec : uint8_t { kNone, kU8F32, kU8F16, kU4F16, kU2F16, kCount };
+
+inline const char* quant_codec_name(QuantCodec codec) {
+  switch (codec) {
+    case QuantCodec::kNone:
+      return "none";
+    case QuantCodec::kU8F32:
+      return "u8f32";
+    case QuantCodec::kU8F16:
+      return "u8f16";
+    case QuantCodec::kU4F16:
+      return "u4f16";
+    case QuantCodec::kU2F16:
+      return "u2f16";
+    case QuantCodec::kCount:
+      break;
+  }
+  return "?";
+}
+
+// The `codec` GeneratorParam's values (the names in the kernels' names and the CMake table).
+inline const std::map<std::string, QuantCodec>& quant_codec_names() {
+  static const std::map<std::string, QuantCodec> names = {
+      {"none", QuantCodec::kNone},   {"u8f32", QuantCodec::kU8F32}, {"u8f16", QuantCodec::kU8F16},
+      {"u4f16", QuantCodec::kU4F16}, {"u2f16", QuantCodec::kU2F16},
+  };
+  return names;
+}
+
+// Bits of one code of a codec (0 for kNone).
+constexpr int quant_code_bits(QuantCodec codec) {
+  return codec == QuantCodec::kU4F16   ? 4
+         : codec == QuantCodec::kU2F16 ? 2
+         : codec == QuantCodec::kNone  ? 0
+                                       : 8;
+}
+
 // Which tables a forward kernel is for, by where their rows live (CPU forward kernels; every
 // other row serves any table). A gather from a table that stays in this CPU's caches needs no
 // software prefetch, and there a prefetch only costs issue slots; a gather from a table far past

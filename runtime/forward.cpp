@@ -13,6 +13,7 @@
 #include "kernel_call.h"
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
+#include "quantized_format.h"
 #include "renorm.h"
 #include "runtime_state.h"
 #include "table_class.h"
@@ -38,16 +39,24 @@ Status select_kernels(const ForwardInputs& in, const Options& opt, Pooling pooli
                       bool wants_argmax, SelectedKernels* kernels) {
   Isa isa;
   if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
-  const internal::KernelKey forward_key{internal::Pipeline::kForward, pooling, in.weight.dtype,
-                                        in.input.dtype};
+  // A quantized table's kernels are keyed by their codec instead of a weight dtype.
+  const QuantizedTable* quantized = in.quantized_weight;
+  const std::optional<DType> weight_dtype =
+      quantized ? std::nullopt : std::optional<DType>(in.weight.dtype);
+  const internal::QuantCodec codec =
+      quantized ? internal::quant_layout(quantized->format).codec : internal::QuantCodec::kNone;
+  const internal::KernelKey forward_key{
+      internal::Pipeline::kForward, pooling, weight_dtype, in.input.dtype, std::nullopt, codec};
   // By D too (a tuning file may give a kernel a schedule per D bucket), and by where the table
-  // lives (a cache-resident and a memory-resident variant of each CPU forward kernel).
-  const int64_t dim = in.weight.shape[1];
-  const internal::TableClass table_class = internal::table_class_of(in.weight);
+  // lives (a cache-resident and a memory-resident variant of each CPU forward kernel; quantized
+  // kernels serve every table).
+  const int64_t dim = quantized ? quantized->dim : in.weight.shape[1];
+  const internal::TableClass table_class =
+      quantized ? internal::TableClass::kAny : internal::table_class_of(in.weight);
   if (pooling == Pooling::kMax && !wants_argmax) {
-    kernels->forward = internal::find_kernel(
-        {internal::Pipeline::kForward, Pooling::kMaxValues, in.weight.dtype, in.input.dtype}, isa,
-        dim, table_class);
+    kernels->forward = internal::find_kernel({internal::Pipeline::kForward, Pooling::kMaxValues,
+                                              weight_dtype, in.input.dtype, std::nullopt, codec},
+                                             isa, dim, table_class);
   }
   if (kernels->forward == nullptr)
     kernels->forward = internal::find_kernel(forward_key, isa, dim, table_class);
@@ -88,10 +97,10 @@ void count_valid_positions(const ForwardPlan& plan, const BagLayout& layout, int
 
 // Outputs of a call with no columns or no rows, where there is nothing for a kernel to read:
 // every bag is empty of data (V = 0 makes every index invalid, so bags hold no positions).
-void write_degenerate_outputs(const ForwardInputs& in, const ForwardOutputs& out,
-                              const ForwardPlan& plan, const BagLayout& layout) {
+void write_degenerate_outputs(const ForwardOutputs& out, const ForwardPlan& plan,
+                              const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
-  const size_t element = dtype_size(in.weight.dtype);
+  const size_t element = dtype_size(out.output.dtype);
   // (D = 0: no bytes, and possibly no memory; memset may not be given a null pointer)
   for (int64_t b = 0; D > 0 && b < B; ++b) {
     std::memset(static_cast<unsigned char*>(out.output.data) +
@@ -112,18 +121,36 @@ Status run_pooling_kernel(internal::CallContext& call, const KernelEntry& kernel
                           const ForwardInputs& in, const ForwardOutputs& out,
                           const ForwardPlan& plan, const BagLayout& layout) {
   const int64_t B = plan.num_bags, D = plan.dim;
-  HalideBuffer weight(in.weight.data, in.weight.dtype, plan.num_rows, D, in.weight.strides[0]);
+  const QuantizedTable* quantized = in.quantized_weight;
+  // A quantized table goes in as its bytes: (row bytes, V) uint8 with the caller's row stride.
+  std::optional<HalideBuffer> weight;
+  int32_t code_offset = 0, qparam_offset = 0;
+  const int32_t dim32 = static_cast<int32_t>(D);
+  if (quantized) {
+    const internal::QuantLayout q = internal::quant_layout(quantized->format);
+    weight.emplace(quantized->data, halide_type_t(halide_type_uint, 8), plan.num_rows,
+                   quantized_row_bytes(quantized->format, D), quantized->row_stride);
+    code_offset = static_cast<int32_t>(internal::quant_code_offset(q));
+    qparam_offset = static_cast<int32_t>(internal::quant_qparam_offset(q, D));
+  } else {
+    weight.emplace(in.weight.data, in.weight.dtype, plan.num_rows, D, in.weight.strides[0]);
+  }
   HalideBuffer indices(layout.indices, layout.index_dtype, plan.positions_end);
   HalideBuffer offsets(layout.offsets, layout.index_dtype, B + 1);
   HalideBuffer output(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
   const int32_t padding = plan.padding_idx;
   const int32_t bags_per_task = internal::bags_per_task(B, kernel.tasks_per_thread);
   internal::KernelArgs args;
-  args.buffer("weight", weight.get())
+  args.buffer("weight", weight->get())
       .buffer("indices", indices.get())
       .buffer("offsets", offsets.get())
       .scalar("padding_idx", &padding)
       .scalar("bags_per_task", &bags_per_task);
+  if (quantized) {
+    args.scalar("code_offset", &code_offset)
+        .scalar("qparam_offset", &qparam_offset)
+        .scalar("dim", &dim32);
+  }
 
   // Max writes the winning rows too; into scratch when the caller did not ask for them
   // (allocated here, before the kernel writes anything).
@@ -228,7 +255,7 @@ Status forward(const ForwardInputs& caller_inputs, const ForwardOutputs& outputs
       return Status::Ok();
     }
     if (plan.dim == 0 || plan.num_rows == 0) {
-      write_degenerate_outputs(inputs, outputs, plan, layout);
+      write_degenerate_outputs(outputs, plan, layout);
       internal::record_last_variant(kernels.forward->name);
       return Status::Ok();
     }
@@ -239,7 +266,7 @@ Status forward(const ForwardInputs& caller_inputs, const ForwardOutputs& outputs
 std::string forward_variant_name(const ForwardInputs& inputs, const Options& options) {
   const internal::Pooling pooling =
       internal::pooling_for(options.mode, inputs.per_sample_weights != nullptr);
-  if (inputs.weight.device.type != DeviceType::kCPU) {
+  if (inputs.quantized_weight == nullptr && inputs.weight.device.type != DeviceType::kCPU) {
     Isa isa{};
     if (!internal::gpu::select_isa(inputs.weight.device, &isa).ok()) return "";
     const KernelEntry* kernel = internal::find_kernel(

@@ -20,6 +20,9 @@ class HalideBuffer {
   HalideBuffer(const void* data, DType dtype, int64_t n);
   // A (rows, cols) matrix whose rows are row_stride elements apart.
   HalideBuffer(const void* data, DType dtype, int64_t rows, int64_t cols, int64_t row_stride);
+  // The same for element types embag has no DType for (a quantized table's bytes: uint8).
+  HalideBuffer(const void* data, halide_type_t type, int64_t rows, int64_t cols,
+               int64_t row_stride);
 
   HalideBuffer(const HalideBuffer&) = delete;
   HalideBuffer& operator=(const HalideBuffer&) = delete;
@@ -27,7 +30,7 @@ class HalideBuffer {
   halide_buffer_t* get() { return &buffer_; }
 
  private:
-  void init(const void* data, DType dtype, int dimensions);
+  void init(const void* data, halide_type_t type, int dimensions);
 
   halide_buffer_t buffer_{};
   halide_dimension_t dims_[2]{};

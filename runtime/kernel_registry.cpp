@@ -21,8 +21,9 @@ uint64_t slot(const std::optional<Enum>& value) {
 
 uint64_t key_of(const KernelKey& key, Isa isa) {
   uint64_t k = static_cast<uint64_t>(key.pipeline);
-  for (uint64_t part : {slot(key.pooling), slot(key.weight_dtype), slot(key.index_dtype),
-                        slot(key.offsets_dtype), static_cast<uint64_t>(isa)}) {
+  for (uint64_t part :
+       {slot(key.pooling), slot(key.weight_dtype), slot(key.index_dtype), slot(key.offsets_dtype),
+        static_cast<uint64_t>(key.codec), static_cast<uint64_t>(isa)}) {
     k = (k << 8) | part;
   }
   return k;
@@ -34,7 +35,8 @@ const std::unordered_map<uint64_t, std::vector<const KernelEntry*>>& kernel_inde
   static const auto* index = [] {
     auto* built = new std::unordered_map<uint64_t, std::vector<const KernelEntry*>>;
     for (const KernelEntry& e : kernel_table()) {
-      const KernelKey key{e.pipeline, e.pooling, e.weight_dtype, e.index_dtype, e.offsets_dtype};
+      const KernelKey key{e.pipeline,    e.pooling,       e.weight_dtype,
+                          e.index_dtype, e.offsets_dtype, e.codec};
       (*built)[key_of(key, e.isa)].push_back(&e);
     }
     return built;
@@ -95,6 +97,9 @@ std::string describe(const KernelKey& key) {
   std::string text = kernels::pipeline_name(key.pipeline);
   if (key.pooling) text += std::string(" ") + kernels::pooling_name(*key.pooling);
   if (key.weight_dtype) text += std::string(" for weight ") + dtype_name(*key.weight_dtype);
+  if (key.codec != QuantCodec::kNone) {
+    text += std::string(" for quantized codec ") + kernels::quant_codec_name(key.codec);
+  }
   if (key.index_dtype) text += std::string(", input ") + dtype_name(*key.index_dtype);
   if (key.offsets_dtype) text += std::string(", offsets ") + dtype_name(*key.offsets_dtype);
   return text;

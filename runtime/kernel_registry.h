@@ -18,6 +18,7 @@ namespace embag::internal {
 
 using kernels::Pipeline;
 using kernels::Pooling;
+using kernels::QuantCodec;
 using kernels::TableClass;
 
 // The kernel family a forward call needs: sum with per_sample_weights is its own kernel.
@@ -51,6 +52,9 @@ struct KernelEntry {
   // The tables it serves (CPU forward kernels come in a cache-resident and a memory-resident
   // variant; every other row serves any table).
   TableClass table_class;
+  // Quantized-table forward kernels: the codec they decode (kNone for float tables, whose
+  // weight_dtype is set; a quantized kernel's weight_dtype is unset).
+  QuantCodec codec;
 };
 
 const std::vector<KernelEntry>& kernel_table();
@@ -62,6 +66,7 @@ struct KernelKey {
   std::optional<DType> weight_dtype;
   std::optional<DType> index_dtype;
   std::optional<DType> offsets_dtype = std::nullopt;
+  QuantCodec codec = QuantCodec::kNone;
 };
 
 // The row matching `key` on `isa` whose D range holds `dim` (any D when `dim` is negative) and

@@ -205,6 +205,7 @@ const std::vector<VariantInfo>& compiled_variants() {
       v.pipeline = kernels::pipeline_name(e.pipeline);
       v.mode = e.pooling ? kernels::pooling_name(*e.pooling) : "";
       v.weight_dtype = e.weight_dtype;
+      if (e.codec != kernels::QuantCodec::kNone) v.quant_codec = kernels::quant_codec_name(e.codec);
       v.index_dtype = e.index_dtype;
       v.isa = e.isa;
       v.device = isa_device(e.isa);

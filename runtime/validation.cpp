@@ -13,6 +13,7 @@
 
 #include "cpu_features.h"
 #include "forward_plan.h"
+#include "quantized_format.h"
 
 namespace embag::internal {
 namespace {
@@ -581,6 +582,95 @@ Status check_no_overlap(std::initializer_list<NamedView> writes,
   return Status::Ok();
 }
 
+namespace {
+
+// The rules of a quantized table (include/embag/quantized.h), checked in place of the float
+// table's dtype and memory rules. A quantized table is an inference table: no max_norm.
+Status check_quantized_table(const ForwardInputs& in, const Options& opt) {
+  const QuantizedTable& t = *in.quantized_weight;
+  if (in.weight.data != nullptr || in.weight.ndim != 0) {
+    return invalid(
+        "a call takes one table: weight or quantized_weight, not both (weight has shape " +
+        in.weight.shape_string() + ")");
+  }
+  if (!parse_quant_format(quant_format_name(t.format))) {
+    return invalid("quantized_weight has an unknown format (" +
+                   std::to_string(static_cast<int>(t.format)) + ")");
+  }
+  if (t.device.type != DeviceType::kCPU) {
+    return Status(StatusCode::kUnsupported,
+                  "quantized tables run on the CPU only: this build of embag has no GPU kernels "
+                  "for them (quantized_weight is on " +
+                      device_string(t.device) + ")");
+  }
+  if (t.rows < 0 || t.dim < 0) {
+    return invalid("quantized_weight has a negative size (" + std::to_string(t.rows) +
+                   " rows, D = " + std::to_string(t.dim) + ")");
+  }
+  for (auto [value, what] :
+       {std::pair{t.rows, "rows"}, {t.dim, "D"}, {t.row_stride, "row stride"}}) {
+    if (value > kMaxExtent) {
+      return invalid(std::string("quantized_weight's ") + what + " is " + std::to_string(value) +
+                     ", but embag's kernels take at most " + std::to_string(kMaxExtent));
+    }
+  }
+  const int64_t row_bytes = quantized_row_bytes(t.format, t.dim);
+  if (t.rows > 0 && t.row_stride < row_bytes) {
+    const QuantLayout layout = quant_layout(t.format);
+    return invalid("quantized_weight's row stride (" + std::to_string(t.row_stride) +
+                   " bytes) must hold a row of format " + quant_format_name(t.format) +
+                   " with D = " + std::to_string(t.dim) + ": " + std::to_string(row_bytes) +
+                   " bytes (" + std::to_string(quant_code_bytes(layout, t.dim)) + " of codes, " +
+                   std::to_string(layout.qparam_bytes) + " of scale and bias)");
+  }
+  if (t.rows > 0 && row_bytes > 0 && t.data == nullptr) {
+    return invalid("quantized_weight has " + std::to_string(t.rows) + " rows but no data");
+  }
+  if (opt.max_norm) {
+    return invalid(
+        "max_norm is not supported with a quantized table: it would rewrite rows in place, and "
+        "quantized tables are read-only inference tables (PyTorch's quantized embedding_bag has "
+        "no max_norm either)");
+  }
+  return Status::Ok();
+}
+
+// The float32 (V, D) table a quantized table stands for, for the rules that look only at V, D
+// and the device (its data and strides are never read as floats).
+TensorView logical_view(const QuantizedTable& t) {
+  TensorView v;
+  v.dtype = DType::kFloat32;
+  v.ndim = 2;
+  v.shape[0] = t.rows;
+  v.shape[1] = t.dim;
+  v.strides[0] = t.dim;
+  v.strides[1] = 1;
+  v.device = t.device;
+  return v;
+}
+
+// No output may share bytes with a quantized table (its bytes are not a TensorView, so this is
+// check_no_overlap's byte-range test done here).
+Status check_outputs_miss_table(const QuantizedTable& t, std::initializer_list<NamedView> writes) {
+  const int64_t row_bytes = quantized_row_bytes(t.format, t.dim);
+  if (t.rows <= 0 || row_bytes <= 0 || t.data == nullptr) return Status::Ok();
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
+  const uintptr_t end = begin + static_cast<uintptr_t>((t.rows - 1) * t.row_stride + row_bytes);
+  for (const NamedView& w : writes) {
+    if (w.view == nullptr) continue;
+    const ByteRange r = byte_range(*w.view);
+    if (r.begin < r.end && r.begin < end && begin < r.end) {
+      return invalid(std::string("unsupported operation: some elements of the input tensor and the "
+                                 "written-to tensor refer to a single memory location. Please "
+                                 "clone() the tensor before performing the operation. (") +
+                     w.name + " overlaps quantized_weight)");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 ForwardInputs IndexSnapshot::apply(const ForwardInputs& in) const {
   if (!taken) return in;
   ForwardInputs out = in;
@@ -600,7 +690,11 @@ BackwardInputs IndexSnapshot::apply(const BackwardInputs& in) const {
 
 Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, ForwardPlan* plan,
                                IndexSnapshot* snapshot) {
-  const TensorView& weight = in.weight;
+  const bool quantized = in.quantized_weight != nullptr;
+  if (quantized) {
+    if (Status s = check_quantized_table(in, opt); !s.ok()) return s;
+  }
+  const TensorView weight = quantized ? logical_view(*in.quantized_weight) : in.weight;
   const TensorView& input = in.input;
   const TensorView* psw = in.per_sample_weights;
 
@@ -624,7 +718,9 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
     return invalid(std::string("weight must be float32, float64, float16 or bfloat16, but got ") +
                    dtype_name(weight.dtype));
   }
-  if (Status s = check_memory(weight, "weight", false); !s.ok()) return s;
+  if (!quantized) {
+    if (Status s = check_memory(weight, "weight", false); !s.ok()) return s;
+  }
 
   // Indices and offsets.
   if (input.ndim != 1 && input.ndim != 2) {
@@ -688,6 +784,11 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
           mode_name(opt.mode) + "')");
     }
     if (psw->dtype != weight.dtype) {
+      if (quantized) {
+        return invalid(std::string("embedding_bag: per_sample_weights has dtype ") +
+                       dtype_name(psw->dtype) + ", but it must have the weight's dtype " +
+                       dtype_name(weight.dtype) + " (a quantized table pools in float32)");
+      }
       // PyTorch's words (its checkSameType), legacy type names included.
       return invalid(
           std::string("Expected tensor for argument #1 'weight' to have the same type as "
@@ -775,13 +876,18 @@ Status validate_forward_inputs(const ForwardInputs& in, const Options& opt, Forw
 Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
                         ForwardPlan* plan, IndexSnapshot* snapshot) {
   if (Status s = validate_forward_inputs(in, opt, plan, snapshot); !s.ok()) return s;
+  const QuantizedTable* quantized = in.quantized_weight;
+  const Device device = quantized ? quantized->device : in.weight.device;
   for (auto [view, name] :
        {std::pair{&out.output, "output"}, {out.bag_count, "bag_count"}, {out.argmax, "argmax"}}) {
-    if (Status s = check_device(in.weight.device, view, name); !s.ok()) return s;
+    if (Status s = check_device(device, view, name); !s.ok()) return s;
   }
   const int64_t B = plan->num_bags, D = plan->dim;
-  const DType weight_dtype = in.weight.dtype;
-  if (Status s = check_output(&out.output, "output", weight_dtype, "the weight's dtype", 2, B, D);
+  // A quantized table's output is float32 (what it dequantises to).
+  const DType weight_dtype = quantized ? DType::kFloat32 : in.weight.dtype;
+  if (Status s =
+          check_output(&out.output, "output", weight_dtype,
+                       quantized ? "float32 for a quantized table" : "the weight's dtype", 2, B, D);
       !s.ok()) {
     return s;
   }
@@ -795,6 +901,14 @@ Status validate_forward(const ForwardInputs& in, const ForwardOutputs& out, cons
   }
   if (Status s = check_output(out.argmax, "argmax", DType::kInt64, "int64", 2, B, D); !s.ok()) {
     return s;
+  }
+  if (quantized) {
+    if (Status s = check_outputs_miss_table(
+            *quantized,
+            {{&out.output, "output"}, {out.bag_count, "bag_count"}, {out.argmax, "argmax"}});
+        !s.ok()) {
+      return s;
+    }
   }
   // (the caller's arrays, not the snapshot's copies: it is their memory the kernels write)
   return check_no_overlap(

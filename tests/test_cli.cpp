@@ -44,6 +44,60 @@ TEST_F(Cli, ForwardWritesTheResultAndDefaultsToMean) {
   EXPECT_DOUBLE_EQ(mean[3], 16.0 / 3);
 }
 
+// `embag quantize` writes quantize_rows' bytes as a uint8 .npy, and `embag forward --format`
+// pools them: the same numbers as the C++ API on the same table (max here, a real max).
+TEST_F(Cli, QuantizeAndForwardOnTheQuantizedTable) {
+  const std::vector<float> w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  embag::npy::Array weight = embag::npy::make_array(embag::DType::kFloat32, {5, 2});
+  std::memcpy(weight.data.data(), w.data(), sizeof(float) * w.size());
+  ASSERT_TRUE(embag::npy::save(path("W32.npy"), weight).ok());
+  for (const char* format : {"int8", "int4", "tbe_int2"}) {
+    SCOPED_TRACE(format);
+    const embag::QuantFormat f = *embag::parse_quant_format(format);
+    const int64_t row = embag::quantized_row_bytes(f, 2);
+    ASSERT_EQ(run(std::string("quantize --weight W32.npy --format ") + format + " --output Q.npy"),
+              0);
+    embag::npy::Array q;
+    ASSERT_TRUE(embag::npy::load(path("Q.npy"), &q).ok());
+    ASSERT_TRUE(q.bytes);
+    ASSERT_EQ(q.shape, (std::vector<int64_t>{5, row}));
+    std::vector<uint8_t> want(static_cast<size_t>(5 * row));
+    const embag::QuantizedTable table{want.data(), f, 5, 2, row, {}};
+    ASSERT_TRUE(embag::quantize_rows(weight.view(), table).ok());
+    EXPECT_EQ(std::vector<uint8_t>(q.data.begin(), q.data.end()), want);
+
+    // --dim: int4 and int2 rows of D = 2 hold a whole byte of codes, which says D = 2 or 4.
+    ASSERT_EQ(run(std::string("forward --weight Q.npy --format ") + format +
+                  " --dim 2 --input I.npy --offsets O.npy --mode max --output out.npy"),
+              0);
+    embag::npy::Array out;
+    ASSERT_TRUE(embag::npy::load(path("out.npy"), &out).ok());
+    ASSERT_EQ(out.dtype, embag::DType::kFloat32);
+    std::vector<float> expected(10);
+    const std::vector<int64_t> idx = {3, 1, 1, 1, 4, 0}, off = {0, 0, 3, 3, 6};
+    embag::TensorView off_view =
+        embag::make_view_1d(const_cast<int64_t*>(off.data()), embag::DType::kInt64, 5);
+    embag::ForwardInputs in;
+    in.quantized_weight = &table;
+    in.input = embag::make_view_1d(const_cast<int64_t*>(idx.data()), embag::DType::kInt64, 6);
+    in.offsets = &off_view;
+    embag::Options options;
+    options.mode = embag::Mode::kMax;
+    ASSERT_TRUE(embag::forward(in,
+                               {embag::make_view_2d(expected.data(), embag::DType::kFloat32, 5, 2)},
+                               options)
+                    .ok());
+    EXPECT_EQ(0, std::memcmp(out.data.data(), expected.data(), sizeof(float) * 10));
+  }
+  // A quantized file without --format, and a float file with it, are refused.
+  expect_error("forward --weight Q.npy --input I.npy --offsets O.npy --output x.npy", 1,
+               "give its --format");
+  expect_error("forward --weight W.npy --format int8 --input I.npy --offsets O.npy --output x.npy",
+               1, "--format needs a 2-D uint8 table");
+  expect_error("quantize --weight W32.npy --format int3 --output Q.npy", 2, "--format must be");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
 // --device runs the same call on a GPU (here OpenCL, on POCL where there is no GPU): the same
 // file, byte for byte, forward and backward (max, whose argmax the forward run makes on the
 // device too). --device cuda works where a CUDA GPU is, and says why not elsewhere.

@@ -51,6 +51,19 @@ struct Call {
     argmax = make_view_2d(argmax_data.data(), DType::kInt64, 5, 2);
     options.mode = Mode::kSum;
     options.max_norm = 1.0;
+    // The same (5, 2) table quantized to 8 bits (rows of 10 bytes), inside a larger buffer, for
+    // the quantized-table rows (use_quantized()).
+    qbytes.assign(128, 0);
+    qtable = {qbytes.data(), QuantFormat::kInt8, 5, 2, 10, {}};
+    (void)quantize_rows(make_view_2d(weight_data.data(), DType::kFloat32, 5, 2), qtable);
+  }
+
+  // The call on the quantized table instead of the float one: a valid call (no max_norm, which
+  // quantized tables refuse).
+  void use_quantized() {
+    inputs.weight = TensorView{};
+    inputs.quantized_weight = &qtable;
+    options.max_norm.reset();
   }
   Call(const Call&) = delete;
   Call& operator=(const Call&) = delete;
@@ -70,7 +83,8 @@ struct Call {
   std::vector<double> psw64_data = {1, 2, 3, 4, 5, 6};
   std::vector<float> float_data = {0, 0, 0, 0, 0, 0};
   std::vector<int32_t> int32_data = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  std::vector<unsigned char> output_data, argmax_data, count_data;
+  std::vector<unsigned char> output_data, argmax_data, count_data, qbytes;
+  QuantizedTable qtable;
   TensorView offsets, psw, bag_count, argmax;
   ForwardInputs inputs;
   ForwardOutputs outputs;
@@ -317,6 +331,98 @@ std::vector<ErrorRow> error_rows() {
         c.outputs.argmax = &c.argmax;
       },
       {kOverlap, "argmax overlaps output"});
+  // ---- quantized tables (include/embag/quantized.h): each row starts from the valid quantized
+  // call (use_quantized) and breaks one rule.
+  add("quantized table with max_norm: max_norm rewrites rows; quantized tables are read-only",
+      [](Call& c) {
+        c.use_quantized();
+        c.options.max_norm = 1.0;
+      },
+      {"max_norm is not supported with a quantized table"});
+  add("a float table and a quantized table: which one would the call read?",
+      [](Call& c) {
+        c.use_quantized();
+        c.inputs.weight = make_view_2d(c.weight_data.data(), DType::kFloat32, 5, 2);
+      },
+      {"weight or quantized_weight, not both"});
+  add("quantized row stride shorter than a row: rows would overlap",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.row_stride = 9;
+      },
+      {"row stride (9 bytes) must hold a row of format int8 with D = 2: 10 bytes (2 of codes, 8 of "
+       "scale and bias)"});
+  add("4-bit table whose stride holds an 8-bit row's codes only: D and the format disagree",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.format = QuantFormat::kInt4;
+        c.qtable.dim = 16;
+        c.qtable.row_stride = 10;
+        c.outputs.output.shape[1] = 16;
+      },
+      {"row stride (10 bytes)", "int4 with D = 16: 12 bytes"});
+  add("unknown quantized format",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.format = static_cast<QuantFormat>(77);
+      },
+      {"unknown format (77)"});
+  add("negative quantized size",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.rows = -1;
+      },
+      {"quantized_weight has a negative size"});
+  add("quantized D beyond the kernels' int32 extents",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.dim = int64_t{1} << 31;
+      },
+      {"quantized_weight's D is 2147483648"});
+  add("quantized rows without data",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.data = nullptr;
+      },
+      {"quantized_weight has 5 rows but no data"});
+  add(
+      "quantized table on a GPU: no GPU kernels for quantized tables",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.device = {DeviceType::kCUDA, 0};
+      },
+      {"quantized tables run on the CPU only"}, true);
+  add("quantized table, float64 per_sample_weights: a quantized table pools in float32",
+      [](Call& c) {
+        c.use_quantized();
+        c.psw = make_view_1d(c.psw64_data.data(), DType::kFloat64, 6);
+        c.inputs.per_sample_weights = &c.psw;
+      },
+      {"per_sample_weights has dtype float64", "float32 (a quantized table pools in float32)"});
+  add("quantized table, float64 output: the output is float32",
+      [](Call& c) {
+        c.use_quantized();
+        c.outputs.output = make_view_2d(c.output_data.data(), DType::kFloat64, 5, 2);
+      },
+      {"output", "float32 for a quantized table"});
+  add("quantized table, index out of range: the index rules hold for every table",
+      [](Call& c) {
+        c.use_quantized();
+        c.input_data[4] = 5;
+      },
+      {"Index 4 of input takes value 5 which is not in the valid range [0, 5)"});
+  add("quantized table, padding_idx out of range",
+      [](Call& c) {
+        c.use_quantized();
+        c.options.padding_idx = 5;
+      },
+      {"padding_idx must be within the number of embeddings, -5 through 4, but got 5"});
+  add("output over the quantized table's bytes",
+      [](Call& c) {
+        c.use_quantized();
+        c.outputs.output = make_view_2d(c.qbytes.data() + 40, DType::kFloat32, 5, 2);
+      },
+      {kOverlap, "output overlaps quantized_weight"});
   add("max_norm's table over the input: renormalised rows would overwrite indices",
       [](Call& c) {
         // A table whose bytes hold the indices too (sizes agree: 6 int64 = 12 float32).
@@ -330,12 +436,17 @@ std::vector<ErrorRow> error_rows() {
 // The bytes a call may write: the table and every output buffer.
 struct Snapshot {
   explicit Snapshot(const Call& c)
-      : weight(c.weight_data), output(c.output_data), argmax(c.argmax_data), count(c.count_data) {}
+      : weight(c.weight_data),
+        output(c.output_data),
+        argmax(c.argmax_data),
+        count(c.count_data),
+        qbytes(c.qbytes) {}
   bool operator==(const Snapshot& o) const {
-    return weight == o.weight && output == o.output && argmax == o.argmax && count == o.count;
+    return weight == o.weight && output == o.output && argmax == o.argmax && count == o.count &&
+           qbytes == o.qbytes;
   }
   std::vector<float> weight;
-  std::vector<unsigned char> output, argmax, count;
+  std::vector<unsigned char> output, argmax, count, qbytes;
 };
 
 TEST(Errors, BaselineCallIsValid) {
@@ -348,6 +459,19 @@ TEST(Errors, BaselineCallIsValid) {
   ASSERT_TRUE(s.ok()) << s.message();
   // And it would change the weight: the rows' "nothing changed" checks mean something.
   EXPECT_NE(c.weight_data, before.weight);
+}
+
+// The quantized rows start from this call: it must be valid and write the output.
+TEST(Errors, QuantizedBaselineCallIsValid) {
+  Call c;
+  c.use_quantized();
+  ASSERT_TRUE(validate(c.inputs, c.outputs, c.options).ok())
+      << validate(c.inputs, c.outputs, c.options).message();
+  const Snapshot before(c);
+  const Status s = forward(c.inputs, c.outputs, c.options);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_NE(c.output_data, before.output);
+  EXPECT_EQ(c.qbytes, before.qbytes);
 }
 
 TEST(Errors, EachRuleIsRefusedAndNothingIsWritten) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "embag/export.h"
+#include "embag/quantized.h"
 #include "embag/status.h"
 #include "embag/tensor.h"
 
@@ -84,6 +85,10 @@ struct ForwardInputs {
   TensorView input;                                // (N) or (B, L), int32 / int64
   const TensorView* offsets = nullptr;             // (B) or (B+1), int32 / int64; 1-D input only
   const TensorView* per_sample_weights = nullptr;  // input's shape, weight's dtype; mode sum only
+  // A quantized table (include/embag/quantized.h) in place of `weight`, which must then be left
+  // empty (a default TensorView). The call computes what it computes on the dequantised float32
+  // table: output and per_sample_weights are float32. No max_norm (CPU only).
+  const QuantizedTable* quantized_weight = nullptr;
 };
 
 // Where a forward call writes. `output` is required; the auxiliary outputs (what backward
@@ -209,8 +214,12 @@ struct VariantInfo {
   // "sum", "wsum" (with per_sample_weights), "mean", "max", "max_values" (forward max without
   // the argmax); "" for pipelines without a pooling
   std::string mode;
-  std::optional<DType> weight_dtype;  // unset for pipelines without a table (GPU planning)
-  std::optional<DType> index_dtype;   // set for pipelines that read the caller's indices
+  std::optional<DType> weight_dtype;  // unset for pipelines without a table (GPU planning) and
+                                      // for quantized-table kernels (see quant_codec)
+  // Quantized-table forward kernels: what they decode, "u8f32" (8-bit codes, float32 scale and
+  // bias), "u8f16", "u4f16", "u2f16" (float16 scale and bias); "" for every other kernel.
+  std::string quant_codec;
+  std::optional<DType> index_dtype;  // set for pipelines that read the caller's indices
   DeviceType device;
   Isa isa;
   std::string target;  // the Halide target string it was compiled for

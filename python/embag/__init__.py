@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from . import _embag
 from ._arrays import ForwardResult, Gradients, embedding_bag, embedding_bag_backward
+from ._quantized import QuantizedTable, dequantize, quantize
 
 __version__ = "0.1.0"
 
@@ -49,15 +50,18 @@ __all__ = [
     "EmbeddingBagNotImplementedError",
     "ForwardResult",
     "Gradients",
+    "QuantizedTable",
     "UnsupportedError",
     "compiled_variants",
     "cuda_status",
+    "dequantize",
     "embedding_bag",
     "embedding_bag_backward",
     "info",
     "last_variant",
     "max_num_threads",
     "num_threads",
+    "quantize",
     "selected_isa",
     "set_isa",
     "set_num_threads",

@@ -308,6 +308,8 @@ def embedding_bag(
     Args:
         weight: ``(V, D)`` float16/bfloat16/float32/float64 table. With ``max_norm`` the rows the
             bags reference are renormalised in place (as PyTorch does), so it must be writable.
+            Or an ``embag.QuantizedTable`` (``embag.quantize``): the output and
+            per_sample_weights are then float32, and max_norm is refused.
         input: ``(N,)`` with ``offsets``, or ``(B, L)`` without; int32 or int64.
         offsets: ``(B,)`` (or ``(B+1,)`` with ``include_last_offset``) int32/int64 bag starts.
         mode: ``"sum"``, ``"mean"`` (the default, as in PyTorch) or ``"max"``.
@@ -330,6 +332,22 @@ def embedding_bag(
         TypeError: an argument is not a DLPack array.
         embag.UnsupportedError: well-formed, but this build or machine cannot run it.
     """
+    from ._quantized import QuantizedTable  # noqa: PLC0415
+
+    if isinstance(weight, QuantizedTable):
+        return _embedding_bag_quantized(
+            weight,
+            input,
+            offsets,
+            mode=mode,
+            per_sample_weights=per_sample_weights,
+            padding_idx=padding_idx,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            include_last_offset=include_last_offset,
+            out=out,
+            return_aux=return_aux,
+        )
     options = _options(
         mode, max_norm, norm_type, False, False, include_last_offset, padding_idx, weight
     )
@@ -362,6 +380,55 @@ def embedding_bag(
     if not return_aux:
         return _finish(output)
     return ForwardResult(_finish(output), _finish(bag_count), _finish(argmax))
+
+
+def _embedding_bag_quantized(
+    table: Any,
+    input: Any,
+    offsets: Any,
+    *,
+    mode: str,
+    per_sample_weights: Any,
+    padding_idx: Optional[int],
+    max_norm: Optional[float],
+    norm_type: float,
+    include_last_offset: bool,
+    out: Any,
+    return_aux: bool,
+) -> Any:
+    """embedding_bag on a QuantizedTable: float32 output in the table's array library."""
+    options = _options(
+        mode, max_norm, norm_type, False, False, include_last_offset, padding_idx, table
+    )
+    return_aux = _check_bool(return_aux, "return_aux")
+    data = table.data
+    data_c = _capsule(data, "weight")
+    input_c = _capsule(input, "input")
+    offsets_c = _capsule(offsets, "offsets")
+    psw_c = _capsule(per_sample_weights, "per_sample_weights")
+    bags = _embag.num_bags(input_c, offsets_c, options.include_last_offset)
+    _check_extent(bags + 1, "the number of bags + 1")
+    from ._quantized import _float_empty  # noqa: PLC0415
+
+    output = out if out is not None else _float_empty(data, (bags, table.dim), "float32")
+    bag_count = _empty(data, (bags,), index=True) if return_aux else None
+    argmax = _empty(data, (bags, table.dim), index=True) if return_aux and mode == "max" else None
+    _embag.forward_quantized(
+        data_c,
+        table.format,
+        table.dim,
+        input_c,
+        offsets_c,
+        psw_c,
+        _capsule(output, "out", written=True),
+        _capsule(bag_count, "bag_count", written=True),
+        _capsule(argmax, "argmax", written=True),
+        options,
+    )
+    _bump_versions(out)
+    if not return_aux:
+        return output
+    return ForwardResult(output, bag_count, argmax)
 
 
 def embedding_bag_backward(

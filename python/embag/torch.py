@@ -22,8 +22,16 @@ a mutating custom operator passes a ``mode`` argument of its own (torch 2.15 fai
 multiple values for argument 'mode'" when compiling ``max_norm``).
 
 A broken rule raises ``embag.EmbeddingBagError``, both a ``RuntimeError`` (as PyTorch) and a
-``ValueError``. CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until
-then they raise ``embag.UnsupportedError``.
+``ValueError``.
+
+Quantized tables: ``embedding_bag_byte_rowwise_offsets`` and ``embedding_bag_4bit_rowwise_offsets``
+take the uint8 tensors ``torch.ops.quantized.embedding_bag_byte_prepack`` / ``_4bit_prepack``
+return, with PyTorch's signature, and honour ``mode`` (PyTorch 2.14's CPU ops return the sum
+for every mode). ``QuantizedEmbeddingBag`` is the module. They run the custom operator
+``embag::quantized_embedding_bag`` (inference only: it has no autograd formula).
+
+CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until then they raise
+``embag.UnsupportedError``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,13 @@ from torch import Tensor
 from . import _embag
 from ._arrays import _capsule, _check_bool, _check_extent, _checked_options, _options, _stream
 
-__all__ = ["EmbeddingBag", "embedding_bag"]
+__all__ = [
+    "EmbeddingBag",
+    "QuantizedEmbeddingBag",
+    "embedding_bag",
+    "embedding_bag_4bit_rowwise_offsets",
+    "embedding_bag_byte_rowwise_offsets",
+]
 
 
 def _views(*tensors: Optional[Tensor]) -> list[Optional[Tensor]]:
@@ -444,3 +458,222 @@ class EmbeddingBag(torch.nn.EmbeddingBag):
             # (a module pickled before coalesced existed has no such attribute)
             coalesced=getattr(self, "coalesced", False),
         )
+
+
+# ---- Quantized tables ----------------------------------------------------------------------
+
+_MODES = {0: "sum", 1: "mean", 2: "max"}
+
+
+@torch.library.custom_op("embag::quantized_embedding_bag", mutates_args=())
+def _quantized_op(
+    data: Tensor,
+    format: str,
+    dim: int,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    """The pooled ``(B, D)`` float32 output of a quantized table (``embag.QuantizedTable``)."""
+    from ._quantized import QuantizedTable  # noqa: PLC0415
+    from ._arrays import embedding_bag as array_embedding_bag  # noqa: PLC0415
+
+    input, offsets, per_sample_weights = _views(input, offsets, per_sample_weights)
+    return array_embedding_bag(
+        QuantizedTable(data, format, dim),
+        input,
+        offsets,
+        mode=pooling,
+        per_sample_weights=per_sample_weights,
+        padding_idx=padding_idx,
+        include_last_offset=include_last_offset,
+    )
+
+
+@_quantized_op.register_fake
+def _quantized_fake(
+    data: Tensor,
+    format: str,
+    dim: int,
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    pooling: str,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    if input.dim() == 2 or offsets is None:
+        bags = input.shape[0] if input.dim() == 2 else 0
+    else:
+        bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+    return data.new_empty((bags, dim), dtype=torch.float32)
+
+
+def _rowwise_offsets(
+    format: str,
+    qparam_bytes: int,
+    codes_per_byte: int,
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Optional[Tensor],
+    mode: int,
+    pruned_weights: bool,
+    per_sample_weights: Optional[Tensor],
+    compressed_indices_mapping: Optional[Tensor],
+    include_last_offset: bool,
+) -> Tensor:
+    if pruned_weights or compressed_indices_mapping is not None:
+        raise ValueError(
+            "embag does not take pruned tables (pruned_weights=True, "
+            "compressed_indices_mapping): pass the unpruned prepacked table"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode has to be 0 (sum), 1 (mean) or 2 (max), but got {mode!r}")
+    if weight.dim() != 2 or weight.dtype != torch.uint8:
+        raise ValueError(
+            f"weight must be the 2-D uint8 tensor of torch.ops.quantized's prepack op, but got "
+            f"{weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    dim = max(int(weight.shape[1]) - qparam_bytes, 0) * codes_per_byte
+    if offsets is not None and indices.dim() == 1 and offsets.dtype != indices.dtype:
+        # PyTorch takes int32 offsets with int64 indices (and back); embag wants one dtype.
+        offsets = offsets.to(indices.dtype)
+    if per_sample_weights is not None and per_sample_weights.dtype != torch.float32:
+        per_sample_weights = per_sample_weights.float()
+    return _quantized_op(
+        weight,
+        format,
+        dim,
+        indices,
+        offsets,
+        per_sample_weights,
+        _MODES[mode],
+        include_last_offset,
+        None,
+    )
+
+
+def embedding_bag_byte_rowwise_offsets(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Optional[Tensor] = None,
+    scale_grad_by_freq: bool = False,
+    mode: int = 0,
+    pruned_weights: bool = False,
+    per_sample_weights: Optional[Tensor] = None,
+    compressed_indices_mapping: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+) -> Tensor:
+    """``torch.ops.quantized.embedding_bag_byte_rowwise_offsets`` on embag.
+
+    ``weight`` is ``embedding_bag_byte_prepack``'s output ``(V, D + 8)``; ``mode`` 0 / 1 / 2 is
+    sum / mean / max, each computed as named (PyTorch's CPU op sums for all three).
+    ``scale_grad_by_freq`` has no effect on a forward and is ignored, as PyTorch does."""
+    del scale_grad_by_freq
+    return _rowwise_offsets(
+        "int8",
+        8,
+        1,
+        weight,
+        indices,
+        offsets,
+        mode,
+        pruned_weights,
+        per_sample_weights,
+        compressed_indices_mapping,
+        include_last_offset,
+    )
+
+
+def embedding_bag_4bit_rowwise_offsets(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Optional[Tensor] = None,
+    scale_grad_by_freq: bool = False,
+    mode: int = 0,
+    pruned_weights: bool = False,
+    per_sample_weights: Optional[Tensor] = None,
+    compressed_indices_mapping: Optional[Tensor] = None,
+    include_last_offset: bool = False,
+) -> Tensor:
+    """``torch.ops.quantized.embedding_bag_4bit_rowwise_offsets`` on embag: ``weight`` is
+    ``embedding_bag_4bit_prepack``'s output ``(V, D / 2 + 4)``; ``mode`` as for the byte op."""
+    del scale_grad_by_freq
+    return _rowwise_offsets(
+        "int4",
+        4,
+        2,
+        weight,
+        indices,
+        offsets,
+        mode,
+        pruned_weights,
+        per_sample_weights,
+        compressed_indices_mapping,
+        include_last_offset,
+    )
+
+
+class QuantizedEmbeddingBag(torch.nn.Module):
+    """An inference ``EmbeddingBag`` over a quantized table (the role of
+    ``torch.ao.nn.quantized.EmbeddingBag``): the table is a uint8 buffer in one of embag's
+    formats, ``mode`` is honoured, the output is float32. Build it with ``from_float``."""
+
+    def __init__(
+        self,
+        data: Tensor,
+        format: str,
+        dim: int,
+        mode: str = "mean",
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("data", data)
+        self.format = format
+        self.dim = int(dim)
+        self.mode = mode
+        self.include_last_offset = include_last_offset
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_float(cls, module: torch.nn.EmbeddingBag, format: str = "int8") -> "QuantizedEmbeddingBag":
+        """Quantizes an ``nn.EmbeddingBag``'s table (``embag.quantize``) and keeps its options.
+        A module with ``max_norm`` is refused: a quantized table cannot be renormalised."""
+        from ._quantized import quantize  # noqa: PLC0415
+
+        if module.max_norm is not None:
+            raise ValueError("max_norm is not supported with a quantized table")
+        table = quantize(module.weight.detach(), format)
+        return cls(
+            table.data,
+            format,
+            table.dim,
+            module.mode,
+            module.include_last_offset,
+            module.padding_idx,
+        )
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        return _quantized_op(
+            self.data,
+            self.format,
+            self.dim,
+            input,
+            offsets,
+            per_sample_weights,
+            self.mode,
+            self.include_last_offset,
+            self.padding_idx,
+        )
+
+    def extra_repr(self) -> str:
+        return f"format={self.format!r}, rows={self.data.shape[0]}, dim={self.dim}, mode={self.mode!r}"

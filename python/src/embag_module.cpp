@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -248,6 +249,124 @@ void forward(nb::handle weight, nb::handle input, nb::handle offsets, nb::handle
   raise_if_error(status);
 }
 
+// A quantized table from a capsule of uint8 bytes, (V, row bytes or more) with contiguous rows,
+// on the CPU, plus its format and D (the Python side, embag.QuantizedTable, knows both). DLPack
+// views of other dtypes go through from_dlpack, which has no uint8: the bytes are read here.
+embag::QuantizedTable quantized_view(nb::handle capsule, const char* name,
+                                     const std::string& format, int64_t dim, Access access) {
+  PyObject* object = capsule.ptr();
+  const DLTensor* tensor = nullptr;
+  if (PyCapsule_IsValid(object, "dltensor_versioned")) {
+    auto* managed =
+        static_cast<ManagedTensorVersioned*>(PyCapsule_GetPointer(object, "dltensor_versioned"));
+    if ((managed->flags & kDLPackFlagReadOnly) != 0 && access == Access::kWrite) {
+      throw nb::value_error((std::string(name) + " is read-only, but quantize writes it").c_str());
+    }
+    tensor = &managed->dl_tensor;
+  } else if (PyCapsule_IsValid(object, "dltensor")) {
+    tensor = &static_cast<DLManagedTensor*>(PyCapsule_GetPointer(object, "dltensor"))->dl_tensor;
+  } else {
+    throw nb::type_error((std::string(name) + " must be a DLPack capsule").c_str());
+  }
+  const std::optional<embag::QuantFormat> parsed = embag::parse_quant_format(format);
+  if (!parsed) {
+    throw nb::value_error(("unknown quantized format '" + format +
+                           "' (known: int8, int4, int2, tbe_int8, tbe_int4, tbe_int2)")
+                              .c_str());
+  }
+  if (tensor->dtype.code != kDLUInt || tensor->dtype.bits != 8 || tensor->dtype.lanes != 1) {
+    throw nb::value_error(
+        (std::string(name) + " must hold uint8 bytes (a quantized table's rows)").c_str());
+  }
+  if (tensor->ndim != 2) {
+    throw nb::value_error((std::string(name) + " must be 2-D (rows, bytes per row), but has " +
+                           std::to_string(tensor->ndim) + " dimensions")
+                              .c_str());
+  }
+  if (tensor->device.device_type != kDLCPU) {
+    throw UnsupportedError("quantized tables run on the CPU only: " + std::string(name) +
+                           " is not in CPU memory");
+  }
+  const int64_t rows = tensor->shape[0], cols = tensor->shape[1];
+  const int64_t inner = tensor->strides ? tensor->strides[1] : 1;
+  const int64_t stride = tensor->strides ? tensor->strides[0] : cols;
+  if (cols > 1 && inner != 1) {
+    throw nb::value_error((std::string(name) +
+                           " must have contiguous rows (its bytes within a row "
+                           "are " +
+                           std::to_string(inner) + " apart)")
+                              .c_str());
+  }
+  const int64_t row_bytes = embag::quantized_row_bytes(*parsed, dim);
+  if (rows > 0 && cols < row_bytes) {
+    throw nb::value_error((std::string(name) + " has rows of " + std::to_string(cols) +
+                           " bytes, but a row of format " + format + " with D = " +
+                           std::to_string(dim) + " takes " + std::to_string(row_bytes))
+                              .c_str());
+  }
+  embag::QuantizedTable table;
+  table.data = static_cast<const char*>(tensor->data) + tensor->byte_offset;
+  table.format = *parsed;
+  table.rows = rows;
+  table.dim = dim;
+  table.row_stride = rows > 1 ? stride : std::max<int64_t>(stride, row_bytes);
+  return table;
+}
+
+void quantize(nb::handle weight, nb::handle out, const std::string& format, int64_t dim) {
+  const embag::TensorView w = view_of(weight, "weight");
+  const embag::QuantizedTable table = quantized_view(out, "out", format, dim, Access::kWrite);
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::quantize_rows(w, table);
+  }
+  raise_if_error(status);
+}
+
+void dequantize(nb::handle data, const std::string& format, int64_t dim, nb::handle out) {
+  const embag::QuantizedTable table = quantized_view(data, "table", format, dim, Access::kRead);
+  const embag::TensorView o = view_of(out, "out", Access::kWrite, "the output is written into it");
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::dequantize_rows(table, o);
+  }
+  raise_if_error(status);
+}
+
+void forward_quantized(nb::handle data, const std::string& format, int64_t dim, nb::handle input,
+                       nb::handle offsets, nb::handle per_sample_weights, nb::handle output,
+                       nb::handle bag_count, nb::handle argmax, const embag::Options& options) {
+  std::optional<embag::TensorView> offsets_view, psw_view, bag_count_view, argmax_view;
+  const embag::QuantizedTable table = quantized_view(data, "weight", format, dim, Access::kRead);
+  embag::ForwardInputs inputs;
+  inputs.quantized_weight = &table;
+  inputs.input = view_of(input, "input");
+  inputs.offsets = optional_view(offsets, "offsets", &offsets_view);
+  inputs.per_sample_weights = optional_view(per_sample_weights, "per_sample_weights", &psw_view);
+  embag::ForwardOutputs outputs;
+  outputs.output = view_of(output, "out", Access::kWrite, "the output is written into it");
+  outputs.bag_count = optional_view(bag_count, "bag_count", &bag_count_view, Access::kWrite);
+  outputs.argmax = optional_view(argmax, "argmax", &argmax_view, Access::kWrite);
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::forward(inputs, outputs, options);
+  }
+  raise_if_error(status);
+}
+
+int64_t quantized_row_bytes(const std::string& format, int64_t dim) {
+  const std::optional<embag::QuantFormat> parsed = embag::parse_quant_format(format);
+  if (!parsed) {
+    throw nb::value_error(("unknown quantized format '" + format +
+                           "' (known: int8, int4, int2, tbe_int8, tbe_int4, tbe_int2)")
+                              .c_str());
+  }
+  return embag::quantized_row_bytes(*parsed, dim);
+}
+
 // The arrays a backward call reads, viewed from capsules, with the storage their pointers use.
 struct BackwardViews {
   std::optional<embag::TensorView> offsets, psw, argmax;
@@ -349,6 +468,7 @@ nb::list compiled_variants() {
     row["dim_min"] = v.dim_min;
     row["dim_max"] = v.dim_max;
     row["table_class"] = v.table_class;
+    row["quant_codec"] = v.quant_codec;
     variants.append(row);
   }
   return variants;
@@ -400,6 +520,15 @@ NB_MODULE(_embag, m) {
   m.def("forward", &forward, nb::arg("weight"), nb::arg("input"), nb::arg("offsets").none(),
         nb::arg("per_sample_weights").none(), nb::arg("output"), nb::arg("bag_count").none(),
         nb::arg("argmax").none(), nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));
+  m.def("quantize", &quantize, nb::arg("weight"), nb::arg("out"), nb::arg("format"),
+        nb::arg("dim"));
+  m.def("dequantize", &dequantize, nb::arg("data"), nb::arg("format"), nb::arg("dim"),
+        nb::arg("out"));
+  m.def("forward_quantized", &forward_quantized, nb::arg("data"), nb::arg("format"), nb::arg("dim"),
+        nb::arg("input"), nb::arg("offsets").none(), nb::arg("per_sample_weights").none(),
+        nb::arg("output"), nb::arg("bag_count").none(), nb::arg("argmax").none(),
+        nb::arg("options"));
+  m.def("quantized_row_bytes", &quantized_row_bytes, nb::arg("format"), nb::arg("dim"));
   m.def("sparse_gradient_rows", &sparse_gradient_rows, nb::arg("grad_output"), nb::arg("weight"),
         nb::arg("input"), nb::arg("offsets").none(), nb::arg("per_sample_weights").none(),
         nb::arg("argmax").none(), nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));

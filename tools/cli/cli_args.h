@@ -63,6 +63,9 @@ Status parse_double(const std::string& flag, const std::string& text, double* ou
 // share, into `options` (flags not given leave PyTorch's defaults).
 Status parse_bag_options(const ParsedFlags& flags, Options* options);
 
+// Reads --format (a quantized table's format: int8, int4, ...) into `format` when given.
+Status parse_format(const ParsedFlags& flags, QuantFormat* format);
+
 // Reads --device cpu|cuda|opencl (default cpu): where forward and backward run. A GPU run copies
 // the arrays to the device, runs there on a stream of its own, and copies the results back.
 Status parse_device(const ParsedFlags& flags, DeviceType* device);

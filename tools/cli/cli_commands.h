@@ -16,5 +16,7 @@ int run_info(const std::vector<std::string>& args);
 // embag demo: a generated DLRM-like batch, checked against a plain loop, then timed
 // (cli_demo.cpp).
 int run_demo(const std::vector<std::string>& args);
+// embag quantize: a float table to a quantized one (cli_quantize.cpp).
+int run_quantize(const std::vector<std::string>& args);
 
 }  // namespace embag::cli

@@ -3,6 +3,7 @@
 // Everything is loaded and validated before anything is written, and the outputs are written
 // only after the kernel succeeded, all of them or none: a failed run leaves no output file and
 // never touches the weight file (max_norm renormalises the in-memory copy only).
+#include <algorithm>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -26,11 +27,17 @@ Computes torch.nn.functional.embedding_bag(input, weight, ...) and writes the (B
 in the weight's dtype.
 
 required:
-  --weight W.npy              (V, D) table: float32, float64 or float16
+  --weight W.npy              (V, D) table: float32, float64 or float16; with --format, a
+                              quantized table ((V, row bytes) uint8, e.g. from embag quantize
+                              or torch's embedding_bag_byte_prepack): the output is float32
   --input I.npy               indices: (N) with --offsets, or (B, L) one bag per row; int32/int64
   --output OUT.npy            where the result goes
 
 options:
+  --format FORMAT             --weight is quantized: int8, int4, int2, tbe_int8, tbe_int4,
+                              tbe_int2 (docs/quantized.md)
+  --dim D                     a quantized table's D (default: what fills a row, e.g. the row's
+                              bytes - 8 for int8; needed for padded rows or odd 4-bit D)
   --offsets O.npy             1-D int32/int64: where each bag starts in a 1-D --input
   --per-sample-weights P.npy  one weight per index (--input's shape, weight's dtype); mode sum
   --mode sum|mean|max         how a bag is reduced (default: mean, as in PyTorch)
@@ -60,6 +67,8 @@ const std::vector<FlagSpec> kFlags = {
     {"device", true},
     {"output", true},
     {"weight-output", true},
+    {"format", true},
+    {"dim", true},
 };
 
 // Everything the command line asks for, checked for form but not yet loaded.
@@ -72,6 +81,8 @@ struct ForwardRequest {
   std::optional<std::string> weight_output_path;
   Options options;
   DeviceType device = DeviceType::kCPU;
+  std::optional<QuantFormat> format;  // --format: the weight is a quantized table
+  std::optional<int64_t> dim;
 };
 
 Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
@@ -90,6 +101,23 @@ Status parse_request(const ParsedFlags& flags, ForwardRequest* request) {
   Options& options = request->options;
   if (Status status = parse_bag_options(flags, &options); !status.ok()) return status;
   if (Status status = parse_device(flags, &request->device); !status.ok()) return status;
+  if (flags.has("format")) {
+    QuantFormat format{};
+    if (Status status = parse_format(flags, &format); !status.ok()) return status;
+    request->format = format;
+    if (request->weight_output_path) {
+      return usage_error("--weight-output is for float tables (a quantized table is not changed)");
+    }
+    if (request->device != DeviceType::kCPU) {
+      return usage_error("quantized tables run on the CPU only (no --device with --format)");
+    }
+  }
+  if (const auto text = flags.value("dim")) {
+    if (!request->format) return usage_error("--dim is for a quantized --weight (give --format)");
+    int64_t dim = 0;
+    if (Status status = parse_int64("dim", *text, &dim); !status.ok()) return status;
+    request->dim = dim;
+  }
   if (const auto text = flags.value("max-norm")) {
     double max_norm = 0;
     Status status = parse_double("max-norm", *text, &max_norm);
@@ -143,7 +171,31 @@ int run(const ForwardRequest& request) {
   const TensorView offsets_view = view_with_true_ndim(offsets);
   const TensorView per_sample_weights_view = view_with_true_ndim(per_sample_weights);
   ForwardInputs inputs;
-  inputs.weight = view_with_true_ndim(weight);
+  QuantizedTable table;
+  if (request.format) {
+    // A quantized table: (V, row bytes) uint8; D from --dim or from what fills a row.
+    if (!weight.bytes || weight.shape.size() != 2) {
+      return report_error(kExitFailure, request.weight_path +
+                                            ": --format needs a 2-D uint8 table (a quantized "
+                                            "table's rows)");
+    }
+    const int64_t cols = weight.shape[1];
+    const int bits = quant_format_bits(*request.format);
+    const int64_t qparams = quantized_row_bytes(*request.format, 0);
+    table = {weight.data.data(),
+             *request.format,
+             weight.shape[0],
+             request.dim ? *request.dim : std::max<int64_t>(cols - qparams, 0) * (8 / bits),
+             cols,
+             {}};
+    inputs.quantized_weight = &table;
+  } else if (weight.bytes) {
+    return report_error(kExitFailure, request.weight_path +
+                                          " holds uint8 bytes: give its --format (a quantized "
+                                          "table)");
+  } else {
+    inputs.weight = view_with_true_ndim(weight);
+  }
   inputs.input = view_with_true_ndim(input);
   inputs.offsets = request.offsets_path ? &offsets_view : nullptr;
   inputs.per_sample_weights = request.per_sample_weights_path ? &per_sample_weights_view : nullptr;
@@ -151,8 +203,8 @@ int run(const ForwardRequest& request) {
   // The output's shape comes from the arguments; if they are invalid, validate() says why
   // before the (then meaningless) shape matters.
   const int64_t bags = num_bags(inputs.input, inputs.offsets, request.options);
-  const int64_t dim = weight.shape.size() == 2 ? weight.shape[1] : 0;
-  npy::Array output = npy::make_array(weight.dtype, {bags, dim});
+  const int64_t dim = request.format ? table.dim : (weight.shape.size() == 2 ? weight.shape[1] : 0);
+  npy::Array output = npy::make_array(request.format ? DType::kFloat32 : weight.dtype, {bags, dim});
   ForwardOutputs outputs;
   outputs.output = output.view();
 

@@ -76,7 +76,9 @@ void print_variants() {
   };
   for (const VariantInfo& variant : variants) {
     rows.push_back({variant.name, device_type_name(variant.device), variant.pipeline,
-                    variant.mode.empty() ? "-" : variant.mode, dtype_cell(variant.weight_dtype),
+                    variant.mode.empty() ? "-" : variant.mode,
+                    variant.quant_codec.empty() ? dtype_cell(variant.weight_dtype)
+                                                : "quantized " + variant.quant_codec,
                     dtype_cell(variant.index_dtype), isa_name(variant.isa), variant.table_class,
                     variant.schedule.empty() ? "-" : variant.schedule, variant.schedule_source,
                     variant.target});

@@ -18,6 +18,7 @@ PyTorch's torch.nn.functional.embedding_bag as ahead-of-time compiled Halide ker
 commands:
   forward   run embedding_bag on arrays stored as .npy files
   backward  compute embedding_bag's gradients on arrays stored as .npy files
+  quantize  quantize a float table (.npy) into PyTorch's or FBGEMM's quantized rows
   info      list the compiled kernel variants, the CPU's ISAs and which variant runs here
   demo      run a generated DLRM-like batch, check it against a plain loop, and time it
 
@@ -31,6 +32,9 @@ int dispatch(const std::string& command, const std::vector<std::string>& args) {
   }
   if (command == "backward") {
     return run_backward(args);
+  }
+  if (command == "quantize") {
+    return run_quantize(args);
   }
   if (command == "info") {
     return run_info(args);

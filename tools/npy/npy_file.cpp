@@ -442,9 +442,13 @@ Status load(const std::string& path, Array* out) {
     return file_error(path, parse_error);
   }
   DType dtype = DType::kFloat32;
-  status = dtype_of_descr(path, *header.descr, &dtype);
-  if (!status.ok()) {
-    return status;
+  const std::string& descr = *header.descr;
+  const bool bytes = descr == "|u1" || descr == "<u1" || descr == "=u1";
+  if (!bytes) {
+    status = dtype_of_descr(path, descr, &dtype);
+    if (!status.ok()) {
+      return status;
+    }
   }
   if (*header.fortran_order) {
     return file_error(path,
@@ -452,20 +456,22 @@ Status load(const std::string& path, Array* out) {
                       "np.ascontiguousarray(arr)");
   }
   const std::vector<int64_t>& shape = *header.shape;
-  const std::optional<int64_t> data_size = byte_count(shape, dtype_size(dtype));
+  const std::optional<int64_t> data_size = byte_count(shape, bytes ? 1 : dtype_size(dtype));
   if (!data_size) {
     return file_error(path, "shape " + shape_string(shape) + " is too large");
   }
   const int64_t available = file_size - header_end;
   if (available != *data_size) {
     return file_error(path, std::string(available < *data_size ? "file is truncated: " : "") +
-                                "shape " + shape_string(shape) + " of " + dtype_name(dtype) +
-                                " needs " + std::to_string(*data_size) +
-                                " bytes of data but the file holds " + std::to_string(available));
+                                "shape " + shape_string(shape) + " of " +
+                                (bytes ? "uint8" : dtype_name(dtype)) + " needs " +
+                                std::to_string(*data_size) + " bytes of data but the file holds " +
+                                std::to_string(available));
   }
 
   Array array;
   array.dtype = dtype;
+  array.bytes = bytes;
   array.shape = shape;
   array.data.resize(static_cast<size_t>(*data_size));
   status = read_exact(file, path, array.data.data(), array.data.size(), "data");
@@ -477,17 +483,19 @@ Status load(const std::string& path, Array* out) {
 }
 
 Status save_staged(const std::string& path, const Array& array, std::string* staged_path) {
-  const std::optional<std::string> type = descr_type_of(array.dtype);
+  const std::optional<std::string> type =
+      array.bytes ? std::optional<std::string>("u1") : descr_type_of(array.dtype);
   if (!type) {
     return file_error(path, std::string(dtype_name(array.dtype)) + " has no .npy dtype");
   }
-  const std::optional<int64_t> data_size = byte_count(array.shape, dtype_size(array.dtype));
+  const std::optional<int64_t> data_size =
+      byte_count(array.shape, array.bytes ? 1 : dtype_size(array.dtype));
   if (!data_size || static_cast<uint64_t>(*data_size) != array.data.size()) {
     return file_error(path, "array holds " + std::to_string(array.data.size()) +
                                 " bytes, which does not match shape " + shape_string(array.shape) +
-                                " of " + dtype_name(array.dtype));
+                                " of " + (array.bytes ? "uint8" : dtype_name(array.dtype)));
   }
-  const std::string header = encode_header("<" + *type, array.shape);
+  const std::string header = encode_header((array.bytes ? "|" : "<") + *type, array.shape);
 
   // mkstemp picks a name no other process or thread holds (O_EXCL), beside the target so the
   // final rename stays within one file system and is atomic: concurrent runs writing the same

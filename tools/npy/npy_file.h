@@ -15,6 +15,9 @@ namespace embag::npy {
 // `dtype`, C order. bfloat16 has no NumPy dtype; it is never read or written here.
 struct Array {
   DType dtype = DType::kFloat32;
+  // uint8 data ('|u1': a quantized table's rows, embag quantize's output): `dtype` is unused
+  // and `data` holds the bytes. view() is not meaningful for it.
+  bool bytes = false;
   std::vector<int64_t> shape;
   std::vector<unsigned char> data;
 
@@ -26,8 +29,8 @@ struct Array {
 // An array of the given dtype and shape, zero-filled.
 Array make_array(DType dtype, std::vector<int64_t> shape);
 
-// Loads `path`. Accepts <i4, <i8, <f2, <f4, <f8 (and '|' / '=' byte orders where meaningful), any
-// number of dimensions, C order only. Errors name the path and what is wrong with the file.
+// Loads `path`. Accepts <i4, <i8, <f2, <f4, <f8, |u1 (and '|' / '=' byte orders where meaningful),
+// any number of dimensions, C order only. Errors name the path and what is wrong with the file.
 Status load(const std::string& path, Array* out);
 
 // Writes `array` to `path` as format 1.0. Writes to a temporary file beside it and renames, so a
