@@ -23,14 +23,15 @@ namespace {
 
 using embag::DType;
 
-// The selected ISA's variants whose schedule came from a tuning file (and was not the default
-// kept), for `pipeline`.
+// The selected ISA's variants built from a tuning file's entries for `pipeline` (those whose
+// schedule it changed, "tuning file", and those where it kept the default, "tuning file
+// (default kept)": both are the file's kernels, with the file's D range and class).
 std::vector<embag::VariantInfo> tuned_variants(const std::string& pipeline) {
   std::vector<embag::VariantInfo> out;
   embag::Isa isa{};
   if (!embag::selected_isa(&isa).ok()) return out;
   for (const embag::VariantInfo& v : embag::compiled_variants()) {
-    if (v.isa == isa && v.pipeline == pipeline && v.schedule_source == "tuning file")
+    if (v.isa == isa && v.pipeline == pipeline && v.schedule_source.rfind("tuning file", 0) == 0)
       out.push_back(v);
   }
   return out;
