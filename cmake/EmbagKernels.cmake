@@ -274,6 +274,24 @@ function(embag_add_kernel NAME)
       PARENT_SCOPE)
 endfunction()
 
+# The tuning file's schedule for backward kernel unit UNIT (backward_rows_<mode>_<weight>,
+# dense_scatter_<mode>_<weight>[_<index>]) on this ISA, in the caller's `tuned_params`,
+# `tuned_schedule` and `tuned_source` (empty, empty, "default" when the file has none). Backward
+# kernels have one schedule for every D and table (embag-tune writes one bucket).
+macro(embag_tuned_backward unit)
+  set(tuned_params "")
+  set(tuned_schedule "")
+  set(tuned_source "default")
+  if (isa STREQUAL EMBAG_TUNED_ISA AND "${unit}" IN_LIST EMBAG_TUNED_KERNELS)
+    set(tuned_params ${EMBAG_TUNED_PARAMS_${unit}_0})
+    list(JOIN tuned_params " " tuned_schedule)
+    set(tuned_source "tuning file")
+    if (NOT tuned_params)
+      set(tuned_source "tuning file (default kept)")
+    endif ()
+  endif ()
+endmacro()
+
 foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
   foreach (w IN LISTS EMBAG_WEIGHT_TYPES)
     foreach (i IN LISTS EMBAG_INDEX_TYPES)
@@ -285,53 +303,102 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
         # takes the last value of a parameter given twice, so an explicit -D wins). A tuning file
         # may give a kernel one schedule per D bucket: one kernel per bucket, the first under the
         # plain name, the others with _d<min> before the ISA; the registry picks by D.
-        set(tuned "${mode}_${w}_${i}")
-        set(buckets 0)
-        if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
-          set(buckets ${EMBAG_TUNED_BUCKETS_${tuned}})
-        endif ()
+        #
         # CPU kernels come in two table classes (TableClass in generators/kernel_enums.h): the
         # default schedule for tables past the caches, and one without software prefetch for
-        # tables that stay in them. A tuning file's kernels serve every table: embag-tune chose
-        # their prefetch for the user's own workloads.
-        set(classes kAny)
-        if (NOT isa IN_LIST EMBAG_GPU_ISAS AND buckets STREQUAL "0")
-          set(classes kMemoryResident kCacheResident)
+        # tables that stay in them. A tuning file tunes each class on its own workloads (units
+        # <kernel>_memory and <kernel>_cache; a class it does not tune keeps its default kernel
+        # here), or -- files whose workloads were not classed -- one schedule for every table
+        # (unit <kernel>): one bucket then keeps both classes with the tuned parameters on top of
+        # each class's own, several buckets give kAny rows. Each plan entry is class|unit|params
+        # of the class's default ("-": untuned, "none": no class parameters).
+        set(tuned "${mode}_${w}_${i}")
+        set(this_isa_tuned OFF)
+        if (isa STREQUAL EMBAG_TUNED_ISA)
+          set(this_isa_tuned ON)
+        endif ()
+        if (isa IN_LIST EMBAG_GPU_ISAS)
+          set(plan "kAny|-|none")
+        elseif (this_isa_tuned AND tuned IN_LIST EMBAG_TUNED_KERNELS)
+          if (EMBAG_TUNED_BUCKETS_${tuned} STREQUAL "0")
+            set(plan "kMemoryResident|${tuned}|none" "kCacheResident|${tuned}|prefetch_distance=0")
+          else ()
+            set(plan "kAny|${tuned}|none")
+          endif ()
+        else ()
+          set(plan "")
+          foreach (pair IN ITEMS "kMemoryResident;memory;none"
+                                 "kCacheResident;cache;prefetch_distance=0")
+            list(GET pair 0 table_class)
+            list(GET pair 1 suffix)
+            list(GET pair 2 defaults)
+            set(unit "-")
+            if (this_isa_tuned AND "${tuned}_${suffix}" IN_LIST EMBAG_TUNED_KERNELS)
+              set(unit "${tuned}_${suffix}")
+            endif ()
+            list(APPEND plan "${table_class}|${unit}|${defaults}")
+          endforeach ()
+        endif ()
+        foreach (entry IN LISTS plan)
+        string(REPLACE "|" ";" entry "${entry}")
+        list(GET entry 0 table_class)
+        list(GET entry 1 unit)
+        list(GET entry 2 class_defaults)
+        set(buckets 0)
+        if (NOT unit STREQUAL "-")
+          set(buckets ${EMBAG_TUNED_BUCKETS_${unit}})
+        endif ()
+        list(LENGTH buckets nbuckets)
+        # A per-class unit's parameters are complete (embag-tune timed exactly them against the
+        # class's default), so the class's own defaults are not put before them.
+        set(per_class_unit OFF)
+        if (unit MATCHES "_(cache|memory)$")
+          set(per_class_unit ON)
         endif ()
         foreach (bucket IN LISTS buckets)
-        foreach (table_class IN LISTS classes)
           set(tuned_params "")
           set(tasks_per_thread 0)
           set(source "default")
           set(dim_min 0)
           set(dim_max 0)
-          set(name embag_forward_${mode}_${w}_${i}_${isa})
+          set(name embag_forward_${mode}_${w}_${i})
           set(class_params "")
           set(prefetches PREFETCHES)
           if (table_class STREQUAL "kCacheResident")
-            set(name embag_forward_${mode}_${w}_${i}_cache_${isa})
+            set(name ${name}_cache)
             set(class_params prefetch_distance=0)
             set(prefetches "")
           elseif (isa IN_LIST EMBAG_GPU_ISAS)
             set(prefetches "")
           endif ()
-          if (isa STREQUAL EMBAG_TUNED_ISA AND tuned IN_LIST EMBAG_TUNED_KERNELS)
-            set(tuned_params ${EMBAG_TUNED_PARAMS_${tuned}_${bucket}})
-            set(tasks_per_thread ${EMBAG_TUNED_TPT_${tuned}_${bucket}})
+          if (NOT unit STREQUAL "-")
+            set(tuned_params ${EMBAG_TUNED_PARAMS_${unit}_${bucket}})
+            set(tasks_per_thread ${EMBAG_TUNED_TPT_${unit}_${bucket}})
             set(source "tuning file")
-            if (NOT tuned_params AND tasks_per_thread EQUAL 4)
+            set(kept_params "")
+            if (per_class_unit)
+              set(class_params "")
+              if (NOT class_defaults STREQUAL "none")
+                set(kept_params ${class_defaults})
+              endif ()
+              # (a tuned cache-resident schedule may prefetch: assemble it with the hint)
+              if (NOT isa IN_LIST EMBAG_GPU_ISAS)
+                set(prefetches PREFETCHES)
+              endif ()
+            endif ()
+            if ("${tuned_params}" STREQUAL "${kept_params}" AND tasks_per_thread EQUAL 4)
               set(source "tuning file (default kept)")
               set(tasks_per_thread 0)
             endif ()
-            list(LENGTH buckets nbuckets)
             if (nbuckets GREATER 1)
-              set(dim_min ${EMBAG_TUNED_DIM_MIN_${tuned}_${bucket}})
-              set(dim_max ${EMBAG_TUNED_DIM_MAX_${tuned}_${bucket}})
+              set(dim_min ${EMBAG_TUNED_DIM_MIN_${unit}_${bucket}})
+              set(dim_max ${EMBAG_TUNED_DIM_MAX_${unit}_${bucket}})
               if (bucket GREATER 0)
-                set(name embag_forward_${mode}_${w}_${i}_d${dim_min}_${isa})
+                set(name ${name}_d${dim_min})
               endif ()
             endif ()
           endif ()
+          set(name ${name}_${isa})
           set(cache_params ${EMBAG_FORWARD_PARAMS_${mode}} ${EMBAG_FORWARD_PARAMS_${mode}_${isa}})
           if (cache_params)
             set(source "${source}, cmake")
@@ -372,28 +439,34 @@ foreach (isa IN LISTS EMBAG_ISAS EMBAG_GPU_ISAS)
     # Backward: per-row folds (no index dtype: the runtime hands them sorted int32 positions)
     # and the per_sample_weights gradient.
     foreach (mode IN ITEMS sum wsum mean max)
+      embag_tuned_backward(backward_rows_${mode}_${w})
       embag_add_kernel(embag_backward_rows_${mode}_${w}_${isa}
                        GENERATOR embag_backward_rows
                        ISA ${isa}
                        PIPELINE kBackwardRows POOLING ${mode} WEIGHT ${w}
-                       PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}})
+                       SCHEDULE "${tuned_schedule}" SOURCE "${tuned_source}"
+                       PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}} ${tuned_params})
     endforeach ()
     # The dense gradient in one pass (no sort): CPU ISAs, tables whose accumulator is their own
     # type (see generators/backward_generator.cpp). Max reads the argmax, not the indices.
     if (w MATCHES "^f(32|64)$" AND NOT isa IN_LIST EMBAG_GPU_ISAS)
+      embag_tuned_backward(dense_scatter_max_${w})
       embag_add_kernel(embag_dense_scatter_max_${w}_${isa}
                        GENERATOR embag_dense_scatter
                        ISA ${isa}
                        PIPELINE kDenseScatter POOLING max WEIGHT ${w}
-                       PARAMS mode=max weight_type=${EMBAG_HALIDE_TYPE_${w}})
+                       SCHEDULE "${tuned_schedule}" SOURCE "${tuned_source}"
+                       PARAMS mode=max weight_type=${EMBAG_HALIDE_TYPE_${w}} ${tuned_params})
       foreach (mode IN ITEMS sum wsum mean)
         foreach (i IN LISTS EMBAG_INDEX_TYPES)
+          embag_tuned_backward(dense_scatter_${mode}_${w}_${i})
           embag_add_kernel(embag_dense_scatter_${mode}_${w}_${i}_${isa}
                            GENERATOR embag_dense_scatter
                            ISA ${isa}
                            PIPELINE kDenseScatter POOLING ${mode} WEIGHT ${w} INDEX ${i}
+                           SCHEDULE "${tuned_schedule}" SOURCE "${tuned_source}"
                            PARAMS mode=${mode} weight_type=${EMBAG_HALIDE_TYPE_${w}}
-                                  index_type=${EMBAG_HALIDE_TYPE_${i}})
+                                  index_type=${EMBAG_HALIDE_TYPE_${i}} ${tuned_params})
         endforeach ()
       endforeach ()
     endif ()

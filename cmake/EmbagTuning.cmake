@@ -17,7 +17,12 @@
 #                        MODES <mode;...> WEIGHTS <w;...> INDICES <i;...>)
 # sets, in the caller's scope:
 #   EMBAG_TUNED_ISA                          the file's ISA
-#   EMBAG_TUNED_KERNELS                      "<mode>_<weight>_<index>" of every tuned kernel
+#   EMBAG_TUNED_KERNELS                      every tuned kernel unit:
+#                                              forward "<mode>_<weight>_<index>" (any table),
+#                                              "<mode>_<weight>_<index>_cache" (cache-resident
+#                                              tables) or ..._memory (memory-resident tables);
+#                                              "backward_rows_<mode>_<weight>";
+#                                              "dense_scatter_<mode>_<weight>[_<index>]"
 #   EMBAG_TUNED_BUCKETS_<kernel>             its D buckets: 0 (one schedule for every D), or
 #                                            0;1;... (one schedule per D range, ascending)
 #   EMBAG_TUNED_PARAMS_<kernel>_<bucket>     the bucket's GeneratorParams, a list of name=value
@@ -25,7 +30,13 @@
 #   EMBAG_TUNED_DIM_MIN/MAX_<kernel>_<bucket> its D range
 #   EMBAG_TUNED_GAIN_<kernel>_<bucket>       the measured geometric-mean gain
 # A kernel's entries must cover every D, 1 to 2147483647, in ascending order without gaps or
-# overlaps (embag-tune writes them so), so every call finds exactly one schedule.
+# overlaps (embag-tune writes them so), so every call finds exactly one schedule. Entries:
+#   pipeline     forward, backward_rows (the row fold) or dense_scatter (the dense gradient)
+#   table_class  forward only, optional: "any" (the default: one schedule for every table),
+#                "cache-resident" or "memory-resident" (the runtime's table-size classes; a
+#                class a file does not name keeps the build's default kernels for it). A forward
+#                kernel's entries are either all "any" or all per class.
+#   index        forward and dense_scatter (but not its max) only: the others read no indices
 # It is also a script: cmake -DFILE=... -DISAS=... -P cmake/EmbagTuning.cmake checks a file
 # (the tests do), printing "tuning file OK" or the error.
 
@@ -121,13 +132,26 @@ function(embag_read_tuning_file)
     foreach (k RANGE ${last})
       set(at "kernels[${k}]")
       _embag_tuning_get(pipeline STRING "${at}.pipeline" "${json}" kernels ${k} pipeline)
-      if (NOT pipeline STREQUAL "forward")
-        _embag_tuning_fail("${at}.pipeline is \"${pipeline}\": only forward kernels are tuned")
+      if (NOT pipeline MATCHES "^(forward|backward_rows|dense_scatter)$")
+        _embag_tuning_fail("${at}.pipeline is \"${pipeline}\": tuned pipelines are forward, "
+                           "backward_rows and dense_scatter")
       endif ()
-      foreach (dim IN ITEMS mode weight index)
+      foreach (dim IN ITEMS mode weight)
         _embag_tuning_get(${dim} STRING "${at}.${dim}" "${json}" kernels ${k} ${dim})
       endforeach ()
-      foreach (dim IN ITEMS MODES WEIGHTS INDICES)
+      set(has_index ON)
+      if (pipeline STREQUAL "backward_rows" OR (pipeline STREQUAL "dense_scatter"
+                                                 AND mode STREQUAL "max"))
+        set(has_index OFF)
+        set(index "")
+      else ()
+        _embag_tuning_get(index STRING "${at}.index" "${json}" kernels ${k} index)
+      endif ()
+      set(checked MODES WEIGHTS)
+      if (has_index)
+        list(APPEND checked INDICES)
+      endif ()
+      foreach (dim IN LISTS checked)
         string(TOLOWER "${dim}" key)
         string(REGEX REPLACE "s$" "" key "${key}")
         string(REPLACE "indice" "index" key "${key}")
@@ -136,7 +160,53 @@ function(embag_read_tuning_file)
           _embag_tuning_fail("${at}.${key} is \"${${key}}\" (known: ${known})")
         endif ()
       endforeach ()
-      set(name "${mode}_${weight}_${index}")
+      if (NOT pipeline STREQUAL "forward" AND mode STREQUAL "max_values")
+        _embag_tuning_fail("${at}: ${pipeline} has no mode max_values (inference only)")
+      endif ()
+      set(table_class "any")
+      string(JSON class_type ERROR_VARIABLE no_class TYPE "${json}" kernels ${k} table_class)
+      if (NOT no_class)
+        _embag_tuning_get(table_class STRING "${at}.table_class" "${json}" kernels ${k}
+                          table_class)
+      endif ()
+      if (NOT table_class MATCHES "^(any|cache-resident|memory-resident)$")
+        _embag_tuning_fail("${at}.table_class is \"${table_class}\" (known: any, "
+                           "cache-resident, memory-resident)")
+      endif ()
+      if (NOT pipeline STREQUAL "forward" AND NOT table_class STREQUAL "any")
+        _embag_tuning_fail("${at}.table_class is \"${table_class}\", but ${pipeline} kernels "
+                           "serve every table (only forward kernels have table classes)")
+      endif ()
+      # For messages: "sum f32 i64", "sum f32 i64 (cache-resident)", "backward_rows sum f32".
+      string(STRIP "${mode} ${weight} ${index}" label)
+      if (NOT pipeline STREQUAL "forward")
+        set(label "${pipeline} ${label}")
+      elseif (NOT table_class STREQUAL "any")
+        set(label "${label} (${table_class})")
+      endif ()
+      if (pipeline STREQUAL "forward")
+        set(base "${mode}_${weight}_${index}")
+        # One forward kernel is tuned either for every table or per class, not both.
+        set(kind "per-class")
+        if (table_class STREQUAL "any")
+          set(kind "any")
+        endif ()
+        if (DEFINED class_kind_${base} AND NOT class_kind_${base} STREQUAL kind)
+          _embag_tuning_fail("${at}: ${mode} ${weight} ${index} has entries for any table and "
+                             "entries per table class: one or the other")
+        endif ()
+        set(class_kind_${base} "${kind}")
+        set(name "${base}")
+        if (table_class STREQUAL "cache-resident")
+          set(name "${base}_cache")
+        elseif (table_class STREQUAL "memory-resident")
+          set(name "${base}_memory")
+        endif ()
+      elseif (has_index)
+        set(name "${pipeline}_${mode}_${weight}_${index}")
+      else ()
+        set(name "${pipeline}_${mode}_${weight}")
+      endif ()
       # D range: a kernel's entries (D buckets) must follow each other, each starting where the
       # one before ended, from 1 to kMaxDim.
       _embag_tuning_get(dim_min INTEGER "${at}.dim_min" "${json}" kernels ${k} dim_min)
@@ -144,6 +214,10 @@ function(embag_read_tuning_file)
       if (dim_min LESS 1 OR dim_max LESS dim_min OR dim_max GREATER 2147483647)
         _embag_tuning_fail("${at}: D range [${dim_min}, ${dim_max}] is not a range within "
                            "[1, 2147483647]")
+      endif ()
+      if (NOT pipeline STREQUAL "forward" AND (NOT dim_min EQUAL 1 OR NOT dim_max EQUAL 2147483647))
+        _embag_tuning_fail("${at}: ${label} has D range [${dim_min}, ${dim_max}], but backward "
+                           "kernels have one schedule for every D: [1, 2147483647]")
       endif ()
       if (name IN_LIST tuned)
         math(EXPR expected "${next_dim_${name}}")
@@ -156,7 +230,7 @@ function(embag_read_tuning_file)
         list(APPEND tuned "${name}")
       endif ()
       if (NOT dim_min EQUAL expected)
-        _embag_tuning_fail("${at}: ${mode} ${weight} ${index} D range starts at ${dim_min}, but "
+        _embag_tuning_fail("${at}: ${label} D range starts at ${dim_min}, but "
                            "must start at ${expected}: a kernel's D ranges follow each other "
                            "from 1 without gaps or overlaps")
       endif ()

@@ -246,6 +246,9 @@ class EmbagDenseScatter : public Generator<EmbagDenseScatter> {
   GeneratorParam<RowPooling> mode{"mode", RowPooling::kSum, embag::kernels::pooling_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
   GeneratorParam<Type> index_type{"index_type", Int(64)};
+  // Schedule knob (embag-tune searches it): columns per parallel task, in vectors. Any value
+  // gives the same bits: each column is still walked by one task, contributions in order.
+  GeneratorParam<int> column_vectors{"column_vectors", 1, 1, 64};
 
   void configure() {
     grad_output_ = add_input<Buffer<>>("grad_output", weight_type, 2);
@@ -304,13 +307,22 @@ class EmbagDenseScatter : public Generator<EmbagDenseScatter> {
     // contribution in order (d stays a pure variable of the update, so each task owns its
     // columns: no races). A gradient row's line is then updated by one task only, while it is
     // likely still cached; tasks of single columns fetched each line once per column.
-    Stage update = out.update()
-                       .split(d_, column_task, column_in, lanes, TailStrategy::GuardWithIf)
-                       .reorder(column_in, contributions_, column_task)
-                       .parallel(column_task);
+    // More vectors per task (column_vectors) trade parallel slack for fewer passes over the
+    // indices: each task reads every contribution once, whatever its width.
+    Stage update =
+        out.update()
+            .split(d_, column_task, column_in, lanes * column_vectors, TailStrategy::GuardWithIf)
+            .reorder(column_in, contributions_, column_task)
+            .parallel(column_task);
     // Sums add a vector of the bag's g to a vector of the row, the conditions (which do not
     // depend on d) once per position. Max's lanes go to different rows: scalar.
-    if (mode != RowPooling::kMax) update.vectorize(column_in);
+    if (mode != RowPooling::kMax) {
+      if (column_vectors == 1) {
+        update.vectorize(column_in);
+      } else {
+        update.vectorize(column_in, lanes, TailStrategy::GuardWithIf);
+      }
+    }
   }
 
  private:

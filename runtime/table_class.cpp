@@ -63,15 +63,12 @@ LimitState& limit_state() {
 
 }  // namespace
 
-kernels::TableClass table_class_of(const TensorView& weight) {
+kernels::TableClass table_class_of_bytes(int64_t bytes) {
   int64_t limit = limit_state().override_bytes.load(std::memory_order_relaxed);
   if (limit < 0) {
     static const Limit from_caches = limit_from_caches();
     limit = from_caches.bytes;
   }
-  const int64_t row_elements = std::max(weight.strides[0], weight.shape[1]);
-  const int64_t bytes =
-      weight.shape[0] * row_elements * static_cast<int64_t>(dtype_size(weight.dtype));
   return bytes <= limit ? kernels::TableClass::kCacheResident
                         : kernels::TableClass::kMemoryResident;
 }

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Checks the prefetch instructions of every CPU forward kernel in the kernels' archive, by
-# disassembly: each memory-resident (and tuned) variant must prefetch with the intended hint and
-# never with the other; each cache-resident variant must issue no prefetch at all. Prints the
-# counts per kernel and one kernel's prefetches as they were emitted.
+# disassembly: a kernel compiled with prefetch_distance=0 (every default cache-resident variant)
+# must issue no prefetch at all; every other one (the default memory-resident variants, and
+# tuned kernels of either class whose schedule prefetches) must prefetch with the intended hint
+# and never with the other. Which is which comes from the schedule each kernel's registry row
+# says it was compiled with (the generator takes the last value of a parameter given twice).
+# Prints the counts per kernel and one kernel's prefetches as they were emitted.
 #
-#   check_prefetch_hint.sh OBJDUMP ARCHIVE ARCH HINT ISA...
-#     ARCH: x86-64 or arm-64;  HINT: t0 or nta (EMBAG_PREFETCH_HINT);  ISA: the CPU ISAs built
+#   check_prefetch_hint.sh OBJDUMP ARCHIVE KERNEL_TABLE ARCH HINT ISA...
+#     KERNEL_TABLE: the generated embag_kernel_table.inc;  ARCH: x86-64 or arm-64;
+#     HINT: t0 or nta (EMBAG_PREFETCH_HINT);  ISA: the CPU ISAs built
 set -euo pipefail
-objdump=$1 archive=$2 arch=$3 hint=$4
-shift 4
+objdump=$1 archive=$2 table=$3 arch=$4 hint=$5
+shift 5
 isas=("$@")
 
 case "$arch/$hint" in
@@ -39,15 +43,21 @@ for object in $(sed -n 's/^OBJECT \(embag_forward_.*\)$/\1/p' "$listing" | sort 
   others=$(grep -cE "$unwanted" <<< "$body" || true)
   all=$(grep -cE "$any_prefetch" <<< "$body" || true)
   checked=$((checked + 1))
-  if [[ $kernel == *_cache_* ]]; then
+  schedule=$(sed -n "s/^{\"$kernel\",.*&${kernel}_metadata, \"\([^\"]*\)\".*/\1/p" "$table")
+  distance=$(grep -oE 'prefetch_distance=[0-9]+' <<< "$schedule" | tail -1 || true)
+  if ! grep -q "^{\"$kernel\"," "$table"; then
+    echo "FAIL $kernel: not in the kernel table $table"; failures=$((failures + 1))
+  elif [ "$distance" = "prefetch_distance=0" ]; then
     if [ "$all" -ne 0 ]; then
-      echo "FAIL $kernel: a cache-resident variant issues $all prefetches"; failures=$((failures + 1))
+      echo "FAIL $kernel: compiled with prefetch_distance=0 (${schedule:-?}), but issues $all prefetches"
+      failures=$((failures + 1))
     fi
   elif [ "$wanted" -eq 0 ] || [ "$others" -ne 0 ]; then
     echo "FAIL $kernel: $wanted prefetches with the $hint hint, $others with another"
     failures=$((failures + 1))
   fi
-  if [ -z "$shown" ] && [[ $kernel != *_cache_* ]] && [[ $kernel == embag_forward_sum_f32_i64_* ]]; then
+  if [ -z "$shown" ] && [ "$distance" != "prefetch_distance=0" ] &&
+     [[ $kernel == embag_forward_sum_f32_i64_* ]]; then
     shown=$kernel
     echo "$kernel, its first prefetches as emitted:"
     grep -E "$any_prefetch" <<< "$body" | head -4
@@ -57,6 +67,6 @@ if [ "$checked" -eq 0 ]; then
   echo "FAIL: no CPU forward kernel found in $archive"
   exit 1
 fi
-echo "$checked CPU forward kernels checked: memory-resident ones prefetch with $hint only," \
-     "cache-resident ones not at all; $failures failed"
+echo "$checked CPU forward kernels checked: those compiled with prefetch_distance=0 (the" \
+     "cache-resident defaults) issue no prefetch, the others prefetch with $hint only; $failures failed"
 [ "$failures" -eq 0 ]

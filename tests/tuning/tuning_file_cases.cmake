@@ -91,8 +91,8 @@ check("tasks_per_thread 0" "\"tasks_per_thread\": 2" "\"tasks_per_thread\": 0"
       "kernels\\[0\\].tasks_per_thread must be in \\[1, 1024\\], but is 0")
 check("unknown mode" "\"mode\": \"sum\"" "\"mode\": \"summ\""
       "kernels\\[0\\].mode is \"summ\" \\(known: sum, wsum, mean, max, max_values\\)")
-check("backward pipeline" "\"pipeline\": \"forward\"" "\"pipeline\": \"backward\""
-      "only forward kernels are tuned")
+check("unknown pipeline" "\"pipeline\": \"forward\"" "\"pipeline\": \"renorm\""
+      "kernels\\[0\\].pipeline is \"renorm\": tuned pipelines are forward, backward_rows and dense_scatter")
 check("no such file" MISSING "" "case23.json: no such file")
 
 # D buckets: a kernel with one schedule per D range; the ranges must tile [1, 2147483647].
@@ -113,6 +113,31 @@ check("D range reversed" "\"dim_min\": 1, \"dim_max\": 2147483647" "\"dim_min\":
       "kernels\\[0\\]: D range \\[9, 5\\] is not a range")
 check("D range not from 1" "\"dim_min\": 1," "\"dim_min\": 2,"
       "D range starts at 2, but must start at 1")
+
+# Table classes (forward) and backward kernels: a file from warm and cold shapes holds per-class
+# entries, each class's D ranges tiling [1, 2147483647] on their own, and backward entries
+# (one schedule for every table; backward_rows has no index dtype).
+set(good "${good_one}")
+set(warm "{\"pipeline\": \"forward\", \"mode\": \"sum\", \"weight\": \"f32\", \"index\": \"i64\", \"table_class\": \"cache-resident\", \"dim_min\": 1, \"dim_max\": 2147483647, \"params\": {\"prefetch_distance\": 0}, \"tasks_per_thread\": 1, \"gain\": 1.1}")
+set(cold "{\"pipeline\": \"forward\", \"mode\": \"sum\", \"weight\": \"f32\", \"index\": \"i64\", \"table_class\": \"memory-resident\", \"dim_min\": 1, \"dim_max\": 2147483647, \"params\": {\"prefetch_distance\": 24}, \"tasks_per_thread\": 4, \"gain\": 1.1}")
+set(rows "{\"pipeline\": \"backward_rows\", \"mode\": \"sum\", \"weight\": \"f32\", \"table_class\": \"any\", \"dim_min\": 1, \"dim_max\": 2147483647, \"params\": {\"rows_per_task\": 64}, \"tasks_per_thread\": 4, \"gain\": 1.1}")
+set(dense "{\"pipeline\": \"dense_scatter\", \"mode\": \"max\", \"weight\": \"f32\", \"dim_min\": 1, \"dim_max\": 2147483647, \"params\": {\"column_vectors\": 2}, \"tasks_per_thread\": 4, \"gain\": 1.1}")
+string(REGEX REPLACE "\"kernels\": \\[.*$" "\"kernels\": [\n    ${warm},\n    ${cold},\n    ${rows},\n    ${dense}\n  ]\n}\n" good "${good_one}")
+check("classes and backward" NONE "" "tuning file OK: avx512, 4 kernel\\(s\\)")
+check("unknown table class" "\"table_class\": \"cache-resident\"" "\"table_class\": \"warm\""
+      "kernels\\[0\\].table_class is \"warm\" \\(known: any, cache-resident, memory-resident\\)")
+check("any beside a class" "\"table_class\": \"memory-resident\"" "\"table_class\": \"any\""
+      "kernels\\[1\\]: sum f32 i64 has entries for any table and entries per table class")
+check("class of a backward kernel" "\"backward_rows\", \"mode\": \"sum\", \"weight\": \"f32\", \"table_class\": \"any\""
+      "\"backward_rows\", \"mode\": \"sum\", \"weight\": \"f32\", \"table_class\": \"cache-resident\""
+      "kernels\\[2\\].table_class is \"cache-resident\", but backward_rows kernels serve every table")
+check("backward max_values" "\"backward_rows\", \"mode\": \"sum\"" "\"backward_rows\", \"mode\": \"max_values\""
+      "kernels\\[2\\]: backward_rows has no mode max_values")
+check("a class not covering every D" "\"table_class\": \"cache-resident\", \"dim_min\": 1, \"dim_max\": 2147483647"
+      "\"table_class\": \"cache-resident\", \"dim_min\": 1, \"dim_max\": 64"
+      "the D ranges of sum_f32_i64_cache end at 64, not 2147483647")
+check("dense scatter sum without index" "\"dense_scatter\", \"mode\": \"max\"" "\"dense_scatter\", \"mode\": \"sum\""
+      "kernels\\[3\\].index is missing")
 
 if (failures GREATER 0)
   message(FATAL_ERROR "${failures} tuning-file case(s) failed")

@@ -1,4 +1,5 @@
-// The embag-tune runner: checks and times candidate forward kernels on the machine it runs on.
+// The embag-tune runner: checks and times candidate kernels (forward, and the backward row fold
+// and dense scatter) on the machine it runs on.
 //
 // embag-tune compiles this file together with the candidate kernels (one object per candidate,
 // all sharing one Halide runtime object) and a generated table, tune_plan.inc, into one
@@ -11,7 +12,15 @@
 // into the bundle and compiles them in, each kernel call is an embag call (a CallContext as its
 // user_context, so embag's do_par_for hook takes it), and bags_per_task is the runtime's own
 // function. Timing on Halide's pool instead would tune for a pool embag does not use: task
-// granularity behaves differently on the two.
+// granularity behaves differently on the two. runtime/cpu_features.* and runtime/table_class.*
+// come too: the runner reports the cache-resident limit of the machine it runs on (the runtime's
+// own rule, EMBAG_CACHE_RESIDENT_BYTES included), so the workloads are classed warm or cold as
+// the runtime will class those tables there -- on a board, by the board's caches.
+//
+// Backward kernels run on the same workloads with a gradient (grad_output of the bags' shape):
+// the row fold (embag_backward_rows) on the plan the runtime would make (positions sorted by
+// row, stable), the dense scatter (embag_dense_scatter) into a gradient zeroed before each call,
+// as the runtime zeroes it; max's argmax names a position of each bag per column.
 //
 // Per kernel (mode, weight dtype, index dtype), over every workload:
 //   check   every candidate's output (and argmax) must equal the default kernel's bit for bit on
@@ -45,6 +54,7 @@
 
 #include "call_context.h"
 #include "kernel_thread_pool.h"
+#include "table_class.h"
 
 namespace {
 
@@ -52,9 +62,10 @@ using KernelArgvFn = int (*)(void** args);
 using KernelMetadataFn = const halide_filter_metadata_t* (*)();
 
 struct PlanKernel {
-  const char* mode;    // sum | wsum | mean | max | max_values
-  const char* weight;  // f32 | f64 | f16 | bf16
-  const char* index;   // i32 | i64
+  const char* pipeline;  // forward | backward_rows | dense_scatter
+  const char* mode;      // sum | wsum | mean | max | max_values
+  const char* weight;    // f32 | f64 | f16 | bf16
+  const char* index;     // i32 | i64
 };
 struct PlanCandidate {
   int kernel;          // into kPlanKernels
@@ -150,7 +161,108 @@ struct Data {
   Bytes offsets;
   Bytes output, argmax;
   double bytes_per_call = 0;
+  // Backward: the gradient of the bags, and per index batch the runtime's plan of it.
+  std::string pipeline, mode;
+  Bytes grad, position_bag, bag_divisor;
+  struct RowPlan {
+    int64_t unique = 0;
+    Bytes segments, sorted_positions, rows, argmax;
+  };
+  std::vector<RowPlan> plans;
+  Bytes values;       // backward_rows' output, (D, U) of the largest U
+  Bytes grad_weight;  // dense_scatter's output, (D, V)
+  // The bytes the check compares (and poisons, or zeroes for the dense gradient).
+  size_t checked_bytes(int batch) const {
+    const size_t wb = weight_bytes(weight);
+    if (pipeline == "backward_rows")
+      return static_cast<size_t>(plans[static_cast<size_t>(batch)].unique * dim) * wb;
+    if (pipeline == "dense_scatter") return static_cast<size_t>(rows * dim) * wb;
+    return static_cast<size_t>(bags * dim) * wb;
+  }
+  unsigned char* checked(int /*batch*/) const {
+    if (pipeline == "backward_rows") return values.get();
+    if (pipeline == "dense_scatter") return grad_weight.get();
+    return output.get();
+  }
 };
+
+// The backward inputs of one workload: a gradient of exact values, each position's bag, the
+// bags' divisors, and per index batch what the runtime plans for it -- positions sorted by row
+// (stable: input order within a row), the segment bounds and distinct rows -- and, for max, an
+// argmax naming one position's row of the bag per column (-1 for an empty bag).
+bool make_backward_data(Rng* rng, Data* d, std::string* error) {
+  const size_t wb = weight_bytes(d->weight);
+  const int64_t B = d->bags, D = d->dim, N = d->positions;
+  d->grad = allocate(static_cast<size_t>(B * D) * wb);
+  d->position_bag = allocate(static_cast<size_t>(N) * 4);
+  d->bag_divisor = allocate(static_cast<size_t>(B) * 4);
+  if (!d->grad || !d->position_bag || !d->bag_divisor) {
+    *error = "cannot allocate the gradient";
+    return false;
+  }
+  for (int64_t i = 0; i < B * D; ++i) {
+    const float v = static_cast<float>(static_cast<int>(rng->next() >> 56) - 128) / 64.0f;
+    store_value(d->weight, v, d->grad.get() + static_cast<size_t>(i) * wb);
+  }
+  const bool i32 = d->index == "i32";
+  auto offset = [&](int64_t b) -> int64_t {
+    if (i32) return reinterpret_cast<const int32_t*>(d->offsets.get())[b];
+    return reinterpret_cast<const int64_t*>(d->offsets.get())[b];
+  };
+  auto* bag_of = reinterpret_cast<int32_t*>(d->position_bag.get());
+  auto* divisor = reinterpret_cast<int32_t*>(d->bag_divisor.get());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = offset(b); p < offset(b + 1) && p < N; ++p)
+      bag_of[p] = static_cast<int32_t>(b);
+    divisor[b] = static_cast<int32_t>(std::max<int64_t>(offset(b + 1) - offset(b), 1));
+  }
+  int64_t most_unique = 0;
+  for (const Bytes& batch : d->batches) {
+    std::vector<int64_t> index(static_cast<size_t>(N));
+    for (int64_t p = 0; p < N; ++p)
+      index[static_cast<size_t>(p)] = i32 ? reinterpret_cast<const int32_t*>(batch.get())[p]
+                                          : reinterpret_cast<const int64_t*>(batch.get())[p];
+    std::vector<int32_t> order(static_cast<size_t>(N));
+    for (int64_t p = 0; p < N; ++p) order[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      return index[static_cast<size_t>(a)] < index[static_cast<size_t>(b)];
+    });
+    Data::RowPlan plan;
+    std::vector<int32_t> segments;
+    std::vector<int64_t> rows;
+    for (int64_t k = 0; k < N; ++k) {
+      const int64_t row = index[static_cast<size_t>(order[static_cast<size_t>(k)])];
+      if (rows.empty() || rows.back() != row) {
+        segments.push_back(static_cast<int32_t>(k));
+        rows.push_back(row);
+      }
+    }
+    segments.push_back(static_cast<int32_t>(N));
+    plan.unique = static_cast<int64_t>(rows.size());
+    plan.segments = allocate(segments.size() * 4);
+    plan.sorted_positions = allocate(order.size() * 4);
+    plan.rows = allocate(rows.size() * 8);
+    plan.argmax = allocate(static_cast<size_t>(B * D) * 8);
+    std::memcpy(plan.segments.get(), segments.data(), segments.size() * 4);
+    std::memcpy(plan.sorted_positions.get(), order.data(), order.size() * 4);
+    std::memcpy(plan.rows.get(), rows.data(), rows.size() * 8);
+    auto* argmax = reinterpret_cast<int64_t*>(plan.argmax.get());
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t begin = offset(b), length = std::min(offset(b + 1), N) - begin;
+      for (int64_t c = 0; c < D; ++c)
+        argmax[b * D + c] = length > 0 ? index[static_cast<size_t>(begin + c % length)] : -1;
+    }
+    most_unique = std::max(most_unique, plan.unique);
+    d->plans.push_back(std::move(plan));
+  }
+  d->values = allocate(static_cast<size_t>(std::max<int64_t>(most_unique, 1) * D) * wb);
+  d->grad_weight = allocate(static_cast<size_t>(d->rows * D) * wb);
+  if (!d->values || !d->grad_weight) {
+    *error = "cannot allocate the backward outputs";
+    return false;
+  }
+  return true;
+}
 
 bool load_data(const std::string& dir, int workload_id, const PlanWorkload& w, const PlanKernel& k,
                Data* d, std::string* error) {
@@ -160,6 +272,8 @@ bool load_data(const std::string& dir, int workload_id, const PlanWorkload& w, c
   d->positions = w.positions;
   d->weight = k.weight;
   d->index = k.index;
+  d->pipeline = k.pipeline;
+  d->mode = k.mode;
   const size_t wb = weight_bytes(k.weight), ib = d->index == "i32" ? 4 : 8;
   d->table = allocate(static_cast<size_t>(w.rows * w.dim) * wb);
   d->output = allocate(static_cast<size_t>(w.bags * w.dim) * wb);
@@ -205,9 +319,23 @@ bool load_data(const std::string& dir, int workload_id, const PlanWorkload& w, c
     d->batches.emplace_back();
     narrow(values, &d->batches.back());
   }
+  if (d->pipeline != "forward" && !make_backward_data(&rng, d, error)) return false;
   // Useful bytes per call, as bench_forward counts them: every position's row and index, the
   // offsets, the output (and argmax, and per-sample weights, where the kernel has them).
   const std::string mode = k.mode;
+  if (d->pipeline == "backward_rows") {
+    // Each position's gradient row read once, each distinct row's gradient written once.
+    d->bytes_per_call = static_cast<double>(w.positions) * static_cast<double>(w.dim * wb + 12) +
+                        static_cast<double>(d->plans[0].unique * w.dim) * wb;
+    return true;
+  }
+  if (d->pipeline == "dense_scatter") {
+    // The zeroing of the (D, V) gradient, and per position a gradient row read and a table row
+    // read and written.
+    d->bytes_per_call = static_cast<double>(w.rows * w.dim) * wb +
+                        static_cast<double>(w.positions) * static_cast<double>(3 * w.dim * wb + ib);
+    return true;
+  }
   d->bytes_per_call = static_cast<double>(w.positions) * (static_cast<double>(w.dim * wb) + ib) +
                       static_cast<double>(w.bags + 1) * ib +
                       static_cast<double>(w.bags * w.dim) * wb;
@@ -244,7 +372,11 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
   void* user_context = &call;
   embag::internal::ActiveCallScope active(&call);
   const int32_t padding = -1;
+  const bool scale_grad_by_freq = false;
   if (md->num_arguments > kMaxArguments) return -1;
+  const Data::RowPlan* plan = d.plans.empty() ? nullptr : &d.plans[static_cast<size_t>(batch)];
+  // The dense gradient is zeroed by the runtime before the kernel adds into it: part of a call.
+  if (d.pipeline == "dense_scatter") std::memset(d.grad_weight.get(), 0, d.checked_bytes(batch));
   for (int i = 0; i < md->num_arguments; ++i) {
     const halide_filter_argument_t& a = md->arguments[i];
     const std::string name = a.name;
@@ -258,6 +390,10 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
     }
     if (name == "bags_per_task") {
       argv[i] = &bags_per_task;
+      continue;
+    }
+    if (name == "scale_grad_by_freq") {
+      argv[i] = const_cast<bool*>(&scale_grad_by_freq);
       continue;
     }
     halide_buffer_t* b = &buffers[i];
@@ -281,6 +417,33 @@ int run_once(const PlanCandidate& c, Data& d, int batch, int32_t bags_per_task) 
     } else if (name == "output.1") {
       b->host = d.argmax.get();
       set_dims(b, bd, {d.dim, d.bags});
+    } else if (name == "grad_output") {
+      b->host = d.grad.get();
+      set_dims(b, bd, {d.dim, d.bags});
+    } else if (name == "position_bag") {
+      b->host = d.position_bag.get();
+      set_dims(b, bd, {d.positions});
+    } else if (name == "bag_divisor") {
+      b->host = d.bag_divisor.get();
+      set_dims(b, bd, {d.bags});
+    } else if (name == "segments" && plan) {
+      b->host = plan->segments.get();
+      set_dims(b, bd, {plan->unique + 1});
+    } else if (name == "sorted_positions" && plan) {
+      b->host = plan->sorted_positions.get();
+      set_dims(b, bd, {d.positions});
+    } else if (name == "rows" && plan) {
+      b->host = plan->rows.get();
+      set_dims(b, bd, {plan->unique});
+    } else if (name == "argmax" && plan) {
+      b->host = plan->argmax.get();
+      set_dims(b, bd, {d.dim, d.bags});
+    } else if (name == "values" && plan) {
+      b->host = d.values.get();
+      set_dims(b, bd, {d.dim, plan->unique});
+    } else if (name == "grad_weight") {
+      b->host = d.grad_weight.get();
+      set_dims(b, bd, {d.dim, d.rows});
     } else {
       std::fprintf(stderr, "embag-tune-runner: kernel argument '%s' is unknown\n", a.name);
       return -1;
@@ -361,25 +524,27 @@ void time_items(std::vector<Item>& items, Data& d, int threads, double seconds, 
 // Runs the default and then `candidate` on batch 0 and compares outputs bit for bit.
 bool check_candidate(const PlanCandidate& def, const PlanCandidate& c, Data& d, int threads,
                      int tasks_per_thread, std::string* why) {
-  const size_t out_bytes = static_cast<size_t>(d.bags * d.dim) * weight_bytes(d.weight);
+  const size_t out_bytes = d.checked_bytes(0);
   const size_t arg_bytes = static_cast<size_t>(d.bags * d.dim) * 8;
-  const bool is_max = std::string(kPlanKernels[def.kernel].mode) == "max";
+  const bool is_max =
+      d.pipeline == "forward" && std::string(kPlanKernels[def.kernel].mode) == "max";
   if (run_once(def, d, 0, bags_per_task(d.bags, threads, kPlanTasksPerThread[0])) != 0) {
     *why = "the default kernel failed";
     return false;
   }
-  std::vector<unsigned char> want(d.output.get(), d.output.get() + out_bytes);
+  std::vector<unsigned char> want(d.checked(0), d.checked(0) + out_bytes);
   std::vector<unsigned char> want_arg;
   if (is_max) want_arg.assign(d.argmax.get(), d.argmax.get() + arg_bytes);
-  // Poison the outputs so a candidate that skips writing part of them is caught too.
-  std::memset(d.output.get(), 0x5A, out_bytes);
+  // Poison the outputs so a candidate that skips writing part of them is caught too (the dense
+  // gradient is zeroed by the call itself: there a skipped add shows as a difference).
+  std::memset(d.checked(0), 0x5A, out_bytes);
   std::memset(d.argmax.get(), 0x5A, arg_bytes);
   if (run_once(c, d, 0, bags_per_task(d.bags, threads, tasks_per_thread)) != 0) {
     *why = "the kernel failed";
     return false;
   }
   for (size_t i = 0; i < out_bytes; ++i) {
-    if (d.output.get()[i] != want[i]) {
+    if (d.checked(0)[i] != want[i]) {
       *why = "output differs from the default kernel's at byte " + std::to_string(i);
       return false;
     }
@@ -476,6 +641,9 @@ int main(int argc, char** argv) {
       << "cpu\t" << cpu_model() << "\n"
       << "threads\t" << threads << "\n"
       << "seconds\t" << seconds << "\n";
+  // The limit between cache-resident and memory-resident tables here, by the runtime's rule.
+  const embag::TableSizeRule rule = embag::table_size_rule();
+  out << "table_limit\t" << rule.cache_resident_max_bytes << "\t" << rule.limit_source << "\n";
   for (int w = 0; w < num_workloads; ++w) {
     const PlanWorkload& pw = kPlanWorkloads[w];
     out << "workload\t" << w << "\t" << pw.rows << "\t" << pw.dim << "\t" << pw.bags << "\t"
@@ -494,8 +662,14 @@ int main(int argc, char** argv) {
   int rejected = 0;
   for (int k = 0; k < num_kernels; ++k) {
     const PlanKernel& pk = kPlanKernels[k];
-    const std::string kernel_name = std::string(pk.mode) + " " + pk.weight + " " + pk.index;
-    out << "kernel\t" << k << "\t" << pk.mode << "\t" << pk.weight << "\t" << pk.index << "\n";
+    const std::string kernel_name =
+        (std::string(pk.pipeline) == "forward" ? std::string() : std::string(pk.pipeline) + " ") +
+        pk.mode + " " + pk.weight + (*pk.index ? std::string(" ") + pk.index : std::string());
+    const bool forward = std::string(pk.pipeline) == "forward";
+    // Backward kernels have no bags_per_task: their task grain is a GeneratorParam.
+    const int kernel_tpt = forward ? num_tpt : 1;
+    out << "kernel\t" << k << "\t" << pk.mode << "\t" << pk.weight << "\t" << pk.index << "\t"
+        << pk.pipeline << "\n";
     std::vector<int> cands;
     for (int c = 0; c < num_candidates; ++c)
       if (kPlanCandidates[c].kernel == k) cands.push_back(c);
@@ -562,15 +736,48 @@ int main(int argc, char** argv) {
     size_t safest = 0;
     for (size_t i : by_score)
       if (worst[i] > worst[safest]) safest = i;
-    if (std::find(finalists.begin(), finalists.end(), safest) == finalists.end())
-      finalists.push_back(safest);
+    auto add_finalist = [&](size_t i) {
+      if (std::find(finalists.begin(), finalists.end(), i) == finalists.end())
+        finalists.push_back(i);
+    };
+    add_finalist(safest);
+    if (forward) {
+      // Forward kernels choose per table class (warm and cold workloads apart): the best of
+      // each class's own workloads is a finalist too, and so is the cache-resident kernels'
+      // default schedule (prefetch_distance=0), the baseline a warm choice must beat.
+      const size_t wb = weight_bytes(pk.weight);
+      for (const bool warm : {true, false}) {
+        size_t best = 0;
+        double best_score = 0;
+        for (size_t i : by_score) {
+          double log_sum = 0;
+          int n = 0;
+          for (int w = 0; w < num_workloads; ++w) {
+            const PlanWorkload& pw = kPlanWorkloads[w];
+            const int64_t bytes = pw.rows * pw.dim * static_cast<int64_t>(wb);
+            if ((bytes <= rule.cache_resident_max_bytes) != warm) continue;
+            log_sum += std::log(screen[0].medians[static_cast<size_t>(w)] /
+                                std::max(screen[i].medians[static_cast<size_t>(w)], 1e-12));
+            ++n;
+          }
+          if (n > 0 && std::exp(log_sum / n) > best_score) {
+            best_score = std::exp(log_sum / n);
+            best = i;
+          }
+        }
+        if (best != 0) add_finalist(best);
+      }
+      for (size_t i : by_score)
+        if (std::string(kPlanCandidates[screen[i].candidate].params) == "prefetch_distance=0")
+          add_finalist(i);
+    }
 
     // Confirm: the default, and every finalist (the default's schedule included) at every
     // tasks-per-thread value, with fresh samples.
     std::vector<Item> confirm;
     confirm.push_back(make_item(cands[0], kPlanTasksPerThread[0]));
     for (size_t f : finalists) {
-      for (int t = 0; t < num_tpt; ++t) {
+      for (int t = 0; t < kernel_tpt; ++t) {
         if (f == 0 && t == 0) continue;
         confirm.push_back(make_item(screen[f].candidate, kPlanTasksPerThread[t]));
       }

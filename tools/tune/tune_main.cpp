@@ -1,5 +1,6 @@
-// embag-tune: retunes the forward kernels' schedules for this machine (or a board) and these
-// shapes, and writes a tuning file that `cmake -DEMBAG_TUNING_FILE=...` builds from.
+// embag-tune: retunes the kernels' schedules (forward, per D bucket and table-size class, and the
+// backward row fold and dense scatter) for this machine (or a board) and these shapes, and
+// writes a tuning file that `cmake -DEMBAG_TUNING_FILE=...` builds from.
 //
 // The flow: workloads (shape files and/or the user's indices) -> a candidate set per kernel sized
 // to the budget -> the host generators compile every candidate and tools/tune/runner.cpp into one
@@ -44,12 +45,16 @@ constexpr char kUsage[] = R"(usage: embag-tune [workload] [what] [how long] --ou
        embag-tune --isa neon --bundle DIR [workload] [what] [--budget 5m]
        embag-tune --collect RESULTS --out TUNING.json
 
-Searches the forward kernels' schedule parameters (prefetch distance, register tile width,
-tasks per thread) for this machine and these shapes, checks every candidate bit for bit against
-the default kernel, times them interleaved with the default (medians), and writes the winners
-to a tuning file: configure with cmake -DEMBAG_TUNING_FILE=TUNING.json (or make TUNING=...).
-A candidate is only chosen when it is no slower than the default on every workload and faster
-by --margin overall; otherwise the kernel keeps its default schedule.
+Searches the kernels' schedule parameters (forward: prefetch distance, register tile width,
+tasks per thread; backward: rows per task of the row fold, columns per task of the dense
+scatter) for this machine and these shapes, checks every candidate bit for bit against the
+default kernel, times them interleaved with the default (medians), and writes the winners to a
+tuning file: configure with cmake -DEMBAG_TUNING_FILE=TUNING.json (or make TUNING=...).
+Forward kernels choose per D bucket and per table-size class: workloads whose table fits the
+cache-resident limit of the machine that times them (embag info's rule; on a board, the board's)
+tune the cache-resident kernels, the others the memory-resident ones; a class no workload
+falls in keeps its defaults. A candidate is only chosen when it is no slower than the default on
+every workload (of its bucket) and faster by --margin overall; otherwise the default stays.
 
 workload (at least one):
   --shapes F[,F]       shape files (rows,dim,bags,pooling,distribution a line; bench/shapes/)
@@ -62,9 +67,13 @@ what:
   --dtypes f32              table dtypes (f32, f64, f16, bf16)
                             [the shape files' dtypes (their sixth field), else f32]
   --index-dtypes i64        index dtypes (i32, i64)                       [i64]
+  --pipelines P[,P]         forward, backward_rows (the row fold of the sparse and the
+                            half-precision gradients), dense_scatter (the dense float32/float64
+                            gradient), for the --modes that have them (not max_values)
+                                                    [forward,backward_rows,dense_scatter]
   --isa ISA                 avx512, avx2, sse41 (run here), neon, armv7 (--bundle)
                             [the best ISA of this CPU]
-  --candidate "k=v k=v;..." extra candidates (any forward GeneratorParams), tried first
+  --candidate "k=v k=v;..." extra forward candidates (any forward GeneratorParams), tried first
 how long:
   --budget 10m         wall-clock budget for the whole run (s, m or h suffix)  [10m]
   --candidates N       at most N candidates per kernel (default: what the budget allows)
@@ -280,7 +289,7 @@ int main(int argc, char** argv) {
       {"isa", true},       {"budget", true},  {"out", true},         {"work", true},
       {"bundle", true},    {"collect", true}, {"threads", true},     {"candidates", true},
       {"candidate", true}, {"margin", true},  {"timing-lock", true}, {"generators", true},
-      {"cxx", true},       {"jobs", true}};
+      {"cxx", true},       {"jobs", true},    {"pipelines", true}};
   embag::cli::ParsedFlags flags;
   Status s = embag::cli::parse_flags(args, specs, &flags);
   if (!s.ok()) return usage(s.message() + " (embag-tune --help lists the options)");
@@ -366,7 +375,16 @@ int main(int argc, char** argv) {
   }
   if (workloads.empty()) return usage("no workload: give --shapes FILE and/or --indices/--offsets");
 
-  // The kernels.
+  // The kernels: forward ones first, then the backward kernels of the same modes and dtypes.
+  std::vector<std::string> pipelines =
+      split(text("pipelines", "forward,backward_rows,dense_scatter"), ',');
+  for (const std::string& p : pipelines)
+    if (p != "forward" && p != "backward_rows" && p != "dense_scatter")
+      return usage("--pipelines: unknown pipeline '" + p +
+                   "' (forward, backward_rows, dense_scatter)");
+  auto wanted = [&](const char* p) {
+    return std::find(pipelines.begin(), pipelines.end(), p) != pipelines.end();
+  };
   std::vector<KernelSpec> kernels;
   for (const std::string& mode : split(text("modes", "sum,mean,max"), ','))
     for (const std::string& w : flags.has("dtypes") || shape_dtypes.empty()
@@ -380,8 +398,25 @@ int main(int argc, char** argv) {
           return usage("--dtypes: unknown dtype '" + w + "' (f32, f64, f16, bf16)");
         if (i != "i32" && i != "i64")
           return usage("--index-dtypes: unknown dtype '" + i + "' (i32, i64)");
-        kernels.push_back(KernelSpec{mode, w, i});
+        if (wanted("forward")) kernels.push_back(KernelSpec{mode, w, i, "forward"});
       }
+  std::vector<KernelSpec> backward;
+  auto add_backward = [&](KernelSpec k) {
+    for (const KernelSpec& have : backward)
+      if (have.label() == k.label()) return;
+    backward.push_back(std::move(k));
+  };
+  for (const std::string& mode : split(text("modes", "sum,mean,max"), ','))
+    for (const std::string& w : flags.has("dtypes") || shape_dtypes.empty()
+                                    ? split(text("dtypes", "f32"), ',')
+                                    : shape_dtypes)
+      for (const std::string& i : split(text("index-dtypes", "i64"), ',')) {
+        if (mode == "max_values") continue;  // inference only: no backward
+        if (wanted("backward_rows")) add_backward(KernelSpec{mode, w, "", "backward_rows"});
+        if (wanted("dense_scatter") && (w == "f32" || w == "f64"))
+          add_backward(KernelSpec{mode, w, mode == "max" ? "" : i, "dense_scatter"});
+      }
+  kernels.insert(kernels.end(), backward.begin(), backward.end());
   if (kernels.empty()) return fail("no kernel to tune (--modes / --dtypes are empty)");
   std::vector<ParamSet> user;
   for (const std::string& set : split(text("candidate", ""), ';')) {
@@ -435,13 +470,33 @@ int main(int argc, char** argv) {
         probe_log);
     if (rc != 0) return fail("the generator " + tc.generators + " failed; see " + probe_log);
     const double per_run = std::max(now_seconds() - t0, 0.05);
+    // Generator runs the compile third of the budget allows. Every kernel needs two (its
+    // default and one candidate) to be tuned at all; when the budget cannot give that to every
+    // kernel, the forward kernels come first and the backward ones are left out, saying so,
+    // rather than run past the budget.
+    const double slots = budget / 3 / (per_run / tc.jobs);
+    const size_t forward_kernels =
+        static_cast<size_t>(std::count_if(kernels.begin(), kernels.end(), [](const KernelSpec& k) {
+          return k.pipeline == "forward";
+        }));
+    if (forward_kernels < kernels.size() && forward_kernels > 0 &&
+        slots < 2.0 * static_cast<double>(kernels.size())) {
+      std::cerr << "embag-tune: a " << budget << " s budget compiles about "
+                << static_cast<int>(slots) << " candidate(s): too few for "
+                << kernels.size() - forward_kernels << " backward kernel(s) beside "
+                << forward_kernels << " forward one(s); tuning the forward kernels only (give "
+                << "--budget " << static_cast<int>(2.0 * kernels.size() * 3 * per_run / tc.jobs) + 1
+                << "s or more, or --pipelines backward_rows,dense_scatter)\n";
+      kernels.resize(forward_kernels);
+    }
     per_kernel = static_cast<size_t>(
         std::max(2.0, budget / 3 / (per_run * static_cast<double>(kernels.size()) / tc.jobs)));
   }
   std::vector<std::vector<ParamSet>> candidates;
   size_t total_candidates = 0;
   for (const KernelSpec& k : kernels) {
-    candidates.push_back(embag::tune::candidate_space(k, isa, user, per_kernel));
+    candidates.push_back(embag::tune::candidate_space(
+        k, isa, k.pipeline == "forward" ? user : std::vector<ParamSet>{}, per_kernel));
     total_candidates += candidates.back().size();
   }
   std::cerr << "embag-tune: " << kernels.size() << " kernel(s) x " << workloads.size()

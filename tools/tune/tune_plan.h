@@ -22,12 +22,24 @@ struct Workload {
   std::string description;                    // "1000000x64 B=2048 L=40 uniform"
 };
 
-// A forward kernel family: pooling mode and element types, in the registry's short names.
+// A kernel family: pipeline, pooling mode and element types, in the registry's short names.
+// Pipelines: forward; backward_rows (the sparse / per-row weight gradient, embag_backward_rows,
+// which takes sorted int32 positions: no index dtype) and dense_scatter (the dense gradient in
+// one pass, embag_dense_scatter: float32 / float64 tables; max reads the argmax: no index dtype).
 struct KernelSpec {
   std::string mode;    // sum | wsum | mean | max | max_values
   std::string weight;  // f32 | f64 | f16 | bf16
-  std::string index;   // i32 | i64
-  std::string label() const { return mode + " " + weight + " " + index; }
+  std::string index;   // i32 | i64, or "" where the kernel reads no indices
+  std::string pipeline = "forward";
+  // "sum f32 i64" for forward kernels (as before backward kernels were tuned), else
+  // "backward_rows sum f32" / "dense_scatter sum f32 i64".
+  std::string label() const {
+    return (pipeline == "forward" ? "" : pipeline + " ") + mode + " " + weight +
+           (index.empty() ? "" : " " + index);
+  }
+  std::string generator() const {
+    return pipeline == "forward" ? "embag_forward" : "embag_" + pipeline;
+  }
 };
 
 // A schedule: GeneratorParams beyond the defaults, "name=value" words; empty is the default.
@@ -35,7 +47,9 @@ using ParamSet = std::vector<std::string>;
 std::string join_params(const ParamSet& params);
 
 // The candidates for one kernel in the order worth trying: the default first, then the user's
-// own (--candidate), then one knob at a time, then pairs. `limit` keeps the first `limit`.
+// own (--candidate; forward kernels only, since their GeneratorParams are forward's), then one
+// knob at a time, then pairs. Backward kernels: backward_rows' rows_per_task, dense_scatter's
+// column_vectors. `limit` keeps the first `limit`.
 std::vector<ParamSet> candidate_space(const KernelSpec& kernel, const std::string& isa,
                                       const std::vector<ParamSet>& user, size_t limit);
 

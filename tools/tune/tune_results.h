@@ -24,7 +24,8 @@ struct Measurement {
 };
 
 struct KernelResults {
-  std::string mode, weight, index;
+  std::string mode, weight, index;  // index "" where the kernel reads none
+  std::string pipeline = "forward";
   std::vector<Measurement> confirm;
   std::vector<std::string> rejected;  // "params on workload w: why"
 };
@@ -38,6 +39,10 @@ struct Results {
   std::string isa, target, embag_version, halide_version, cpu;
   int threads = 0;
   double seconds = 0;
+  // The cache-resident limit of the machine the runner timed on (the runtime's rule there) and
+  // where it came from; -1 when the results do not say (then forward choices serve any table).
+  int64_t table_limit = -1;
+  std::string table_limit_source;
   std::vector<WorkloadInfo> workloads;
   std::vector<KernelResults> kernels;
 };
@@ -52,6 +57,10 @@ constexpr int64_t kMaxDim = 2147483647;
 // bucket, same run).
 struct Choice {
   std::string mode, weight, index;
+  std::string pipeline = "forward";
+  // The tables the choice serves: "cache-resident", "memory-resident", or "any" (backward
+  // kernels, and forward ones from results that give no table limit).
+  std::string table_class = "any";
   int64_t dim_min = 1, dim_max = kMaxDim;
   std::string params;  // "" keeps the default schedule
   int tasks_per_thread = 4;
@@ -61,7 +70,12 @@ struct Choice {
   size_t rejected = 0;
 };
 
-// Picks, per kernel and D bucket, the schedule with the best geometric-mean speedup among those
+// The class of workload `w` for kernel `k` under the results' limit: the table's bytes in the
+// kernel's weight type against it, as the runtime classes a call's table.
+std::string workload_class(const Results& results, const KernelResults& k, size_t w);
+
+// Picks, per kernel, table class and D bucket (forward; backward kernels: one choice over every
+// workload), the schedule with the best geometric-mean speedup among those
 // that checked out on every workload of the bucket and are no slower than the default on any of
 // them; it must beat the default by `margin` (0.02 = 2%) in geometric mean, otherwise the default
 // is kept. Buckets: workloads grouped by D, each reaching halfway to the next tuned D (the first
