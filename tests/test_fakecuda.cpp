@@ -180,7 +180,7 @@ TEST_F(FakeCuda, CopiesOutsideAllocationsAndFreedArgumentsAreRecorded) {
 TEST_F(FakeCuda, KernelLoadsAreBoundsChecked) {
   if (!fakecuda::executes_kernels()) {
     GTEST_SKIP() << "this build of the fake has no PTX interpreter (tests/fakecuda/"
-                    "ptx_interpreter.cpp): kernels are checked, not run";
+                    "ptx_*.cpp): kernels are checked, not run";
   }
   OwnContext own;
   void* function = load(own);

@@ -58,7 +58,7 @@ void clear();
 // Record-only: kernels are checked (geometry, arguments) but not run, so calls far past memory
 // (allocations are MAP_NORESERVE mappings that are never touched) finish in milliseconds.
 void set_record_only(bool on);
-// True when this build of the fake has the PTX interpreter (tests/fakecuda/ptx_interpreter.cpp)
+// True when this build of the fake has the PTX interpreter (tests/fakecuda/ptx_*.cpp)
 // and is not in record-only mode: kernels then run.
 bool executes_kernels();
 
