@@ -383,6 +383,10 @@ void set_record_only(bool on) {
   std::lock_guard<std::mutex> lock(state().mutex);
   state().record_only = on;
 }
+void set_compute_capability(int capability) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  state().capability = capability;
+}
 bool executes_kernels() {
   std::lock_guard<std::mutex> lock(state().mutex);
 #if FAKECUDA_HAS_INTERPRETER

@@ -58,6 +58,10 @@ void clear();
 // Record-only: kernels are checked (geometry, arguments) but not run, so calls far past memory
 // (allocations are MAP_NORESERVE mappings that are never touched) finish in milliseconds.
 void set_record_only(bool on);
+// The compute capability every device reports (major * 10 + minor; FAKECUDA_COMPUTE_CAPABILITY
+// sets the first), which picks the CUDA ISA a call runs.
+void set_compute_capability(int capability);
+
 // True when this build of the fake has the PTX interpreter (tests/fakecuda/ptx_*.cpp)
 // and is not in record-only mode: kernels then run.
 bool executes_kernels();
