@@ -360,12 +360,17 @@ class EmbagScatterRows : public Generator<EmbagScatterRows> {
     // 32 columns), the listed rows on blockIdx.x: there are up to V of them, and blockIdx.y
     // stops at 65,535 on CUDA (gpu_tiles.h).
     Var dd_block("dd_block"), dd_thread("dd_thread");
-    table.update()
+    Stage scatter = table.update();
+    scatter.specialize(values_->dim(1).extent() > 0)
         .allow_race_conditions()
         .split(d_, dd_block, dd_thread, 32, TailStrategy::GuardWithIf)
         .reorder(dd_thread, k_, dd_block)
         .gpu_blocks(k_, dd_block)
         .gpu_threads(dd_thread);
+    // No listed row (a dense gradient of a batch with no valid position): the blocks above
+    // would be a grid of 0 blocks, which CUDA refuses (CUDA_ERROR_INVALID_VALUE; the fake CUDA
+    // driver found it). One thread whose loop over no row does nothing launches instead.
+    scatter.gpu_single_thread();
   }
 
  private:

@@ -72,15 +72,16 @@ TEST(PtxRealKernels, EveryCudaModuleParses) {
 }
 
 // The forward sum kernel, float32 table, int32 indices: one launch with a parameter block built
-// by hand. Halide's closure for `_kernel_output_s0_b_b_block_block_id_y`, read from the lowered
+// by hand. Halide's closure for `_kernel_output_s0_d_d_block_block_id_y`, read from the lowered
 // statement's halide_cuda_run call (generator embag_forward, mode=sum; `-e stmt`):
 //   0 weight, 1 output, 2 offsets, 3 indices (device pointers),
 //   4 int64 output.min.1 * output.stride.1 + output.min.0,
-//   5 output.extent.1 + output.min.1, 6 weight.stride.1, 7 weight.min.0, 8 indices.extent.0,
-//   9 output.extent.0 + output.min.0, 10 output.extent.0 / 32, 11 output.extent.1 / 8,
+//   5 output.extent.0 + output.min.0, 6 weight.stride.1, 7 weight.min.0, 8 indices.extent.0,
+//   9 output.extent.1 + output.min.1, 10 output.extent.1 / 8, 11 output.extent.0 / 32,
 //   12 padding_idx, 13 output.stride.1, 14 output.min.1, 15 output.min.0, 16 offsets.min.0,
 //   17 uint8 padding_idx < 0;
-// grid ((D + 31) / 32, (B + 7) / 8), block (32, 8). Output dimension 0 is D, 1 is the bag.
+// grid ((B + 7) / 8, (D + 31) / 32), block (32, 8): the bags on blockIdx.x
+// (generators/gpu_tiles.h). Output dimension 0 is D, 1 is the bag.
 struct ForwardShape {
   int32_t rows, dim, bags, padding_idx;
 };
@@ -138,7 +139,7 @@ std::vector<float> reference_sum(const ForwardShape& s, const ForwardData& d) {
   return out;
 }
 
-const char* kForwardEntry = "_kernel_output_s0_b_b_block_block_id_y";
+const char* kForwardEntry = "_kernel_output_s0_d_d_block_block_id_y";
 
 ForwardRun run_forward(PtxModule& module, const ForwardShape& s, const ForwardData& d,
                        std::vector<int32_t> indices_override = {}) {
@@ -161,15 +162,15 @@ ForwardRun run_forward(PtxModule& module, const ForwardShape& s, const ForwardDa
   int32_t out_stride = s.dim, out_min1 = 0, out_min0 = 0, offsets_min = 0;
   uint8_t no_padding = s.padding_idx < 0;
   std::vector<const void*> params = {&weight,   &output,        &offsets,    &index,      &base,
-                                     &bag_end,  &weight_stride, &weight_min, &n_indices,  &dim_end,
-                                     &full_x,   &full_y,        &padding,    &out_stride, &out_min1,
+                                     &dim_end,  &weight_stride, &weight_min, &n_indices,  &bag_end,
+                                     &full_y,   &full_x,        &padding,    &out_stride, &out_min1,
                                      &out_min0, &offsets_min,   &no_padding};
   std::vector<ParamInfo> declared = module.entry_params(kForwardEntry);
   if (declared.size() != params.size()) {
     run.error = "the kernel declares " + std::to_string(declared.size()) + " parameters";
     return run;
   }
-  Dim3 grid{static_cast<uint32_t>((s.dim + 31) / 32), static_cast<uint32_t>((s.bags + 7) / 8), 1};
+  Dim3 grid{static_cast<uint32_t>((s.bags + 7) / 8), static_cast<uint32_t>((s.dim + 31) / 32), 1};
   Dim3 block{32, 8, 1};
   uint64_t before = ptx::instructions_executed(module);
   auto start = std::chrono::steady_clock::now();
