@@ -7,8 +7,8 @@
 // context, a device that does not exist, tensors on two devices, each with its message and
 // nothing written.
 //
-// Without the PTX interpreter the kernels are launched (and checked) but not run, so the tests
-// that compare results say so and check only the contract.
+// With the PTX interpreter (the fake's normal build) results are compared with the CPU's, bit for
+// bit; a fake without it runs no kernel, and the tests then check the contract only.
 #include <gtest/gtest.h>
 
 #include <cstring>
