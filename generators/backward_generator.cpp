@@ -126,8 +126,8 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
       // each position's gradient row is read as whole lines. Rows are independent: no atomics.
       Var d_block("d_block"), u_block("u_block"), d_thread("d_thread"), u_thread("u_thread");
       // Distinct rows on blockIdx.x (gpu_tiles.h): U is unbounded.
-      embag_generators::gpu_tile_rows_on_x(values, d_, u_, d_block, u_block, d_thread, u_thread,
-                                           32, 8);
+      embag_generators::gpu_tile_rows_on_x(values, d_, u_, d_block, u_block, d_thread, u_thread, 32,
+                                           8);
       folded_.compute_at(values, d_thread);
       folded_.update().unscheduled();
       return;
