@@ -28,6 +28,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "gpu_tiles.h"
 #include "kernel_enums.h"
 
 namespace {
@@ -124,8 +125,9 @@ class EmbagBackwardRows : public Generator<EmbagBackwardRows> {
       // a register, as the CPU kernels do. A warp covers 32 consecutive columns of one row, so
       // each position's gradient row is read as whole lines. Rows are independent: no atomics.
       Var d_block("d_block"), u_block("u_block"), d_thread("d_thread"), u_thread("u_thread");
-      values.gpu_tile(d_, u_, d_block, u_block, d_thread, u_thread, 32, 8,
-                      TailStrategy::GuardWithIf);
+      // Distinct rows on blockIdx.x (gpu_tiles.h): U is unbounded.
+      embag_generators::gpu_tile_rows_on_x(values, d_, u_, d_block, u_block, d_thread, u_thread, 32,
+                                           8);
       folded_.compute_at(values, d_thread);
       folded_.update().unscheduled();
       return;

@@ -30,6 +30,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "gpu_tiles.h"
 #include "kernel_enums.h"
 #include "widen_constant_offsets.h"
 
@@ -187,8 +188,9 @@ class EmbagForward : public Generator<EmbagForward> {
   void schedule_gpu() {
     Func output = *output_;
     Var d_block("d_block"), b_block("b_block"), d_thread("d_thread"), b_thread("b_thread");
-    output.gpu_tile(d_, b_, d_block, b_block, d_thread, b_thread, gpu_block_columns, gpu_block_bags,
-                    TailStrategy::GuardWithIf);
+    // Bags on blockIdx.x (gpu_tiles.h): B is unbounded, CUDA's blockIdx.y stops at 65,535.
+    embag_generators::gpu_tile_rows_on_x(output, d_, b_, d_block, b_block, d_thread, b_thread,
+                                         gpu_block_columns, gpu_block_bags);
     // Computed inside the innermost thread loop: per-thread registers, the fold a serial loop.
     pooled_.compute_at(output, d_thread);
     pooled_.update().unscheduled();

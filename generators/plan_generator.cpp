@@ -33,6 +33,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "gpu_tiles.h"
 
 namespace {
 
@@ -351,17 +352,25 @@ class EmbagScatterRows : public Generator<EmbagScatterRows> {
     Var d_block("d_block"), v_block("v_block"), d_thread("d_thread"), v_thread("v_thread");
     // (Also without zero_fill: the undefined pure step then generates nothing, but must be a GPU
     // step, or Halide expects the table in host memory.)
-    table.gpu_tile(d_, v_, d_block, v_block, d_thread, v_thread, 32, 8, TailStrategy::GuardWithIf);
+    // Table rows on blockIdx.x (gpu_tiles.h): V is unbounded.
+    embag_generators::gpu_tile_rows_on_x(table, d_, v_, d_block, v_block, d_thread, v_thread, 32,
+                                         8);
     // The listed rows are distinct (the runtime passes each row once), so the writes of
-    // different k never overlap: no race, whatever Halide can prove.
-    RVar k_block("k_block"), k_thread("k_thread");
+    // different k never overlap: no race, whatever Halide can prove. A block per (listed row,
+    // 32 columns), the listed rows on blockIdx.x: there are up to V of them, and blockIdx.y
+    // stops at 65,535 on CUDA (gpu_tiles.h).
     Var dd_block("dd_block"), dd_thread("dd_thread");
-    table.update()
+    Stage scatter = table.update();
+    scatter.specialize(values_->dim(1).extent() > 0)
         .allow_race_conditions()
         .split(d_, dd_block, dd_thread, 32, TailStrategy::GuardWithIf)
-        .reorder(dd_thread, dd_block, k_)
-        .gpu_blocks(dd_block, k_)
+        .reorder(dd_thread, k_, dd_block)
+        .gpu_blocks(k_, dd_block)
         .gpu_threads(dd_thread);
+    // No listed row (a dense gradient of a batch with no valid position): the blocks above
+    // would be a grid of 0 blocks, which CUDA refuses (CUDA_ERROR_INVALID_VALUE; the fake CUDA
+    // driver found it). One thread whose loop over no row does nothing launches instead.
+    scatter.gpu_single_thread();
   }
 
  private:

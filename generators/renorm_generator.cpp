@@ -19,6 +19,7 @@
 
 #include "Halide.h"
 #include "float_bits.h"
+#include "gpu_tiles.h"
 #include "kernel_enums.h"
 
 namespace {
@@ -137,7 +138,9 @@ class EmbagRenorm : public Generator<EmbagRenorm> {
       norm_.compute_root().gpu_tile(k_, block, thread, 64, TailStrategy::GuardWithIf);
       norm_fold_.compute_at(norm_, thread);
       norm_fold_.update().unscheduled();
-      out.gpu_tile(d_, k_, d_block, k_block, d_thread, k_thread, 32, 8, TailStrategy::GuardWithIf);
+      // Renormalised rows on blockIdx.x (gpu_tiles.h): their count is unbounded.
+      embag_generators::gpu_tile_rows_on_x(out, d_, k_, d_block, k_block, d_thread, k_thread, 32,
+                                           8);
       changed.gpu_tile(k_, block, thread, 64, TailStrategy::GuardWithIf);
       return;
     }

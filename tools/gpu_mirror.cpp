@@ -1,5 +1,8 @@
-// Device mirrors of host views: OpenCL buffers (OpenCL loaded with dlopen, so programs using this
-// start on machines without an OpenCL loader) or CUDA memory (the CUDA runtime, static).
+// Device mirrors of host views: OpenCL buffers or CUDA memory, both APIs loaded with dlopen (as
+// embag loads them), so programs using this start on machines without either. CUDA goes
+// through the driver API, not the CUDA runtime: the runtime asks the driver for private tables,
+// so only the driver API also runs on the fake CUDA driver of the cuda-emulated tests
+// (tests/fakecuda/), whose call checks the mirror turns on when it finds them.
 #include "gpu_mirror.h"
 
 #define CL_TARGET_OPENCL_VERSION 120
@@ -10,10 +13,6 @@
 #include <mutex>
 #include <type_traits>
 #include <vector>
-
-#if EMBAG_MIRROR_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 namespace embag::gpu_mirror {
 namespace {
@@ -97,10 +96,69 @@ const OpenClQueue& opencl() {
   return *d;
 }
 
-// cuda:0 and a stream of the tests' own (calls must run on the caller's stream).
+// The CUDA driver entry points the mirror uses, from libcuda.so.1 (the handle embag's own
+// dlopen gets too). fakecuda_begin_call / fakecuda_end_call exist only in the fake driver: there
+// every embag call the mirror makes is bracketed, and the driver-API rules it broke (wrong
+// stream or context, unbalanced pushes, memory left allocated, launches past CUDA's limits)
+// become the call's error.
+struct CudaApi {
+  int (*Init)(unsigned int) = nullptr;
+  int (*DeviceGet)(int*, int) = nullptr;
+  int (*PrimaryCtxRetain)(void**, int) = nullptr;
+  int (*CtxPushCurrent)(void*) = nullptr;
+  int (*CtxPopCurrent)(void**) = nullptr;
+  int (*StreamCreate)(void**, unsigned int) = nullptr;
+  int (*StreamSynchronize)(void*) = nullptr;
+  int (*MemAlloc)(unsigned long long*, size_t) = nullptr;
+  int (*MemFree)(unsigned long long) = nullptr;
+  int (*MemcpyHtoD)(unsigned long long, const void*, size_t) = nullptr;
+  int (*MemcpyDtoH)(void*, unsigned long long, size_t) = nullptr;
+  void (*BeginCall)(void*) = nullptr;  // fake driver only
+  const char* (*EndCall)() = nullptr;  // fake driver only
+};
+
+const CudaApi* cuda_api() {
+  static const CudaApi* api = []() -> const CudaApi* {
+    void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (library == nullptr) return nullptr;
+    auto* a = new CudaApi;
+    auto load = [&](auto* fn, const char* name) {
+      *fn = reinterpret_cast<std::remove_reference_t<decltype(*fn)>>(dlsym(library, name));
+      return *fn != nullptr;
+    };
+    const bool ok =
+        load(&a->Init, "cuInit") && load(&a->DeviceGet, "cuDeviceGet") &&
+        load(&a->PrimaryCtxRetain, "cuDevicePrimaryCtxRetain") &&
+        load(&a->CtxPushCurrent, "cuCtxPushCurrent_v2") &&
+        load(&a->CtxPopCurrent, "cuCtxPopCurrent_v2") && load(&a->StreamCreate, "cuStreamCreate") &&
+        load(&a->StreamSynchronize, "cuStreamSynchronize") && load(&a->MemAlloc, "cuMemAlloc_v2") &&
+        load(&a->MemFree, "cuMemFree_v2") && load(&a->MemcpyHtoD, "cuMemcpyHtoD_v2") &&
+        load(&a->MemcpyDtoH, "cuMemcpyDtoH_v2");
+    load(&a->BeginCall, "fakecuda_begin_call");
+    load(&a->EndCall, "fakecuda_end_call");
+    return ok ? a : nullptr;
+  }();
+  return api;
+}
+
+// cuda:0's primary context (what cudaSetDevice(0) uses) and a stream of the tests' own in it
+// (calls must run on the caller's stream).
 struct CudaStream {
+  void* context = nullptr;
   void* stream = nullptr;
   std::string why;
+};
+
+// The mirror's own driver calls run with cuda:0's primary context current, for a scope.
+class CudaScope {
+ public:
+  explicit CudaScope(void* context) { cuda_api()->CtxPushCurrent(context); }
+  ~CudaScope() {
+    void* popped = nullptr;
+    cuda_api()->CtxPopCurrent(&popped);
+  }
+  CudaScope(const CudaScope&) = delete;
+  CudaScope& operator=(const CudaScope&) = delete;
 };
 
 const CudaStream& cuda() {
@@ -111,16 +169,15 @@ const CudaStream& cuda() {
       out->why = "CUDA " + status;
       return out;
     }
-#if EMBAG_MIRROR_CUDA
-    cudaStream_t stream = nullptr;
-    if (cudaSetDevice(0) != cudaSuccess || cudaStreamCreate(&stream) != cudaSuccess) {
-      out->why = "creating a CUDA stream failed";
+    const CudaApi* api = cuda_api();
+    int device = 0;
+    if (api == nullptr || api->Init(0) != 0 || api->DeviceGet(&device, 0) != 0 ||
+        api->PrimaryCtxRetain(&out->context, device) != 0) {
+      out->why = "cuda:0's primary context could not be retained through libcuda.so.1";
       return out;
     }
-    out->stream = stream;
-#else
-    out->why = "the tests were built without the CUDA runtime";
-#endif
+    CudaScope scope(out->context);
+    if (api->StreamCreate(&out->stream, 0) != 0) out->why = "creating a CUDA stream failed";
     return out;
   }();
   return *c;
@@ -153,19 +210,22 @@ class Mirror {
                                    bytes_, host.data, &error);
       device_view_.data = buffer_;
     }
-#if EMBAG_MIRROR_CUDA
     if (device == DeviceType::kCUDA) {
-      cudaMalloc(&cuda_, bytes_);
-      cudaMemcpy(cuda_, host.data, bytes_, cudaMemcpyHostToDevice);
-      device_view_.data = cuda_;
+      CudaScope scope(cuda().context);
+      unsigned long long pointer = 0;
+      if (cuda_api()->MemAlloc(&pointer, bytes_) == 0) {
+        cuda_api()->MemcpyHtoD(pointer, host.data, bytes_);
+        cuda_ = pointer;
+      }
+      device_view_.data = reinterpret_cast<void*>(cuda_);
     }
-#endif
   }
   ~Mirror() {
     if (buffer_ != nullptr) cl()->ReleaseMemObject(buffer_);
-#if EMBAG_MIRROR_CUDA
-    if (cuda_ != nullptr) cudaFree(cuda_);
-#endif
+    if (cuda_ != 0) {
+      CudaScope scope(cuda().context);
+      cuda_api()->MemFree(cuda_);
+    }
   }
   Mirror(const Mirror&) = delete;
   Mirror& operator=(const Mirror&) = delete;
@@ -177,9 +237,10 @@ class Mirror {
       cl()->EnqueueReadBuffer(opencl().queue, buffer_, CL_TRUE, 0, bytes_, host_.data, 0, nullptr,
                               nullptr);
     }
-#if EMBAG_MIRROR_CUDA
-    if (cuda_ != nullptr) cudaMemcpy(host_.data, cuda_, bytes_, cudaMemcpyDeviceToHost);
-#endif
+    if (cuda_ != 0) {
+      CudaScope scope(cuda().context);
+      cuda_api()->MemcpyDtoH(host_.data, cuda_, bytes_);
+    }
   }
 
  private:
@@ -189,7 +250,7 @@ class Mirror {
   TensorView device_view_;
   size_t bytes_ = 0;
   cl_mem buffer_ = nullptr;
-  void* cuda_ = nullptr;
+  unsigned long long cuda_ = 0;
 };
 
 // The mirrors of one call; outputs are copied back when it ends.
@@ -204,11 +265,10 @@ class Mirrors {
   TensorView add(const TensorView& host, bool copy_back) { return *add(&host, copy_back); }
   void copy_back() {
     if (device_ == DeviceType::kOpenCL) cl()->Finish(opencl().queue);
-#if EMBAG_MIRROR_CUDA
     if (device_ == DeviceType::kCUDA) {
-      cudaStreamSynchronize(static_cast<cudaStream_t>(cuda().stream));
+      CudaScope scope(cuda().context);
+      cuda_api()->StreamSynchronize(cuda().stream);
     }
-#endif
     for (auto& m : mirrors_) m->copy_back();
   }
 
@@ -221,6 +281,24 @@ Execution execution(DeviceType device) {
   Execution e;
   e.stream = device == DeviceType::kOpenCL ? static_cast<void*>(opencl().queue) : cuda().stream;
   return e;
+}
+
+// Runs one embag call; on the fake CUDA driver, inside its call checks (see CudaApi).
+template <typename Call>
+Status checked_call(DeviceType device, Call&& call) {
+  const bool bracket =
+      device == DeviceType::kCUDA && cuda_api() != nullptr && cuda_api()->BeginCall != nullptr;
+  if (bracket) cuda_api()->BeginCall(cuda().stream);
+  Status s = call();
+  if (bracket) {
+    if (const char* broken = cuda_api()->EndCall()) {
+      return Status(
+          StatusCode::kInternal,
+          "the call broke the CUDA driver API's rules (fake driver): " + std::string(broken) +
+              "(the call returned: " + (s.ok() ? std::string("ok") : s.message()) + ")");
+    }
+  }
+  return s;
 }
 
 Status unavailable(DeviceType device) {
@@ -253,7 +331,8 @@ Status forward(DeviceType device, const ForwardInputs& in, const ForwardOutputs&
   d_out.output = m.add(out.output, true);
   d_out.bag_count = m.add(out.bag_count, true);
   d_out.argmax = m.add(out.argmax, true);
-  const Status s = embag::forward(d_in, d_out, options, execution(device));
+  const Status s =
+      checked_call(device, [&] { return embag::forward(d_in, d_out, options, execution(device)); });
   m.copy_back();
   return s;
 }
@@ -282,7 +361,8 @@ Status backward(DeviceType device, const BackwardInputs& in, const BackwardOutpu
   d_out.grad_weight_rows = m.add(out.grad_weight_rows, true);
   d_out.grad_weight_values = m.add(out.grad_weight_values, true);
   d_out.grad_per_sample_weights = m.add(out.grad_per_sample_weights, true);
-  const Status s = embag::backward(d_in, d_out, options, execution(device));
+  const Status s = checked_call(
+      device, [&] { return embag::backward(d_in, d_out, options, execution(device)); });
   m.copy_back();
   return s;
 }
@@ -292,7 +372,9 @@ Status sparse_gradient_rows(DeviceType device, const BackwardInputs& in, const O
   if (device == DeviceType::kCPU) return embag::sparse_gradient_rows(in, options, rows);
   if (!available(device)) return unavailable(device);
   Mirrors m(device);
-  return embag::sparse_gradient_rows(mirror_inputs(m, in), options, rows, execution(device));
+  const BackwardInputs d_in = mirror_inputs(m, in);
+  return checked_call(
+      device, [&] { return embag::sparse_gradient_rows(d_in, options, rows, execution(device)); });
 }
 
 std::string forward_variant_name(DeviceType device, const ForwardInputs& in,

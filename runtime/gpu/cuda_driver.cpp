@@ -53,6 +53,8 @@ const Loaded& loaded() {
         resolve(library, "cuDevicePrimaryCtxRelease_v2", &d.cuDevicePrimaryCtxRelease) &&
         resolve(library, "cuMemAllocAsync", &d.cuMemAllocAsync) &&
         resolve(library, "cuMemFreeAsync", &d.cuMemFreeAsync) &&
+        resolve(library, "cuMemcpyDtoHAsync_v2", &d.cuMemcpyDtoHAsync) &&
+        resolve(library, "cuStreamSynchronize", &d.cuStreamSynchronize) &&
         resolve(library, "cuGetErrorName", &d.cuGetErrorName);
     if (!ok) {
       l->why = "driver too old: libcuda.so.1 lacks an entry point embag needs (CUDA 11.2 or newer)";

@@ -23,6 +23,8 @@ struct Driver {
   Result (*cuDevicePrimaryCtxRelease)(int);
   Result (*cuMemAllocAsync)(unsigned long long*, size_t, void*);
   Result (*cuMemFreeAsync)(unsigned long long, void*);
+  Result (*cuMemcpyDtoHAsync)(void*, unsigned long long, size_t, void*);
+  Result (*cuStreamSynchronize)(void*);
   Result (*cuGetErrorName)(Result, const char**);
 };
 

@@ -23,6 +23,7 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
                 const Execution& execution, const ForwardPlan& plan, int64_t* sparse_rows_out) {
   Isa isa{};
   if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
+  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
   const DType w = in.weight.dtype, index_dtype = in.input.dtype;
   const KernelEntry *rows_kernel = nullptr, *psw_kernel = nullptr, *scatter = nullptr;
   if (Status s =

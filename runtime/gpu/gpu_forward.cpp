@@ -72,6 +72,7 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
                const Execution& execution, const ForwardPlan& plan) {
   Isa isa{};
   if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
+  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
   const KernelEntry* forward_kernel = nullptr;
   if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
                              isa, &forward_kernel);
@@ -155,6 +156,7 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
 Status validate(const ForwardInputs& in, const Options& opt, const ForwardPlan& plan) {
   Isa isa{};
   if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
+  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
   const KernelEntry* kernel = nullptr;
   if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
                              isa, &kernel);

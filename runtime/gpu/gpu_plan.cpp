@@ -16,6 +16,26 @@ Status need_kernel(const KernelKey& key, Isa isa, const KernelEntry** kernel) {
                 "no " + describe(key) + " kernel was compiled for " + isa_name(isa));
 }
 
+Status check_cuda_sizes(const Device& device, const ForwardPlan& plan) {
+  if (device.type != DeviceType::kCUDA) return Status::Ok();
+  const struct {
+    const char* what;
+    int64_t value, limit;
+  } sizes[] = {{"bags", plan.num_bags, kMaxCudaExtent},
+               {"indices", plan.num_indices, kMaxCudaExtent},
+               {"table rows", plan.num_rows, kMaxCudaExtent},
+               {"columns", plan.dim, kMaxCudaColumns}};
+  for (const auto& s : sizes) {
+    if (s.value > s.limit) {
+      return Status(StatusCode::kUnsupported,
+                    "the call has " + std::to_string(s.value) + " " + s.what +
+                        ", but embag's CUDA kernels launch over at most " +
+                        std::to_string(s.limit) + " (CUDA's grid limits)");
+    }
+  }
+  return Status::Ok();
+}
+
 Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const Options& opt,
                     const Execution& execution, const ForwardPlan& plan, DeviceBags* bags) {
   const int64_t N = plan.num_indices;

@@ -12,6 +12,17 @@ namespace embag::internal::gpu {
 // The kernel for `key` on `isa`, or an Unsupported status naming what is missing.
 Status need_kernel(const KernelKey& key, Isa isa, const KernelEntry** kernel);
 
+// The sizes a CUDA call's kernels can launch over (the launch-limit tests check them): every
+// kernel puts its unbounded dimension (bags, positions, rows) on blockIdx.x, up to 2^31 - 1
+// blocks, but Halide computes each block count as (extent + block - 1) / block in 32-bit
+// arithmetic, which wraps past 2^31 - 256 (seen with the fake CUDA driver: N = 2^31 - 1
+// launched 4,286,578,688 blocks), and the layout has B + 1 entries; columns go on blockIdx.y in
+// blocks of 32 (at most 65,535 of them). Calls past these are refused with a message naming the
+// size, on CUDA only (OpenCL's work sizes are not bounded this way).
+constexpr int64_t kMaxCudaExtent = (int64_t{1} << 31) - 512;
+constexpr int64_t kMaxCudaColumns = int64_t{65535} * 32;
+Status check_cuda_sizes(const Device& device, const ForwardPlan& plan);
+
 // A call's bags in device memory.
 struct DeviceBags {
   explicit DeviceBags(CallContext& call) : indices(call), layout(call) {}

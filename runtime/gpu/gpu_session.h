@@ -71,8 +71,6 @@ class DeviceArray {
   Status write(const void* host);
   // Copies all of `source` (same type and extents) into this array, on the device.
   Status copy_from(DeviceArray& source);
-  // Copies element `index` to `host` (CUDA only: an OpenCL buffer cannot be offset).
-  Status read_element(int64_t index, void* host);
 
  private:
   Status describe(halide_type_t type, int dims, const int64_t* extents, const int64_t* strides);
