@@ -40,6 +40,9 @@ namespace fakecuda::ptx {
 namespace {
 
 constexpr int kMaxCallDepth = 64;
+// A thread that runs this many instructions is taken to loop forever (a kernel or interpreter
+// bug): the launch fails instead of hanging the test. Halide's kernels run thousands a thread.
+constexpr uint64_t kMaxThreadInstructions = uint64_t{1} << 32;
 
 template <typename T>
 constexpr Ty ty_id() {
@@ -919,6 +922,10 @@ Status run(Ctx& cx, uint32_t findex, int depth) {
 
       // Control.
       case key(kBra, kPred):
+        if (executed > kMaxThreadInstructions) {
+          cx.executed += executed;
+          return fail(cx, f, pc, "over 2^32 instructions in one thread (an endless loop?)");
+        }
         pc = static_cast<size_t>(in.imm);
         continue;
       case key(kCall, kPred): {

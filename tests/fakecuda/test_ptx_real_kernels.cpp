@@ -18,6 +18,7 @@
 #include "ptx_interpreter.h"
 #include "ptx_program.h"
 #include "ptx_test_support.h"
+#include "reference/half_float.h"
 
 namespace fakecuda {
 namespace {
@@ -71,28 +72,195 @@ TEST(PtxRealKernels, EveryCudaModuleParses) {
   EXPECT_EQ(per_isa["cuda_sm86"], per_isa["cuda_sm80"]);
 }
 
-// The forward sum kernel, float32 table, int32 indices: one launch with a parameter block built
-// by hand. Halide's closure for `_kernel_output_s0_b_b_block_block_id_y`, read from the lowered
-// statement's halide_cuda_run call (generator embag_forward, mode=sum; `-e stmt`):
-//   0 weight, 1 output, 2 offsets, 3 indices (device pointers),
-//   4 int64 output.min.1 * output.stride.1 + output.min.0,
-//   5 output.extent.1 + output.min.1, 6 weight.stride.1, 7 weight.min.0, 8 indices.extent.0,
-//   9 output.extent.0 + output.min.0, 10 output.extent.0 / 32, 11 output.extent.1 / 8,
-//   12 padding_idx, 13 output.stride.1, 14 output.min.1, 15 output.min.0, 16 offsets.min.0,
-//   17 uint8 padding_idx < 0;
+// The forward sum kernels: one launch each with a parameter block built by hand. Halide's
+// closure for `_kernel_output_s0_b_b_block_block_id_y` was read from the lowered statement's
+// halide_cuda_run call (generator embag_forward, mode=sum, `-e stmt`); Halide orders the
+// arguments by size (pointers, then 64-bit, 32-bit, 8-bit scalars), and within a size the order
+// differs between variants, so each variant lists its own. The values:
+//   base = int64 output.min.1 * output.stride.1 + output.min.0, bag_end = output.extent.1 +
+//   output.min.1, dim_end = output.extent.0 + output.min.0, full_x = output.extent.0 / 32,
+//   full_y = output.extent.1 / 8, no_padding = uint8 padding_idx < 0;
 // grid ((D + 31) / 32, (B + 7) / 8), block (32, 8). Output dimension 0 is D, 1 is the bag.
+// Offsets have the indices' type. If a generator change reorders the closure, these tests fail
+// (wrong results or refused accesses): read the new order from the statement again.
+enum Slot {
+  kWeight,
+  kOutput,
+  kOffsets,
+  kIndices,
+  kBase,
+  kBagEnd,
+  kWeightStride,
+  kWeightMin,
+  kIndexCount,
+  kDimEnd,
+  kFullX,
+  kFullY,
+  kPadding,
+  kOutStride,
+  kOutMin1,
+  kOutMin0,
+  kOffsetsMin,
+  kNoPadding,
+};
+
+enum class Weight { kF32, kF64, kF16, kBF16 };
+
+struct ForwardVariant {
+  const char* stem;  // the kernel object without the ISA: embag_<stem>_<isa>.o
+  Weight weight;
+  bool index64;
+  std::vector<Slot> order;
+};
+
+const std::vector<ForwardVariant>& forward_variants() {
+  static const std::vector<ForwardVariant> variants = {
+      {"forward_sum_f32_i32",
+       Weight::kF32,
+       false,
+       {kWeight, kOutput, kOffsets, kIndices, kBase, kBagEnd, kWeightStride, kWeightMin,
+        kIndexCount, kDimEnd, kFullX, kFullY, kPadding, kOutStride, kOutMin1, kOutMin0, kOffsetsMin,
+        kNoPadding}},
+      {"forward_sum_f64_i32",
+       Weight::kF64,
+       false,
+       {kWeight, kOutput, kOffsets, kIndices, kBase, kBagEnd, kWeightStride, kWeightMin,
+        kIndexCount, kDimEnd, kFullX, kFullY, kPadding, kOutStride, kOutMin1, kOutMin0, kOffsetsMin,
+        kNoPadding}},
+      {"forward_sum_bf16_i32",
+       Weight::kBF16,
+       false,
+       {kOffsets, kIndices, kWeight, kOutput, kBase, kBagEnd, kWeightStride, kWeightMin,
+        kIndexCount, kDimEnd, kFullX, kFullY, kPadding, kOutStride, kOutMin1, kOutMin0, kOffsetsMin,
+        kNoPadding}},
+      {"forward_sum_f16_i64",
+       Weight::kF16,
+       true,
+       {kOffsets, kIndices, kWeight, kOutput, kBase, kFullX, kWeightStride, kWeightMin, kBagEnd,
+        kDimEnd, kIndexCount, kFullY, kPadding, kOutStride, kOutMin1, kOutMin0, kOffsetsMin,
+        kNoPadding}},
+  };
+  return variants;
+}
+
 struct ForwardShape {
   int32_t rows, dim, bags, padding_idx;
 };
 
-struct ForwardRun {
-  std::vector<float> output;
-  bool ok = false;
-  std::string error;
-  uint64_t instructions = 0;
-  double seconds = 0;      // wall clock
-  double cpu_seconds = 0;  // this thread's CPU time (the machine may be shared)
+size_t weight_bytes(Weight w) { return w == Weight::kF64 ? 8 : w == Weight::kF32 ? 4 : 2; }
+
+// Tables, indices and outputs as raw bytes of the variant's types.
+struct ForwardData {
+  std::vector<uint8_t> weight, offsets, indices;
+  std::vector<int64_t> offset_values, index_values;
 };
+
+template <typename T>
+void append(std::vector<uint8_t>* bytes, T v) {
+  uint8_t b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));
+  bytes->insert(bytes->end(), b, b + sizeof(T));
+}
+
+ForwardData make_data(const ForwardVariant& v, const ForwardShape& s, uint32_t seed) {
+  ForwardData d;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> value(-2.0, 2.0);
+  for (int64_t i = 0; i < int64_t{s.rows} * s.dim; ++i) {
+    double x = value(rng);
+    switch (v.weight) {
+      case Weight::kF32:
+        append(&d.weight, static_cast<float>(x));
+        break;
+      case Weight::kF64:
+        append(&d.weight, x);
+        break;
+      case Weight::kF16:
+        append(&d.weight, embag::ref::float_to_half(static_cast<float>(x)));
+        break;
+      case Weight::kBF16:
+        append(&d.weight, embag::ref::float_to_bfloat16(static_cast<float>(x)));
+        break;
+    }
+  }
+  d.offset_values.push_back(0);
+  for (int b = 0; b < s.bags; ++b) {
+    int len = b % 5 == 3 ? 0 : static_cast<int>(rng() % 9);  // empty bags too
+    for (int k = 0; k < len; ++k) d.index_values.push_back(static_cast<int64_t>(rng() % s.rows));
+    d.offset_values.push_back(static_cast<int64_t>(d.index_values.size()));
+  }
+  if (d.index_values.empty()) d.index_values.push_back(0);  // a buffer needs an allocation
+  for (int64_t o : d.offset_values) {
+    v.index64 ? append(&d.offsets, o) : append(&d.offsets, static_cast<int32_t>(o));
+  }
+  for (int64_t i : d.index_values) {
+    v.index64 ? append(&d.indices, i) : append(&d.indices, static_cast<int32_t>(i));
+  }
+  return d;
+}
+
+// embedding_bag sum as SEMANTICS.md defines it for each dtype: indices in order, padding rows
+// skipped; float32 and float64 accumulate in their own type, float16 and bfloat16 in float32
+// and round to nearest-even at the end.
+std::vector<uint8_t> reference_sum(const ForwardVariant& v, const ForwardShape& s,
+                                   const ForwardData& d) {
+  std::vector<uint8_t> out;
+  auto row_value = [&](int64_t row, int j) -> double {
+    size_t at = static_cast<size_t>(row * s.dim + j) * weight_bytes(v.weight);
+    switch (v.weight) {
+      case Weight::kF32: {
+        float f;
+        std::memcpy(&f, &d.weight[at], 4);
+        return f;
+      }
+      case Weight::kF64: {
+        double x;
+        std::memcpy(&x, &d.weight[at], 8);
+        return x;
+      }
+      case Weight::kF16: {
+        uint16_t h;
+        std::memcpy(&h, &d.weight[at], 2);
+        return embag::ref::half_to_float(h);
+      }
+      default: {
+        uint16_t h;
+        std::memcpy(&h, &d.weight[at], 2);
+        return embag::ref::bfloat16_to_float(h);
+      }
+    }
+  };
+  for (int b = 0; b < s.bags; ++b) {
+    for (int j = 0; j < s.dim; ++j) {
+      float acc32 = 0.0f;
+      double acc64 = 0.0;
+      for (int64_t p = d.offset_values[b]; p < d.offset_values[b + 1]; ++p) {
+        int64_t row = d.index_values[static_cast<size_t>(p)];
+        if (row == s.padding_idx) continue;
+        if (v.weight == Weight::kF64) {
+          acc64 += row_value(row, j);
+        } else {
+          acc32 += static_cast<float>(row_value(row, j));
+        }
+      }
+      switch (v.weight) {
+        case Weight::kF32:
+          append(&out, acc32);
+          break;
+        case Weight::kF64:
+          append(&out, acc64);
+          break;
+        case Weight::kF16:
+          append(&out, embag::ref::float_to_half(acc32));
+          break;
+        case Weight::kBF16:
+          append(&out, embag::ref::float_to_bfloat16(acc32));
+          break;
+      }
+    }
+  }
+  return out;
+}
 
 double thread_cpu_seconds() {
   timespec t;
@@ -100,70 +268,43 @@ double thread_cpu_seconds() {
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
-struct ForwardData {
-  std::vector<float> weight;
-  std::vector<int32_t> offsets, indices;
+struct ForwardRun {
+  std::vector<uint8_t> output;
+  bool ok = false;
+  std::string error;
+  uint64_t instructions = 0;
+  double seconds = 0;      // wall clock
+  double cpu_seconds = 0;  // this thread's CPU time (the machine may be shared)
 };
-
-ForwardData make_data(const ForwardShape& s, uint32_t seed) {
-  ForwardData d;
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> value(-2.0f, 2.0f);
-  d.weight.resize(static_cast<size_t>(s.rows) * s.dim);
-  for (float& w : d.weight) w = value(rng);
-  d.offsets.push_back(0);
-  for (int b = 0; b < s.bags; ++b) {
-    int len = b % 5 == 3 ? 0 : static_cast<int>(rng() % 9);  // empty bags too
-    for (int k = 0; k < len; ++k) d.indices.push_back(static_cast<int32_t>(rng() % s.rows));
-    d.offsets.push_back(static_cast<int32_t>(d.indices.size()));
-  }
-  if (d.indices.empty()) d.indices.push_back(0);  // a buffer needs an allocation
-  return d;
-}
-
-// embedding_bag sum, as the kernel computes it: one float accumulator per output, indices in
-// order, padding rows skipped.
-std::vector<float> reference_sum(const ForwardShape& s, const ForwardData& d) {
-  std::vector<float> out(static_cast<size_t>(s.bags) * s.dim);
-  for (int b = 0; b < s.bags; ++b) {
-    for (int j = 0; j < s.dim; ++j) {
-      float acc = 0.0f;
-      for (int p = d.offsets[b]; p < d.offsets[b + 1]; ++p) {
-        if (d.indices[p] == s.padding_idx) continue;
-        acc += d.weight[static_cast<size_t>(d.indices[p]) * s.dim + j];
-      }
-      out[static_cast<size_t>(b) * s.dim + j] = acc;
-    }
-  }
-  return out;
-}
 
 const char* kForwardEntry = "_kernel_output_s0_b_b_block_block_id_y";
 
-ForwardRun run_forward(PtxModule& module, const ForwardShape& s, const ForwardData& d,
-                       std::vector<int32_t> indices_override = {}) {
+ForwardRun run_forward(PtxModule& module, const ForwardVariant& v, const ForwardShape& s,
+                       const ForwardData& d) {
   ForwardRun run;
-  const std::vector<int32_t>& indices = indices_override.empty() ? d.indices : indices_override;
-  run.output.assign(static_cast<size_t>(s.bags) * s.dim, -12345.0f);  // sentinels
+  // Sentinels: a byte pattern no sum produces here, so an unwritten output shows.
+  run.output.assign(static_cast<size_t>(s.bags) * s.dim * weight_bytes(v.weight), 0xa5);
   BufferChecker memory;
   memory.add(d.weight);
   memory.add(run.output);
   memory.add(d.offsets);
-  memory.add(indices);
+  memory.add(d.indices);
   const void* weight = d.weight.data();
   const void* output = run.output.data();
   const void* offsets = d.offsets.data();
-  const void* index = indices.data();
+  const void* indices = d.indices.data();
   int64_t base = 0;
   int32_t bag_end = s.bags, weight_stride = s.dim, weight_min = 0;
-  int32_t n_indices = static_cast<int32_t>(indices.size());
+  int32_t index_count = static_cast<int32_t>(d.index_values.size());
   int32_t dim_end = s.dim, full_x = s.dim / 32, full_y = s.bags / 8, padding = s.padding_idx;
   int32_t out_stride = s.dim, out_min1 = 0, out_min0 = 0, offsets_min = 0;
   uint8_t no_padding = s.padding_idx < 0;
-  std::vector<const void*> params = {&weight,   &output,        &offsets,    &index,      &base,
-                                     &bag_end,  &weight_stride, &weight_min, &n_indices,  &dim_end,
-                                     &full_x,   &full_y,        &padding,    &out_stride, &out_min1,
-                                     &out_min0, &offsets_min,   &no_padding};
+  const void* slots[] = {&weight,   &output,        &offsets,    &indices,     &base,
+                         &bag_end,  &weight_stride, &weight_min, &index_count, &dim_end,
+                         &full_x,   &full_y,        &padding,    &out_stride,  &out_min1,
+                         &out_min0, &offsets_min,   &no_padding};
+  std::vector<const void*> params;
+  for (Slot slot : v.order) params.push_back(slots[slot]);
   std::vector<ParamInfo> declared = module.entry_params(kForwardEntry);
   if (declared.size() != params.size()) {
     run.error = "the kernel declares " + std::to_string(declared.size()) + " parameters";
@@ -181,10 +322,14 @@ ForwardRun run_forward(PtxModule& module, const ForwardShape& s, const ForwardDa
   return run;
 }
 
-std::unique_ptr<PtxModule> forward_module(const std::string& isa, std::string* ptx_out = nullptr) {
+std::unique_ptr<PtxModule> load_module(const std::string& stem, const std::string& isa,
+                                       std::string* ptx_out = nullptr) {
   auto objects = cuda_objects();
-  auto it = objects.find("embag_forward_sum_f32_i32_" + isa);
-  if (it == objects.end()) return nullptr;
+  auto it = objects.find("embag_" + stem + "_" + isa);
+  if (it == objects.end()) {
+    ADD_FAILURE() << "no kernel object embag_" << stem << "_" << isa;
+    return nullptr;
+  }
   std::string ptx = extract_ptx(it->second);
   if (ptx_out) *ptx_out = ptx;
   std::string error;
@@ -193,29 +338,34 @@ std::unique_ptr<PtxModule> forward_module(const std::string& isa, std::string* p
   return module;
 }
 
-size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::memcmp(&a[i], &b[i], 4) != 0) return i;
+// The first differing output element, or the element count when the outputs are equal.
+size_t first_difference(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b,
+                        size_t element) {
+  for (size_t i = 0; i < a.size(); i += element) {
+    if (std::memcmp(&a[i], &b[i], element) != 0) return i / element;
   }
-  return a.size();
+  return a.size() / element;
 }
 
 TEST(PtxRealKernels, ForwardSumMatchesPlainSum) {
   // Tails in both grid dimensions (D = 40: one full and one partial block column; 13 bags:
   // one full and one partial block row), empty bags, with and without a padding index.
   const ForwardShape shapes[] = {{50, 40, 13, -1}, {50, 40, 13, 7}, {9, 1, 1, -1}, {30, 64, 16, 0}};
-  for (const char* isa : {"cuda_sm86", "cuda_sm80"}) {
-    auto module = forward_module(isa);
-    ASSERT_TRUE(module) << "no forward sum f32/i32 kernel for " << isa;
-    for (const ForwardShape& s : shapes) {
-      ForwardData d = make_data(s, 42);
-      ForwardRun run = run_forward(*module, s, d);
-      ASSERT_TRUE(run.ok) << isa << ": " << run.error;
-      std::vector<float> want = reference_sum(s, d);
-      size_t at = first_difference(run.output, want);
-      EXPECT_EQ(at, want.size()) << isa << " D=" << s.dim << " B=" << s.bags << " padding "
-                                 << s.padding_idx << ": output " << at << " is " << run.output[at]
-                                 << ", the plain sum " << want[at];
+  for (const ForwardVariant& v : forward_variants()) {
+    for (const char* isa : {"cuda_sm86", "cuda_sm80"}) {
+      auto module = load_module(v.stem, isa);
+      ASSERT_TRUE(module);
+      for (const ForwardShape& s : shapes) {
+        ForwardData d = make_data(v, s, 42);
+        ForwardRun run = run_forward(*module, v, s, d);
+        ASSERT_TRUE(run.ok) << v.stem << " " << isa << ": " << run.error;
+        std::vector<uint8_t> want = reference_sum(v, s, d);
+        size_t n = want.size() / weight_bytes(v.weight);
+        size_t at = first_difference(run.output, want, weight_bytes(v.weight));
+        EXPECT_EQ(at, n) << v.stem << " " << isa << " D=" << s.dim << " B=" << s.bags << " padding "
+                         << s.padding_idx << ": output element " << at
+                         << " differs from the plain sum";
+      }
     }
   }
 }
@@ -224,8 +374,9 @@ TEST(PtxRealKernels, ForwardSumMatchesPlainSum) {
 // accumulation rounded toward zero) and a kernel reading outside the table (an index past the
 // last row), which the interpreter refuses.
 TEST(PtxRealKernels, BrokenForwardKernelsAreCaught) {
+  const ForwardVariant& v = forward_variants()[0];
   std::string ptx;
-  ASSERT_TRUE(forward_module("cuda_sm86", &ptx));
+  ASSERT_TRUE(load_module(v.stem, "cuda_sm86", &ptx));
   size_t replaced = 0;
   for (size_t at = ptx.find("add.f32"); at != std::string::npos; at = ptx.find("add.f32", at)) {
     ptx.replace(at, 7, "add.rz.f32");
@@ -236,17 +387,19 @@ TEST(PtxRealKernels, BrokenForwardKernelsAreCaught) {
   auto broken = PtxModule::parse(ptx, &error);
   ASSERT_TRUE(broken) << error;
   ForwardShape s{50, 40, 13, -1};
-  ForwardData d = make_data(s, 42);
-  ForwardRun run = run_forward(*broken, s, d);
+  ForwardData d = make_data(v, s, 42);
+  ForwardRun run = run_forward(*broken, v, s, d);
   ASSERT_TRUE(run.ok) << run.error;
-  EXPECT_NE(first_difference(run.output, reference_sum(s, d)), run.output.size())
+  std::vector<uint8_t> want = reference_sum(v, s, d);
+  EXPECT_NE(first_difference(run.output, want, 4), want.size() / 4)
       << "rounding the sums toward zero went unnoticed";
 
-  auto module = forward_module("cuda_sm86");
+  auto module = load_module(v.stem, "cuda_sm86");
   ASSERT_TRUE(module);
-  std::vector<int32_t> bad = d.indices;
-  bad[bad.size() / 2] = s.rows + 1000;  // far past the table
-  run = run_forward(*module, s, d, bad);
+  d.index_values[d.index_values.size() / 2] = s.rows + 1000;  // far past the table
+  int32_t bad = s.rows + 1000;
+  std::memcpy(&d.indices[(d.index_values.size() / 2) * 4], &bad, 4);
+  run = run_forward(*module, v, s, d);
   EXPECT_FALSE(run.ok);
   EXPECT_NE(run.error.find("outside every allocation"), std::string::npos) << run.error;
   EXPECT_NE(run.error.find("ld.global.nc"), std::string::npos) << run.error;
@@ -255,13 +408,15 @@ TEST(PtxRealKernels, BrokenForwardKernelsAreCaught) {
 // Throughput on the real kernel (reported, not asserted: the machine is shared): a launch of
 // 512 bags x 128 columns, about 4 lookups a bag.
 TEST(PtxRealKernels, ForwardThroughput) {
-  auto module = forward_module("cuda_sm86");
+  const ForwardVariant& v = forward_variants()[0];
+  auto module = load_module(v.stem, "cuda_sm86");
   ASSERT_TRUE(module);
   ForwardShape s{1000, 128, 512, -1};
-  ForwardData d = make_data(s, 7);
-  ForwardRun run = run_forward(*module, s, d);
+  ForwardData d = make_data(v, s, 7);
+  ForwardRun run = run_forward(*module, v, s, d);
   ASSERT_TRUE(run.ok) << run.error;
-  EXPECT_EQ(first_difference(run.output, reference_sum(s, d)), run.output.size());
+  std::vector<uint8_t> want = reference_sum(v, s, d);
+  EXPECT_EQ(first_difference(run.output, want, 4), want.size() / 4);
   double rate = static_cast<double>(run.instructions) / run.cpu_seconds;
   std::printf(
       "forward sum f32/i32, %d bags x %d: %llu instructions in %.3f s of CPU (%.3f s wall) = "
