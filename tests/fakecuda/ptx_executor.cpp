@@ -5,8 +5,9 @@
 // - Registers hold bits; each instruction reads its operands at its own type's width (a slot
 //   keeps 64 bits, reads truncate) and writes its result zero-extended to the slot.
 // - Integer arithmetic wraps; shifts by at least the width give 0 (shl, shr.u) or the sign
-//   (shr.s); integer division by zero, which PTX leaves unspecified, gives all ones (the
-//   hardware's answer) and the remainder gives the dividend.
+//   (shr.s). Integer division by zero is unspecified in PTX: the fake's quotient is all ones and
+//   its remainder the dividend (Halide's kernels never divide by zero: Halide defines x / 0 as 0
+//   with a select around the division).
 // - add/sub/mul/fma/div/sqrt/rcp round as written (.rn default for add/sub/mul); a plain
 //   add.f32/mul.f32 (no .rn) is computed unfused, as .rn: on a GPU ptxas may contract such a
 //   pair into an fma, which no fake can predict; Halide writes .rn where it matters.
