@@ -5,8 +5,9 @@
 // - Registers hold bits; each instruction reads its operands at its own type's width (a slot
 //   keeps 64 bits, reads truncate) and writes its result zero-extended to the slot.
 // - Integer arithmetic wraps; shifts by at least the width give 0 (shl, shr.u) or the sign
-//   (shr.s); integer division by zero, which PTX leaves unspecified, gives all ones (the
-//   hardware's answer) and the remainder gives the dividend.
+//   (shr.s). Integer division by zero is unspecified in PTX: the fake's quotient is all ones and
+//   its remainder the dividend (Halide's kernels never divide by zero: Halide defines x / 0 as 0
+//   with a select around the division).
 // - add/sub/mul/fma/div/sqrt/rcp round as written (.rn default for add/sub/mul); a plain
 //   add.f32/mul.f32 (no .rn) is computed unfused, as .rn: on a GPU ptxas may contract such a
 //   pair into an fma, which no fake can predict; Halide writes .rn where it matters.
@@ -40,6 +41,9 @@ namespace fakecuda::ptx {
 namespace {
 
 constexpr int kMaxCallDepth = 64;
+// A thread that runs this many instructions is taken to loop forever (a kernel or interpreter
+// bug): the launch fails instead of hanging the test. Halide's kernels run thousands a thread.
+constexpr uint64_t kMaxThreadInstructions = uint64_t{1} << 32;
 
 template <typename T>
 constexpr Ty ty_id() {
@@ -919,6 +923,10 @@ Status run(Ctx& cx, uint32_t findex, int depth) {
 
       // Control.
       case key(kBra, kPred):
+        if (executed > kMaxThreadInstructions) {
+          cx.executed += executed;
+          return fail(cx, f, pc, "over 2^32 instructions in one thread (an endless loop?)");
+        }
         pc = static_cast<size_t>(in.imm);
         continue;
       case key(kCall, kPred): {

@@ -180,7 +180,8 @@ inline double from_format(uint32_t bits, int ebits, int mbits) {
   return sign ? -v : v;
 }
 
-// f16 and bf16 NaNs widen keeping their payload, quieted, as the hardware's cvt does.
+// f16 and bf16 NaNs widen to a quiet double NaN keeping their payload; a .f32 destination then
+// gets the canonical NaN (ptx_executor.cpp), a .f64 one keeps it.
 inline double f16_to_double(uint16_t h) {
   if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) {
     uint64_t b = (static_cast<uint64_t>(h >> 15) << 63) | (0x7ffull << 52) |

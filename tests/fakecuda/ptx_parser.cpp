@@ -1015,7 +1015,6 @@ class Parser {
       if (!m.type(&dt) || !m.type(&st)) return fail("cvt needs two types", l);
       if (dt == kPred || st == kPred) return fail("cvt of a predicate", l);
       in->rnd = r;
-      in->ty2 = static_cast<uint8_t>(int_of(st) == kU8 || int_of(st) == kS8 ? int_of(st) : st);
       bool df = ty_float(dt), sf = ty_float(st);
       Ty d_norm = df ? dt : int_of(dt), s_norm = sf ? st : int_of(st);
       in->ty2 = s_norm;
@@ -1046,7 +1045,7 @@ class Parser {
         set(kCvtFF, dt);
       }
       if ((in->flags & kFtz) && !(dt == kF32 || st == kF32)) return fail(".ftz without .f32", l);
-      Ty dreg = df ? dt : dt, sreg = st;
+      Ty dreg = dt, sreg = st;  // 16-bit floats live in .b16 registers
       if (dreg == kF16 || dreg == kBF16) dreg = kU16;
       if (sreg == kF16 || sreg == kBF16) sreg = kU16;
       if (!want(ops, 2, l)) return false;
