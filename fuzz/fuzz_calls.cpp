@@ -29,8 +29,6 @@
 namespace {
 
 using embag::DType;
-using embag::Mode;
-using embag::Options;
 using embag::Status;
 using embag::TensorView;
 using embag::difftest::GuardedBuffer;
@@ -145,9 +143,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const DType wd = embag::difftest::kWeightDTypes[in.below(4)];
   const DType id = embag::difftest::kIndexDTypes[in.below(2)];
   const size_t es = ref::element_size(wd);
-  Options o;
+  embag::Options o;
   const uint8_t mode = in.below(16);
-  o.mode = mode < 5 ? Mode::kSum : mode < 10 ? Mode::kMean : mode < 15 ? Mode::kMax : Mode(7);
+  o.mode = mode < 5    ? embag::Mode::kSum
+           : mode < 10 ? embag::Mode::kMean
+           : mode < 15 ? embag::Mode::kMax
+                       : embag::Mode(7);
   bool must_refuse = mode == 15;
 
   // The table.
@@ -224,7 +225,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t out_rows = std::max<int64_t>(0, B + (in.below(16) == 0 ? 1 : 0));
   Shape2 os = decode_strided(in, out_rows, D);
   Shape2 as = decode_strided(in, out_rows, D);
-  const bool with_count = in.flag(), with_argmax = o.mode == Mode::kMax && in.below(4) != 0;
+  const bool with_count = in.flag(), with_argmax = o.mode == embag::Mode::kMax && in.below(4) != 0;
   must_refuse = must_refuse || os.beyond || (with_argmax && as.beyond) || out_rows != B ||
                 (with_psw && psw_dtype != wd);
   GuardedBuffer out(os.span() * es), argmax(as.span() * 8),
@@ -271,7 +272,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   rin.weight = view2(ref_weight.data(), wd, ws);
   const Status r = ref::forward(rin,
                                 {embag::make_view_2d(ref_out.data(), wd, B, D), &ref_count_view,
-                                 o.mode == Mode::kMax ? &ref_argmax_view : nullptr},
+                                 o.mode == embag::Mode::kMax ? &ref_argmax_view : nullptr},
                                 o);
   if (!r.ok()) violated("forward accepted a call the reference refuses: " + r.message());
   // The table as a whole (gap elements of a strided table included: neither may change them).
@@ -288,7 +289,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Shape2 gs = decode_strided(in, B, D);
   GuardedBuffer grad = make_values(in, wd, gs.span());
   std::vector<int64_t> argmax_in(static_cast<size_t>(B * D), -1);
-  if (o.mode == Mode::kMax && !argmax_in.empty()) {
+  if (o.mode == embag::Mode::kMax && !argmax_in.empty()) {
     std::memcpy(argmax_in.data(), ref_argmax.data(), argmax_in.size() * 8);
     if (!argmax_in.empty() && in.below(4) == 0) {  // an argmax forward did not produce
       argmax_in[in.below(static_cast<uint32_t>(argmax_in.size()))] =
@@ -302,7 +303,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bin.offsets = fin.offsets;
   bin.per_sample_weights = fin.per_sample_weights;
   bin.grad_output = view2(grad, wd, gs);
-  bin.argmax = o.mode == Mode::kMax || in.below(16) == 0 ? &bargmax : nullptr;
+  bin.argmax = o.mode == embag::Mode::kMax || in.below(16) == 0 ? &bargmax : nullptr;
   bool b_must_refuse = gs.beyond;
   const std::vector<unsigned char> weight_after = weight.contents(), grad_before = grad.contents();
 
@@ -364,7 +365,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   TensorView ref_gpsw_view = two_d ? embag::make_view_2d(ref_gpsw.data(), wd, rows2, cols2)
                                    : embag::make_view_1d(ref_gpsw.data(), wd, N);
   embag::BackwardOutputs rout;
-  Options dense_o = o;
+  embag::Options dense_o = o;
   dense_o.sparse = false;
   rout.grad_weight = &ref_dense_view;
   rout.grad_per_sample_weights = bout.grad_per_sample_weights ? &ref_gpsw_view : nullptr;

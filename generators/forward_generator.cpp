@@ -37,12 +37,8 @@
 namespace {
 
 using namespace Halide;
-using embag_generators::exact_product;
-using embag_generators::is_nan_by_bits;
-using embag_generators::load_float;
-using embag_generators::storage_type;
-using embag_generators::store_float;
-using embag_generators::stored_is_nan;
+// The float helpers of float_bits.h (load_float, store_float, exact_product, the NaN tests).
+using namespace embag_generators;
 using embag_generators::detail::half_bits_to_float;
 
 using embag::kernels::Pooling;

@@ -6,11 +6,41 @@
 // kernels and passes arguments with them. Plain C++ (no Halide), so the runtime can include it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <string>
 
 namespace embag::kernels {
+
+// An enum value and its name: each enum's names are one table of these, read both ways (name_of
+// for messages and registry rows, names_map for the generators' GeneratorParam strings).
+template <typename Enum>
+struct NamedValue {
+  Enum value;
+  const char* name;
+};
+
+template <typename Enum, size_t N>
+constexpr const char* name_of(const NamedValue<Enum> (&table)[N], Enum value) {
+  for (const NamedValue<Enum>& row : table) {
+    if (row.value == value) return row.name;
+  }
+  return "?";
+}
+
+// The name -> value map of a name table, built once per table.
+template <const auto& kTable>
+const auto& names_map() {
+  using Enum = decltype(kTable[0].value);
+  static const std::map<std::string, Enum> names = [] {
+    std::map<std::string, Enum> built;
+    for (const NamedValue<Enum>& row : kTable) built.emplace(row.name, row.value);
+    return built;
+  }();
+  return names;
+}
 
 // A kernel family: one generator, many variants.
 enum class Pipeline : uint8_t {
@@ -51,31 +81,16 @@ enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kMaxValues, kCou
 // element: so a quantized table's result is bitwise the float32 result on its dequantised table.
 enum class QuantCodec : uint8_t { kNone, kU8F32, kU8F16, kU4F16, kU2F16, kCount };
 
-inline const char* quant_codec_name(QuantCodec codec) {
-  switch (codec) {
-    case QuantCodec::kNone:
-      return "none";
-    case QuantCodec::kU8F32:
-      return "u8f32";
-    case QuantCodec::kU8F16:
-      return "u8f16";
-    case QuantCodec::kU4F16:
-      return "u4f16";
-    case QuantCodec::kU2F16:
-      return "u2f16";
-    case QuantCodec::kCount:
-      break;
-  }
-  return "?";
-}
+inline constexpr NamedValue<QuantCodec> kQuantCodecNames[] = {{QuantCodec::kNone, "none"},
+                                                              {QuantCodec::kU8F32, "u8f32"},
+                                                              {QuantCodec::kU8F16, "u8f16"},
+                                                              {QuantCodec::kU4F16, "u4f16"},
+                                                              {QuantCodec::kU2F16, "u2f16"}};
+inline const char* quant_codec_name(QuantCodec codec) { return name_of(kQuantCodecNames, codec); }
 
 // The `codec` GeneratorParam's values (the names in the kernels' names and the CMake table).
 inline const std::map<std::string, QuantCodec>& quant_codec_names() {
-  static const std::map<std::string, QuantCodec> names = {
-      {"none", QuantCodec::kNone},   {"u8f32", QuantCodec::kU8F32}, {"u8f16", QuantCodec::kU8F16},
-      {"u4f16", QuantCodec::kU4F16}, {"u2f16", QuantCodec::kU2F16},
-  };
-  return names;
+  return names_map<kQuantCodecNames>();
 }
 
 // Bits of one code of a codec (0 for kNone).
@@ -98,16 +113,12 @@ enum class TableClass : uint8_t {
   kMemoryResident,  // rows prefetched ahead of the gather
 };
 
+inline constexpr NamedValue<TableClass> kTableClassNames[] = {
+    {TableClass::kAny, "any"},
+    {TableClass::kCacheResident, "cache-resident"},
+    {TableClass::kMemoryResident, "memory-resident"}};
 inline const char* table_class_name(TableClass table_class) {
-  switch (table_class) {
-    case TableClass::kAny:
-      return "any";
-    case TableClass::kCacheResident:
-      return "cache-resident";
-    case TableClass::kMemoryResident:
-      return "memory-resident";
-  }
-  return "?";
+  return name_of(kTableClassNames, table_class);
 }
 
 // Which fold the renorm kernel runs for a norm_type, chosen on the host so that kernels never
@@ -127,65 +138,36 @@ constexpr double kMaxNormEpsilon = 1e-7;
 // float64 tables accumulate in float64; float32, float16 and bfloat16 tables in float32.
 constexpr int accumulator_bits(int weight_bits) { return weight_bits == 64 ? 64 : 32; }
 
-inline const char* pooling_name(Pooling pooling) {
-  switch (pooling) {
-    case Pooling::kSum:
-      return "sum";
-    case Pooling::kWeightedSum:
-      return "wsum";
-    case Pooling::kMean:
-      return "mean";
-    case Pooling::kMax:
-      return "max";
-    case Pooling::kMaxValues:
-      return "max_values";
-    case Pooling::kCount:
-      break;
-  }
-  return "?";
-}
+inline constexpr NamedValue<Pooling> kPoolingNames[] = {{Pooling::kSum, "sum"},
+                                                        {Pooling::kWeightedSum, "wsum"},
+                                                        {Pooling::kMean, "mean"},
+                                                        {Pooling::kMax, "max"},
+                                                        {Pooling::kMaxValues, "max_values"}};
+inline const char* pooling_name(Pooling pooling) { return name_of(kPoolingNames, pooling); }
 
 // The `mode` GeneratorParam's values (the names in the kernels' names and the CMake table).
-inline const std::map<std::string, Pooling>& pooling_names() {
-  static const std::map<std::string, Pooling> names = {
-      {"sum", Pooling::kSum}, {"wsum", Pooling::kWeightedSum},     {"mean", Pooling::kMean},
-      {"max", Pooling::kMax}, {"max_values", Pooling::kMaxValues},
-  };
-  return names;
-}
+inline const std::map<std::string, Pooling>& pooling_names() { return names_map<kPoolingNames>(); }
 
-inline const char* pipeline_name(Pipeline pipeline) {
-  switch (pipeline) {
-    case Pipeline::kForward:
-      return "forward";
-    case Pipeline::kRenorm:
-      return "renorm";
-    case Pipeline::kBackwardRows:
-      return "backward";
-    case Pipeline::kPswGrad:
-      return "psw_grad";
-    case Pipeline::kDenseScatter:
-      return "dense_scatter";
-    case Pipeline::kCheck:
-      return "check";
-    case Pipeline::kLayout:
-      return "layout";
-    case Pipeline::kSortKeys:
-      return "sort_keys";
-    case Pipeline::kPositionBag:
-      return "position_bag";
-    case Pipeline::kBagCount:
-      return "bag_count";
-    case Pipeline::kBagDivisor:
-      return "bag_divisor";
-    case Pipeline::kScatterRows:
-      return "scatter_rows";
-    case Pipeline::kWriteBackRows:
-      return "write_back_rows";
-    case Pipeline::kCount:
-      break;
-  }
-  return "?";
-}
+inline constexpr NamedValue<Pipeline> kPipelineNames[] = {
+    {Pipeline::kForward, "forward"},
+    {Pipeline::kRenorm, "renorm"},
+    {Pipeline::kBackwardRows, "backward"},
+    {Pipeline::kPswGrad, "psw_grad"},
+    {Pipeline::kDenseScatter, "dense_scatter"},
+    {Pipeline::kCheck, "check"},
+    {Pipeline::kLayout, "layout"},
+    {Pipeline::kSortKeys, "sort_keys"},
+    {Pipeline::kPositionBag, "position_bag"},
+    {Pipeline::kBagCount, "bag_count"},
+    {Pipeline::kBagDivisor, "bag_divisor"},
+    {Pipeline::kScatterRows, "scatter_rows"},
+    {Pipeline::kWriteBackRows, "write_back_rows"}};
+inline const char* pipeline_name(Pipeline pipeline) { return name_of(kPipelineNames, pipeline); }
+
+// Each name table lists every value of its enum once.
+static_assert(std::size(kPipelineNames) == static_cast<size_t>(Pipeline::kCount));
+static_assert(std::size(kPoolingNames) == static_cast<size_t>(Pooling::kCount));
+static_assert(std::size(kQuantCodecNames) == static_cast<size_t>(QuantCodec::kCount));
+static_assert(std::size(kTableClassNames) == static_cast<size_t>(TableClass::kMemoryResident) + 1);
 
 }  // namespace embag::kernels

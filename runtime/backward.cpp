@@ -14,6 +14,7 @@
 #include "kernel_registry.h"
 #include "kernel_thread_pool.h"
 #include "runtime_state.h"
+#include "status_macros.h"
 
 namespace embag {
 namespace {
@@ -143,7 +144,7 @@ const KernelEntry* dense_scatter_kernel(const BackwardInputs& in, const Options&
 Status select_backward_kernels(const BackwardInputs& in, const BackwardOutputs& out,
                                const Options& opt, const ForwardPlan& plan, BackwardKernels* k) {
   Isa isa;
-  if (Status s = internal::resolve_isa(&isa); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(internal::resolve_isa(&isa));
   const DType w = in.weight.dtype;
   auto missing = [&](const KernelKey& key) {
     return Status(StatusCode::kUnsupported,
@@ -252,9 +253,8 @@ Status run_rows_kernel(CallContext& call, const KernelEntry& kernel, const Backw
 Status prepare(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
                ForwardPlan* plan, BagLayout* layout, RowGroups* groups,
                internal::IndexSnapshot* snapshot) {
-  if (Status s = internal::validate_forward_inputs(forward_inputs_of(in), opt, plan, snapshot);
-      !s.ok())
-    return s;
+  EMBAG_RETURN_IF_ERROR(
+      internal::validate_forward_inputs(forward_inputs_of(in), opt, plan, snapshot));
   const ForwardInputs fin = snapshot->apply(forward_inputs_of(in));
   internal::make_bag_layout(fin, opt, *plan, layout);
   // (the dense scatter needs each position's bag, not the sort; U matters only to sparse
@@ -275,10 +275,8 @@ Status sparse_gradient_rows(const BackwardInputs& inputs, const Options& options
   return internal::guard_api([&] {
     ForwardPlan plan;
     internal::IndexSnapshot snapshot;
-    if (Status s =
-            internal::validate_forward_inputs(forward_inputs_of(inputs), options, &plan, &snapshot);
-        !s.ok())
-      return s;
+    EMBAG_RETURN_IF_ERROR(
+        internal::validate_forward_inputs(forward_inputs_of(inputs), options, &plan, &snapshot));
     if (inputs.weight.device.type != DeviceType::kCPU) {
       return internal::gpu::backward(inputs, BackwardOutputs{}, options, execution, plan, rows);
     }
@@ -299,19 +297,16 @@ Status validate_backward(const BackwardInputs& inputs, const BackwardOutputs& ou
     if (inputs.weight.device.type != DeviceType::kCPU) {
       // U (which sizes sparse outputs) is known only after grouping on the device.
       const ForwardInputs fin = forward_inputs_of(inputs);
-      if (Status s = internal::validate_forward_inputs(fin, options, &plan); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(internal::validate_forward_inputs(fin, options, &plan));
       int64_t rows = 0;
-      if (Status s = internal::gpu::backward(inputs, outputs, options, execution, plan, &rows);
-          !s.ok()) {
-        return s;
-      }
+      EMBAG_RETURN_IF_ERROR(
+          internal::gpu::backward(inputs, outputs, options, execution, plan, &rows));
       return internal::validate_backward_rest(inputs, outputs, options, plan, rows);
     }
     BagLayout layout;
     RowGroups groups;
     internal::IndexSnapshot snapshot;
-    if (Status s = prepare(inputs, outputs, options, &plan, &layout, &groups, &snapshot); !s.ok())
-      return s;
+    EMBAG_RETURN_IF_ERROR(prepare(inputs, outputs, options, &plan, &layout, &groups, &snapshot));
     BackwardKernels kernels;
     return select_backward_kernels(inputs, outputs, options, plan, &kernels);
   });
@@ -359,14 +354,14 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
     HalideBuffer position_bag(groups.position_bag.data(), DType::kInt32, plan.positions_end);
     HalideBuffer result(gp, in.weight.dtype, plan.positions_end);
     const int32_t padding = plan.padding_idx;
-    KernelArgs args;
-    args.buffer("grad_output", grad.get())
+    KernelArgs args;  // (kernels take their arguments by name, in any order)
+    args.scalar("padding_idx", &padding)
+        .buffer("grad_output", grad.get())
         .buffer("weight", weight.get())
         .buffer("indices", indices.get())
         .buffer("position_bag", position_bag.get())
-        .scalar("padding_idx", &padding)
         .buffer("grad_per_sample_weights", result.get());
-    if (Status s = internal::run_kernel(call, *kernels.psw, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(internal::run_kernel(call, *kernels.psw, args));
   }
 
   // The dense gradient in one kernel: zeroed, then every contribution added in order. The last
@@ -407,7 +402,7 @@ Status cpu_backward(const BackwardInputs& in, const BackwardOutputs& out, const 
         args.buffer("bag_divisor", divisor->get());
       }
     }
-    if (Status s = internal::run_kernel(call, *kernels.dense_scatter, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(internal::run_kernel(call, *kernels.dense_scatter, args));
   }
 
   // The copies that cannot fail.
@@ -442,15 +437,15 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
     ForwardPlan plan;
     if (in.weight.device.type != DeviceType::kCPU) {
       const ForwardInputs fin = forward_inputs_of(in);
-      if (Status s = internal::validate_forward_inputs(fin, opt, &plan); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(internal::validate_forward_inputs(fin, opt, &plan));
       return internal::gpu::backward(in, out, opt, execution, plan, nullptr);
     }
     BagLayout layout;
     RowGroups groups;
     internal::IndexSnapshot snapshot;
-    if (Status s = prepare(in, out, opt, &plan, &layout, &groups, &snapshot); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(prepare(in, out, opt, &plan, &layout, &groups, &snapshot));
     BackwardKernels kernels;
-    if (Status s = select_backward_kernels(in, out, opt, plan, &kernels); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(select_backward_kernels(in, out, opt, plan, &kernels));
     // The kernels read the validated copies of the offsets, indices and argmax.
     return cpu_backward(snapshot.apply(in), out, opt, plan, layout, groups, kernels);
   });

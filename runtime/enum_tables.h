@@ -13,6 +13,7 @@
 
 #include "embag/embag.h"
 #include "embag/tensor.h"
+#include "kernel_enums.h"
 
 namespace embag::internal {
 
@@ -21,22 +22,20 @@ struct DTypeInfo {
   const char* name;
   size_t bytes;
   halide_type_code_t halide_code;
+  const char* torch_legacy_name;  // PyTorch's legacy CPU tensor type, as its messages word it
 };
 inline constexpr DTypeInfo kDTypeTable[] = {
-    {DType::kInt32, "int32", 4, halide_type_int},
-    {DType::kInt64, "int64", 8, halide_type_int},
-    {DType::kFloat16, "float16", 2, halide_type_float},
-    {DType::kBFloat16, "bfloat16", 2, halide_type_bfloat},
-    {DType::kFloat32, "float32", 4, halide_type_float},
-    {DType::kFloat64, "float64", 8, halide_type_float},
+    {DType::kInt32, "int32", 4, halide_type_int, "torch.IntTensor"},
+    {DType::kInt64, "int64", 8, halide_type_int, "torch.LongTensor"},
+    {DType::kFloat16, "float16", 2, halide_type_float, "torch.HalfTensor"},
+    {DType::kBFloat16, "bfloat16", 2, halide_type_bfloat, "torch.BFloat16Tensor"},
+    {DType::kFloat32, "float32", 4, halide_type_float, "torch.FloatTensor"},
+    {DType::kFloat64, "float64", 8, halide_type_float, "torch.DoubleTensor"},
 };
 
-// Enums whose only fact is their name.
+// Enums whose only fact is their name (kernel_enums.h's NamedValue and name_of serve them).
 template <typename Enum>
-struct EnumName {
-  Enum value;
-  const char* name;
-};
+using EnumName = kernels::NamedValue<Enum>;
 inline constexpr EnumName<DeviceType> kDeviceTypeTable[] = {
     {DeviceType::kCPU, "cpu"}, {DeviceType::kCUDA, "cuda"}, {DeviceType::kOpenCL, "opencl"}};
 inline constexpr EnumName<Mode> kModeTable[] = {

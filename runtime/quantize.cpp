@@ -44,22 +44,8 @@ namespace embag {
 namespace internal {
 
 QuantLayout quant_layout(QuantFormat format) {
-  using kernels::QuantCodec;
-  switch (format) {
-    case QuantFormat::kInt8:
-      return {QuantCodec::kU8F32, 8, 8, false};
-    case QuantFormat::kInt4:
-      return {QuantCodec::kU4F16, 4, 4, false};
-    case QuantFormat::kInt2:
-      return {QuantCodec::kU2F16, 2, 4, false};
-    case QuantFormat::kTbeInt8:
-      return {QuantCodec::kU8F16, 8, 4, true};
-    case QuantFormat::kTbeInt4:
-      return {QuantCodec::kU4F16, 4, 4, true};
-    case QuantFormat::kTbeInt2:
-      return {QuantCodec::kU2F16, 2, 4, true};
-  }
-  return {QuantCodec::kNone, 8, 8, false};
+  const QuantFormatInfo* row = quant_format_info(format);
+  return row ? row->layout : QuantLayout{kernels::QuantCodec::kNone, 8, 8, false};
 }
 
 }  // namespace internal
@@ -72,15 +58,9 @@ using internal::quant_layout;
 using internal::quant_qparam_offset;
 using internal::QuantLayout;
 
-constexpr QuantFormat kFormats[] = {QuantFormat::kInt8,    QuantFormat::kInt4,
-                                    QuantFormat::kInt2,    QuantFormat::kTbeInt8,
-                                    QuantFormat::kTbeInt4, QuantFormat::kTbeInt2};
-
 Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
-bool valid_format(QuantFormat format) {
-  return std::find(std::begin(kFormats), std::end(kFormats), format) != std::end(kFormats);
-}
+bool valid_format(QuantFormat format) { return internal::quant_format_info(format) != nullptr; }
 
 // x86's cvtps2dq: round to nearest even; NaN and values outside int32 give INT32_MIN.
 int32_t cvtps_epi32(float v) {
@@ -307,26 +287,13 @@ void for_each_row_parallel(int64_t rows, Body&& body) {
 }  // namespace
 
 const char* quant_format_name(QuantFormat format) {
-  switch (format) {
-    case QuantFormat::kInt8:
-      return "int8";
-    case QuantFormat::kInt4:
-      return "int4";
-    case QuantFormat::kInt2:
-      return "int2";
-    case QuantFormat::kTbeInt8:
-      return "tbe_int8";
-    case QuantFormat::kTbeInt4:
-      return "tbe_int4";
-    case QuantFormat::kTbeInt2:
-      return "tbe_int2";
-  }
-  return "unknown";
+  const internal::QuantFormatInfo* row = internal::quant_format_info(format);
+  return row ? row->name : "unknown";
 }
 
 std::optional<QuantFormat> parse_quant_format(const std::string& name) {
-  for (QuantFormat f : kFormats) {
-    if (name == quant_format_name(f)) return f;
+  for (const internal::QuantFormatInfo& row : internal::kQuantFormatTable) {
+    if (name == row.name) return row.format;
   }
   return std::nullopt;
 }

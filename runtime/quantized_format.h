@@ -17,6 +17,30 @@ struct QuantLayout {
   bool qparams_front;  // FBGEMM TBE: [scale][bias][codes]; otherwise [codes][scale][bias]
 };
 
+// Every format's row: its name, its layout. quant_layout(), quant_format_name() and
+// parse_quant_format() read it; a format missing here is refused as unknown.
+struct QuantFormatInfo {
+  QuantFormat format;
+  const char* name;
+  QuantLayout layout;
+};
+inline constexpr QuantFormatInfo kQuantFormatTable[] = {
+    {QuantFormat::kInt8, "int8", {kernels::QuantCodec::kU8F32, 8, 8, false}},
+    {QuantFormat::kInt4, "int4", {kernels::QuantCodec::kU4F16, 4, 4, false}},
+    {QuantFormat::kInt2, "int2", {kernels::QuantCodec::kU2F16, 2, 4, false}},
+    {QuantFormat::kTbeInt8, "tbe_int8", {kernels::QuantCodec::kU8F16, 8, 4, true}},
+    {QuantFormat::kTbeInt4, "tbe_int4", {kernels::QuantCodec::kU4F16, 4, 4, true}},
+    {QuantFormat::kTbeInt2, "tbe_int2", {kernels::QuantCodec::kU2F16, 2, 4, true}},
+};
+
+// The row of `format`, or null for a value outside the enum (a cast from a caller's integer).
+inline const QuantFormatInfo* quant_format_info(QuantFormat format) {
+  for (const QuantFormatInfo& row : kQuantFormatTable) {
+    if (row.format == format) return &row;
+  }
+  return nullptr;
+}
+
 QuantLayout quant_layout(QuantFormat format);
 
 // Bytes of a row's codes: ceil(D * bits / 8).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "enum_tables.h"
 #include "forward_plan.h"
 #include "quantized_format.h"
 
@@ -24,21 +25,8 @@ Status invalid(const std::string& message) { return Status(StatusCode::kInvalidA
 
 // PyTorch's legacy CPU tensor type names, which its type-mismatch messages use.
 const char* legacy_type_name(DType dtype) {
-  switch (dtype) {
-    case DType::kInt32:
-      return "torch.IntTensor";
-    case DType::kInt64:
-      return "torch.LongTensor";
-    case DType::kFloat16:
-      return "torch.HalfTensor";
-    case DType::kBFloat16:
-      return "torch.BFloat16Tensor";
-    case DType::kFloat32:
-      return "torch.FloatTensor";
-    case DType::kFloat64:
-      return "torch.DoubleTensor";
-  }
-  return "torch.Tensor";
+  const DTypeInfo* row = find_row(kDTypeTable, &DTypeInfo::dtype, dtype);
+  return row ? row->torch_legacy_name : "torch.Tensor";
 }
 
 std::string device_string(const Device& device) {

@@ -13,6 +13,7 @@
 #include "gpu_plan.h"
 #include "halide_buffer.h"
 #include "runtime_state.h"
+#include "status_macros.h"
 
 namespace embag::internal::gpu {
 namespace {
@@ -22,57 +23,43 @@ const halide_type_t kInt32(halide_type_int, 32);
 Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Options& opt,
                 const Execution& execution, const ForwardPlan& plan, int64_t* sparse_rows_out) {
   Isa isa{};
-  if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
-  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(select_isa(in.weight.device, &isa));
+  EMBAG_RETURN_IF_ERROR(check_cuda_sizes(in.weight.device, plan));
   const DType w = in.weight.dtype, index_dtype = in.input.dtype;
   const KernelEntry *rows_kernel = nullptr, *psw_kernel = nullptr, *scatter = nullptr;
-  if (Status s =
-          need_kernel({Pipeline::kBackwardRows, plan.pooling, w, std::nullopt}, isa, &rows_kernel);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(
+      need_kernel({Pipeline::kBackwardRows, plan.pooling, w, std::nullopt}, isa, &rows_kernel));
   if (out.grad_per_sample_weights != nullptr) {
-    if (Status s =
-            need_kernel({Pipeline::kPswGrad, std::nullopt, w, index_dtype}, isa, &psw_kernel);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(
+        need_kernel({Pipeline::kPswGrad, std::nullopt, w, index_dtype}, isa, &psw_kernel));
   }
   if (!opt.sparse) {
-    if (Status s =
-            need_kernel({Pipeline::kScatterRows, std::nullopt, w, std::nullopt}, isa, &scatter);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(
+        need_kernel({Pipeline::kScatterRows, std::nullopt, w, std::nullopt}, isa, &scatter));
   }
 
   CallContext call;
   Session session(call);
-  if (Status s = session.open(in.weight.device, execution); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(session.open(in.weight.device, execution));
   const ForwardInputs fin{in.weight, in.input, in.offsets, in.per_sample_weights};
   DeviceBags bags(call);
-  if (Status s = prepare_bags(call, isa, fin, opt, execution, plan, &bags); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(prepare_bags(call, isa, fin, opt, execution, plan, &bags));
   DeviceArray position_bag(call);
   DeviceRowGroups groups(call);
-  if (Status s =
-          group_positions(call, isa, plan, bags, /*exclude_padding=*/true, &position_bag, &groups);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(
+      group_positions(call, isa, plan, bags, /*exclude_padding=*/true, &position_bag, &groups));
   const int64_t U = groups.num_rows;
   if (sparse_rows_out != nullptr) {
     *sparse_rows_out = U;
     return Status::Ok();
   }
-  if (Status s = validate_backward_rest(in, out, opt, plan, U); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(validate_backward_rest(in, out, opt, plan, U));
 
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows, N = plan.num_indices;
   DeviceArray grad(call), values(call), divisor(call), argmax(call), psw(call);
   DeviceArray weight(call), grad_psw(call), rows_out(call), table(call);
   if (B > 0 && D > 0) {
-    if (Status s = grad.wrap(in.grad_output.data, w, B, D, in.grad_output.strides[0]); !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(grad.wrap(in.grad_output.data, w, B, D, in.grad_output.strides[0]));
   }
 
   // Weight gradient rows: into the caller's sparse values, or scratch for the dense scatter.
@@ -111,19 +98,16 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
 
   // per_sample_weights gradient, every position (0 outside bags and at padding).
   if (psw_kernel != nullptr && N > 0) {
-    if (Status s = grad_psw.wrap(out.grad_per_sample_weights->data, w, N); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(grad_psw.wrap(out.grad_per_sample_weights->data, w, N));
     // Without bags or columns there is nothing to read: stand-ins keep the kernel's arrays valid
     // (every result is then 0).
     if (B == 0 || D == 0) {
-      if (Status s = grad.allocate(halide_type_of(w), 1, D); !s.ok()) {
-        return s;
-      }
+      EMBAG_RETURN_IF_ERROR(grad.allocate(halide_type_of(w), 1, D));
     }
     if (V > 0 && D > 0) {
-      if (Status s = weight.wrap(in.weight.data, w, V, D, in.weight.strides[0]); !s.ok()) return s;
-    } else if (Status s = weight.allocate(halide_type_of(w), 1, D); !s.ok()) {
-      return s;
-    }
+      EMBAG_RETURN_IF_ERROR(weight.wrap(in.weight.data, w, V, D, in.weight.strides[0]));
+    } else
+      EMBAG_RETURN_IF_ERROR(weight.allocate(halide_type_of(w), 1, D));
     const int32_t padding = plan.padding_idx;
     KernelArgs args;
     args.buffer("grad_output", grad.get())
@@ -132,30 +116,25 @@ Status backward(const BackwardInputs& in, const BackwardOutputs& out, const Opti
         .buffer("position_bag", position_bag.get())
         .scalar("padding_idx", &padding)
         .buffer("grad_per_sample_weights", grad_psw.get());
-    if (Status s = run_kernel(call, *psw_kernel, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *psw_kernel, args));
   }
 
   // Row ids (sparse) or the whole dense table.
   if (opt.sparse) {
     if (U > 0) {
-      if (Status s = rows_out.wrap(out.grad_weight_rows->data, DType::kInt64, U); !s.ok()) {
-        return s;
-      }
-      if (Status s = rows_out.copy_from(groups.rows); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(rows_out.wrap(out.grad_weight_rows->data, DType::kInt64, U));
+      EMBAG_RETURN_IF_ERROR(rows_out.copy_from(groups.rows));
     }
   } else if (V > 0 && D > 0) {
     if (U == 0) {
-      if (Status s = values.allocate(halide_type_of(w), 0, D); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(values.allocate(halide_type_of(w), 0, D));
     }
-    if (Status s = table.wrap(out.grad_weight->data, w, V, D, out.grad_weight->strides[0]);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(table.wrap(out.grad_weight->data, w, V, D, out.grad_weight->strides[0]));
     KernelArgs args;
     args.buffer("rows", groups.rows.get())
         .buffer("values", values.get())
         .buffer("table", table.get());
-    if (Status s = run_kernel(call, *scatter, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *scatter, args));
   }
   record_last_variant(rows_kernel->name);
   return Status::Ok();

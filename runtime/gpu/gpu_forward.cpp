@@ -12,6 +12,7 @@
 #include "halide_buffer.h"
 #include "renorm.h"
 #include "runtime_state.h"
+#include "status_macros.h"
 
 namespace embag::internal::gpu {
 namespace {
@@ -25,27 +26,19 @@ Status renormalize_on_device(CallContext& call, Isa isa, const ForwardInputs& in
                              DeviceArray& weight) {
   const KernelEntry *renorm = nullptr, *write_back = nullptr;
   const DType w = in.weight.dtype;
-  if (Status s = need_kernel({Pipeline::kRenorm, std::nullopt, w, std::nullopt}, isa, &renorm);
-      !s.ok()) {
-    return s;
-  }
-  if (Status s =
-          need_kernel({Pipeline::kWriteBackRows, std::nullopt, w, std::nullopt}, isa, &write_back);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(
+      need_kernel({Pipeline::kRenorm, std::nullopt, w, std::nullopt}, isa, &renorm));
+  EMBAG_RETURN_IF_ERROR(
+      need_kernel({Pipeline::kWriteBackRows, std::nullopt, w, std::nullopt}, isa, &write_back));
   DeviceArray position_bag(call);
   DeviceRowGroups groups(call);
-  if (Status s =
-          group_positions(call, isa, plan, bags, /*exclude_padding=*/false, &position_bag, &groups);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(
+      group_positions(call, isa, plan, bags, /*exclude_padding=*/false, &position_bag, &groups));
   const int64_t K = groups.num_rows, D = plan.dim;
   if (K == 0 || D == 0) return Status::Ok();
   DeviceArray renormed(call), changed(call);
-  if (Status s = renormed.allocate(weight.get()->type, K, D); !s.ok()) return s;
-  if (Status s = changed.allocate(kUInt8, K); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(renormed.allocate(weight.get()->type, K, D));
+  EMBAG_RETURN_IF_ERROR(changed.allocate(kUInt8, K));
   const double max_norm = *opt.max_norm, norm_type = opt.norm_type;
   const int32_t norm_kind = static_cast<int32_t>(norm_kind_for(norm_type));
   KernelArgs args;
@@ -57,7 +50,7 @@ Status renormalize_on_device(CallContext& call, Isa isa, const ForwardInputs& in
       .scalar("norm_epsilon", &kernels::kMaxNormEpsilon)
       .buffer("renormed", renormed.get())
       .buffer("changed", changed.get());
-  if (Status s = run_kernel(call, *renorm, args); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(run_kernel(call, *renorm, args));
   KernelArgs back;
   back.buffer("rows", groups.rows.get())
       .buffer("values", renormed.get())
@@ -66,25 +59,28 @@ Status renormalize_on_device(CallContext& call, Isa isa, const ForwardInputs& in
   return run_kernel(call, *write_back, back);
 }
 
+// The device's ISA and its forward kernel for this call, after the sizes CUDA's launches take.
+Status select_forward_kernel(const ForwardInputs& in, const ForwardPlan& plan, Isa* isa,
+                             const KernelEntry** kernel) {
+  EMBAG_RETURN_IF_ERROR(select_isa(in.weight.device, isa));
+  EMBAG_RETURN_IF_ERROR(check_cuda_sizes(in.weight.device, plan));
+  return need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype}, *isa,
+                     kernel);
+}
+
 }  // namespace
 
 Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options& opt,
                const Execution& execution, const ForwardPlan& plan) {
   Isa isa{};
-  if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
-  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
   const KernelEntry* forward_kernel = nullptr;
-  if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
-                             isa, &forward_kernel);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(select_forward_kernel(in, plan, &isa, &forward_kernel));
   CallContext call;
   Session session(call);
-  if (Status s = session.open(in.weight.device, execution); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(session.open(in.weight.device, execution));
 
   DeviceBags bags(call);
-  if (Status s = prepare_bags(call, isa, in, opt, execution, plan, &bags); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(prepare_bags(call, isa, in, opt, execution, plan, &bags));
   const int64_t B = plan.num_bags, D = plan.dim, V = plan.num_rows;
   if (B == 0) {
     record_last_variant(forward_kernel->name);
@@ -93,26 +89,19 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
 
   DeviceArray weight(call), output(call), argmax(call), psw(call), bag_count(call);
   if (V > 0 && D > 0) {
-    if (Status s = weight.wrap(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(weight.wrap(in.weight.data, in.weight.dtype, V, D, in.weight.strides[0]));
   }
   if (opt.max_norm && V > 0 && D > 0) {
-    if (Status s = renormalize_on_device(call, isa, in, opt, plan, bags, weight); !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(renormalize_on_device(call, isa, in, opt, plan, bags, weight));
   }
 
   if (D > 0) {
-    if (Status s = output.wrap(out.output.data, out.output.dtype, B, D, out.output.strides[0]);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(
+        output.wrap(out.output.data, out.output.dtype, B, D, out.output.strides[0]));
     // A table with no rows: every bag is empty (the check refused any index), and the kernel
     // still writes the empty bags' zeros and -1s; it reads a one-row stand-in, never.
     if (V == 0) {
-      if (Status s = weight.allocate(halide_type_of(in.weight.dtype), 1, D); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(weight.allocate(halide_type_of(in.weight.dtype), 1, D));
     }
     const int32_t padding = plan.padding_idx;
     const int32_t bags_per_task = 1;  // (a CPU schedule knob; GPU kernels ignore it)
@@ -140,14 +129,12 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
     } else {
       args.buffer("output", output.get());
     }
-    if (Status s = run_kernel(call, *forward_kernel, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *forward_kernel, args));
   }
   if (out.bag_count != nullptr) {
-    if (Status s = bag_count.wrap(out.bag_count->data, DType::kInt64, B); !s.ok()) return s;
-    if (Status s = count_bag_positions(call, isa, Pipeline::kBagCount, plan, bags, &bag_count);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(bag_count.wrap(out.bag_count->data, DType::kInt64, B));
+    EMBAG_RETURN_IF_ERROR(
+        count_bag_positions(call, isa, Pipeline::kBagCount, plan, bags, &bag_count));
   }
   record_last_variant(forward_kernel->name);
   return Status::Ok();
@@ -155,14 +142,8 @@ Status forward(const ForwardInputs& in, const ForwardOutputs& out, const Options
 
 Status validate(const ForwardInputs& in, const Options& opt, const ForwardPlan& plan) {
   Isa isa{};
-  if (Status s = select_isa(in.weight.device, &isa); !s.ok()) return s;
-  if (Status s = check_cuda_sizes(in.weight.device, plan); !s.ok()) return s;
   const KernelEntry* kernel = nullptr;
-  if (Status s = need_kernel({Pipeline::kForward, plan.pooling, in.weight.dtype, in.input.dtype},
-                             isa, &kernel);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(select_forward_kernel(in, plan, &isa, &kernel));
   if (opt.max_norm) {
     return need_kernel({Pipeline::kRenorm, std::nullopt, in.weight.dtype, std::nullopt}, isa,
                        &kernel);

@@ -3,6 +3,8 @@
 
 #include <string>
 
+#include "status_macros.h"
+
 namespace embag::internal::gpu {
 
 namespace {
@@ -50,9 +52,7 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
   const int64_t num_offsets = offsets != nullptr ? offsets->shape[0] : 0;
   DeviceArray caller_offsets(call);
   if (num_offsets > 0) {
-    if (Status s = caller_offsets.wrap(offsets->data, offsets->dtype, num_offsets); !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(caller_offsets.wrap(offsets->data, offsets->dtype, num_offsets));
   }
   // Kernels that take offsets but get none read the indices array instead (never its values).
   DeviceArray& offsets_array = num_offsets > 0 ? caller_offsets : bags->indices;
@@ -62,14 +62,10 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
   const bool anything_to_check = num_offsets > 0 || N > 0;
   if (execution.index_check == IndexCheck::kFull && anything_to_check) {
     const KernelEntry* check = nullptr;
-    if (Status s =
-            need_kernel({Pipeline::kCheck, std::nullopt, std::nullopt, index_dtype, offsets_dtype},
-                        isa, &check);
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(need_kernel(
+        {Pipeline::kCheck, std::nullopt, std::nullopt, index_dtype, offsets_dtype}, isa, &check));
     DeviceArray report(call);
-    if (Status s = report.allocate(kInt64, 8); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(report.allocate(kInt64, 8));
     const int32_t num_rows = static_cast<int32_t>(plan.num_rows);
     const int32_t num_indices = static_cast<int32_t>(N);
     const bool has_offsets = num_offsets > 0;
@@ -82,11 +78,11 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
         .scalar("has_offsets", &has_offsets)
         .scalar("include_last_offset", &include_last)
         .buffer("report", report.get());
-    if (Status s = run_kernel(call, *check, args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *check, args));
     int64_t r[8] = {};
-    if (Status s = report.read(r); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(report.read(r));
     if (has_offsets) {
-      if (Status s = offsets_value_error(r[0], r[1], N, r[2], r[3], r[4]); !s.ok()) return s;
+      EMBAG_RETURN_IF_ERROR(offsets_value_error(r[0], r[1], N, r[2], r[3], r[4]));
     }
     if (r[5] >= 0) return index_value_error(r[5], r[6], plan.num_rows, opt);
     bags->positions_end = r[7];
@@ -98,15 +94,9 @@ Status prepare_bags(CallContext& call, Isa isa, const ForwardInputs& in, const O
     return bags->layout.wrap(offsets->data, offsets->dtype, B + 1);
   }
   const KernelEntry* layout = nullptr;
-  if (Status s =
-          need_kernel({Pipeline::kLayout, std::nullopt, std::nullopt, index_dtype, offsets_dtype},
-                      isa, &layout);
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = bags->layout.allocate(index_type, B + 1); !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(need_kernel(
+      {Pipeline::kLayout, std::nullopt, std::nullopt, index_dtype, offsets_dtype}, isa, &layout));
+  EMBAG_RETURN_IF_ERROR(bags->layout.allocate(index_type, B + 1));
   const int32_t num_indices = static_cast<int32_t>(N);
   const int32_t fixed_length = one_d ? 0 : static_cast<int32_t>(in.input.shape[1]);
   // 2-D input with L = 0: every bag is empty, all offsets 0 (fixed_length 0 would read offsets).
@@ -130,25 +120,19 @@ Status group_positions(CallContext& call, Isa isa, const ForwardPlan& plan, Devi
                        bool exclude_padding, DeviceArray* position_bag, DeviceRowGroups* groups) {
   const DType index_dtype = bags.indices.get()->type.bits == 32 ? DType::kInt32 : DType::kInt64;
   const KernelEntry *find_bag = nullptr, *make_keys = nullptr;
-  if (Status s = need_kernel({Pipeline::kPositionBag, std::nullopt, std::nullopt, index_dtype}, isa,
-                             &find_bag);
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = need_kernel({Pipeline::kSortKeys, std::nullopt, std::nullopt, index_dtype}, isa,
-                             &make_keys);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(need_kernel(
+      {Pipeline::kPositionBag, std::nullopt, std::nullopt, index_dtype}, isa, &find_bag));
+  EMBAG_RETURN_IF_ERROR(
+      need_kernel({Pipeline::kSortKeys, std::nullopt, std::nullopt, index_dtype}, isa, &make_keys));
   const int64_t N = plan.num_indices;
-  if (Status s = position_bag->allocate(kInt32, N); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(position_bag->allocate(kInt32, N));
   DeviceArray keys(call), positions(call);
-  if (Status s = keys.allocate(kInt64, N); !s.ok()) return s;
-  if (Status s = positions.allocate(kInt32, N); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(keys.allocate(kInt64, N));
+  EMBAG_RETURN_IF_ERROR(positions.allocate(kInt32, N));
   if (N > 0) {
     KernelArgs bag_args;
     bag_args.buffer("layout", bags.layout.get()).buffer("position_bag", position_bag->get());
-    if (Status s = run_kernel(call, *find_bag, bag_args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *find_bag, bag_args));
     const int32_t num_rows = static_cast<int32_t>(plan.num_rows);
     const int32_t padding = exclude_padding ? plan.padding_idx : -1;
     KernelArgs key_args;
@@ -158,7 +142,7 @@ Status group_positions(CallContext& call, Isa isa, const ForwardPlan& plan, Devi
         .scalar("padding_idx", &padding)
         .buffer("keys", keys.get())
         .buffer("positions", positions.get());
-    if (Status s = run_kernel(call, *make_keys, key_args); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(run_kernel(call, *make_keys, key_args));
   }
   return group_rows(call, keys, positions, N, plan.num_rows, groups);
 }
@@ -167,10 +151,8 @@ Status count_bag_positions(CallContext& call, Isa isa, Pipeline pipeline, const 
                            DeviceBags& bags, DeviceArray* counts) {
   const DType index_dtype = bags.indices.get()->type.bits == 32 ? DType::kInt32 : DType::kInt64;
   const KernelEntry* kernel = nullptr;
-  if (Status s = need_kernel({pipeline, std::nullopt, std::nullopt, index_dtype}, isa, &kernel);
-      !s.ok()) {
-    return s;
-  }
+  EMBAG_RETURN_IF_ERROR(
+      need_kernel({pipeline, std::nullopt, std::nullopt, index_dtype}, isa, &kernel));
   const int32_t padding = plan.padding_idx;
   KernelArgs args;
   args.buffer("indices", bags.indices.get())

@@ -11,6 +11,7 @@
 
 #include "halide_buffer.h"
 #include "kernel_registry.h"
+#include "status_macros.h"
 
 #if EMBAG_WITH_CUDA
 #include <HalideRuntimeCuda.h>
@@ -329,7 +330,7 @@ Status DeviceArray::wrap(const void* data, DType dtype, int64_t n) {
 
 Status DeviceArray::wrap(const void* data, DType dtype, int64_t rows, int64_t cols,
                          int64_t row_stride) {
-  if (Status s = wrap(data, dtype, 0); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(wrap(data, dtype, 0));
   const int64_t extents[] = {cols, rows}, strides[] = {1, row_stride};
   buffer_.dimensions = 2;
   for (int i = 0; i < 2; ++i) {
@@ -351,11 +352,8 @@ Status DeviceArray::allocate(halide_type_t type, int64_t n) {
     {
       // Stream-ordered: no synchronisation, and freed in order after the kernels that use it.
       CudaContextScope current(call_);
-      if (Status s =
-              cuda_result(d->cuMemAllocAsync(&pointer, bytes, call_.gpu_stream), "cuMemAllocAsync");
-          !s.ok()) {
-        return s;
-      }
+      EMBAG_RETURN_IF_ERROR(
+          cuda_result(d->cuMemAllocAsync(&pointer, bytes, call_.gpu_stream), "cuMemAllocAsync"));
     }
     owned_cuda_pointer_ = pointer;
     owned_ = true;
@@ -378,7 +376,7 @@ Status DeviceArray::allocate(halide_type_t type, int64_t n) {
 }
 
 Status DeviceArray::allocate(halide_type_t type, int64_t rows, int64_t cols) {
-  if (Status s = allocate(type, rows * cols); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(allocate(type, rows * cols));
   buffer_.dimensions = 2;
   dims_[0] = halide_dimension_t(0, static_cast<int32_t>(cols), 1);
   dims_[1] = halide_dimension_t(0, static_cast<int32_t>(rows), static_cast<int32_t>(cols));
@@ -451,7 +449,7 @@ namespace {
 Status group_rows_on_host(CallContext& call, DeviceArray& keys_array, DeviceArray& positions_array,
                           int64_t n, int64_t num_table_rows, DeviceRowGroups* groups) {
   std::vector<int64_t> keys(static_cast<size_t>(n));
-  if (Status s = keys_array.read(keys.data()); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(keys_array.read(keys.data()));
   (void)positions_array;  // positions are 0 .. n-1 by construction
   std::vector<int32_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
@@ -475,17 +473,12 @@ Status group_rows_on_host(CallContext& call, DeviceArray& keys_array, DeviceArra
   segments.push_back(static_cast<int32_t>(used));
   const int64_t U = static_cast<int64_t>(rows.size());
   (void)call;
-  if (Status s = groups->rows.allocate(halide_type_t(halide_type_int, 64), U); !s.ok()) return s;
-  if (Status s = groups->segments.allocate(halide_type_t(halide_type_int, 32), U + 1); !s.ok()) {
-    return s;
-  }
-  if (Status s = groups->sorted_positions.allocate(halide_type_t(halide_type_int, 32), n);
-      !s.ok()) {
-    return s;
-  }
-  if (Status s = groups->rows.write(rows.data()); !s.ok()) return s;
-  if (Status s = groups->segments.write(segments.data()); !s.ok()) return s;
-  if (Status s = groups->sorted_positions.write(order.data()); !s.ok()) return s;
+  EMBAG_RETURN_IF_ERROR(groups->rows.allocate(halide_type_t(halide_type_int, 64), U));
+  EMBAG_RETURN_IF_ERROR(groups->segments.allocate(halide_type_t(halide_type_int, 32), U + 1));
+  EMBAG_RETURN_IF_ERROR(groups->sorted_positions.allocate(halide_type_t(halide_type_int, 32), n));
+  EMBAG_RETURN_IF_ERROR(groups->rows.write(rows.data()));
+  EMBAG_RETURN_IF_ERROR(groups->segments.write(segments.data()));
+  EMBAG_RETURN_IF_ERROR(groups->sorted_positions.write(order.data()));
   groups->num_rows = U;
   return Status::Ok();
 }
@@ -513,7 +506,7 @@ Status group_rows(CallContext& call, DeviceArray& keys, DeviceArray& positions, 
         {&groups->sorted_positions, i32, n},
         {&num_runs, i32, int64_t{1}},
         {&scratch, u8, static_cast<int64_t>(std::max<size_t>(scratch_bytes, 1))}}) {
-    if (Status s = array->allocate(type, size); !s.ok()) return s;
+    EMBAG_RETURN_IF_ERROR(array->allocate(type, size));
   }
   cuda::GroupRowsBuffers b{};
   b.keys = reinterpret_cast<const int64_t*>(keys.cuda_pointer());
@@ -528,11 +521,8 @@ Status group_rows(CallContext& call, DeviceArray& keys, DeviceArray& positions, 
   b.scratch_bytes = scratch_bytes;
   {
     CudaContextScope current(call);
-    if (Status s = cuda_result(cuda::sort_and_encode(b, count, key_bits, call.gpu_stream),
-                               "sorting positions by row (CUB)");
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(cuda_result(cuda::sort_and_encode(b, count, key_bits, call.gpu_stream),
+                                      "sorting positions by row (CUB)"));
   }
   // U is the number of runs less one when some position is excluded, i.e. when the largest
   // sorted key is V. Both values are at known places, so both copies go on the stream before the
@@ -543,24 +533,17 @@ Status group_rows(CallContext& call, DeviceArray& keys, DeviceArray& positions, 
   {
     CudaContextScope current(call);
     const cuda::Driver* d = cuda::driver(nullptr);
-    if (Status s = cuda_result(
-            d->cuMemcpyDtoHAsync(&runs, num_runs.cuda_pointer(), sizeof runs, call.gpu_stream),
-            "cuMemcpyDtoHAsync");
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(cuda_result(
+        d->cuMemcpyDtoHAsync(&runs, num_runs.cuda_pointer(), sizeof runs, call.gpu_stream),
+        "cuMemcpyDtoHAsync"));
     if (n > 0) {
-      if (Status s = cuda_result(d->cuMemcpyDtoHAsync(&last_key, sorted_keys.cuda_pointer(n - 1),
-                                                      sizeof last_key, call.gpu_stream),
-                                 "cuMemcpyDtoHAsync");
-          !s.ok()) {
-        return s;
-      }
+      EMBAG_RETURN_IF_ERROR(
+          cuda_result(d->cuMemcpyDtoHAsync(&last_key, sorted_keys.cuda_pointer(n - 1),
+                                           sizeof last_key, call.gpu_stream),
+                      "cuMemcpyDtoHAsync"));
     }
-    if (Status s = cuda_result(d->cuStreamSynchronize(call.gpu_stream), "cuStreamSynchronize");
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(
+        cuda_result(d->cuStreamSynchronize(call.gpu_stream), "cuStreamSynchronize"));
   }
   const int32_t U = runs - (last_key == num_table_rows ? 1 : 0);
   {
@@ -568,16 +551,11 @@ Status group_rows(CallContext& call, DeviceArray& keys, DeviceArray& positions, 
     // Without excluded positions counts[U] is past the runs: make it 0, so the scan's last
     // entry is the total.
     if (U == runs) {
-      if (Status s = cuda_result(cuda::zero_int32(b.counts + U, call.gpu_stream), "cudaMemset");
-          !s.ok()) {
-        return s;
-      }
+      EMBAG_RETURN_IF_ERROR(
+          cuda_result(cuda::zero_int32(b.counts + U, call.gpu_stream), "cudaMemset"));
     }
-    if (Status s = cuda_result(cuda::segment_starts(b, U + 1, call.gpu_stream),
-                               "scanning row counts (CUB)");
-        !s.ok()) {
-      return s;
-    }
+    EMBAG_RETURN_IF_ERROR(
+        cuda_result(cuda::segment_starts(b, U + 1, call.gpu_stream), "scanning row counts (CUB)"));
   }
   groups->rows.set_extent(U);
   groups->segments.set_extent(U + 1);
