@@ -24,21 +24,27 @@ case "$arch/$hint" in
 esac
 any_prefetch='prefetch|prfm[[:space:]]'
 
-listing=$(mktemp)
-trap 'rm -f "$listing"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # Each member's heading, in GNU objdump's form ("name.o:     file format ...") or llvm-objdump's
-# ("archive.a(name.o):	file format ..."), becomes "OBJECT name.o".
+# ("archive.a(name.o):	file format ..."), starts that member's block; each forward kernel's
+# block goes to a file of its own in one pass (the archive's listing runs to millions of lines,
+# so it is read once, not once per kernel).
 "$objdump" -d --no-show-raw-insn "$archive" |
-  sed -E 's/^(.*\()?([^():]+\.o)\)?:[[:space:]]+file format.*/OBJECT \2/' > "$listing"
+  sed -E 's/^(.*\()?([^():]+\.o)\)?:[[:space:]]+file format.*/OBJECT \2/' |
+  awk -v dir="$work" '
+    $1 == "OBJECT" { if (out != "") close(out); out = ($2 ~ /^embag_forward_/) ? dir "/" $2 : ""; next }
+    out != "" { print >> out }'
 
 failures=0 checked=0 shown=""
-# One block per object: from its OBJECT line up to the next.
-for object in $(sed -n 's/^OBJECT \(embag_forward_.*\)$/\1/p' "$listing" | sort -u); do
+for path in "$work"/embag_forward_*; do
+  [ -e "$path" ] || continue
+  object=${path##*/}
   kernel=${object%%.*}
   cpu=""
   for isa in "${isas[@]}"; do [[ $kernel == *_"$isa" ]] && cpu=$isa; done
   [ -n "$cpu" ] || continue
-  body=$(awk -v o="$object" '$1 == "OBJECT" {on = ($2 == o); next} on' "$listing")
+  body=$(cat "$path")
   wanted=$(grep -cE "$want" <<< "$body" || true)
   others=$(grep -cE "$unwanted" <<< "$body" || true)
   all=$(grep -cE "$any_prefetch" <<< "$body" || true)
