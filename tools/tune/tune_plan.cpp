@@ -291,7 +291,8 @@ Status build_bundle(const std::string& dir, const Toolchain& tc,
   for (const char* file :
        {"runtime/call_context.h", "runtime/call_context.cpp", "runtime/kernel_thread_pool.h",
         "runtime/kernel_thread_pool.cpp", "runtime/cpu_features.h", "runtime/cpu_features.cpp",
-        "runtime/table_class.h", "runtime/table_class.cpp", "generators/kernel_enums.h"})
+        "runtime/table_class.h", "runtime/table_class.cpp", "runtime/enum_tables.h",
+        "generators/kernel_enums.h"})
     fs::copy_file(src / file, pool / fs::path(file).filename(),
                   fs::copy_options::overwrite_existing, ec);
   for (const auto& header : fs::directory_iterator(src / "include" / "embag"))
