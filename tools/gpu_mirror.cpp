@@ -244,7 +244,7 @@ class Mirror {
   }
 
  private:
-  DeviceType device_;
+  [[maybe_unused]] DeviceType device_;  // (read only in GPU builds)
   TensorView host_;
   bool copy_back_;
   TensorView device_view_;

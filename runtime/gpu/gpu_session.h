@@ -81,7 +81,7 @@ class DeviceArray {
   halide_dimension_t dims_[2]{};
   bool wrapped_ = false;
   bool owned_ = false;
-  uint64_t owned_cuda_pointer_ = 0;
+  [[maybe_unused]] uint64_t owned_cuda_pointer_ = 0;  // (read only in CUDA builds)
 };
 
 // The valid positions grouped by row, in device memory: rows ascending, each row's positions in
