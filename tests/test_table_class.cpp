@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "embag/embag.h"
+#include "sparse_table_support.h"
 
 namespace {
 
@@ -31,30 +32,10 @@ bool has_table_classes() {
   return false;
 }
 
-// A float32 table of `rows` x `dim` whose memory is allocated but only the rows the call reads
-// are written (a table past the limit can be larger than the test wants to fill), and a sum over
-// bags of those rows. Returns the output, and the variant through `variant`.
+// A sum over rows of a rows x dim float32 table (sparse_table_support.h); the variant that ran
+// goes to `variant`.
 std::vector<float> sum_of_rows(int64_t rows, int64_t dim, std::string* variant) {
-  std::unique_ptr<float[]> table(new float[static_cast<size_t>(rows * dim)]);
-  const std::vector<int64_t> idx = {0, rows - 1, rows / 2, 0, rows - 1}, off = {0, 2};
-  for (int64_t r : idx) {
-    for (int64_t d = 0; d < dim; ++d) table[r * dim + d] = static_cast<float>(r % 97 + d) * 0.25f;
-  }
-  std::vector<float> out(static_cast<size_t>(2 * dim), -1.0f);
-  embag::ForwardInputs in;
-  in.weight = embag::make_view_2d(table.get(), DType::kFloat32, rows, dim);
-  in.input = embag::make_view_1d(const_cast<int64_t*>(idx.data()), DType::kInt64, 5);
-  const embag::TensorView offsets =
-      embag::make_view_1d(const_cast<int64_t*>(off.data()), DType::kInt64, 2);
-  in.offsets = &offsets;
-  embag::ForwardOutputs outs;
-  outs.output = embag::make_view_2d(out.data(), DType::kFloat32, 2, dim);
-  embag::Options options;
-  options.mode = embag::Mode::kSum;
-  const embag::Status status = embag::forward(in, outs, options);
-  EXPECT_TRUE(status.ok()) << status.message();
-  *variant = embag::last_variant();
-  return out;
+  return embag::testing_support::forward_on_sparse_table(embag::Mode::kSum, rows, dim, variant);
 }
 
 class TableClass : public ::testing::Test {

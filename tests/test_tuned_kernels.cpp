@@ -18,6 +18,7 @@
 
 #include "embag/embag.h"
 #include "reference/reference.h"
+#include "sparse_table_support.h"
 
 namespace {
 
@@ -38,29 +39,14 @@ std::vector<embag::VariantInfo> tuned_variants(const std::string& pipeline) {
 }
 
 // A forward call of `mode` (sum, mean, or max without argmax: max_values) on a float32 table of
-// rows x dim, int64 indices, whose memory is allocated but only the rows read are written.
-// Returns last_variant().
+// rows x dim (sparse_table_support.h). Returns last_variant().
 std::string forward_on(const std::string& mode, int64_t rows, int64_t dim) {
-  std::unique_ptr<float[]> table(new float[static_cast<size_t>(rows * dim)]);
-  const std::vector<int64_t> idx = {0, rows - 1, rows / 2, 0, rows - 1}, off = {0, 2};
-  for (int64_t r : idx)
-    for (int64_t d = 0; d < dim; ++d) table[r * dim + d] = static_cast<float>(r % 97 + d) * 0.25f;
-  std::vector<float> out(static_cast<size_t>(2 * dim), -1.0f);
-  embag::ForwardInputs in;
-  in.weight = embag::make_view_2d(table.get(), DType::kFloat32, rows, dim);
-  in.input = embag::make_view_1d(const_cast<int64_t*>(idx.data()), DType::kInt64, 5);
-  const embag::TensorView offsets =
-      embag::make_view_1d(const_cast<int64_t*>(off.data()), DType::kInt64, 2);
-  in.offsets = &offsets;
-  embag::ForwardOutputs outs;
-  outs.output = embag::make_view_2d(out.data(), DType::kFloat32, 2, dim);
-  embag::Options options;
-  options.mode = mode == "sum"    ? embag::Mode::kSum
-                 : mode == "mean" ? embag::Mode::kMean
-                                  : embag::Mode::kMax;
-  const embag::Status status = embag::forward(in, outs, options);
-  EXPECT_TRUE(status.ok()) << status.message();
-  return embag::last_variant();
+  const embag::Mode m = mode == "sum"    ? embag::Mode::kSum
+                        : mode == "mean" ? embag::Mode::kMean
+                                         : embag::Mode::kMax;
+  std::string variant;
+  embag::testing_support::forward_on_sparse_table(m, rows, dim, &variant);
+  return variant;
 }
 
 // A tuning file from warm and cold shapes gives each class its own tuned kernels: a table inside
