@@ -16,11 +16,13 @@
 # With --torch or --bench it (also) creates .venv-torch, the one PyTorch environment
 # (scripts/requirements-torch.txt): PyTorch from PyPI pinned to the version FBGEMM's
 # compatibility table names for fbgemm-gpu-cpu (FBGEMM's table-batched embedding operator, a
-# benchmark peer), pytest for `make test-python`, matplotlib for `make bench-report`; TorchRec
-# will join it. One environment, so the tests, the benchmarks and TorchRec see the same torch. It
-# is separate from .venv, which every build uses and which stays small: PyPI's Linux x86-64 torch
-# is the CUDA build (PyPI serves no CPU-only wheel under the name torch), whose nvidia-*
-# dependencies make it about 5 GiB (measured: 80 s to install on the CI machine's network).
+# benchmark peer), pytest for `make test-python`, matplotlib for `make bench-report`, and
+# TorchRec (scripts/requirements-torchrec.txt, installed without its declared dependencies so
+# that it uses fbgemm-gpu-cpu rather than pulling the CUDA fbgemm-gpu). One environment, so the
+# tests, the benchmarks and TorchRec see the same torch. It is separate from .venv, which every
+# build uses and which stays small: PyPI's Linux x86-64 torch is the CUDA build (PyPI serves no
+# CPU-only wheel under the name torch), whose nvidia-* dependencies make it about 5 GiB
+# (measured: 80 s to install on the CI machine's network).
 #
 # With --clang it also installs clang 14 and its compiler-rt runtimes (AddressSanitizer,
 # UndefinedBehaviorSanitizer, ThreadSanitizer, libFuzzer): make test-sanitize, make test-tsan and
@@ -88,20 +90,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# make_venv DIR REQUIREMENTS CHECK: creates (or updates) the virtual environment DIR from the
-# requirements file unless its stamp says it already holds exactly those and CHECK exists.
+# make_venv DIR REQUIREMENTS CHECK [NO_DEPS_REQUIREMENTS]: creates (or updates) the virtual
+# environment DIR from the requirements file, then installs NO_DEPS_REQUIREMENTS' packages
+# without their declared dependencies (pip cannot say --no-deps per line), unless its stamp says
+# it already holds exactly those and CHECK exists. The stamp is both files, concatenated.
 make_venv() {
-  local dir=$1 requirements=$2 check=$3
+  local dir=$1 requirements=$2 check=$3 no_deps=${4:-}
   local stamp=$dir/.requirements-installed
-  if [ -f "$stamp" ] && cmp -s "$requirements" "$stamp" && [ -e "$dir/$check" ]; then
+  if [ -f "$stamp" ] && cat "$requirements" $no_deps | cmp -s - "$stamp" && [ -e "$dir/$check" ]
+  then
     return 0
   fi
-  echo "install-deps: creating $dir with $(grep -v "^#" "$requirements" | tr "\n" " ")"
+  echo "install-deps: creating $dir with" \
+    "$(cat "$requirements" $no_deps | grep -v "^#" | tr "\n" " ")"
   python3 -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$stamp"
+  if [ -n "$no_deps" ]; then
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$no_deps"
+  fi
+  cat "$requirements" $no_deps > "$stamp"
 }
 make_venv .venv scripts/requirements.txt bin/cmake
 if [ -n "$with_torch$with_bench" ]; then
-  make_venv .venv-torch scripts/requirements-torch.txt bin/pytest
+  make_venv .venv-torch scripts/requirements-torch.txt bin/pytest scripts/requirements-torchrec.txt
 fi

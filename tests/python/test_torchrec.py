@@ -1,0 +1,318 @@
+"""embag.torchrec inside TorchRec's DistributedModelParallel (`make test-python`).
+
+Needs TorchRec in .venv-torch (scripts/install-deps.sh --torch); skipped, saying so, where it
+cannot be imported. Two processes (torch.multiprocessing.spawn) on one gloo process group over
+127.0.0.1, started once for the whole module: each rank runs every case and writes what each
+check found to a file; the tests below read those files. A deadline (EMBAG_TORCHREC_TIMEOUT_S,
+300 s by default; the module takes about 40 s on an idle 2-core machine) kills every rank
+still running, so a hung collective fails the tests instead of blocking.
+
+Per case (an EmbeddingBagCollection of 3-4 tables of different rows, dims and poolings, sharded
+by one plan with embag's kernel):
+- forward: each rank's pooled output equals the unsharded collection's on the global batch (the
+  ranks' batches concatenated) and the same plan's output with TorchRec's FBGEMM kernel
+  (``dense``), within atol = rtol = 1e-6 (the reduce of row-wise shards adds partial sums in
+  another order than one table's sum);
+- sgd: after one torch.optim.SGD step, each local shard equals the unsharded collection stepped
+  on the world-averaged gradient, within 1e-6;
+- checkpoint: a state_dict saved by the FBGEMM kernel (other weights) loads into embag's, whose
+  state_dict then has the same keys and bitwise the same shards, and loads back into a
+  FBGEMM-kernel model bitwise unchanged.
+Every batch has empty bags and one feature with no value in one rank's batch; the weighted case
+has per-sample weights. Cases stay clear of TorchRec 1.9.2's bug with a table-wise SUM table
+next to a row-wise MEAN table (docs/torchrec.md): MEAN row-wise tables only share a
+collection with tables whose output TorchRec divides correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "torchrec.distributed", reason="TorchRec is not installed (scripts/install-deps.sh --torch)"
+)
+
+WORLD = 2
+BATCH = 3  # bags per feature per rank
+TOLERANCE = dict(atol=1e-6, rtol=1e-6)
+LEARNING_RATE = 0.5
+
+# (name, rows, dim, pooling) per table, and each table's plan as (generator name, arguments).
+CASES: Dict[str, Dict[str, Any]] = {
+    # ranks 1 and 0 hold no shard of t0/t1 and t2/t3
+    "table_wise": dict(
+        tables=[("t0", 11, 3, "SUM"), ("t1", 7, 5, "MEAN"), ("t2", 13, 1, "SUM"),
+                ("t3", 5, 6, "MEAN")],
+        plan={"t0": ("table_wise", 0), "t1": ("table_wise", 0), "t2": ("table_wise", 1),
+              "t3": ("table_wise", 1)},
+    ),
+    # t2 has one row: rank 1's shard of it has none
+    "row_wise": dict(
+        tables=[("t0", 11, 3, "SUM"), ("t1", 7, 5, "MEAN"), ("t2", 1, 4, "SUM"),
+                ("t3", 5, 2, "MEAN")],
+        plan={name: ("row_wise",) for name in ("t0", "t1", "t2", "t3")},
+    ),
+    # t1: two shards on rank 0 (stacked in one parameter); t2: its first columns on rank 1;
+    # t3: rank 1 only. (Equal widths: TorchRec 1.9.2 cannot load a ShardedTensor of uneven
+    # column-wise shards, whatever the kernel; docs/torchrec.md.)
+    "column_wise": dict(
+        tables=[("t0", 11, 8, "SUM"), ("t1", 7, 12, "MEAN"), ("t2", 13, 8, "SUM"),
+                ("t3", 5, 4, "MEAN")],
+        plan={"t0": ("column_wise", [0, 1]), "t1": ("column_wise", [0, 0, 1]),
+              "t2": ("column_wise", [1, 0]), "t3": ("column_wise", [1])},
+    ),
+    "table_row_wise": dict(
+        tables=[("t0", 11, 3, "SUM"), ("t1", 7, 5, "MEAN"), ("t2", 6, 1, "SUM")],
+        plan={name: ("table_row_wise", 0) for name in ("t0", "t1", "t2")},
+    ),
+    # every kind in one collection (row-wise tables SUM: see the module's docstring)
+    "mixed": dict(
+        tables=[("t0", 11, 3, "SUM"), ("t1", 7, 8, "MEAN"), ("t2", 13, 5, "SUM"),
+                ("t3", 5, 2, "SUM")],
+        plan={"t0": ("table_wise", 1), "t1": ("column_wise", [0, 1]), "t2": ("row_wise",),
+              "t3": ("table_row_wise", 0)},
+    ),
+    # per-sample weights (PyTorch's EmbeddingBag, the reference, takes them with SUM only)
+    "weighted": dict(
+        tables=[("t0", 11, 3, "SUM"), ("t1", 7, 8, "SUM"), ("t2", 13, 5, "SUM"),
+                ("t3", 5, 2, "SUM")],
+        plan={"t0": ("table_wise", 1), "t1": ("column_wise", [0, 1]), "t2": ("row_wise",),
+              "t3": ("table_row_wise", 0)},
+        weighted=True,
+    ),
+}
+CHECKS = ("forward", "sgd", "checkpoint")
+
+
+def _batch(rows: List[int], seed: int, weighted: bool) -> Dict[str, Any]:
+    """The global batch (WORLD * BATCH bags per feature): lengths 0..3 with empty bags, and the
+    last feature empty in rank 1's bags."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (len(rows), WORLD * BATCH), generator=generator)
+    lengths[:, 1] = 0
+    lengths[-1, BATCH:] = 0
+    values = [torch.randint(0, r, (int(n),), generator=generator)
+              for r, n in zip(rows, lengths.sum(dim=1))]
+    weights = [torch.rand(v.shape, generator=generator) for v in values] if weighted else None
+    return dict(lengths=lengths, values=values, weights=weights)
+
+
+def _kjt(batch: Dict[str, Any], keys: List[str], bags: slice) -> Any:
+    from torchrec import KeyedJaggedTensor
+
+    lengths, values, weights = [], [], []
+    for f in range(len(keys)):
+        feature_lengths = batch["lengths"][f]
+        start = int(feature_lengths[: bags.start].sum())
+        end = start + int(feature_lengths[bags].sum())
+        lengths.append(feature_lengths[bags])
+        values.append(batch["values"][f][start:end])
+        if batch["weights"] is not None:
+            weights.append(batch["weights"][f][start:end])
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.cat(values),
+        lengths=torch.cat(lengths),
+        weights=torch.cat(weights) if weights else None,
+    )
+
+
+def _generator(spec: tuple, kernel: str) -> Callable[..., Any]:
+    from torchrec.distributed import sharding_plan as sp
+
+    from embag.torchrec import embag_kernel
+
+    kind, args = spec[0], spec[1:]
+    if kind == "table_wise":
+        return sp.table_wise(args[0], compute_kernel=kernel)
+    if kind == "row_wise":
+        return sp.row_wise(compute_kernel=kernel)
+    if kind == "column_wise":
+        return sp.column_wise(ranks=args[0], compute_kernel=kernel)
+    assert kind == "table_row_wise"
+    generator = sp.table_row_wise(args[0])  # (takes no compute_kernel)
+    return embag_kernel(generator) if kernel == "customized_kernel" else _with_kernel(generator,
+                                                                                    kernel)
+
+
+def _with_kernel(generator: Callable[..., Any], kernel: str) -> Callable[..., Any]:
+    import dataclasses
+
+    return lambda *a, **k: dataclasses.replace(generator(*a, **k), compute_kernel=kernel)
+
+
+def _collection(case: Dict[str, Any], seed: int) -> Any:
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+    torch.manual_seed(seed)
+    configs = [
+        EmbeddingBagConfig(name=name, num_embeddings=rows, embedding_dim=dim,
+                           feature_names=[f"f_{name}"], pooling=PoolingType[pooling])
+        for name, rows, dim, pooling in case["tables"]
+    ]
+    return EmbeddingBagCollection(tables=configs, is_weighted=case.get("weighted", False),
+                                  device=torch.device("cpu"))
+
+
+def _sharded(case: Dict[str, Any], kernel: str, state: Dict[str, torch.Tensor]) -> Any:
+    import torch.distributed as dist
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan
+    from torchrec.distributed.types import ShardingEnv, ShardingPlan
+
+    from embag.torchrec import EmbagEmbeddingBagCollectionSharder
+
+    module = _collection(case, seed=1)
+    sharder = EmbagEmbeddingBagCollectionSharder()
+    plan = construct_module_sharding_plan(
+        module,
+        {name: _generator(spec, kernel) for name, spec in case["plan"].items()},
+        sharder=sharder, local_size=WORLD, world_size=WORLD, device_type="cpu",
+    )
+    model = DistributedModelParallel(
+        module, env=ShardingEnv.from_process_group(dist.group.WORLD),
+        plan=ShardingPlan({"": plan}), sharders=[sharder], device=torch.device("cpu"),
+    )
+    model.load_state_dict(state)
+    return model
+
+
+def _pooled(model: Any, features: Any) -> Dict[str, torch.Tensor]:
+    output = model(features)
+    output = output.wait() if hasattr(output, "wait") else output
+    return output.to_dict()
+
+
+def _local_shards(model: Any) -> Dict[str, list]:
+    """(offsets, tensor) of each local shard of each table, by state_dict key."""
+    return {key: [(s.metadata.shard_offsets, s.tensor) for s in value.local_shards()]
+            for key, value in model.state_dict().items()}
+
+
+def _run_case(rank: int, name: str, case: Dict[str, Any], found: Dict[str, str]) -> None:
+    keys = [f"f_{table[0]}" for table in case["tables"]]
+    reference = _collection(case, seed=0)
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    batch = _batch([table[1] for table in case["tables"]], seed=len(name),
+                   weighted=case.get("weighted", False))
+    local = slice(rank * BATCH, (rank + 1) * BATCH)
+    everyone = slice(0, WORLD * BATCH)
+    embag_model = _sharded(case, "customized_kernel", state)
+    fbgemm_model = _sharded(case, "dense", state)
+
+    def check(check_name: str, body: Callable[[], None]) -> None:
+        try:
+            body()
+        except AssertionError:
+            found[f"{name}-{check_name}"] = f"rank {rank}: {traceback.format_exc()}"
+
+    # forward
+    expected = reference(_kjt(batch, keys, everyone)).to_dict()
+    got = _pooled(embag_model, _kjt(batch, keys, local))
+    fbgemm = _pooled(fbgemm_model, _kjt(batch, keys, local))
+
+    def forward() -> None:
+        for key in keys:
+            torch.testing.assert_close(got[key], expected[key][local].detach(), **TOLERANCE,
+                                       msg=lambda m: f"{key} against the unsharded EBC: {m}")
+            torch.testing.assert_close(got[key], fbgemm[key], **TOLERANCE,
+                                       msg=lambda m: f"{key} against the FBGEMM kernel: {m}")
+
+    check("forward", forward)
+
+    # sgd: loss = sum(output * target) per rank; the unsharded model steps on the world average
+    target = torch.Generator().manual_seed(7)
+    targets = {key: torch.randn(expected[key].shape, generator=target) for key in keys}
+    optimizer = torch.optim.SGD(embag_model.parameters(), lr=LEARNING_RATE)
+    sum(((got[key] * targets[key][local]).sum() for key in keys), torch.zeros(())).backward()
+    optimizer.step()
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=LEARNING_RATE)
+    (sum((expected[key] * targets[key]).sum() for key in keys) / WORLD).backward()
+    reference_optimizer.step()
+
+    def sgd() -> None:
+        stepped = reference.state_dict()
+        for key, shards in _local_shards(embag_model).items():
+            for (row, col), tensor in shards:
+                rows, cols = tensor.shape
+                torch.testing.assert_close(tensor, stepped[key][row:row + rows, col:col + cols],
+                                           **TOLERANCE, msg=lambda m: f"{key}: {m}")
+
+    check("sgd", sgd)
+
+    # checkpoint: FBGEMM (weights of its own) -> embag -> FBGEMM (another model's weights)
+    saved = _sharded(case, "dense", _collection(case, seed=2).state_dict()).state_dict()
+    embag_model.load_state_dict(saved)
+    resaved = embag_model.state_dict()
+    fbgemm_model.load_state_dict(resaved)
+
+    def checkpoint() -> None:
+        assert list(resaved) == list(saved), f"keys {list(resaved)} != {list(saved)}"
+        for model in (embag_model, fbgemm_model):
+            for key, shards in _local_shards(model).items():
+                original = [(s.metadata.shard_offsets, s.tensor) for s in saved[key].local_shards()]
+                assert len(shards) == len(original), key
+                for (offsets, tensor), (original_offsets, original_tensor) in zip(shards, original):
+                    assert offsets == original_offsets, (key, offsets, original_offsets)
+                    assert torch.equal(tensor, original_tensor), f"{key} at {offsets} changed"
+
+    check("checkpoint", checkpoint)
+
+
+def _worker(rank: int, port: int, results: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    found: Dict[str, str] = {}
+    for name, case in CASES.items():
+        _run_case(rank, name, case, found)
+    dist.destroy_process_group()
+    Path(results, f"rank{rank}.json").write_text(json.dumps(found))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+    """Runs every case on WORLD ranks once; the failed checks' messages, by check."""
+    import torch.multiprocessing as mp
+
+    results = tmp_path_factory.mktemp("torchrec")
+    deadline = time.monotonic() + float(os.environ.get("EMBAG_TORCHREC_TIMEOUT_S", "300"))
+    started = time.monotonic()
+    context = mp.spawn(_worker, args=(_free_port(), str(results)), nprocs=WORLD, join=False)
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {WORLD} ranks did not finish within the deadline "
+                            "(EMBAG_TORCHREC_TIMEOUT_S); killed")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    print(f"\n{WORLD} ranks, {len(CASES)} cases: {time.monotonic() - started:.1f} s")
+    found: Dict[str, str] = {}
+    for rank in range(WORLD):
+        found.update(json.loads(Path(results, f"rank{rank}.json").read_text()))
+    return found
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_sharded_collection(failures: Dict[str, str], case: str, check: str) -> None:
+    message = failures.get(f"{case}-{check}")
+    assert message is None, message
