@@ -54,6 +54,7 @@ from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from . import EmbeddingBagError
 from .torch import embedding_bag
 
 __all__ = [
@@ -207,17 +208,33 @@ class EmbagEmbeddingBag(BaseBatchedEmbeddingBag[torch.Tensor]):
         for feature, shard in enumerate(self._feature_table_map):
             bag_offsets = offsets[feature * batch : (feature + 1) * batch + 1]
             start, end = int(bag_offsets[0]), int(bag_offsets[-1])
-            pooled.append(
-                embedding_bag(
-                    values[start:end],
-                    shard_weights[shard],
-                    bag_offsets - start,
-                    mode=self._mode,
-                    per_sample_weights=None if weights is None else weights[start:end],
-                    include_last_offset=True,
+            try:
+                pooled.append(
+                    embedding_bag(
+                        values[start:end],
+                        shard_weights[shard],
+                        bag_offsets - start,
+                        mode=self._mode,
+                        per_sample_weights=None if weights is None else weights[start:end],
+                        include_last_offset=True,
+                    )
                 )
-            )
+            except EmbeddingBagError as error:
+                where = self._where(features.keys()[feature], shard)
+                raise type(error)(where + str(error)) from error
         return pooled
+
+    def _where(self, feature: str, shard: int) -> str:
+        # Which of this rank's lookups broke a rule: embag's message counts positions within one
+        # feature's values on this rank and rows within one shard (row-wise shards index their
+        # own rows), so it names the feature and the shard's place in its table.
+        table = self._config.embedding_tables[shard]
+        first_row = self._row_offset[shard]
+        return (
+            f"embag.torchrec: feature {feature!r} of table {table.name!r} (its local shard of rows "
+            f"[{first_row}, {first_row + table.local_rows}) of {table.num_embeddings}, indexed "
+            "from its first row): "
+        )
 
 
 class EmbagPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):

@@ -22,6 +22,10 @@ Every batch has empty bags and one feature with no value in one rank's batch; th
 has per-sample weights. Cases stay clear of TorchRec 1.9.2's bug with a table-wise SUM table
 next to a row-wise MEAN table (docs/torchrec.md): MEAN row-wise tables only share a
 collection with tables whose output TorchRec divides correctly.
+
+Two more tests run the kernel alone, in this process, on a grouped config built by hand: its
+output against F.embedding_bag per shard (two shards of one table stacked), and a bad index,
+whose error names the feature, the table and the shard's rows and leaves the weights unchanged.
 """
 
 from __future__ import annotations
@@ -316,3 +320,80 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
 def test_sharded_collection(failures: Dict[str, str], case: str, check: str) -> None:
     message = failures.get(f"{case}-{check}")
     assert message is None, message
+
+
+def _kernel(shards: List[tuple], weighted: bool = False) -> Any:
+    """An EmbagEmbeddingBag outside any process group: one grouped config of the given shards,
+    (table, feature, rows, first row, table rows, columns) each, as TorchRec's shardings give it."""
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torchrec.distributed.embedding_types import (
+        EmbeddingComputeKernel,
+        GroupedEmbeddingConfig,
+        ShardedEmbeddingTable,
+    )
+    from torchrec.modules.embedding_configs import DataType, PoolingType
+
+    from embag.torchrec import EmbagEmbeddingBag
+
+    kernel = EmbeddingComputeKernel.CUSTOMIZED_KERNEL
+    tables = [
+        ShardedEmbeddingTable(
+            name=table, feature_names=[feature], num_embeddings=table_rows, embedding_dim=cols,
+            local_rows=rows, local_cols=cols, pooling=PoolingType.SUM, compute_kernel=kernel,
+            local_metadata=ShardMetadata(shard_offsets=[first, 0], shard_sizes=[rows, cols],
+                                         placement="rank:0/cpu"),
+        )
+        for table, feature, rows, first, table_rows, cols in shards
+    ]
+    config = GroupedEmbeddingConfig(data_type=DataType.FP32, pooling=PoolingType.SUM,
+                                    is_weighted=weighted, has_feature_processor=False,
+                                    compute_kernel=kernel, embedding_tables=tables)
+    return EmbagEmbeddingBag(config)
+
+
+def test_kernel_alone_equals_embedding_bag() -> None:
+    """Without TorchRec's communication: two shards of one table stacked in one parameter, and a
+    second table, computed as F.embedding_bag computes each shard, with per-sample weights."""
+    from torchrec import KeyedJaggedTensor
+
+    kernel = _kernel([("a", "fa0", 4, 0, 4, 3), ("a", "fa1", 4, 0, 4, 3),
+                      ("b", "fb", 5, 2, 9, 3)], weighted=True)
+    names = [name for name, _ in kernel.named_parameters()]
+    assert names == ["a.weight", "b.weight"]
+    assert [tuple(p.shape) for _, p in kernel.named_parameters()] == [(8, 3), (5, 3)]
+    features = KeyedJaggedTensor.from_lengths_sync(
+        keys=["fa0", "fa1", "fb"], values=torch.tensor([3, 0, 1, 2, 3, 0, 4]),
+        lengths=torch.tensor([2, 0, 1, 2, 0, 2]), weights=torch.rand(7),
+    )
+    output = kernel(features)
+    shards = kernel.split_embedding_weights()
+    weights = features.weights()
+    expected = []
+    for f, key in enumerate(features.keys()):
+        start, end = int(features.offsets()[2 * f]), int(features.offsets()[2 * f + 2])
+        expected.append(torch.nn.functional.embedding_bag(
+            features.values()[start:end], shards[f], features.offsets()[2 * f:2 * f + 3] - start,
+            mode="sum", per_sample_weights=weights[start:end], include_last_offset=True))
+    torch.testing.assert_close(output, torch.cat(expected, dim=1), atol=1e-6, rtol=1e-6)
+    output.sum().backward()
+    assert kernel._table_weights[0].grad is not None
+
+
+def test_bad_index_names_the_feature() -> None:
+    """An index outside a shard raises embag's error, naming the feature, the table and the
+    shard's rows, and leaves the weights as they were."""
+    import embag
+    from torchrec import KeyedJaggedTensor
+
+    kernel = _kernel([("a", "fa", 4, 0, 4, 3), ("b", "fb", 3, 6, 9, 2)])
+    before = [w.clone() for w in kernel.split_embedding_weights()]
+    features = KeyedJaggedTensor.from_lengths_sync(
+        keys=["fa", "fb"], values=torch.tensor([1, 2, 0, 3]), lengths=torch.tensor([1, 1, 1, 1]))
+    with pytest.raises(embag.EmbeddingBagError) as raised:
+        kernel(features)
+    message = str(raised.value)
+    assert "feature 'fb' of table 'b'" in message, message
+    assert "rows [6, 9) of 9" in message, message
+    assert "takes value 3 which is not in the valid range [0, 3)" in message, message
+    for weight, old in zip(kernel.split_embedding_weights(), before):
+        assert torch.equal(weight, old)
