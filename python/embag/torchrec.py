@@ -20,8 +20,8 @@ and no patching of TorchRec:
 
 A plan picks embag per table: ``table_wise(rank, compute_kernel=COMPUTE_KERNEL)``,
 ``row_wise(compute_kernel=COMPUTE_KERNEL)``, ``column_wise(ranks, compute_kernel=...)``, and
-``embag_kernel(table_row_wise(host_index))`` (TorchRec's ``table_row_wise`` takes no kernel).
-docs/torchrec.md is the manual.
+``embag_kernel(table_row_wise(host_index))`` (TorchRec's ``table_row_wise`` takes no kernel);
+``embag_plan`` moves a plan from TorchRec's planner onto embag. docs/torchrec.md is the manual.
 
 Not here yet: fused optimizers (TorchRec's ``FusedOptimizerModule``) and quantized sharded
 inference; both wait for embag's table-batched kernel. Each rank runs one embag call per
@@ -49,7 +49,12 @@ from torchrec.distributed.embeddingbag import (
     EmbeddingBagCollectionSharder,
     ShardedEmbeddingBagCollection,
 )
-from torchrec.distributed.types import ParameterSharding, ShardingEnv, ShardingType
+from torchrec.distributed.types import (
+    ParameterSharding,
+    ShardingEnv,
+    ShardingPlan,
+    ShardingType,
+)
 from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -64,6 +69,7 @@ __all__ = [
     "EmbagPooledEmbeddingsLookup",
     "EmbagShardedEmbeddingBagCollection",
     "embag_kernel",
+    "embag_plan",
 ]
 
 #: The compute kernel name a plan gives a table to run it on embag.
@@ -379,6 +385,18 @@ class EmbagEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     @property
     def sharded_module_type(self) -> type:  # type: ignore[override]
         return EmbagShardedEmbeddingBagCollection
+
+
+def embag_plan(plan: ShardingPlan) -> ShardingPlan:
+    """``plan`` with every table that is not data-parallel on embag's kernel, in place (and
+    returned): for a plan made by TorchRec's planner, which cannot cost ``customized_kernel``
+    (it raises "Unrecognized or unsupported compute kernel"), so plans with TorchRec's own
+    ``EmbeddingBagCollectionSharder`` and kernels instead."""
+    for module_plan in plan.plan.values():
+        for sharding in module_plan.values():  # type: ignore[attr-defined]
+            if sharding.sharding_type != ShardingType.DATA_PARALLEL.value:
+                sharding.compute_kernel = COMPUTE_KERNEL
+    return plan
 
 
 def embag_kernel(generator: Callable[..., ParameterSharding]) -> Callable[..., ParameterSharding]:

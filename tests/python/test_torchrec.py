@@ -85,6 +85,14 @@ CASES: Dict[str, Dict[str, Any]] = {
         plan={"t0": ("table_wise", 1), "t1": ("column_wise", [0, 1]), "t2": ("row_wise",),
               "t3": ("table_row_wise", 0)},
     ),
+    # TorchRec's planner (table- and column-wise: what its CPU cost model offers here; it
+    # plans FBGEMM's fused kernel, which wants dims divisible by 4), then embag_plan
+    "planned": dict(
+        tables=[("t0", 11, 4, "SUM"), ("t1", 7, 8, "MEAN"), ("t2", 13, 8, "SUM"),
+                ("t3", 5, 4, "MEAN")],
+        plan={"t0": "table_wise", "t1": "table_wise", "t2": "column_wise", "t3": "column_wise"},
+        planner=True,
+    ),
     # per-sample weights (PyTorch's EmbeddingBag, the reference, takes them with SUM only)
     "weighted": dict(
         tables=[("t0", 11, 3, "SUM"), ("t1", 7, 8, "SUM"), ("t2", 13, 5, "SUM"),
@@ -177,17 +185,38 @@ def _sharded(case: Dict[str, Any], kernel: str, state: Dict[str, torch.Tensor]) 
 
     module = _collection(case, seed=1)
     sharder = EmbagEmbeddingBagCollectionSharder()
-    plan = construct_module_sharding_plan(
-        module,
-        {name: _generator(spec, kernel) for name, spec in case["plan"].items()},
-        sharder=sharder, local_size=WORLD, world_size=WORLD, device_type="cpu",
-    )
+    if case.get("planner"):
+        plan = _planned(case, module, kernel)
+    else:
+        plan = ShardingPlan({"": construct_module_sharding_plan(
+            module,
+            {name: _generator(spec, kernel) for name, spec in case["plan"].items()},
+            sharder=sharder, local_size=WORLD, world_size=WORLD, device_type="cpu",
+        )})
     model = DistributedModelParallel(
         module, env=ShardingEnv.from_process_group(dist.group.WORLD),
-        plan=ShardingPlan({"": plan}), sharders=[sharder], device=torch.device("cpu"),
+        plan=plan, sharders=[sharder], device=torch.device("cpu"),
     )
     model.load_state_dict(state)
     return model
+
+
+def _planned(case: Dict[str, Any], module: Any, kernel: str) -> Any:
+    """TorchRec's planner's plan (with TorchRec's sharder: it cannot cost embag's kernel), moved
+    onto embag by embag_plan for embag's model; the same on every rank (it is deterministic)."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    from embag.torchrec import embag_plan
+
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=WORLD, local_world_size=WORLD, compute_device="cpu"),
+        constraints={name: ParameterConstraints(sharding_types=[kind])
+                     for name, kind in case["plan"].items()},
+    )
+    plan = planner.plan(module, [EmbeddingBagCollectionSharder()])
+    return embag_plan(plan) if kernel == "customized_kernel" else plan
 
 
 def _pooled(model: Any, features: Any) -> Dict[str, torch.Tensor]:
