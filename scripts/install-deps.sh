@@ -103,7 +103,9 @@ make_venv() {
   fi
   echo "install-deps: creating $dir with" \
     "$(cat "$requirements" $no_deps | grep -v "^#" | tr "\n" " ")"
-  python3 -m venv "$dir"
+  # (an existing environment is updated in place: venv refuses a DIR that is a symbolic link,
+  # as a shared environment linked into a worktree is)
+  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
   if [ -n "$no_deps" ]; then
     "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$no_deps"
