@@ -136,8 +136,9 @@ bench-venv:
 # bench_forward and bench_backward on bench/shapes/report.txt (embag, the gather loop, PyTorch 2.x
 # and FBGEMM's table-batched operator in one process on the same memory; table rows sized from
 # this CPU's L3 as sysfs reports it) and writes bench/results/<vendor>-<isa>/REPORT.md with its
-# PNG plots (bench/report.py), and that report into README.md's section for this CPU kind. About
-# 15 minutes on a 2-core machine; nothing else should run.
+# PNG plots (bench/report.py), and that report into README.md's section for this CPU kind; then
+# the quantized-table rows (bench_forward --quantized on bench/shapes/report-quantized.txt). About
+# 17 minutes on a 2-core machine; nothing else should run.
 # BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
 # the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_MIN_TIME the
 # seconds each repetition lasts at least, BENCH_SHAPES the shape file.

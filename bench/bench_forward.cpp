@@ -32,6 +32,21 @@
 //                  the module runs, called through the c10 dispatcher under no_grad) on the same
 //                  memory, torch.set_num_threads(N); with the pytorch rows, where fbgemm_gpu is
 //                  installed beside torch (TBE pools by sum and mean only: no max rows)
+// With --quantized, only quantized-table rows, for the uniform shapes of the file (make
+// bench-report runs bench/shapes/report-quantized.txt this way), mode sum, each on the same
+// indices as the others of its shape:
+//   embag/sum_f32/...      embag::forward on the float32 table the others are quantized from
+//   embag/sum_int8/...     embag::forward on that table quantized to int8 (kInt8: PyTorch's
+//   embag/sum_int4/...     byte prepack layout) / int4 (kInt4: PyTorch's 4-bit prepack layout)
+//   pytorch/sum_int8/...   quantized::embedding_bag_byte_rowwise_offsets / _4bit_rowwise_offsets
+//   pytorch/sum_int4/...   on the very same bytes (with EMBAG_BENCH_TORCH_DIR)
+//   fbgemm_tbe/sum_int8/...  FBGEMM's inference TBE (IntNBitTableBatchedEmbeddingBagsCodegen's
+//   fbgemm_tbe/sum_int4/...  CPU operator) on the table in its layout (kTbeInt8 / kTbeInt4)
+// Their counters: GB/s of the bytes actually read and written (every position's row bytes and
+// index, the offsets, the B x D float32 output) and rows/s (positions per second). Before
+// timing, embag's rows are checked bitwise against embag::forward on dequantize_rows() of the
+// table, the peers within 1e-4 relative of embag's result (their sums fuse the multiply-add).
+//
 // Counters: GB/s = useful bytes per call / wall time, decimal (1e9): every position reads one
 // row (D * 4 bytes) and its index (8), plus the offsets and the B x D float32 output. The label
 // is the kernel variant that ran (embag::last_variant(), or the baseline's equivalent).
@@ -557,6 +572,293 @@ void bench_sequential_read(benchmark::State& state, int threads) {
   state.SetLabel("sequential read");
 }
 
+// ---- Quantized tables (--quantized) -------------------------------------------------------
+
+bool g_quantized_rows = false;
+
+enum class QuantRow : uint8_t { kFloat32, kInt8, kInt4 };
+
+const char* quant_row_name(QuantRow row) {
+  switch (row) {
+    case QuantRow::kFloat32:
+      return "sum_f32";
+    case QuantRow::kInt8:
+      return "sum_int8";
+    case QuantRow::kInt4:
+      return "sum_int4";
+  }
+  return "?";
+}
+
+// One shape's float32 table and its four quantized copies (PyTorch's and TBE's layouts of 8 and 4
+// bits), index batches and offsets; built once per shape, the float dataset freed first.
+struct QuantDataset {
+  Shape shape;
+  bool cold = false;
+  embag::bench::AlignedFloats table;
+  std::vector<std::vector<int64_t>> batches;
+  std::vector<int64_t> offsets;
+  // kInt8, kInt4, kTbeInt8, kTbeInt4
+  std::vector<uint8_t> bytes[4];
+  std::vector<float> output;
+};
+constexpr embag::QuantFormat kQuantFormats[4] = {
+    embag::QuantFormat::kInt8, embag::QuantFormat::kInt4, embag::QuantFormat::kTbeInt8,
+    embag::QuantFormat::kTbeInt4};
+std::unique_ptr<QuantDataset> g_quant;
+
+QuantDataset* quant_dataset_for(const Shape& shape, benchmark::State& state) {
+  if (g_quant && g_quant->shape.same_problem(shape)) return g_quant.get();
+  g_quant.reset();
+  g_dataset.reset();
+  auto ds = std::make_unique<QuantDataset>();
+  ds->shape = shape;
+  ds->cold = is_cold(shape);
+  embag::bench::GatherData data;
+  if (!embag::bench::make_gather_data(shape, ds->cold ? kColdBatches : 1, &data)) {
+    fail(state, "cannot allocate the float32 table");
+    return nullptr;
+  }
+  ds->table = std::move(data.table);
+  ds->offsets = std::move(data.offsets);
+  ds->batches = std::move(data.batches);
+  const embag::TensorView weight =
+      embag::make_view_2d(ds->table.get(), embag::DType::kFloat32, shape.rows, shape.dim);
+  for (int k = 0; k < 4; ++k) {
+    const int64_t row_bytes = embag::quantized_row_bytes(kQuantFormats[k], shape.dim);
+    ds->bytes[k].assign(static_cast<size_t>(shape.rows * row_bytes), 0);
+    const embag::QuantizedTable table{ds->bytes[k].data(), kQuantFormats[k], shape.rows, shape.dim,
+                                      row_bytes};
+    const embag::Status status = embag::quantize_rows(weight, table);
+    if (!status.ok()) {
+      fail(state, "quantize_rows failed: " + status.message());
+      return nullptr;
+    }
+  }
+  ds->output.assign(static_cast<size_t>(shape.bags * shape.dim), 0.0f);
+  g_quant = std::move(ds);
+  return g_quant.get();
+}
+
+// Index 0..3 of QuantDataset::bytes for a row: PyTorch's layout, or TBE's for the TBE rows.
+int quant_bytes_index(QuantRow row, bool tbe_layout) {
+  return (row == QuantRow::kInt8 ? 0 : 1) + (tbe_layout ? 2 : 0);
+}
+
+embag::QuantizedTable quant_table(const QuantDataset& ds, int k) {
+  return {ds.bytes[k].data(), kQuantFormats[k], ds.shape.rows, ds.shape.dim,
+          embag::quantized_row_bytes(kQuantFormats[k], ds.shape.dim)};
+}
+
+void quant_counters(benchmark::State& state, const QuantDataset& ds, int64_t row_bytes,
+                    const std::string& label) {
+  const Shape& s = ds.shape;
+  const double positions = static_cast<double>(s.bags * s.pooling);
+  const double bytes = positions * static_cast<double>(row_bytes + sizeof(int64_t)) +
+                       static_cast<double>(s.bags + 1) * sizeof(int64_t) +
+                       static_cast<double>(s.bags * s.dim) * sizeof(float);
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["rows/s"] =
+      benchmark::Counter(positions, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(label);
+}
+
+// embag's forward inputs for batch `batch` (a float32 row when `k` < 0).
+embag::ForwardInputs quant_inputs(QuantDataset& ds, int k, size_t batch,
+                                  embag::QuantizedTable* table, embag::TensorView* offsets) {
+  const Shape& s = ds.shape;
+  embag::ForwardInputs in;
+  if (k < 0) {
+    in.weight = embag::make_view_2d(ds.table.get(), embag::DType::kFloat32, s.rows, s.dim);
+  } else {
+    *table = quant_table(ds, k);
+    in.quantized_weight = table;
+  }
+  in.input = embag::make_view_1d(ds.batches[batch].data(), embag::DType::kInt64,
+                                 static_cast<int64_t>(ds.batches[batch].size()));
+  *offsets = embag::make_view_1d(ds.offsets.data(), embag::DType::kInt64, s.bags + 1);
+  in.offsets = offsets;
+  return in;
+}
+
+// embag's sum of batch 0 on table k (float32 when k < 0) into *out.
+embag::Status quant_embag_sum(QuantDataset& ds, int k, size_t batch, std::vector<float>* out) {
+  embag::QuantizedTable table;
+  embag::TensorView offsets;
+  const embag::ForwardInputs in = quant_inputs(ds, k, batch, &table, &offsets);
+  out->resize(static_cast<size_t>(ds.shape.bags * ds.shape.dim));
+  embag::ForwardOutputs outputs;
+  outputs.output =
+      embag::make_view_2d(out->data(), embag::DType::kFloat32, ds.shape.bags, ds.shape.dim);
+  embag::Options options;
+  options.mode = embag::Mode::kSum;
+  options.include_last_offset = true;
+  return embag::forward(in, outputs, options);
+}
+
+void bench_quant_embag(benchmark::State& state, const Shape& shape, QuantRow row, int threads) {
+  QuantDataset* ds = quant_dataset_for(shape, state);
+  if (!ds) return;
+  embag::set_num_threads(threads);
+  const int k = row == QuantRow::kFloat32 ? -1 : quant_bytes_index(row, false);
+  std::vector<float> got;
+  embag::Status status = quant_embag_sum(*ds, k, 0, &got);
+  if (!status.ok()) {
+    fail(state, "embag::forward failed: " + status.message());
+    return;
+  }
+  const std::string variant = embag::last_variant();
+  if (k >= 0) {
+    // Bitwise what embag gives on the dequantised table (quantized.h's contract).
+    std::vector<float> dequantized(static_cast<size_t>(shape.rows * shape.dim));
+    const embag::QuantizedTable table = quant_table(*ds, k);
+    status = embag::dequantize_rows(
+        table,
+        embag::make_view_2d(dequantized.data(), embag::DType::kFloat32, shape.rows, shape.dim));
+    std::vector<float> want(got.size());
+    embag::TensorView offsets =
+        embag::make_view_1d(ds->offsets.data(), embag::DType::kInt64, shape.bags + 1);
+    embag::ForwardInputs in;
+    in.weight =
+        embag::make_view_2d(dequantized.data(), embag::DType::kFloat32, shape.rows, shape.dim);
+    in.input = embag::make_view_1d(ds->batches[0].data(), embag::DType::kInt64,
+                                   static_cast<int64_t>(ds->batches[0].size()));
+    in.offsets = &offsets;
+    embag::ForwardOutputs outputs;
+    outputs.output =
+        embag::make_view_2d(want.data(), embag::DType::kFloat32, shape.bags, shape.dim);
+    embag::Options options;
+    options.mode = embag::Mode::kSum;
+    options.include_last_offset = true;
+    if (status.ok()) status = embag::forward(in, outputs, options);
+    if (!status.ok()) {
+      fail(state, "the dequantised check failed to run: " + status.message());
+      return;
+    }
+    const std::string mismatch = compare(got, want, shape.dim, "embag on the quantized table",
+                                         "embag on its dequantisation");
+    if (!mismatch.empty()) {
+      fail(state, mismatch);
+      return;
+    }
+  }
+  std::vector<embag::QuantizedTable> tables(ds->batches.size());
+  std::vector<embag::TensorView> offsets(ds->batches.size());
+  std::vector<embag::ForwardInputs> inputs;
+  for (size_t b = 0; b < ds->batches.size(); ++b) {
+    inputs.push_back(quant_inputs(*ds, k, b, &tables[b], &offsets[b]));
+  }
+  embag::ForwardOutputs outputs;
+  outputs.output =
+      embag::make_view_2d(ds->output.data(), embag::DType::kFloat32, shape.bags, shape.dim);
+  embag::Options options;
+  options.mode = embag::Mode::kSum;
+  options.include_last_offset = true;
+  size_t batch = kFirstTimedBatch % inputs.size();
+  for (auto _ : state) {
+    status = embag::forward(inputs[batch], outputs, options);
+    if (!status.ok()) {
+      fail(state, "embag::forward failed: " + status.message());
+      break;
+    }
+    batch = batch + 1 == inputs.size() ? 0 : batch + 1;
+  }
+  benchmark::ClobberMemory();
+  quant_counters(state, *ds,
+                 k < 0 ? shape.dim * static_cast<int64_t>(sizeof(float))
+                       : embag::quantized_row_bytes(kQuantFormats[k], shape.dim),
+                 variant);
+}
+
+#ifdef EMBAG_BENCH_HAVE_TORCH
+// A peer's quantized sum (PyTorch's op, or TBE's on its layout): checked within 1e-4 relative of
+// embag's on the same bytes' values, then timed like embag's row.
+void bench_quant_peer(benchmark::State& state, const Shape& shape, QuantRow row, int threads,
+                      bool tbe) {
+  namespace tp = embag::bench::torch_peer;
+  QuantDataset* ds = quant_dataset_for(shape, state);
+  if (!ds) return;
+  tp::set_num_threads(threads);
+  const int k = quant_bytes_index(row, tbe);
+  const int64_t row_bytes = embag::quantized_row_bytes(kQuantFormats[k], shape.dim);
+  const tp::QuantBits bits = row == QuantRow::kInt8 ? tp::QuantBits::k8 : tp::QuantBits::k4;
+  auto call_of = [&](size_t batch) {
+    return tp::float32_call(nullptr, shape.rows, shape.dim, ds->batches[batch], ds->offsets,
+                            tp::Mode::kSum);
+  };
+  auto run = [&](size_t batch, void* output) {
+    return tbe ? tp::tbe_quantized_forward(bits, ds->bytes[k].data(), shape.rows, row_bytes,
+                                           call_of(batch), output)
+               : tp::quantized_forward(bits, ds->bytes[k].data(), shape.rows, row_bytes,
+                                       call_of(batch), output);
+  };
+  std::vector<float> want;
+  embag::Status status = quant_embag_sum(*ds, k, 0, &want);
+  if (!status.ok()) {
+    fail(state, "embag::forward failed: " + status.message());
+    return;
+  }
+  std::string error = run(0, ds->output.data());
+  for (size_t i = 0; error.empty() && i < want.size(); ++i) {
+    const double tolerance = 1e-4 * std::max(1.0, std::fabs(static_cast<double>(want[i])));
+    if (!(std::fabs(static_cast<double>(ds->output[i]) - want[i]) <= tolerance)) {
+      error = std::string(tbe ? "TBE" : "PyTorch") + " differs from embag at element " +
+              std::to_string(i) + ": " + std::to_string(ds->output[i]) + " vs " +
+              std::to_string(want[i]);
+    }
+  }
+  if (!error.empty()) {
+    fail(state, error);
+    return;
+  }
+  size_t batch = kFirstTimedBatch % ds->batches.size();
+  for (auto _ : state) {
+    error = run(batch, nullptr);
+    if (!error.empty()) {
+      fail(state, error);
+      break;
+    }
+    batch = batch + 1 == ds->batches.size() ? 0 : batch + 1;
+  }
+  std::string why;
+  quant_counters(state, *ds, row_bytes,
+                 tbe ? "fbgemm_gpu " + tp::tbe_inference_version(&why) +
+                           " int_nbit_split_embedding_codegen_lookup_function"
+                     : "pytorch " + tp::version() + " quantized::embedding_bag_" +
+                           (row == QuantRow::kInt8 ? "byte" : "4bit") + "_rowwise_offsets");
+}
+
+bool tbe_inference_available() {
+  std::string why;
+  return !embag::bench::torch_peer::tbe_inference_version(&why).empty();
+}
+#endif
+
+void register_quantized_shape(const Shape& shape) {
+  if (is_typed(shape) || shape.distribution != Distribution::kUniform) return;
+  for (QuantRow row : {QuantRow::kFloat32, QuantRow::kInt8, QuantRow::kInt4}) {
+    for (int threads : kThreadCounts) {
+      const std::string suffix = std::string("/") + quant_row_name(row) +
+                                 embag::bench::shape_row_suffix(shape, is_cold(shape), threads);
+      embag::bench::configure(benchmark::RegisterBenchmark(
+          ("embag" + suffix).c_str(),
+          [=](benchmark::State& state) { bench_quant_embag(state, shape, row, threads); }));
+      if (row == QuantRow::kFloat32) continue;
+#ifdef EMBAG_BENCH_HAVE_TORCH
+      embag::bench::configure(benchmark::RegisterBenchmark(
+          ("pytorch" + suffix).c_str(),
+          [=](benchmark::State& state) { bench_quant_peer(state, shape, row, threads, false); }));
+      if (tbe_inference_available()) {
+        embag::bench::configure(benchmark::RegisterBenchmark(
+            ("fbgemm_tbe" + suffix).c_str(),
+            [=](benchmark::State& state) { bench_quant_peer(state, shape, row, threads, true); }));
+      }
+#endif
+    }
+  }
+}
+
 // ---- Registration and main ----------------------------------------------------------------
 
 std::string row_name(const char* impl, GatherMode mode, const Shape& s, int threads) {
@@ -614,6 +916,17 @@ void register_shape(const Shape& shape) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --quantized (this program's own; taken out before the shared flags are parsed)
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--quantized") {
+      g_quantized_rows = true;
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  argv[argc] = nullptr;
   std::string shapes_path;
   std::vector<Shape> shapes;
   if (!embag::bench::parse_flags_and_shapes("bench_forward", EMBAG_BENCH_DEFAULT_SHAPES, argc, argv,
@@ -625,7 +938,13 @@ int main(int argc, char** argv) {
         ("memory/sequential_read/threads:" + std::to_string(threads)).c_str(),
         [=](benchmark::State& state) { bench_sequential_read(state, threads); }));
   }
-  for (const Shape& shape : shapes) register_shape(shape);
+  for (const Shape& shape : shapes) {
+    if (g_quantized_rows) {
+      register_quantized_shape(shape);
+    } else {
+      register_shape(shape);
+    }
+  }
 
   benchmark::AddCustomContext("shapes", shapes_path);
   benchmark::AddCustomContext("llc_mib", std::to_string(g_llc_bytes >> 20));
@@ -643,5 +962,6 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   g_dataset.reset();
+  g_quant.reset();
   return embag::bench::exit_status("bench_forward", g_failures);
 }

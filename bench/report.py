@@ -11,7 +11,13 @@ folder per CPU vendor and vector ISA, so the last report of each kind stays besi
   forward_ratios.png    per forward row: embag / loop and embag / the best peer, against 1.0
   backward_ratios.png   the same for backward and the training step (embag / loop, / PyTorch)
   shapes.txt            the shape file the benchmarks ran (rows resolved, see below)
-  forward.json, forward_huge_pages.json, backward.json   Google Benchmark's raw output
+  forward.json, forward_huge_pages.json, backward.json, quantized.json   Google Benchmark's raw
+                        output
+The quantized section (bench_forward --quantized on --quantized-shapes,
+bench/shapes/report-quantized.txt) puts embag's int8 / int4 forward beside PyTorch's quantized
+ops and FBGEMM's inference TBE on the same bytes, in rows/s and GB/s of the bytes read, with the
+issue-19 targets: every row >= 1.2x the faster peer, and int4 cold >= 2x embag's float32 cold on
+the same indices (about 2 minutes on 2 cores).
 With --readme it also puts a summary of the report (CPU, date, commit, command, a link, the forward
 ratio plot) into that file between the markers of its CPU kind (`<!-- bench-report <kind>:
 begin -->` ... `end -->`), adding them after the last such section if they are not there yet: the
@@ -310,6 +316,59 @@ def medians(data):
     return {**single, **rows}
 
 
+def counter_medians(data, counter):
+    """run name -> `counter` of the median aggregate (or of the single run)."""
+    rows, single = {}, {}
+    for b in data["benchmarks"]:
+        if counter not in b:
+            continue
+        name = b["run_name"].replace("/real_time", "")
+        if b.get("aggregate_name") == "median":
+            rows[name] = b[counter]
+        elif b.get("run_type") == "iteration":
+            single[name] = b[counter]
+    return {**single, **rows}
+
+
+def quantized_section(data):
+    """REPORT.md's lines for bench_forward --quantized's rows: per shape, bits and threads, the
+    rows/s and GB/s of embag, PyTorch's quantized op and TBE's inference operator, embag over the
+    faster peer (target 1.2), and for int4 embag over embag's own float32 sum (target 2 when
+    cold)."""
+    rps, gbps = counter_medians(data, "rows/s"), counter_medians(data, "GB/s")
+    table = {}
+    for name, value in rps.items():
+        impl, mode, shape, threads = split(name)
+        table.setdefault((shape, threads), {})[(impl, mode)] = (value, gbps.get(name))
+    lines = ["", "## Quantized tables, forward sum (rows/s)", "",
+             "`bench_forward --quantized` on `bench/shapes/report-quantized.txt`: embag on "
+             "PyTorch's prepack layout (`int8`, `int4`), PyTorch's "
+             "`quantized::embedding_bag_byte_rowwise_offsets` / `_4bit_rowwise_offsets` on the "
+             "same bytes, FBGEMM's inference TBE (`int_nbit_split_embedding_codegen_lookup_function`, "
+             "the CPU operator of `IntNBitTableBatchedEmbeddingBagsCodegen`) on the table in its "
+             "layout, and embag's float32 sum on the float table they were quantized from; same "
+             "indices for all. GB/s counts the bytes actually read (row bytes and index per "
+             "position, offsets) and the float32 output. Targets (issue 19): embag / best peer "
+             ">= 1.2; int4 cold: embag int4 / embag float32 >= 2.", "",
+             "| shape | bits | threads | embag Mrows/s | PyTorch | TBE | embag GB/s | "
+             "embag / PyTorch | embag / TBE | embag / best peer | embag / embag f32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def m(x):
+        return "-" if x is None else f"{x / 1e6:.1f}"
+    for (shape, threads), v in sorted(table.items(), key=lambda kv: (shape_key(kv[0][0]),
+                                                                     kv[0][1])):
+        f32 = v.get(("embag", "sum_f32"), (None, None))[0]
+        for bits in ("int8", "int4"):
+            e, e_gb = v.get(("embag", f"sum_{bits}"), (None, None))
+            pt = v.get(("pytorch", f"sum_{bits}"), (None, None))[0]
+            tbe = v.get(("fbgemm_tbe", f"sum_{bits}"), (None, None))[0]
+            best = max([p for p in (pt, tbe) if p is not None], default=None)
+            lines.append(f"| {shape} | {bits} | {threads} | {m(e)} | {m(pt)} | {m(tbe)} | "
+                         f"{fmt(e_gb)} | {fmt(ratio(e, pt))} | {fmt(ratio(e, tbe))} | "
+                         f"{fmt(ratio(e, best))} | {fmt(ratio(e, f32))} |")
+    return lines
+
+
 def labels(data):
     """run name -> the row's label (the kernel variant that ran)."""
     return {b["run_name"].replace("/real_time", ""): b.get("label", "")
@@ -447,6 +506,9 @@ def main():
     ap.add_argument("--command", default="make bench-report", help="recorded in the report")
     ap.add_argument("--readme", help="README to put the report into (its CPU kind's section)")
     ap.add_argument("--no-backward", action="store_true", help="forward rows only")
+    ap.add_argument("--quantized-shapes", default="bench/shapes/report-quantized.txt",
+                    help="shapes of the quantized-table rows (bench_forward --quantized); "
+                    "'none' skips them")
     ap.add_argument("--min-time", default="0.2",
                     help="Google Benchmark's --benchmark_min_time, seconds per repetition (0.2: "
                     "the whole report in ~15 minutes on 2 cores; a smaller value for a quick "
@@ -483,6 +545,11 @@ def main():
         bwd_data = run_bench(os.path.join(args.build, "bench/bench_backward"), bwd_shapes,
                              args.repetitions, os.path.join(out, "backward.json"),
                              flags=bench_flags)
+    quant_data = {"context": {}, "benchmarks": []}
+    if args.quantized_shapes != "none":
+        quant_data = run_bench(fwd_bin, shape_lines(args.quantized_shapes), args.repetitions,
+                               os.path.join(out, "quantized.json"), "-memory/",
+                               flags=bench_flags + ("--quantized",))
     load_after = loadavg()
     fwd, bwd, thp = medians(fwd_data), medians(bwd_data), medians(thp_data)
     fwd_labels = labels(fwd_data)
@@ -644,6 +711,8 @@ def main():
         row = f"{shape}, t{threads}"
         bwd_plot[(rest, row, "embag / loop")] = ratio(e, loop)
         bwd_plot[(rest, row, "embag / PyTorch")] = ratio(e, pt)
+    if quant_data["benchmarks"]:
+        lines += quantized_section(quant_data)
     lines += ["", "![forward: embag / loop and embag / best peer](forward_ratios.png)", ""]
     if bwd_plot:
         lines += ["![backward: embag / loop and embag / PyTorch](backward_ratios.png)", ""]

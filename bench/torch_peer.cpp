@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace embag::bench::torch_peer {
 namespace {
@@ -275,6 +276,140 @@ std::string tbe_forward(const Call& call, void* output) {
         weights, b.weights_offsets, b.d_offsets, c10::SymInt(call.dim), b.hash_size_cumsum, indices,
         offsets, call.mode == Mode::kMean ? 1 : 0, b.no_weights, /*output_dtype=*/0);
     if (output != nullptr) copy_out(result, call.dtype, output);
+  });
+}
+
+// ---- Quantized tables -----------------------------------------------------------------------
+
+namespace {
+
+at::Tensor table_bytes(const void* table, int64_t rows, int64_t row_bytes) {
+  return at::from_blob(const_cast<void*>(table), {rows, row_bytes}, at::kByte);
+}
+
+// FBGEMM's inference operator (fbgemm_gpu_tbe_inference.so, after the libraries tbe() loads),
+// called boxed: its schema has optional arguments that a typed() signature would have to match
+// exactly.
+struct TbeInference {
+  std::string error;
+  std::optional<c10::OperatorHandle> op;
+};
+
+const TbeInference& tbe_inference() {
+  static TbeInference* const state = [] {
+    auto* t = new TbeInference;
+    const Tbe& base = tbe();
+    if (!base.error.empty()) {
+      t->error = base.error;
+      return t;
+    }
+#ifdef EMBAG_BENCH_FBGEMM_GPU_DIR
+    const std::string path =
+        std::string(EMBAG_BENCH_FBGEMM_GPU_DIR) + "/fbgemm_gpu_tbe_inference.so";
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      t->error = "cannot load " + path + ": " + dlerror();
+      return t;
+    }
+    try {
+      t->op.emplace(c10::Dispatcher::singleton().findSchemaOrThrow(
+          "fbgemm::int_nbit_split_embedding_codegen_lookup_function", ""));
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      t->error = "fbgemm::int_nbit_split_embedding_codegen_lookup_function: " +
+                 what.substr(0, what.find('\n'));
+    }
+#endif
+    return t;
+  }();
+  return *state;
+}
+
+}  // namespace
+
+std::string quantized_forward(QuantBits bits, const void* table, int64_t rows, int64_t row_bytes,
+                              const Call& call, void* output) {
+  return guarded([&] {
+    c10::InferenceMode inference;
+    static const c10::OperatorHandle byte_op = c10::Dispatcher::singleton().findSchemaOrThrow(
+        "quantized::embedding_bag_byte_rowwise_offsets", "");
+    static const c10::OperatorHandle four_bit_op = c10::Dispatcher::singleton().findSchemaOrThrow(
+        "quantized::embedding_bag_4bit_rowwise_offsets", "");
+    const at::Tensor indices =
+        at::from_blob(const_cast<int64_t*>(call.indices), {call.positions}, at::kLong);
+    const at::Tensor offsets =
+        at::from_blob(const_cast<int64_t*>(call.offsets), {call.bags + 1}, at::kLong);
+    // (weight, indices, offsets, scale_grad_by_freq, mode 0 = sum, pruned_weights,
+    //  per_sample_weights, compressed_indices_mapping, include_last_offset)
+    std::vector<c10::IValue> stack{table_bytes(table, rows, row_bytes),
+                                   indices,
+                                   offsets,
+                                   false,
+                                   int64_t{0},
+                                   false,
+                                   c10::IValue(),
+                                   c10::IValue(),
+                                   true};
+    (bits == QuantBits::k8 ? byte_op : four_bit_op).callBoxed(stack);
+    if (output != nullptr) copy_out(stack[0].toTensor(), Dtype::kFloat32, output);
+  });
+}
+
+std::string tbe_inference_version(std::string* why) {
+  const TbeInference& t = tbe_inference();
+  if (!t.error.empty()) {
+    *why = t.error;
+    return "";
+  }
+  return tbe_version(why);
+}
+
+std::string tbe_quantized_forward(QuantBits bits, const void* table, int64_t rows,
+                                  int64_t row_bytes, const Call& call, void* output) {
+  const TbeInference& t = tbe_inference();
+  if (!t.error.empty()) return "TBE inference: " + t.error;
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    // The module's buffers for one HOST table: SparseType INT8 is 2, INT4 3
+    // (SparseType.as_int()); EmbeddingLocation.HOST 3; D_offsets {0, D}.
+    static const at::Tensor placements = at::tensor({3}, at::kInt);
+    static const at::Tensor weights_offsets = at::zeros({1}, at::kLong);
+    static const at::Tensor uvm = at::empty({0}, at::kByte);
+    static const at::Tensor cache_weights = at::empty({0, 0}, at::kByte);
+    static const at::Tensor cache_locations = at::empty({0}, at::kInt);
+    const at::Tensor types = at::tensor({bits == QuantBits::k8 ? 2 : 3}, at::kByte);
+    const at::Tensor d_offsets = at::tensor({0, static_cast<int32_t>(call.dim)}, at::kInt);
+    const at::Tensor weights =
+        at::from_blob(const_cast<void*>(table), {rows * row_bytes}, at::kByte);
+    const at::Tensor indices =
+        at::from_blob(const_cast<int64_t*>(call.indices), {call.positions}, at::kLong);
+    const at::Tensor offsets =
+        at::from_blob(const_cast<int64_t*>(call.offsets), {call.bags + 1}, at::kLong);
+    const int64_t d = call.dim;
+    std::vector<c10::IValue> stack{weights,
+                                   uvm,
+                                   placements,
+                                   weights_offsets,
+                                   types,
+                                   d_offsets,
+                                   c10::SymInt(d),
+                                   /*max_int2_D=*/int64_t{0},
+                                   /*max_int4_D=*/bits == QuantBits::k4 ? d : int64_t{0},
+                                   /*max_int8_D=*/bits == QuantBits::k8 ? d : int64_t{0},
+                                   /*max_float16_D=*/int64_t{0},
+                                   /*max_float32_D=*/int64_t{0},
+                                   indices,
+                                   offsets,
+                                   /*pooling_mode SUM=*/int64_t{0},
+                                   /*indice_weights=*/c10::IValue(),
+                                   /*output_dtype FP32=*/int64_t{0},
+                                   cache_weights,
+                                   cache_locations,
+                                   /*row_alignment=*/int64_t{1},
+                                   /*max_float8_D=*/int64_t{0},
+                                   /*fp8_exponent_bits=*/int64_t{-1},
+                                   /*fp8_exponent_bias=*/int64_t{-1}};
+    t.op->callBoxed(stack);
+    if (output != nullptr) copy_out(stack[0].toTensor(), Dtype::kFloat32, output);
   });
 }
 

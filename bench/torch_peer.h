@@ -104,4 +104,25 @@ std::string tbe_version(std::string* why);
 // (bags, dim) float32 result copied to `output` when it is not null.
 std::string tbe_forward(const Call& call, void* output);
 
+// ---- Quantized tables ---------------------------------------------------------------------
+// The sum over a quantized table of `rows` rows of `row_bytes` bytes (contiguous), on the indices
+// and offsets of `call` (its table and dtype are not used; call.dim is D). Results are float32,
+// copied to `output` when it is not null.
+enum class QuantBits : uint8_t { k8, k4 };
+
+// PyTorch's quantized::embedding_bag_byte_rowwise_offsets (8 bits) or
+// embedding_bag_4bit_rowwise_offsets (4 bits) on bytes in the layout of PyTorch's prepack ops
+// (embag's kInt8 / kInt4), mode sum, include_last_offset.
+std::string quantized_forward(QuantBits bits, const void* table, int64_t rows, int64_t row_bytes,
+                              const Call& call, void* output);
+
+// FBGEMM's inference TBE: fbgemm::int_nbit_split_embedding_codegen_lookup_function, the CPU
+// operator IntNBitTableBatchedEmbeddingBagsCodegen runs, for one table of SparseType INT8 or
+// INT4 on bytes in its layout (embag's kTbeInt8 / kTbeInt4: qparams first, row alignment 1 as
+// the module uses on CPU), SUM pooling, float32 output. Loaded as tbe_version() says; empty
+// version: no such rows.
+std::string tbe_inference_version(std::string* why);
+std::string tbe_quantized_forward(QuantBits bits, const void* table, int64_t rows,
+                                  int64_t row_bytes, const Call& call, void* output);
+
 }  // namespace embag::bench::torch_peer

@@ -24,6 +24,7 @@
 // per_sample_weights and the output are float32. Each element is dequantised as
 // w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h) and
 // then pooled exactly as a float32 table's element.
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -204,7 +205,10 @@ class EmbagForward : public Generator<EmbagForward> {
     // One offset register per tile instead of one per vector (see widen_constant_offsets.h).
     get_pipeline().add_custom_lowering_pass(new embag_generators::WidenConstantOffsets);
     const Type acc_type = accumulator_type();
-    const int vector_lanes = natural_vector_size(acc_type);
+    // Sub-byte codes take their 8-code words whole (dequantized()), so a vector is at most 8
+    // lanes (a ymm on AVX-512 too: a 16-lane vector would span two words).
+    const int vector_lanes = sub_byte_codes() ? std::min(natural_vector_size(acc_type), 8)
+                                              : natural_vector_size(acc_type);
     int widest = max_tile_vectors;
     if (widest <= 0) {
       // Sums: 8 accumulators hold a 128-float row in AVX-512 registers (AVX2/SSE: 64 / 32
@@ -284,6 +288,16 @@ class EmbagForward : public Generator<EmbagForward> {
       // Rows narrower than one vector (D < lanes): one scalar column at a time.
       stage.split(d_, tile, lane, 1).reorder(lane, tile, bag_in_task, bag_task);
     };
+    if (quantized()) {
+      // The output is D columns from 0 (the runtime's call): said here, so the tile bases
+      // below are written in `dim`, whose alignment the sub-byte specialization gives.
+      // (Max's second output, the argmax, shares the first one's bounds.)
+      output.output_buffers()[0].dim(0).set_min(0).set_extent(dim);
+    }
+    if (sub_byte_codes()) {
+      tile_output(output.specialize(codes_in_words() && *padding_idx_ < 0));
+      tile_output(output.specialize(codes_in_words()));
+    }
     tile_output(output.specialize(*padding_idx_ < 0));
     tile_output(output);
     for (int width : tile_widths) {
@@ -430,9 +444,19 @@ class EmbagForward : public Generator<EmbagForward> {
 
   // Column d_ of `row` of a quantized table, dequantised to float32: w = scale * q + bias, with
   // q the unsigned code (lowest bits first within a byte). The qparams are assembled from bytes
-  // (rows need not be aligned, and FBGEMM's front layout puts float16s at any byte offset); the
-  // float16 ones are widened in integer arithmetic (half_bits_to_float), exact on every target.
-  // They depend on the row only, so the compiled loop loads them once per row and tile.
+  // (rows need not be aligned, and FBGEMM's front layout puts float16s at any byte offset) and
+  // widened by F16C where the target has it, else in integer arithmetic (half_bits_to_float):
+  // exact either way. They depend on the row only: the compiled loop decodes them once per
+  // position and tile, and every vector of the tile reuses the two broadcast registers.
+  //
+  // Sub-byte codes have two forms. Where D is a multiple of 8 (codes_in_words(), a
+  // specialization of the schedule), every vector of a tile starts at a multiple of 8 columns,
+  // so its 8 codes are one little-endian word of `bits` bytes: the word is loaded once,
+  // broadcast, and each lane shifts it right by its own 0, bits, 2 bits, ... (vpsrlvd on AVX2,
+  // ushl on NEON) and masks -- no byte shuffles, no interleaving of even and odd columns. Any
+  // other D takes each code from its byte (an interleave per vector, which Halide's vectorizer
+  // emits for d / per_byte). Both give the same q, so the kernel's bits do not depend on which
+  // ran.
   Expr dequantized(Expr row) {
     Input<Buffer<>>& weight = *weight_;
     auto byte = [&](Expr at) { return weight(at, row); };
@@ -440,12 +464,25 @@ class EmbagForward : public Generator<EmbagForward> {
     const int bits = embag::kernels::quant_code_bits(codec);
     Expr q;
     if (bits == 8) {
-      q = byte(code_offset + d_);
+      q = cast<int32_t>(byte(code_offset + d_));
     } else {
       const int per_byte = 8 / bits;
       Expr packed = byte(code_offset + d_ / per_byte);
       Expr shift = cast<uint8_t>((d_ % per_byte) * bits);
-      q = (packed >> shift) & cast<uint8_t>((1 << bits) - 1);
+      Expr from_byte = cast<int32_t>((packed >> shift) & cast<uint8_t>((1 << bits) - 1));
+      // Group g of 8 codes is the word of `bits` bytes at code byte g * bits. The promise
+      // tells bounds inference what the aligned form reads (inside the codes when D % 8 == 0);
+      // the select folds to one side in each specialization, so the other is never built.
+      Expr word_at = code_offset + (d_ / kCodesPerWord) * bits;
+      Expr last_byte = weight.dim(0).extent() - 1;
+      Expr word = cast<uint32_t>(0);
+      for (int i = 0; i < bits; ++i) {
+        Expr at = unsafe_promise_clamped(word_at + i, 0, last_byte);
+        word = word | (cast<uint32_t>(byte(at)) << (8 * i));
+      }
+      Expr lane_shift = cast<uint32_t>((d_ % kCodesPerWord) * bits);
+      Expr from_word = cast<int32_t>((word >> lane_shift) & cast<uint32_t>((1 << bits) - 1));
+      q = select(codes_in_words(), from_word, from_byte);
     }
     Expr scale, bias;
     if (codec == QuantCodec::kU8F32) {
@@ -457,14 +494,29 @@ class EmbagForward : public Generator<EmbagForward> {
       scale = f32_at(qparam_offset);
       bias = f32_at(qparam_offset + 4);
     } else {
+      const Target target = get_target();
+      const bool f16c = target.arch == Target::X86 && target.has_feature(Target::F16C);
       auto f16_at = [&](Expr at) {
-        return half_bits_to_float(cast<uint16_t>(byte(at)) | (cast<uint16_t>(byte(at + 1)) << 8));
+        Expr half_bits = cast<uint16_t>(byte(at)) | (cast<uint16_t>(byte(at + 1)) << 8);
+        return f16c ? widen_float(reinterpret(Float(16), half_bits), Float(32), target)
+                    : half_bits_to_float(half_bits);
       };
       scale = f16_at(qparam_offset);
       bias = f16_at(qparam_offset + 2);
     }
     return strict_float(exact_product(scale, cast<float>(q), get_target()) + bias);
   }
+
+  // Codes per word in the aligned form of dequantized(): 8, so a word is `bits` bytes (4 for
+  // 4-bit codes, 2 for 2-bit) and D % 8 == 0 puts whole words inside the row's codes.
+  static constexpr int kCodesPerWord = 8;
+
+  // True where the aligned form of sub-byte codes applies. The schedule specializes on this very
+  // expression (Halide's simplifier learns `dim % 8 == 0` from it, and so that every tile base
+  // is a multiple of 8) and the algorithm selects on it.
+  Expr codes_in_words() const { return (*dim_ % kCodesPerWord) == 0; }
+
+  bool sub_byte_codes() const { return quantized() && embag::kernels::quant_code_bits(codec) < 8; }
 
   Type accumulator_type() const {
     return Float(embag::kernels::accumulator_bits(static_cast<Type>(weight_type).bits()));
