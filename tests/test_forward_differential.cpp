@@ -590,6 +590,97 @@ TEST(ForwardDifferential, RenormLeavesNanRowsAndZeroesInfiniteRows) {
   }
 }
 
+// Max's tie and NaN rules, stated as expected values rather than through the reference, on
+// every ISA and table dtype, with and without argmax (max without argmax runs the max_values
+// kernels, which find NaNs in a second walk of the bag: see the forward generator). Rows: 0 all
+// -0.0, 1 all +0.0, 2 +NaN in columns c % 3 == 0 and -1 elsewhere, 3 -NaN in even columns and
+// -2 elsewhere. D = 37 spans several register tiles and a tail on every ISA.
+TEST(ForwardDifferential, MaxKeepsTheFirstOfEqualValuesAndTheFirstNan) {
+  RestoreGlobals restore;
+  for (std::optional<Isa> isa : isas_to_test()) {
+    SCOPED_TRACE("isa=" + isa_label(isa));
+    if (!select(isa)) return;
+    for (DType wd : kWeightDTypes) {
+      SCOPED_TRACE(dtype_name(wd));
+      const int64_t V = 4, D = 37;
+      std::vector<unsigned char> table(static_cast<size_t>(V * D) * element_size(wd));
+      for (int64_t c = 0; c < D; ++c) {
+        put_value(table.data(), wd, 0 * D + c, -0.0);
+        put_value(table.data(), wd, 1 * D + c, 0.0);
+        put_value(table.data(), wd, 2 * D + c, c % 3 == 0 ? double(NAN) : -1.0);
+        put_value(table.data(), wd, 3 * D + c, c % 2 == 0 ? -double(NAN) : -2.0);
+      }
+      // Bags: [0 1] [1 0] [2 3] [3 2] [1 2 0] [] [3]
+      int64_t idx[] = {0, 1, 1, 0, 2, 3, 3, 2, 1, 2, 0, 3};
+      int64_t off[] = {0, 2, 4, 6, 8, 11, 11};
+      const int64_t B = 7;
+      // Expected (value, winning row) of bag b, column c; kind 'n' is a NaN of the row's sign.
+      auto expected = [&](int64_t b, int64_t c) -> std::pair<double, int64_t> {
+        const bool nan2 = c % 3 == 0, nan3 = c % 2 == 0;
+        switch (b) {
+          case 0:
+            return {-0.0, 0};
+          case 1:
+            return {0.0, 1};
+          case 2:
+            return nan2   ? std::pair<double, int64_t>{NAN, 2}
+                   : nan3 ? std::pair<double, int64_t>{-double(NAN), 3}
+                          : std::pair<double, int64_t>{-1.0, 2};
+          case 3:
+            return nan3   ? std::pair<double, int64_t>{-double(NAN), 3}
+                   : nan2 ? std::pair<double, int64_t>{NAN, 2}
+                          : std::pair<double, int64_t>{-1.0, 2};
+          case 4:
+            return nan2 ? std::pair<double, int64_t>{NAN, 2} : std::pair<double, int64_t>{0.0, 1};
+          case 5:
+            return {0.0, -1};
+          default:
+            return nan3 ? std::pair<double, int64_t>{-double(NAN), 3}
+                        : std::pair<double, int64_t>{-2.0, 3};
+        }
+      };
+      TensorView offsets = make_view_1d(off, DType::kInt64, B);
+      ForwardInputs in{make_view_2d(table.data(), wd, V, D), make_view_1d(idx, DType::kInt64, 11),
+                       &offsets, nullptr};
+      Options o;
+      o.mode = Mode::kMax;
+      for (bool with_argmax : {false, true}) {
+        SCOPED_TRACE(with_argmax ? "with argmax" : "values only");
+        std::vector<unsigned char> out(static_cast<size_t>(B * D) * element_size(wd));
+        std::vector<int64_t> argmax(static_cast<size_t>(B * D), -7);
+        TensorView argmax_view = make_view_2d(argmax.data(), DType::kInt64, B, D);
+        const Status s = forward(
+            in, {make_view_2d(out.data(), wd, B, D), nullptr, with_argmax ? &argmax_view : nullptr},
+            o);
+        ASSERT_TRUE(s.ok()) << s.message();
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t c = 0; c < D; ++c) {
+            const auto [value, row] = expected(b, c);
+            const uint64_t got = ref::bits_at(out.data(), wd, b * D + c);
+            std::vector<unsigned char> want_bytes(element_size(wd));
+            put_value(want_bytes.data(), wd, 0, value);
+            const uint64_t want = ref::bits_at(want_bytes.data(), wd, 0);
+            const uint64_t sign = uint64_t{1} << (8 * element_size(wd) - 1);
+            if (std::isnan(value)) {
+              EXPECT_TRUE(is_nan_bits(wd, got) && (got & sign) == (want & sign))
+                  << "bag " << b << " column " << c << ": want a NaN of row " << row
+                  << "'s sign, got " << ref::format_element(wd, got);
+            } else {
+              EXPECT_EQ(got, want)
+                  << "bag " << b << " column " << c << ": want " << ref::format_element(wd, want)
+                  << ", got " << ref::format_element(wd, got);
+            }
+            if (with_argmax) {
+              EXPECT_EQ(argmax[static_cast<size_t>(b * D + c)], row)
+                  << "bag " << b << " column " << c;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // One and two worker threads must give identical bytes, on problems big enough to be split
 // across threads: many bags, and a few very long ones (in case a kernel splits inside a bag).
 TEST(ForwardDifferential, ThreadCountsGiveIdenticalBytes) {
