@@ -18,10 +18,10 @@ feature -> table map, one flat ``indices``, ``offsets`` of F * B + 1 in feature-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -172,10 +172,18 @@ def reference_step(state: ReferenceState, feature_table_map: Sequence[int], batc
                 w[row] = correction * w[row] - multiplier * g
             elif state.optimizer == "adam":
                 m, v = s["momentum1"], s["momentum2"]
-                m[row] = h.beta1 * m[row] + (1.0 - h.beta1) * g
-                v[row] = h.beta2 * v[row] + (1.0 - h.beta2) * g * g
-                m_hat = m[row] / (1.0 - math.pow(h.beta1, state.step))
-                v_hat = v[row] / (1.0 - math.pow(h.beta2, state.step))
+                # The betas are float32 first, then 1 - beta (exact in float32), as FBGEMM's
+                # kernel has them: (1 - beta2) from the double 0.999 would differ by 1e-5.
+                b1, b2 = np.float32(h.beta1), np.float32(h.beta2)
+                m[row] = m[row] * float(b1) + g * float(np.float32(1) - b1)
+                v[row] = v[row] * float(b2) + (g * g) * float(np.float32(1) - b2)
+                # float32 powf (NumPy's float32 power is libm's powf; torch.pow special-cases
+                # small integer exponents) and 1 - powf, as FBGEMM's kernel: 1 - beta2^t
+                # cancels, so float32's rounding of beta2^t shows in the bias correction
+                c1 = np.float32(1) - np.power(b1, np.float32(state.step))
+                c2 = np.float32(1) - np.power(b2, np.float32(state.step))
+                m_hat = m[row] / float(c1)
+                v_hat = v[row] / float(c2)
                 w[row] -= h.lr * (m_hat / (torch.sqrt(v_hat) + h.eps) + h.weight_decay * w[row])
             else:
                 raise ValueError(f"no reference update for optimizer {state.optimizer!r}")

@@ -174,7 +174,8 @@ def test_autograd_gradients(pooling: str, sparse: bool) -> None:
         assert w.grad is not None
         assert w.grad.layout == (torch.sparse_coo if sparse else torch.strided)
         if sparse:
-            assert w.grad.is_coalesced()
+            rows = w.grad._indices()[0]
+            assert bool((rows[1:] > rows[:-1]).all()), "sparse rows not strictly ascending"
         torch.testing.assert_close(w.grad.to_dense(), ref.grad, rtol=1e-5, atol=1e-6,
                                    msg=lambda m: f"table {t}: {m}")
     if psw is not None:
@@ -373,6 +374,9 @@ class _Head(torch.nn.Module):
 @pytest.mark.parametrize("optimizer,sparse", [(None, False), (None, True),
                                               ("rowwise_adagrad", False), ("adam", False)])
 def test_compile_fullgraph(optimizer: Optional[str], sparse: bool) -> None:
+    # Each case compiles afresh: the module instances of earlier cases would count against
+    # dynamo's recompile limit of the shared forward code (Adam's step recompiles once).
+    torch._dynamo.reset()
     width = sum(DIMS[t] for t in FTM)
     eager = _Head(_module(ROWS, DIMS, FTM, optimizer=optimizer, sparse=sparse), width)
     compiled_model = copy.deepcopy(eager)
