@@ -186,27 +186,27 @@ Status prepare_table_gradients(const BatchedInputs& in, const TensorView& grad_o
 
 // ---- Fused optimizers ------------------------------------------------------------------------
 
-float widen(const void* base, int64_t i, DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return ref::half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::kBFloat16:
-      return ref::bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
-    default:
-      return static_cast<const float*>(base)[i];
+// Element access in the tables' dtype, a template parameter so that the fold's and the
+// update's inner loops carry no per-element dtype switch.
+template <DType kDType>
+float widen(const void* base, int64_t i) {
+  if constexpr (kDType == DType::kFloat16) {
+    return ref::half_to_float(static_cast<const uint16_t*>(base)[i]);
+  } else if constexpr (kDType == DType::kBFloat16) {
+    return ref::bfloat16_to_float(static_cast<const uint16_t*>(base)[i]);
+  } else {
+    return static_cast<const float*>(base)[i];
   }
 }
 
-void narrow(void* base, int64_t i, DType dtype, float value) {
-  switch (dtype) {
-    case DType::kFloat16:
-      static_cast<uint16_t*>(base)[i] = ref::float_to_half(value);
-      break;
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(base)[i] = ref::float_to_bfloat16(value);
-      break;
-    default:
-      static_cast<float*>(base)[i] = value;
+template <DType kDType>
+void narrow(void* base, int64_t i, float value) {
+  if constexpr (kDType == DType::kFloat16) {
+    static_cast<uint16_t*>(base)[i] = ref::float_to_half(value);
+  } else if constexpr (kDType == DType::kBFloat16) {
+    static_cast<uint16_t*>(base)[i] = ref::float_to_bfloat16(value);
+  } else {
+    static_cast<float*>(base)[i] = value;
   }
 }
 
@@ -288,6 +288,7 @@ struct FusedPass {
 };
 
 // One row: fold its gradient (batched.h, "Gradient terms"), then update it.
+template <DType kDType>
 void update_row(const FusedPass& pass, size_t u, float* g) {
   const BatchedPlan& plan = *pass.plan;
   const RowGroups& groups = *pass.groups;
@@ -299,7 +300,6 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
   const TensorView& w = pass.in->tables[t].weight;
   const int64_t D = w.shape[1];
   const Mode mode = pass.in->tables[t].mode;
-  const DType dtype = plan.dtype;
   const TensorView& go = *pass.grad_output;
   for (int64_t d = 0; d < D; ++d) g[d] = 0.0f;
   for (int64_t i = groups.segments[u]; i < groups.segments[u + 1]; ++i) {
@@ -308,30 +308,30 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
     const int64_t f = fb / plan.num_bags, b = fb % plan.num_bags;
     const int64_t base = b * go.strides[0] + plan.columns[f];
     if (pass.in->per_sample_weights) {
-      const float weight = widen(pass.in->per_sample_weights->data, p, dtype);
-      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen(go.data, base + d, dtype) * weight;
+      const float weight = widen<kDType>(pass.in->per_sample_weights->data, p);
+      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen<kDType>(go.data, base + d) * weight;
     } else if (mode == Mode::kMean) {
       const float count = static_cast<float>(groups.bag_valid[fb]);
-      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen(go.data, base + d, dtype) / count;
+      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen<kDType>(go.data, base + d) / count;
     } else {
-      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen(go.data, base + d, dtype);
+      for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen<kDType>(go.data, base + d);
     }
   }
 
   const OptimizerConfig& c = *pass.config;
   const float lr = c.learning_rate, eps = c.eps, wd = c.weight_decay;
   void* row = static_cast<unsigned char*>(w.data) +
-              static_cast<size_t>(r * w.strides[0]) * dtype_size(dtype);
+              static_cast<size_t>(r * w.strides[0]) * dtype_size(kDType);
   const OptimizerState& state = (*pass.state)[t];
   switch (c.optimizer) {
     case Optimizer::kSgd:
-      for (int64_t d = 0; d < D; ++d) narrow(row, d, dtype, widen(row, d, dtype) - lr * g[d]);
+      for (int64_t d = 0; d < D; ++d) narrow<kDType>(row, d, widen<kDType>(row, d) - lr * g[d]);
       break;
     case Optimizer::kAdagrad: {
       float* m = static_cast<float*>(state.momentum1.data) + r * D;
       for (int64_t d = 0; d < D; ++d) {
         m[d] = m[d] + g[d] * g[d];
-        narrow(row, d, dtype, widen(row, d, dtype) - (lr * g[d]) / (std::sqrt(m[d]) + eps));
+        narrow<kDType>(row, d, widen<kDType>(row, d) - (lr * g[d]) / (std::sqrt(m[d]) + eps));
       }
       break;
     }
@@ -340,7 +340,7 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
       float sum = 0.0f;
       for (int64_t d = 0; d < D; ++d) {
         const float h =
-            c.weight_decay_mode == WeightDecayMode::kL2 ? g[d] + wd * widen(row, d, dtype) : g[d];
+            c.weight_decay_mode == WeightDecayMode::kL2 ? g[d] + wd * widen<kDType>(row, d) : g[d];
         sum = sum + h * h;
       }
       *m = *m + sum / static_cast<float>(D);
@@ -349,7 +349,7 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
                                : c.weight_decay_mode == WeightDecayMode::kDecoupled ? 1.0f - lr * wd
                                                                                     : 1.0f;
       for (int64_t d = 0; d < D; ++d) {
-        narrow(row, d, dtype, correction * widen(row, d, dtype) - g[d] * multiplier);
+        narrow<kDType>(row, d, correction * widen<kDType>(row, d) - g[d] * multiplier);
       }
       break;
     }
@@ -360,11 +360,11 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
       for (int64_t d = 0; d < D; ++d) {
         m1[d] = m1[d] * c.beta1 + g[d] * one_minus_beta1;
         m2[d] = m2[d] * c.beta2 + (g[d] * g[d]) * one_minus_beta2;
-        const float x = widen(row, d, dtype);
+        const float x = widen<kDType>(row, d);
         const float step =
             (m1[d] / pass.bias_correction1) / (std::sqrt(m2[d] / pass.bias_correction2) + eps) +
             wd * x;
-        narrow(row, d, dtype, x - lr * step);
+        narrow<kDType>(row, d, x - lr * step);
       }
       break;
     }
@@ -374,8 +374,11 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
 void run_chunk(void* context, int task) {
   const auto& pass = *static_cast<const FusedPass*>(context);
   std::vector<float> g(static_cast<size_t>(std::max<int64_t>(pass.max_dim, 1)));
+  auto update = pass.plan->dtype == DType::kFloat16    ? &update_row<DType::kFloat16>
+                : pass.plan->dtype == DType::kBFloat16 ? &update_row<DType::kBFloat16>
+                                                       : &update_row<DType::kFloat32>;
   for (int64_t u = pass.chunk_begin[task]; u < pass.chunk_begin[task + 1]; ++u) {
-    update_row(pass, static_cast<size_t>(u), g.data());
+    update(pass, static_cast<size_t>(u), g.data());
   }
 }
 

@@ -41,7 +41,8 @@
 // and optimizer state untouched, and its message names the feature and table, e.g.
 // "feature 3 (table 1): index 1000 at position 17 is out of range for a table of 1000 rows".
 // CPU only for now (GPU tensors: kUnsupported). Results are bitwise identical for every thread
-// count and every compiled CPU ISA choice that the single-table forward is.
+// count. The forward's are the single-table kernels' on the selected ISA (so ISA-independent
+// exactly where those are); the gradients and fused updates do not depend on the ISA.
 #pragma once
 
 #include <cstdint>
