@@ -518,8 +518,8 @@ void batched_backward(nb::list weights, const std::vector<std::string>& modes,
                       const std::vector<int64_t>& feature_table, nb::handle indices,
                       nb::handle offsets, nb::handle per_sample_weights,
                       const std::vector<int64_t>& feature_columns, nb::handle grad_output,
-                      nb::list grad_weight, nb::list grad_weight_rows,
-                      nb::list grad_weight_values, bool sparse) {
+                      nb::list grad_weight, nb::list grad_weight_rows, nb::list grad_weight_values,
+                      bool sparse) {
   BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
                      per_sample_weights, feature_columns, Access::kRead);
   const embag::TensorView grad = view_of(grad_output, "grad_output");
@@ -555,8 +555,8 @@ void batched_fused_backward(nb::list weights, const std::vector<std::string>& mo
                             const std::vector<int64_t>& feature_columns, nb::handle grad_output,
                             const std::string& optimizer, double learning_rate, double eps,
                             double beta1, double beta2, double weight_decay,
-                            const std::string& weight_decay_mode, int64_t step,
-                            nb::list momentum1, nb::list momentum2) {
+                            const std::string& weight_decay_mode, int64_t step, nb::list momentum1,
+                            nb::list momentum2) {
   BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
                      per_sample_weights, feature_columns, Access::kWrite);
   const embag::TensorView grad = view_of(grad_output, "grad_output");
@@ -588,8 +588,9 @@ void batched_fused_backward(nb::list weights, const std::vector<std::string>& mo
   const std::vector<embag::TensorView> m2 = writable_views(momentum2, "momentum2");
   const size_t tables = views.inputs.tables.size();
   if (m1.size() != tables || m2.size() != tables) {
-    throw nb::value_error("batched_fused_backward: one momentum1 and momentum2 entry per table "
-                          "is needed (None where the optimizer keeps none)");
+    throw nb::value_error(
+        "batched_fused_backward: one momentum1 and momentum2 entry per table "
+        "is needed (None where the optimizer keeps none)");
   }
   std::vector<embag::OptimizerState> state(tables);
   for (size_t t = 0; t < tables; ++t) {
