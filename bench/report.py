@@ -217,7 +217,8 @@ def batched_rows(build, threads=(1, 2)):
         f"({r['embag_isa']}), FBGEMM's `SplitTableBatchedEmbeddingBagsCodegen` (fbgemm-gpu-cpu "
         f"{r['fbgemm_gpu']}, HOST / CPU), and a loop of `F.embedding_bag` per table with "
         f"`torch.optim.Adagrad` over sparse gradients (torch {r['torch']}); the modules called "
-        f"from Python as their users call them, interleaved, median of {r['repetitions']} "
+        f"from Python as their users call them, interleaved, median of "
+        f"{r['forward_repetitions']} (forward) and {r['repetitions']} (training step) "
         f"repetitions ({r['seconds']} s in all). Targets (issue 20): forward >= 1.2x TBE, "
         f"training step >= 1.5x TBE and >= 3x the loop.", "",
         "| row | threads | embag ms | TBE ms | loop ms | TBE / embag | loop / embag | targets |",

@@ -25,8 +25,10 @@ Rows: forward (the [B, sum D] output), and one training step: forward, ``output.
 a fixed g, and the optimizer (row-wise Adagrad fused into backward for embag and TBE; the loop's
 zero_grad + backward + Adagrad.step). At 1 and 2 threads (``embag.set_num_threads`` and
 ``torch.set_num_threads``, which FBGEMM's and PyTorch's kernels use). All three get the same
-batches, and their forward outputs are compared before timing (within 1e-5 relative). Each repetition times every implementation back to back
-(interleaved, so load changes hit all alike); the median of the repetitions is reported.
+batches, and their forward outputs are compared before timing (within 1e-5 relative). Each
+repetition times every implementation back to back (interleaved, so load changes hit all
+alike); the median of the repetitions (15 for forward, 3 for the training step, which takes
+seconds) is reported.
 
 Why Python and not bench_forward's C++ rows: TBE's training step is its Python module (an
 autograd function choosing the fused optimizer's operator and packing ~40 arguments), so timing
@@ -98,7 +100,10 @@ def median_ms(samples):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--repetitions", type=int, default=3,
+                    help="repetitions of the training-step rows (seconds each)")
+    ap.add_argument("--forward-repetitions", type=int, default=15,
+                    help="repetitions of the forward rows (a tenth of a second each)")
     ap.add_argument("--learning-rate", type=float, default=0.01)
     args = ap.parse_args()
 
@@ -190,7 +195,8 @@ def main():
                  f"B {BAGS}, {indices.numel():,} indices (mean pooling 1..80 per feature, "
                  f"{sum(zipf_skewed(t) for t in range(TABLES))} features zipf-skewed)",
         "table_mib": round(sum(r * d * 4 for r, d in specs) / 2**20),
-        "repetitions": args.repetitions, "rows": []}
+        "repetitions": args.repetitions, "forward_repetitions": args.forward_repetitions,
+        "rows": []}
     for threads in args.threads:
         embag.set_num_threads(threads)
         torch.set_num_threads(threads)
@@ -199,7 +205,8 @@ def main():
                 f(0)
                 f(1)
             samples = {name: [] for name in impls}
-            for rep in range(args.repetitions):
+            repetitions = args.forward_repetitions if row == "forward" else args.repetitions
+            for rep in range(repetitions):
                 for name, f in impls.items():
                     start = time.perf_counter()
                     f(rep % 2)
