@@ -216,9 +216,11 @@ struct RowGroups {
   std::vector<uint64_t> keys;             // U distinct keys
   std::vector<int64_t> segments;          // U + 1
   std::vector<int64_t> sorted_positions;  // M
-  std::vector<int64_t> position_bag;      // f*B + b of each position in [0, positions_end)
-  std::vector<int32_t> bag_valid;         // F*B
-  std::vector<uint64_t> table_base;       // T + 1: first global row of each table
+  // The bag (f*B + b) of each sorted position, carried through the sort: looking it up per
+  // position afterwards would be a cache miss per position on large batches.
+  std::vector<int64_t> sorted_bags;  // M
+  std::vector<int32_t> bag_valid;    // F*B
+  std::vector<uint64_t> table_base;  // T + 1: first global row of each table
 };
 
 void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) {
@@ -227,23 +229,23 @@ void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) 
   for (int64_t t = 0; t < plan.num_tables; ++t) {
     g->table_base[t + 1] = g->table_base[t] + static_cast<uint64_t>(in.tables[t].weight.shape[0]);
   }
-  g->position_bag.assign(static_cast<size_t>(plan.positions_end), -1);
   g->bag_valid.assign(static_cast<size_t>(F * B), 0);
   std::vector<uint64_t> keys;
-  std::vector<int64_t> values;
+  std::vector<int64_t> values, bags;
   keys.reserve(static_cast<size_t>(plan.positions_end));
   values.reserve(static_cast<size_t>(plan.positions_end));
+  bags.reserve(static_cast<size_t>(plan.positions_end));
   for (int64_t f = 0; f < F; ++f) {
     const int64_t t = plan.feature_table[f];
     for (int64_t b = 0; b < B; ++b) {
       const int64_t end = plan.offset(f * B + b + 1);
       for (int64_t p = plan.offset(f * B + b); p < end; ++p) {
-        g->position_bag[p] = f * B + b;
         const int64_t row = plan.index(p);
         if (row == plan.padding[t]) continue;
         ++g->bag_valid[f * B + b];
         keys.push_back(g->table_base[t] + static_cast<uint64_t>(row));
         values.push_back(p);
+        bags.push_back(f * B + b);
       }
     }
   }
@@ -251,7 +253,7 @@ void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) 
   constexpr uint64_t kBuckets = uint64_t{1} << kBits;
   const size_t m = keys.size();
   std::vector<uint64_t> keys_out(m);
-  std::vector<int64_t> values_out(m);
+  std::vector<int64_t> values_out(m), bags_out(m);
   const uint64_t largest = g->table_base.back() > 0 ? g->table_base.back() - 1 : 0;
   for (int shift = 0; shift == 0 || (shift < 64 && (largest >> shift) != 0); shift += kBits) {
     std::vector<size_t> start(kBuckets + 1, 0);
@@ -261,11 +263,14 @@ void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) 
       const size_t at = start[(keys[i] >> shift) & (kBuckets - 1)]++;
       keys_out[at] = keys[i];
       values_out[at] = values[i];
+      bags_out[at] = bags[i];
     }
     keys.swap(keys_out);
     values.swap(values_out);
+    bags.swap(bags_out);
   }
   g->sorted_positions = std::move(values);
+  g->sorted_bags = std::move(bags);
   for (size_t i = 0; i < m; ++i) {
     if (i == 0 || keys[i] != keys[i - 1]) {
       g->keys.push_back(keys[i]);
@@ -274,6 +279,9 @@ void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) 
   }
   g->segments.push_back(static_cast<int64_t>(m));
 }
+
+// How many sorted positions ahead the fold prefetches grad_output rows.
+constexpr int64_t kPrefetchAhead = 8;
 
 struct FusedPass {
   const BatchedInputs* in;
@@ -302,11 +310,21 @@ void update_row(const FusedPass& pass, size_t u, float* g) {
   const Mode mode = pass.in->tables[t].mode;
   const TensorView& go = *pass.grad_output;
   for (int64_t d = 0; d < D; ++d) g[d] = 0.0f;
+  const int64_t element = static_cast<int64_t>(dtype_size(kDType));
+  const int64_t positions = static_cast<int64_t>(groups.sorted_bags.size());
   for (int64_t i = groups.segments[u]; i < groups.segments[u + 1]; ++i) {
     const int64_t p = groups.sorted_positions[i];
-    const int64_t fb = groups.position_bag[p];
+    const int64_t fb = groups.sorted_bags[i];
     const int64_t f = fb / plan.num_bags, b = fb % plan.num_bags;
     const int64_t base = b * go.strides[0] + plan.columns[f];
+    // The grad_output rows come in bag order scrambled by the sort: fetch a few ahead.
+    if (i + kPrefetchAhead < positions) {
+      const int64_t ahead = groups.sorted_bags[i + kPrefetchAhead];
+      __builtin_prefetch(
+          static_cast<const char*>(go.data) +
+          ((ahead % plan.num_bags) * go.strides[0] + plan.columns[ahead / plan.num_bags]) *
+              element);
+    }
     if (pass.in->per_sample_weights) {
       const float weight = widen<kDType>(pass.in->per_sample_weights->data, p);
       for (int64_t d = 0; d < D; ++d) g[d] = g[d] + widen<kDType>(go.data, base + d) * weight;
