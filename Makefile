@@ -137,8 +137,10 @@ bench-venv:
 # and FBGEMM's table-batched operator in one process on the same memory; table rows sized from
 # this CPU's L3 as sysfs reports it) and writes bench/results/<vendor>-<isa>/REPORT.md with its
 # PNG plots (bench/report.py), and that report into README.md's section for this CPU kind; then
-# the quantized-table rows (bench_forward --quantized on bench/shapes/report-quantized.txt). About
-# 17 minutes on a 2-core machine; nothing else should run.
+# the quantized-table rows (bench_forward --quantized on bench/shapes/report-quantized.txt) and
+# the table-batched rows (bench/tbe_batched_bench.py on the Python extension, built too:
+# embag's TableBatchedEmbeddingBags against FBGEMM's TBE module and a PyTorch loop). About 19
+# minutes on a 2-core machine; nothing else should run.
 # BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
 # the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_MIN_TIME the
 # seconds each repetition lasts at least, BENCH_SHAPES the shape file.
@@ -151,7 +153,7 @@ bench-report: bench-venv
 	@torch_dir=$$(cd / && $(abspath .venv-torch/bin/python) -c \
 	  'import os, torch; print(os.path.dirname(torch.__file__))') && \
 	$(MAKE) build BUILD_DIR=$(BENCH_BUILD_DIR) ISAS="$(BENCH_ISAS)" \
-	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BUILD_PYTHON=OFF -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
+	  CMAKE_ARGS="-DEMBAG_GPU_ISAS= -DEMBAG_BENCH_TORCH_DIR=$$torch_dir $(CMAKE_ARGS)"
 	.venv-torch/bin/python bench/report.py --build $(BENCH_BUILD_DIR) --out bench/results \
 	  --shapes $(BENCH_SHAPES) --repetitions $(BENCH_REPETITIONS) --min-time $(BENCH_MIN_TIME) \
 	  --readme README.md \

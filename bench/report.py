@@ -28,7 +28,8 @@ smallest row count whose float32 table is at least k times the L3 cache), beside
 The L3 size comes from sysfs (/sys/devices/system/cpu/cpu0/cache), then `getconf`; it is passed to
 the benchmarks as --llc_mib, so "cold" (table over half the L3) and "warm" follow the same cache.
 Backward and the huge-pages forward run on the uniform shapes only, and every repetition lasts at
-least --min-time (0.2 s): the whole report takes ~15 minutes on 2 cores.
+least --min-time (0.2 s): the whole report takes ~15 minutes on 2 cores. The table-batched rows
+(bench/tbe_batched_bench.py, on the Python package the build stages) add about a minute.
 
 Run with .venv-torch's Python (matplotlib). Times depend on the machine and its load: read the
 ratios of one run, not absolute numbers across runs.
@@ -196,6 +197,50 @@ def tbe_module_check():
     return (f"the module itself, from Python under `no_grad` ({r['shape']}, 1 thread, "
             f"`bench/tbe_module_check.py`), against the operator with its buffers: "
             + "; ".join(parts))
+
+
+def batched_rows(build, threads=(1, 2)):
+    """The table-batched section: bench/tbe_batched_bench.py (embag's TableBatchedEmbeddingBags,
+    FBGEMM's CPU TBE module and a PyTorch loop on a DLRM-like batch, forward and a row-wise
+    Adagrad training step) on the Python package staged in <build>/python. Returns the report's
+    lines (a note saying why, when it could not run)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tbe_batched_bench.py")
+    env = bench_env()
+    package = os.path.join(os.path.abspath(build), "python")
+    env["PYTHONPATH"] = package + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, script, "--threads", *map(str, threads)]
+    print("+", " ".join(cmd), flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    head = ["", "## Table-batched embedding bags (DLRM-like batch)", ""]
+    try:
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return head + ["Not measured: `bench/tbe_batched_bench.py` failed: " +
+                       ((run.stderr.strip().splitlines() or ["?"])[-1])]
+    lines = head + [
+        f"`bench/tbe_batched_bench.py` (its docstring has the method), {r['batch']}, "
+        f"{r['table_mib']} MiB of float32 tables; embag `TableBatchedEmbeddingBags` "
+        f"({r['embag_isa']}), FBGEMM's `SplitTableBatchedEmbeddingBagsCodegen` (fbgemm-gpu-cpu "
+        f"{r['fbgemm_gpu']}, HOST / CPU), and a loop of `F.embedding_bag` per table with "
+        f"`torch.optim.Adagrad` over sparse gradients (torch {r['torch']}); the modules called "
+        f"from Python as their users call them, interleaved, median of "
+        f"{r['forward_repetitions']} (forward) and {r['repetitions']} (training step) "
+        f"repetitions ({r['seconds']} s in all). Targets (issue 20): forward >= 1.2x TBE, "
+        f"training step >= 1.5x TBE and >= 3x the loop.", "",
+        "| row | threads | embag ms | TBE ms | loop ms | TBE / embag | loop / embag | targets |",
+        "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ms = row["ms"]
+        if row["row"] == "forward":
+            met = "met" if row["tbe_over_embag"] >= 1.2 else "NOT met (1.2x TBE)"
+        else:
+            missed = [t for t, ok in (("1.5x TBE", row["tbe_over_embag"] >= 1.5),
+                                      ("3x loop", row["loop_over_embag"] >= 3)) if not ok]
+            met = "met" if not missed else "NOT met (" + ", ".join(missed) + ")"
+        lines.append(f"| {row['row']} | {row['threads']} | {ms['embag']:.1f} | {ms['TBE']:.1f} | "
+                     f"{ms['loop']:.1f} | {row['tbe_over_embag']:.2f} | "
+                     f"{row['loop_over_embag']:.2f} | {met} |")
+    return lines
 
 
 def loadavg():
@@ -509,6 +554,8 @@ def main():
     ap.add_argument("--quantized-shapes", default="bench/shapes/report-quantized.txt",
                     help="shapes of the quantized-table rows (bench_forward --quantized); "
                     "'none' skips them")
+    ap.add_argument("--no-batched", action="store_true",
+                    help="skip the table-batched rows (bench/tbe_batched_bench.py)")
     ap.add_argument("--min-time", default="0.2",
                     help="Google Benchmark's --benchmark_min_time, seconds per repetition (0.2: "
                     "the whole report in ~15 minutes on 2 cores; a smaller value for a quick "
@@ -550,6 +597,7 @@ def main():
         quant_data = run_bench(fwd_bin, shape_lines(args.quantized_shapes), args.repetitions,
                                os.path.join(out, "quantized.json"), "-memory/",
                                flags=bench_flags + ("--quantized",))
+    batched = [] if args.no_batched else batched_rows(args.build)
     load_after = loadavg()
     fwd, bwd, thp = medians(fwd_data), medians(bwd_data), medians(thp_data)
     fwd_labels = labels(fwd_data)
@@ -713,6 +761,7 @@ def main():
         bwd_plot[(rest, row, "embag / PyTorch")] = ratio(e, pt)
     if quant_data["benchmarks"]:
         lines += quantized_section(quant_data)
+    lines += batched
     lines += ["", "![forward: embag / loop and embag / best peer](forward_ratios.png)", ""]
     if bwd_plot:
         lines += ["![backward: embag / loop and embag / PyTorch](backward_ratios.png)", ""]

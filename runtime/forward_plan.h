@@ -86,6 +86,11 @@ Status offsets_value_error(int64_t first, int64_t last, int64_t num_indices, int
                            int64_t before, int64_t after);
 Status index_value_error(int64_t position, int64_t value, int64_t num_rows, const Options& opt);
 
+// The memory rules every view of a call obeys (extents and strides kernels can address, data
+// present, rows contiguous, fully contiguous when asked), in the words of the single-table
+// checks, `name` naming the view. For callers that build calls of their own (batched.cpp).
+Status check_view_memory(const TensorView& view, const char* name, bool require_contiguous);
+
 // Reads element `i` of a contiguous int32/int64 view as int64.
 inline int64_t load_index(const TensorView& view, int64_t i) {
   return view.dtype == DType::kInt32 ? static_cast<const int32_t*>(view.data)[i]

@@ -27,6 +27,16 @@
 namespace embag::internal {
 namespace {
 
+// Whether this thread is running a task of a parallel loop of the pool (see run()).
+thread_local bool t_inside_task = false;
+struct InsideTaskScope {
+  InsideTaskScope() : previous(t_inside_task) { t_inside_task = true; }
+  ~InsideTaskScope() { t_inside_task = previous; }
+  InsideTaskScope(const InsideTaskScope&) = delete;
+  InsideTaskScope& operator=(const InsideTaskScope&) = delete;
+  bool previous;
+};
+
 class KernelThreadPool {
  public:
   KernelThreadPool() = default;
@@ -49,6 +59,11 @@ class KernelThreadPool {
   int run(void* user_context, halide_task_t task, int min, int size, uint8_t* closure) {
     // One parallel loop at a time uses the workers. A second caller (another application
     // thread, or a nested loop) runs its loop on its own thread: same results, no waiting.
+    // A loop started from inside a task of this pool's loop (a batched call runs one kernel per
+    // task, and the kernel's own loop lands here) runs inline on its thread: the task is the
+    // unit of parallel work, and its thread may already own job_mutex_ (try_lock on a mutex the
+    // thread holds is undefined behaviour).
+    if (t_inside_task) return run_serially(user_context, task, min, size, closure);
     std::unique_lock<std::mutex> job_lock(job_mutex_, std::try_to_lock);
     // (threads_ only changes under job_mutex_, so it is stable while this caller owns the
     // workers.)
@@ -122,6 +137,7 @@ class KernelThreadPool {
 
   static int run_serially(void* user_context, halide_task_t task, int min, int size,
                           uint8_t* closure) {
+    InsideTaskScope inside;
     for (int i = 0; i < size; ++i) {
       if (int result = task(user_context, min + i, closure); result != 0) return result;
     }
@@ -133,6 +149,7 @@ class KernelThreadPool {
   // error, say) reach that call.
   void take_tasks() {
     ActiveCallScope active(static_cast<CallContext*>(job_.user_context));
+    InsideTaskScope inside;
     for (;;) {
       const int i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= job_.size) return;

@@ -272,6 +272,10 @@ Status check_argmax_rows(const BackwardInputs& in, const ForwardPlan& plan,
 
 }  // namespace
 
+Status check_view_memory(const TensorView& view, const char* name, bool require_contiguous) {
+  return check_memory(view, name, require_contiguous);
+}
+
 Status offsets_value_error(int64_t first, int64_t last, int64_t num_indices, int64_t decreasing_at,
                            int64_t before, int64_t after) {
   if (first != 0) {

@@ -71,6 +71,63 @@ def backward(
     stream: int,
     check_indices: bool,
 ) -> None: ...
+def batched_forward(
+    weights: list[Any],
+    modes: list[str],
+    padding_idx: list[Optional[int]],
+    feature_table: list[int],
+    indices: Any,
+    offsets: Any,
+    per_sample_weights: Optional[Any],
+    feature_columns: list[int],
+    output: Any,
+) -> None: ...
+def batched_sparse_gradient_rows(
+    weights: list[Any],
+    modes: list[str],
+    padding_idx: list[Optional[int]],
+    feature_table: list[int],
+    indices: Any,
+    offsets: Any,
+    per_sample_weights: Optional[Any],
+    feature_columns: list[int],
+) -> list[int]: ...
+def batched_backward(
+    weights: list[Any],
+    modes: list[str],
+    padding_idx: list[Optional[int]],
+    feature_table: list[int],
+    indices: Any,
+    offsets: Any,
+    per_sample_weights: Optional[Any],
+    feature_columns: list[int],
+    grad_output: Any,
+    grad_weight: list[Any],
+    grad_weight_rows: list[Any],
+    grad_weight_values: list[Any],
+    sparse: bool,
+) -> None: ...
+def batched_fused_backward(
+    weights: list[Any],
+    modes: list[str],
+    padding_idx: list[Optional[int]],
+    feature_table: list[int],
+    indices: Any,
+    offsets: Any,
+    per_sample_weights: Optional[Any],
+    feature_columns: list[int],
+    grad_output: Any,
+    optimizer: str,
+    learning_rate: float,
+    eps: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    weight_decay_mode: str,
+    step: int,
+    momentum1: list[Optional[Any]],
+    momentum2: list[Optional[Any]],
+) -> None: ...
 def set_isa(name: Optional[str]) -> None: ...
 def selected_isa() -> str: ...
 def compiled_isas() -> list[str]: ...

@@ -30,6 +30,10 @@ return, with PyTorch's signature, and honour ``mode`` (PyTorch 2.14's CPU ops re
 for every mode). ``QuantizedEmbeddingBag`` is the module. They run the custom operator
 ``embag::quantized_embedding_bag`` (inference only: it has no autograd formula).
 
+Table-batched lookups (every table of a model in one call, training with the optimizer fused into
+backward, FBGEMM's TBE layout): ``TableBatchedEmbeddingBags`` (module ``embag._batched_torch``,
+custom operators ``embag::batched_embedding_bags*``).
+
 CUDA tensors run on PyTorch's current stream once embag has CUDA kernels; until then they raise
 ``embag.UnsupportedError``.
 """
@@ -43,10 +47,13 @@ from torch import Tensor
 
 from . import _embag
 from ._arrays import _capsule, _check_bool, _check_extent, _checked_options, _options, _stream
+from ._batched_torch import TableBatchedEmbeddingBags, TableSpec
 
 __all__ = [
     "EmbeddingBag",
     "QuantizedEmbeddingBag",
+    "TableBatchedEmbeddingBags",
+    "TableSpec",
     "embedding_bag",
     "embedding_bag_4bit_rowwise_offsets",
     "embedding_bag_byte_rowwise_offsets",

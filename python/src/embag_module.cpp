@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "embag/batched.h"
 #include "embag/dlpack.h"
 #include "embag/embag.h"
 
@@ -422,6 +423,188 @@ void backward(nb::handle grad_output, nb::handle weight, nb::handle input, nb::h
   raise_if_error(status);
 }
 
+// ---- Table-batched calls (embag/batched.h) -------------------------------------------------
+//
+// The Python side (embag.torch.TableBatchedEmbeddingBags) passes the tables as a list of
+// capsules, with per-table pooling names and padding indices, and the feature -> table map.
+
+// A batched call's inputs viewed from capsules, with the storage their pointers use.
+struct BatchedViews {
+  std::optional<embag::TensorView> psw;
+  embag::BatchedInputs inputs;
+
+  BatchedViews(nb::list weights, const std::vector<std::string>& modes,
+               const std::vector<std::optional<int64_t>>& padding_idx,
+               const std::vector<int64_t>& feature_table, nb::handle indices, nb::handle offsets,
+               nb::handle per_sample_weights, const std::vector<int64_t>& feature_columns,
+               Access weight_access) {
+    const size_t tables = nb::len(weights);
+    if (modes.size() != tables || padding_idx.size() != tables) {
+      throw nb::value_error(("batched call: " + std::to_string(tables) + " tables, but " +
+                             std::to_string(modes.size()) + " poolings and " +
+                             std::to_string(padding_idx.size()) + " padding indices")
+                                .c_str());
+    }
+    inputs.tables.resize(tables);
+    for (size_t t = 0; t < tables; ++t) {
+      const std::string name = "weights[" + std::to_string(t) + "]";
+      inputs.tables[t].weight = view_of(weights[t], name.c_str(), weight_access,
+                                        "the fused optimizer updates the tables in place");
+      const std::optional<embag::Mode> mode = embag::parse_mode(modes[t]);
+      if (!mode) {
+        raise_rule("table " + std::to_string(t) + ": pooling has to be one of sum, mean or max, " +
+                   "but got '" + modes[t] + "'");
+      }
+      inputs.tables[t].mode = *mode;
+      inputs.tables[t].padding_idx = padding_idx[t];
+    }
+    inputs.feature_table = feature_table;
+    inputs.indices = view_of(indices, "indices");
+    inputs.offsets = view_of(offsets, "offsets");
+    inputs.per_sample_weights = optional_view(per_sample_weights, "per_sample_weights", &psw);
+    inputs.feature_columns = feature_columns;
+  }
+};
+
+// A list of optional capsules (None: the view is left empty), viewed for writing.
+std::vector<embag::TensorView> writable_views(nb::list capsules, const char* name) {
+  std::vector<embag::TensorView> views(nb::len(capsules));
+  for (size_t t = 0; t < views.size(); ++t) {
+    if (capsules[t].is_none()) continue;
+    const std::string label = std::string(name) + "[" + std::to_string(t) + "]";
+    views[t] = view_of(capsules[t], label.c_str(), Access::kWrite, "this call writes it");
+  }
+  return views;
+}
+
+void batched_forward(nb::list weights, const std::vector<std::string>& modes,
+                     const std::vector<std::optional<int64_t>>& padding_idx,
+                     const std::vector<int64_t>& feature_table, nb::handle indices,
+                     nb::handle offsets, nb::handle per_sample_weights,
+                     const std::vector<int64_t>& feature_columns, nb::handle output) {
+  BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
+                     per_sample_weights, feature_columns, Access::kRead);
+  const embag::TensorView out =
+      view_of(output, "out", Access::kWrite, "the output is written into it");
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::batched_forward(views.inputs, out);
+  }
+  raise_if_error(status);
+}
+
+std::vector<int64_t> batched_sparse_gradient_rows(
+    nb::list weights, const std::vector<std::string>& modes,
+    const std::vector<std::optional<int64_t>>& padding_idx,
+    const std::vector<int64_t>& feature_table, nb::handle indices, nb::handle offsets,
+    nb::handle per_sample_weights, const std::vector<int64_t>& feature_columns) {
+  BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
+                     per_sample_weights, feature_columns, Access::kRead);
+  std::vector<int64_t> rows;
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::batched_sparse_gradient_rows(views.inputs, &rows);
+  }
+  raise_if_error(status);
+  return rows;
+}
+
+// Dense: grad_weight[t] for every table (rows and values empty lists). Sparse: rows[t] and
+// values[t] for every table (grad_weight an empty list).
+void batched_backward(nb::list weights, const std::vector<std::string>& modes,
+                      const std::vector<std::optional<int64_t>>& padding_idx,
+                      const std::vector<int64_t>& feature_table, nb::handle indices,
+                      nb::handle offsets, nb::handle per_sample_weights,
+                      const std::vector<int64_t>& feature_columns, nb::handle grad_output,
+                      nb::list grad_weight, nb::list grad_weight_rows, nb::list grad_weight_values,
+                      bool sparse) {
+  BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
+                     per_sample_weights, feature_columns, Access::kRead);
+  const embag::TensorView grad = view_of(grad_output, "grad_output");
+  const std::vector<embag::TensorView> dense = writable_views(grad_weight, "grad_weight");
+  const std::vector<embag::TensorView> rows = writable_views(grad_weight_rows, "grad_weight_rows");
+  const std::vector<embag::TensorView> values =
+      writable_views(grad_weight_values, "grad_weight_values");
+  const size_t tables = views.inputs.tables.size();
+  if ((sparse ? rows.size() : dense.size()) != tables || (sparse && values.size() != tables)) {
+    throw nb::value_error("batched_backward: one gradient per table is needed");
+  }
+  std::vector<embag::BatchedTableGradient> grads(tables);
+  for (size_t t = 0; t < tables; ++t) {
+    if (sparse) {
+      grads[t].grad_weight_rows = &rows[t];
+      grads[t].grad_weight_values = &values[t];
+    } else {
+      grads[t].grad_weight = &dense[t];
+    }
+  }
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::batched_backward(views.inputs, grad, grads, sparse);
+  }
+  raise_if_error(status);
+}
+
+void batched_fused_backward(nb::list weights, const std::vector<std::string>& modes,
+                            const std::vector<std::optional<int64_t>>& padding_idx,
+                            const std::vector<int64_t>& feature_table, nb::handle indices,
+                            nb::handle offsets, nb::handle per_sample_weights,
+                            const std::vector<int64_t>& feature_columns, nb::handle grad_output,
+                            const std::string& optimizer, double learning_rate, double eps,
+                            double beta1, double beta2, double weight_decay,
+                            const std::string& weight_decay_mode, int64_t step, nb::list momentum1,
+                            nb::list momentum2) {
+  BatchedViews views(weights, modes, padding_idx, feature_table, indices, offsets,
+                     per_sample_weights, feature_columns, Access::kWrite);
+  const embag::TensorView grad = view_of(grad_output, "grad_output");
+  embag::OptimizerConfig config;
+  const std::optional<embag::Optimizer> parsed = embag::parse_optimizer(optimizer);
+  if (!parsed) {
+    raise_rule("optimizer has to be one of sgd, adagrad, rowwise_adagrad or adam, but got '" +
+               optimizer + "'");
+  }
+  config.optimizer = *parsed;
+  if (weight_decay_mode == "none") {
+    config.weight_decay_mode = embag::WeightDecayMode::kNone;
+  } else if (weight_decay_mode == "l2") {
+    config.weight_decay_mode = embag::WeightDecayMode::kL2;
+  } else if (weight_decay_mode == "decoupled") {
+    config.weight_decay_mode = embag::WeightDecayMode::kDecoupled;
+  } else {
+    raise_rule("weight_decay_mode has to be one of none, l2 or decoupled, but got '" +
+               weight_decay_mode + "'");
+  }
+  // (float32 hyper-parameters, as the kernels and FBGEMM's learning_rate_tensor hold them)
+  config.learning_rate = static_cast<float>(learning_rate);
+  config.eps = static_cast<float>(eps);
+  config.beta1 = static_cast<float>(beta1);
+  config.beta2 = static_cast<float>(beta2);
+  config.weight_decay = static_cast<float>(weight_decay);
+  config.step = step;
+  const std::vector<embag::TensorView> m1 = writable_views(momentum1, "momentum1");
+  const std::vector<embag::TensorView> m2 = writable_views(momentum2, "momentum2");
+  const size_t tables = views.inputs.tables.size();
+  if (m1.size() != tables || m2.size() != tables) {
+    throw nb::value_error(
+        "batched_fused_backward: one momentum1 and momentum2 entry per table "
+        "is needed (None where the optimizer keeps none)");
+  }
+  std::vector<embag::OptimizerState> state(tables);
+  for (size_t t = 0; t < tables; ++t) {
+    state[t].momentum1 = m1[t];
+    state[t].momentum2 = m2[t];
+  }
+  embag::Status status;
+  {
+    GilRelease release;
+    status = embag::batched_fused_backward(views.inputs, grad, config, state);
+  }
+  raise_if_error(status);
+}
+
 std::vector<std::string> isa_names(const std::vector<embag::Isa>& isas) {
   std::vector<std::string> names;
   for (embag::Isa isa : isas) names.emplace_back(embag::isa_name(isa));
@@ -537,6 +720,24 @@ NB_MODULE(_embag, m) {
         nb::arg("grad_weight").none(), nb::arg("grad_weight_rows").none(),
         nb::arg("grad_weight_values").none(), nb::arg("grad_per_sample_weights").none(),
         nb::arg("options"), nb::arg("stream"), nb::arg("check_indices"));
+
+  m.def("batched_forward", &batched_forward, nb::arg("weights"), nb::arg("modes"),
+        nb::arg("padding_idx"), nb::arg("feature_table"), nb::arg("indices"), nb::arg("offsets"),
+        nb::arg("per_sample_weights").none(), nb::arg("feature_columns"), nb::arg("output"));
+  m.def("batched_sparse_gradient_rows", &batched_sparse_gradient_rows, nb::arg("weights"),
+        nb::arg("modes"), nb::arg("padding_idx"), nb::arg("feature_table"), nb::arg("indices"),
+        nb::arg("offsets"), nb::arg("per_sample_weights").none(), nb::arg("feature_columns"));
+  m.def("batched_backward", &batched_backward, nb::arg("weights"), nb::arg("modes"),
+        nb::arg("padding_idx"), nb::arg("feature_table"), nb::arg("indices"), nb::arg("offsets"),
+        nb::arg("per_sample_weights").none(), nb::arg("feature_columns"), nb::arg("grad_output"),
+        nb::arg("grad_weight"), nb::arg("grad_weight_rows"), nb::arg("grad_weight_values"),
+        nb::arg("sparse"));
+  m.def("batched_fused_backward", &batched_fused_backward, nb::arg("weights"), nb::arg("modes"),
+        nb::arg("padding_idx"), nb::arg("feature_table"), nb::arg("indices"), nb::arg("offsets"),
+        nb::arg("per_sample_weights").none(), nb::arg("feature_columns"), nb::arg("grad_output"),
+        nb::arg("optimizer"), nb::arg("learning_rate"), nb::arg("eps"), nb::arg("beta1"),
+        nb::arg("beta2"), nb::arg("weight_decay"), nb::arg("weight_decay_mode"), nb::arg("step"),
+        nb::arg("momentum1"), nb::arg("momentum2"));
 
   m.def("set_isa", &set_isa, nb::arg("name").none());
   m.def("selected_isa", &selected_isa);
