@@ -640,7 +640,7 @@ TEST(ForwardDifferential, MaxKeepsTheFirstOfEqualValuesAndTheFirstNan) {
         }
       };
       TensorView offsets = make_view_1d(off, DType::kInt64, B);
-      ForwardInputs in{make_view_2d(table.data(), wd, V, D), make_view_1d(idx, DType::kInt64, 11),
+      ForwardInputs in{make_view_2d(table.data(), wd, V, D), make_view_1d(idx, DType::kInt64, 12),
                        &offsets, nullptr};
       Options o;
       o.mode = Mode::kMax;
