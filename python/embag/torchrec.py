@@ -23,21 +23,33 @@ A plan picks embag per table: ``table_wise(rank, compute_kernel=COMPUTE_KERNEL)`
 ``embag_kernel(table_row_wise(host_index))`` (TorchRec's ``table_row_wise`` takes no kernel);
 ``embag_plan`` moves a plan from TorchRec's planner onto embag. docs/torchrec.md is the manual.
 
-Not here yet: fused optimizers (TorchRec's ``FusedOptimizerModule``) and quantized sharded
-inference; both wait for embag's table-batched kernel. Each rank runs one embag call per
-feature (``EmbagEmbeddingBag._pooled``, the one place the table-batched call will replace).
+Fused optimizers: where the sharder's ``fused_params`` name an ``optimizer`` (FBGEMM's
+``EmbOptimType``, as for TorchRec's ``fused`` kernel), the lookup builds
+``EmbagFusedEmbeddingBag`` instead: one table-batched embag call for all the config's shards,
+with the optimizer applied to the touched rows inside backward, exposed to TorchRec as a
+``FusedOptimizerModule`` (``EmbagFusedOptimizer``), so ``DistributedModelParallel``'s
+``fused_optimizer`` holds it. Without an optimizer, each rank runs one embag call per feature
+through autograd (``EmbagEmbeddingBag._pooled``).
+
+Not here yet: quantized sharded inference.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
-from torch.distributed._shard.sharded_tensor.metadata import TensorProperties
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor.metadata import (
+    ShardedTensorMetadata,
+    TensorProperties,
+)
 from torchrec.distributed.batched_embedding_kernel import BaseBatchedEmbeddingBag
 from torchrec.distributed.embedding_kernel import BaseEmbedding
 from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
@@ -57,15 +69,19 @@ from torchrec.distributed.types import (
 )
 from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.fused import EmptyFusedOptimizer, FusedOptimizer, FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from . import EmbeddingBagError
+from ._batched_torch import _state_shapes
 from .torch import embedding_bag
 
 __all__ = [
     "COMPUTE_KERNEL",
     "EmbagEmbeddingBag",
     "EmbagEmbeddingBagCollectionSharder",
+    "EmbagFusedEmbeddingBag",
+    "EmbagFusedOptimizer",
     "EmbagPooledEmbeddingsLookup",
     "EmbagShardedEmbeddingBagCollection",
     "embag_kernel",
@@ -243,8 +259,294 @@ class EmbagEmbeddingBag(BaseBatchedEmbeddingBag[torch.Tensor]):
         )
 
 
+# FBGEMM's optimizers (``EmbOptimType``, by name or value) that embag fuses, as embag's names.
+_FUSED_OPTIMIZERS = {
+    "EXACT_SGD": "sgd",
+    "EXACT_ADAGRAD": "adagrad",
+    "EXACT_ROWWISE_ADAGRAD": "rowwise_adagrad",
+    "ADAM": "adam",
+}
+_FUSED_OPTIMIZER_VALUES = {
+    "exact_sgd": "EXACT_SGD",
+    "exact_adagrad": "EXACT_ADAGRAD",
+    "exact_row_wise_adagrad": "EXACT_ROWWISE_ADAGRAD",
+    "adam": "ADAM",
+}
+# The keys of each optimizer's state in TorchRec's EmbeddingFusedOptimizer ("momentum1", then
+# FBGEMM's own name for the second state), so the optimizer's state_dict has TorchRec's keys.
+_STATE_KEYS = {
+    "sgd": (),
+    "adagrad": ("momentum1",),
+    "rowwise_adagrad": ("momentum1",),
+    "adam": ("momentum1", "exp_avg_sq"),
+}
+# FBGEMM's WeightDecayMode (by name) to embag's.
+_WEIGHT_DECAY_MODES = {"NONE": "none", "L2": "l2", "DECOUPLE": "decoupled"}
+# The hyper-parameters embag takes, with FBGEMM's defaults.
+_HYPER_DEFAULTS = {
+    "learning_rate": 0.01,
+    "eps": 1.0e-8,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "weight_decay": 0.0,
+}
+# fused_params that would change FBGEMM's update rule in ways embag's fused optimizers do not
+# implement: refused when set, rather than silently trained differently. Other keys configure
+# FBGEMM's memory placement, caching or precision, which this CPU kernel has no counterpart for.
+_UNSUPPORTED_FUSED_PARAMS = (
+    "gradient_clipping",
+    "max_norm",
+    "counter_based_regularization",
+    "cowclip_regularization",
+    "global_weight_decay",
+    "use_rowwise_bias_correction",
+    "stochastic_rounding_for_optimizer_state",
+)
+
+
+def fused_optimizer_name(fused_params: Optional[Dict[str, Any]]) -> Optional[str]:
+    """embag's name for the optimizer ``fused_params`` name (None: none, the autograd path)."""
+    optimizer = (fused_params or {}).get("optimizer")
+    if optimizer is None:
+        return None
+    name = getattr(optimizer, "name", None)
+    if name is None and isinstance(optimizer, str):
+        name = _FUSED_OPTIMIZER_VALUES.get(optimizer, optimizer.upper())
+    if name not in _FUSED_OPTIMIZERS:
+        raise ValueError(
+            f"embag.torchrec: fused_params['optimizer'] is {optimizer!r}; embag's kernel fuses "
+            f"{', '.join('EmbOptimType.' + n for n in _FUSED_OPTIMIZERS)}"
+        )
+    return _FUSED_OPTIMIZERS[name]
+
+
+class EmbagFusedEmbeddingBag(EmbagEmbeddingBag, FusedOptimizerModule):
+    """``EmbagEmbeddingBag`` trained by a fused optimizer, for configs whose ``fused_params``
+    name one (what TorchRec's ``BatchedFusedEmbeddingBag`` takes): one table-batched embag call
+    (``embag::batched_embedding_bags``) for every shard of the config, whose backward applies
+    the optimizer to the rows the batch touched, in place, keeping no ``.grad``.
+
+    Weights keep ``EmbagEmbeddingBag``'s layout (one parameter per table, its local shards
+    stacked by rows), and so does the optimizer state (one tensor per table and state, stacked
+    the same way: ``(rows, cols)`` pointwise, ``(rows,)`` row-wise); each shard's rows of both
+    are views handed to the batched call. The optimizer is ``fused_optimizer``, an
+    ``EmbagFusedOptimizer``."""
+
+    def __init__(
+        self,
+        config: GroupedEmbeddingConfig,
+        pg: Optional[dist.ProcessGroup] = None,
+        device: Optional[torch.device] = None,
+        sharding_type: Optional[ShardingType] = None,
+    ) -> None:
+        super().__init__(config, pg, device, sharding_type)
+        params = dict(config.fused_params or {})
+        optimizer = fused_optimizer_name(params)
+        assert optimizer is not None, "EmbagFusedEmbeddingBag needs fused_params['optimizer']"
+        for key in _UNSUPPORTED_FUSED_PARAMS:
+            if params.get(key):
+                raise ValueError(
+                    f"embag.torchrec: fused_params[{key!r}] is {params[key]!r}; embag's fused "
+                    "optimizers do not implement it (leave it unset)"
+                )
+        mode = params.get("weight_decay_mode")
+        mode_name = "NONE" if mode is None else getattr(mode, "name", str(mode).upper())
+        if mode_name not in _WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"embag.torchrec: fused_params['weight_decay_mode'] is {mode!r}; embag takes "
+                f"WeightDecayMode.{', WeightDecayMode.'.join(_WEIGHT_DECAY_MODES)}"
+            )
+        self._weight_decay_mode = _WEIGHT_DECAY_MODES[mode_name]
+        self._hyper = {key: float(params.get(key, default))
+                       for key, default in _HYPER_DEFAULTS.items()}
+        if optimizer in ("sgd", "adagrad") and self._hyper["weight_decay"] != 0:
+            raise ValueError(
+                f"embag.torchrec: fused_params['weight_decay'] is {self._hyper['weight_decay']!r}"
+                f" with {optimizer}, which has no weight decay (as in FBGEMM): use 0"
+            )
+        if self._weight_decay_mode != "none" and optimizer != "rowwise_adagrad":
+            raise ValueError(
+                f"embag.torchrec: fused_params['weight_decay_mode'] is {mode!r}, which is for "
+                f"EXACT_ROWWISE_ADAGRAD only, not {optimizer}"
+            )
+        self._optimizer_name = optimizer
+        # Training steps taken (Adam's bias correction counts them; FBGEMM counts in forward).
+        self._step = 0
+        # Per table and state (momentum1, momentum2): stacked like the weights; a (0,)
+        # placeholder where the optimizer keeps no such state.
+        self._table_states: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for weight in self._table_weights:
+            shapes = _state_shapes(optimizer, int(weight.shape[0]), int(weight.shape[1]))
+            self._table_states.append(tuple(  # type: ignore[arg-type]
+                torch.zeros(shape, dtype=torch.float32, device=device) for shape in shapes))
+        for weight in self._table_weights:
+            # As TorchRec's fused kernels mark theirs: no dense optimizer is to step these
+            # (torchrec.optim.optimizers.in_backward_optimizer_filter leaves them out).
+            weight._in_backward_optimizers = [EmptyFusedOptimizer()]  # type: ignore[attr-defined]
+        self._optim = EmbagFusedOptimizer(self, pg)
+
+    @property
+    def fused_optimizer(self) -> FusedOptimizer:
+        return self._optim
+
+    def get_learning_rate(self) -> float:
+        return self._hyper["learning_rate"]
+
+    def set_learning_rate(self, lr: float) -> None:
+        self._hyper["learning_rate"] = float(lr)
+
+    def _shard_states(self, state: int) -> List[torch.Tensor]:
+        """Each local shard's rows of optimizer state ``state`` (0 or 1), in config order."""
+        shards = []
+        for index, start, end in self._shard_rows:
+            table_state = self._table_states[index][state]
+            shards.append(table_state if table_state.numel() == 0 else table_state[start:end])
+        return shards
+
+    def split_optimizer_states(self) -> List[List[torch.Tensor]]:
+        """Per local shard, in config order, its optimizer state as FBGEMM's
+        ``split_optimizer_states`` orders it (views: writing them changes the state)."""
+        count = len(_STATE_KEYS[self._optimizer_name])
+        states = [self._shard_states(k) for k in range(count)]
+        return [[state[shard] for state in states] for shard in range(len(self._shard_rows))]
+
+    def forward(
+        self,
+        features: KeyedJaggedTensor,
+        vbe_output: Optional[torch.Tensor] = None,
+        vbe_output_offsets: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if features.variable_stride_per_key() or vbe_output is not None:
+            raise NotImplementedError(
+                "embag.torchrec: variable batch size per feature (VBE) is not supported"
+            )
+        values = features.values().to(torch.int64)
+        offsets = features.offsets().to(torch.int64)
+        weights = features.weights_or_none()
+        if weights is not None and not torch.is_floating_point(weights):
+            weights = None
+        shard_weights = self._shard_weights()
+        shards = len(shard_weights)
+        step = self._step
+        if torch.is_grad_enabled() and any(w.requires_grad for w in self._table_weights):
+            # This forward will have a backward, the optimizer's step.
+            step = self._step = self._step + 1
+        hyper = self._hyper
+        try:
+            return torch.ops.embag.batched_embedding_bags(
+                shard_weights, list(self._feature_table_map), ",".join([self._mode] * shards),
+                [0] * shards, [False] * shards, values, offsets, weights,
+                self._optimizer_name,
+                [hyper["learning_rate"], hyper["eps"], hyper["beta1"], hyper["beta2"],
+                 hyper["weight_decay"]],
+                self._weight_decay_mode, step, self._shard_states(0), self._shard_states(1),
+                False,
+            )
+        except EmbeddingBagError as error:
+            # The batched call names feature and table by position in this config.
+            message = str(error)
+            found = re.match(r"feature (\d+) \(table (\d+)\): ", message)
+            if found is None:
+                raise type(error)(f"embag.torchrec: features {features.keys()}: {message}") \
+                    from error
+            where = self._where(features.keys()[int(found.group(1))], int(found.group(2)))
+            raise type(error)(where + message[found.end():]) from error
+
+
+def _rowwise_state_metadata(
+    table: Any, state: torch.Tensor
+) -> Tuple[Dict[Any, ShardMetadata], ShardedTensorMetadata]:
+    """Each of the table's shards' metadata to its row-wise state's (1-D), and the state's
+    global metadata: the layout TorchRec's EmbeddingFusedOptimizer gives row-wise state (a
+    column-wise table's shards' states laid end to end, in column order)."""
+    global_metadata = table.global_metadata
+    shards = list(global_metadata.shards_metadata)
+    column_wise = table.local_cols != table.embedding_dim
+    if column_wise and table.local_rows != table.num_embeddings:
+        raise NotImplementedError(
+            f"embag.torchrec: table {table.name!r} is sharded by rows and columns (grid); "
+            "embag's fused optimizers have no row-wise state layout for it"
+        )
+    if column_wise:
+        shards.sort(key=lambda shard: shard.shard_offsets[1])
+    mapping = {}
+    for position, shard in enumerate(shards):
+        offset = position * shard.shard_sizes[0] if column_wise else shard.shard_offsets[0]
+        mapping[shard] = ShardMetadata(shard_offsets=[offset], shard_sizes=[shard.shard_sizes[0]],
+                                       placement=shard.placement)
+    size = global_metadata.size[0] * (len(shards) if column_wise else 1)
+    return mapping, ShardedTensorMetadata(
+        shards_metadata=list(mapping.values()), size=torch.Size([size]),
+        tensor_properties=TensorProperties(dtype=state.dtype, requires_grad=False),
+    )
+
+
+class EmbagFusedOptimizer(FusedOptimizer):
+    """TorchRec's view of an ``EmbagFusedEmbeddingBag``'s optimizer, as TorchRec's
+    ``EmbeddingFusedOptimizer`` is of FBGEMM's: ``params`` each table's weight as a
+    ``ShardedTensor`` (``<table>.weight``), ``state`` per weight its optimizer states as
+    ``ShardedTensor``s (``<table>.momentum1``, ...), one param group whose ``lr`` is the
+    learning rate. ``step()`` and ``zero_grad()`` only hand the group's ``lr`` to the kernel (for
+    the next backward): the update itself happened in backward."""
+
+    def __init__(self, kernel: EmbagFusedEmbeddingBag,
+                 pg: Optional[dist.ProcessGroup] = None) -> None:
+        self._kernel = kernel
+        config = kernel.config
+        state_keys = _STATE_KEYS[kernel._optimizer_name]
+        shard_weights = kernel.split_embedding_weights()
+        shard_states = [kernel._shard_states(k) for k in range(len(state_keys))]
+        by_table: Dict[str, List[int]] = {}
+        for shard, table in enumerate(config.embedding_tables):
+            by_table.setdefault(table.name, []).append(shard)
+        params: Dict[str, Any] = {}
+        state: Dict[Any, Any] = {}
+        param_group: Dict[str, Any] = {"params": [], "lr": kernel.get_learning_rate()}
+        for name, shard_indices in by_table.items():
+            table = config.embedding_tables[shard_indices[0]]
+            assert table.global_metadata is not None
+            metadata = copy.deepcopy(table.global_metadata)
+            metadata.tensor_properties.dtype = shard_weights[shard_indices[0]].dtype
+            metadata.tensor_properties.requires_grad = False
+            weight = ShardedTensor._init_from_local_shards_and_global_metadata(
+                local_shards=[Shard(shard_weights[s], config.embedding_tables[s].local_metadata)
+                              for s in shard_indices],
+                sharded_tensor_metadata=metadata,
+                process_group=pg,
+            )
+            params[f"{name}.weight"] = weight
+            param_group["params"].append(weight)
+            state[weight] = {}
+            for k, key in enumerate(state_keys):
+                local = [shard_states[k][s] for s in shard_indices]
+                if local[0].dim() == 1:
+                    mapping, state_metadata = _rowwise_state_metadata(table, local[0])
+                    shards = [Shard(tensor, mapping[config.embedding_tables[s].local_metadata])
+                              for tensor, s in zip(local, shard_indices)]
+                else:
+                    # pointwise: laid out as the weight
+                    state_metadata = copy.deepcopy(metadata)
+                    state_metadata.tensor_properties.dtype = local[0].dtype
+                    shards = [Shard(tensor, config.embedding_tables[s].local_metadata)
+                              for tensor, s in zip(local, shard_indices)]
+                state[weight][f"{name}.{key}"] = (
+                    ShardedTensor._init_from_local_shards_and_global_metadata(
+                        local_shards=shards, sharded_tensor_metadata=state_metadata,
+                        process_group=pg,
+                    )
+                )
+        super().__init__(params, state, [param_group])
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        self._kernel.set_learning_rate(self.param_groups[0]["lr"])  # type: ignore[index]
+
+    def step(self, closure: Any = None) -> None:
+        self._kernel.set_learning_rate(self.param_groups[0]["lr"])  # type: ignore[index]
+
+
 class EmbagPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
-    """TorchRec's pooled lookup, with ``EmbagEmbeddingBag`` for customized configs."""
+    """TorchRec's pooled lookup, with ``EmbagEmbeddingBag`` for customized configs
+    (``EmbagFusedEmbeddingBag`` where their ``fused_params`` name an optimizer)."""
 
     def _create_embedding_kernel(
         self,
@@ -254,6 +556,9 @@ class EmbagPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
         sharding_type: Optional[ShardingType],
         env: Optional[ShardingEnv],
     ) -> BaseEmbedding:
+        if _is_embag(config.compute_kernel) and fused_optimizer_name(config.fused_params):
+            return EmbagFusedEmbeddingBag(config=config, pg=pg, device=device,
+                                          sharding_type=sharding_type)
         if _is_embag(config.compute_kernel):
             return EmbagEmbeddingBag(config=config, pg=pg, device=device,
                                      sharding_type=sharding_type)
