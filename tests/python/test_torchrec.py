@@ -28,7 +28,9 @@ collection with tables whose output TorchRec divides correctly.
 Fused optimizers (test_fused_optimizer, in the same ranks' run; FUSED_PLANS): table-wise and
 row-wise plans with EXACT_SGD and EXACT_ROWWISE_ADAGRAD in the sharder's fused_params, trained
 FUSED_STEPS steps through dmp.fused_optimizer with embag's kernel and with TorchRec's FBGEMM
-``fused`` kernel: shards and optimizer state agree within FUSED_TOLERANCE (see there why 1e-5).
+``fused`` kernel: shards and optimizer state agree within FUSED_TOLERANCE (see there why 1e-5);
+and a row-wise plan with an empty shard, where embag's fused SGD is checked against embag's
+autograd path stepped by torch.optim.SGD (FBGEMM fails at random on empty tables).
 
 Two more tests run the kernel alone, in this process, on a grouped config built by hand: its
 output against F.embedding_bag per shard (two shards of one table stacked), and a bad index,
@@ -112,8 +114,8 @@ CASES: Dict[str, Dict[str, Any]] = {
 CHECKS = ("forward", "sgd", "checkpoint")
 
 # Fused optimizers (the sharder's fused_params): each case trained FUSED_STEPS steps (forward,
-# backward, dmp.fused_optimizer.step(), the learning rate halved through the param group after
-# the first) with embag's kernel and with TorchRec's FBGEMM kernel (``fused``, which wants dims
+# backward, dmp.fused_optimizer.step(), the learning rate halved through the param group and
+# zero_grad() before the second) with embag's kernel and with TorchRec's FBGEMM kernel (``fused``, which wants dims
 # divisible by 4). Tables, weights and optimizer state must agree within FUSED_TOLERANCE: both
 # apply the same update rule, but sum a row's gradient over its bags (and row-wise Adagrad its
 # mean square) in another order, and Adagrad's 1/sqrt(state) carries those last-bit differences
@@ -128,9 +130,9 @@ FUSED_PLANS: Dict[str, Dict[str, Any]] = {
         plan={"t0": ("table_wise", 0), "t1": ("table_wise", 0), "t2": ("table_wise", 1),
               "t3": ("table_wise", 1)},
     ),
-    # (no empty shard: FBGEMM 1.9.0's CPU EXACT_ROWWISE_ADAGRAD backward fails at random, "CPU
-    # exact rowwise adagrad currently doesn't support embedding tables with more than 2B rows",
-    # when one of its tables has no rows; docs/torchrec.md)
+    # (no empty shard: FBGEMM 1.9.0's CPU fused backward, EXACT_SGD and EXACT_ROWWISE_ADAGRAD,
+    # fails at random, "CPU exact rowwise adagrad currently doesn't support embedding tables with
+    # more than 2B rows", when one of its tables has no rows; docs/torchrec.md)
     "row_wise": dict(
         tables=[("t0", 11, 4, "SUM"), ("t1", 7, 8, "MEAN"), ("t2", 3, 4, "SUM"),
                 ("t3", 5, 12, "MEAN")],
@@ -138,7 +140,17 @@ FUSED_PLANS: Dict[str, Dict[str, Any]] = {
     ),
 }
 FUSED_OPTIMIZERS = ("EXACT_SGD", "EXACT_ROWWISE_ADAGRAD")
-FUSED_CASES = [f"{plan}-{optimizer}" for plan in FUSED_PLANS for optimizer in FUSED_OPTIMIZERS]
+FUSED_CASES = [f"{plan}-{optimizer}" for plan in ("table_wise", "row_wise")
+               for optimizer in FUSED_OPTIMIZERS]
+# Empty shards, which FBGEMM's fused kernel cannot be trusted with: embag's fused SGD against
+# embag's autograd path stepped by torch.optim.SGD, the same update on the same gradient.
+FUSED_PLANS["row_wise_empty_shard"] = dict(
+    tables=[("t0", 11, 4, "SUM"), ("t1", 7, 8, "MEAN"), ("t2", 1, 4, "SUM"),
+            ("t3", 5, 12, "MEAN")],
+    plan={name: ("row_wise",) for name in ("t0", "t1", "t2", "t3")},
+    reference="autograd",
+)
+FUSED_CASES.append("row_wise_empty_shard-EXACT_SGD")
 
 
 def _batch(rows: List[int], seed: int, weighted: bool) -> Dict[str, Any]:
@@ -356,8 +368,15 @@ def _run_fused_case(rank: int, name: str, found: Dict[str, str]) -> None:
     rows = [table[1] for table in case["tables"]]
     initial = {k: v.detach().clone() for k, v in _collection(case, seed=0).state_dict().items()}
     fused_params = dict(optimizer=EmbOptimType[optimizer], learning_rate=LEARNING_RATE, eps=1e-3)
-    models = {kernel: _sharded(case, kernel, initial, fused_params)
-              for kernel in ("customized_kernel", "fused")}
+    models = {"embag": _sharded(case, "customized_kernel", initial, fused_params)}
+    if case.get("reference") == "autograd":
+        models["reference"] = _sharded(case, "customized_kernel", initial)
+        optimizers = {"embag": models["embag"].fused_optimizer,
+                      "reference": torch.optim.SGD(models["reference"].parameters(),
+                                                   lr=LEARNING_RATE)}
+    else:
+        models["reference"] = _sharded(case, "fused", initial, fused_params)
+        optimizers = {kernel: model.fused_optimizer for kernel, model in models.items()}
     local = slice(rank * BATCH, (rank + 1) * BATCH)
     target = torch.Generator().manual_seed(11)
     for step in range(FUSED_STEPS):
@@ -365,38 +384,44 @@ def _run_fused_case(rank: int, name: str, found: Dict[str, str]) -> None:
         features = _kjt(batch, keys, local)
         targets = {key: torch.randn((BATCH, table[2]), generator=target)
                    for key, table in zip(keys, case["tables"])}
-        for model in models.values():
+        for kernel, model in models.items():
             if step == 1:
-                for group in model.fused_optimizer.param_groups:
+                for group in optimizers[kernel].param_groups:
                     group["lr"] = LEARNING_RATE / 2
+                # (a fused optimizer takes the group's lr at zero_grad() or step(), for the
+                # next backward; torch.optim.SGD at its step)
+                optimizers[kernel].zero_grad()
             output = _pooled(model, features)
             sum(((output[key] * targets[key]).sum() for key in keys), torch.zeros(())).backward()
-            model.fused_optimizer.step()
+            optimizers[kernel].step()
+            optimizers[kernel].zero_grad()
 
     def fused() -> None:
-        embag_model, fbgemm_model = models["customized_kernel"], models["fused"]
+        embag_model, reference_model = models["embag"], models["reference"]
         assert not any(p.grad is not None for p in embag_model.parameters()), "a .grad was kept"
-        fbgemm_shards = _local_shards(fbgemm_model)
+        reference_shards = _local_shards(reference_model)
         moved = 0
         for key, shards in _local_shards(embag_model).items():
-            assert len(shards) == len(fbgemm_shards[key]), key
-            for (offsets, tensor), (fbgemm_offsets, fbgemm_tensor) in zip(shards,
-                                                                          fbgemm_shards[key]):
-                assert offsets == fbgemm_offsets, (key, offsets, fbgemm_offsets)
-                torch.testing.assert_close(tensor, fbgemm_tensor, **FUSED_TOLERANCE,
+            assert len(shards) == len(reference_shards[key]), key
+            for (offsets, tensor), (reference_offsets, reference_tensor) in zip(
+                    shards, reference_shards[key]):
+                assert offsets == reference_offsets, (key, offsets, reference_offsets)
+                torch.testing.assert_close(tensor, reference_tensor, **FUSED_TOLERANCE,
                                            msg=lambda m: f"{key} at {offsets}: {m}")
-                rows, cols = tensor.shape
-                moved += int(not torch.equal(
-                    tensor, initial[key][offsets[0]:offsets[0] + rows, offsets[1]:offsets[1] + cols]))
+                (row, col), (rows, cols) = offsets, tensor.shape
+                moved += int(not torch.equal(tensor, initial[key][row:row + rows, col:col + cols]))
         assert moved > 0, "no local shard changed: the fused optimizer did not step"
+        if case.get("reference") == "autograd":
+            return  # (SGD keeps no state)
         embag_state = embag_model.fused_optimizer.state_dict()["state"]
-        fbgemm_state = fbgemm_model.fused_optimizer.state_dict()["state"]
+        reference_state = reference_model.fused_optimizer.state_dict()["state"]
         for param, states in embag_state.items():
             for state_key, value in states.items():
-                expected = fbgemm_state[param][state_key]
-                for shard, fbgemm_shard in zip(value.local_shards(), expected.local_shards()):
-                    assert shard.metadata == fbgemm_shard.metadata, (state_key, shard.metadata)
-                    torch.testing.assert_close(shard.tensor, fbgemm_shard.tensor.view_as(
+                expected = reference_state[param][state_key]
+                assert len(value.local_shards()) == len(expected.local_shards()), state_key
+                for shard, reference_shard in zip(value.local_shards(), expected.local_shards()):
+                    assert shard.metadata == reference_shard.metadata, (state_key, shard.metadata)
+                    torch.testing.assert_close(shard.tensor, reference_shard.tensor.view_as(
                         shard.tensor), **FUSED_TOLERANCE, msg=lambda m: f"{state_key}: {m}")
         if optimizer == "EXACT_ROWWISE_ADAGRAD":
             assert any(states for states in embag_state.values()), "no optimizer state"
