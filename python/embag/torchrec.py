@@ -429,11 +429,12 @@ class EmbagFusedEmbeddingBag(EmbagEmbeddingBag, FusedOptimizerModule):
         shards = len(shard_weights)
         step = self._step
         if torch.is_grad_enabled() and any(w.requires_grad for w in self._table_weights):
-            # This forward will have a backward, the optimizer's step.
-            step = self._step = self._step + 1
+            # This forward will have a backward, the optimizer's step (counted once the call
+            # has passed validation).
+            step = self._step + 1
         hyper = self._hyper
         try:
-            return torch.ops.embag.batched_embedding_bags(
+            pooled = torch.ops.embag.batched_embedding_bags(
                 shard_weights, list(self._feature_table_map), ",".join([self._mode] * shards),
                 [0] * shards, [False] * shards, values, offsets, weights,
                 self._optimizer_name,
@@ -451,6 +452,8 @@ class EmbagFusedEmbeddingBag(EmbagEmbeddingBag, FusedOptimizerModule):
                     from error
             where = self._where(features.keys()[int(found.group(1))], int(found.group(2)))
             raise type(error)(where + message[found.end():]) from error
+        self._step = step
+        return pooled
 
 
 def _rowwise_state_metadata(

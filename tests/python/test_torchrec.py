@@ -30,7 +30,9 @@ row-wise plans with EXACT_SGD and EXACT_ROWWISE_ADAGRAD in the sharder's fused_p
 FUSED_STEPS steps through dmp.fused_optimizer with embag's kernel and with TorchRec's FBGEMM
 ``fused`` kernel: shards and optimizer state agree within FUSED_TOLERANCE (see there why 1e-5);
 and a row-wise plan with an empty shard, where embag's fused SGD is checked against embag's
-autograd path stepped by torch.optim.SGD (FBGEMM fails at random on empty tables).
+autograd path stepped by torch.optim.SGD (FBGEMM fails at random on empty tables). Each case
+then hands one rank's fused kernel an index outside its shard: the error names the feature and
+table, and no weight or state is written.
 
 Two more tests run the kernel alone, in this process, on a grouped config built by hand: its
 output against F.embedding_bag per shard (two shards of one table stacked), and a bad index,
@@ -114,9 +116,9 @@ CASES: Dict[str, Dict[str, Any]] = {
 CHECKS = ("forward", "sgd", "checkpoint")
 
 # Fused optimizers (the sharder's fused_params): each case trained FUSED_STEPS steps (forward,
-# backward, dmp.fused_optimizer.step(), the learning rate halved through the param group and
-# zero_grad() before the second) with embag's kernel and with TorchRec's FBGEMM kernel (``fused``, which wants dims
-# divisible by 4). Tables, weights and optimizer state must agree within FUSED_TOLERANCE: both
+# backward, dmp.fused_optimizer.step(); the learning rate halved through the param group and
+# zero_grad() before the second) with embag's kernel and with TorchRec's FBGEMM kernel
+# (``fused``, which wants dims divisible by 4). Tables, weights and optimizer state must agree within FUSED_TOLERANCE: both
 # apply the same update rule, but sum a row's gradient over its bags (and row-wise Adagrad its
 # mean square) in another order, and Adagrad's 1/sqrt(state) carries those last-bit differences
 # into the next steps' updates, which a learning rate of 0.5 keeps near 1e-6.
@@ -426,8 +428,45 @@ def _run_fused_case(rank: int, name: str, found: Dict[str, str]) -> None:
         if optimizer == "EXACT_ROWWISE_ADAGRAD":
             assert any(states for states in embag_state.values()), "no optimizer state"
 
+    def bad_index() -> None:
+        # An index one past a local shard, straight into one rank's fused kernel (no
+        # collective): embag's error names feature, table and rows; nothing is written.
+        import embag
+        from torchrec import KeyedJaggedTensor
+
+        from embag.torchrec import EmbagFusedEmbeddingBag
+
+        # (the lookups are not submodules of the sharded collection)
+        kernels = [m for lookup in models["embag"].module._lookups for m in lookup.modules()
+                   if isinstance(m, EmbagFusedEmbeddingBag)]
+        assert kernels, "no EmbagFusedEmbeddingBag built for fused_params"
+        kernel = kernels[0]
+        tables = kernel.config.embedding_tables
+        before = [w.clone() for w in kernel.split_embedding_weights()]
+        states = [[s.clone() for s in shard] for shard in kernel.split_optimizer_states()]
+        bad = len(tables) - 1
+        features = KeyedJaggedTensor.from_lengths_sync(
+            keys=[t.feature_names[0] for t in tables],
+            values=torch.tensor([0 if t < bad else tables[t].local_rows
+                                 for t in range(len(tables))]),
+            lengths=torch.ones(len(tables), dtype=torch.int64))
+        try:
+            kernel(features)
+        except embag.EmbeddingBagError as error:
+            message = str(error)
+        else:
+            raise AssertionError("an index outside its shard was accepted")
+        table = tables[bad]
+        assert f"feature {table.feature_names[0]!r} of table {table.name!r}" in message, message
+        assert f"out of range for a table of {table.local_rows} rows" in message, message
+        for weight, old in zip(kernel.split_embedding_weights(), before):
+            assert torch.equal(weight, old), "a weight was written"
+        for shard, old_shard in zip(kernel.split_optimizer_states(), states):
+            assert all(torch.equal(s, o) for s, o in zip(shard, old_shard)), "state written"
+
     try:
         fused()
+        bad_index()
     except AssertionError:
         found[f"{name}-fused"] = f"rank {rank}: {traceback.format_exc()}"
 
@@ -470,7 +509,8 @@ def failures(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
-    print(f"\n{WORLD} ranks, {len(CASES)} cases: {time.monotonic() - started:.1f} s")
+    print(f"\n{WORLD} ranks, {len(CASES)} cases and {len(FUSED_CASES)} fused-optimizer cases: "
+          f"{time.monotonic() - started:.1f} s")
     found: Dict[str, str] = {}
     for rank in range(WORLD):
         found.update(json.loads(Path(results, f"rank{rank}.json").read_text()))
