@@ -29,10 +29,10 @@ Fused optimizers (test_fused_optimizer, in the same ranks' run; FUSED_PLANS): ta
 row-wise, column-wise and table-row-wise plans with EXACT_SGD and EXACT_ROWWISE_ADAGRAD in the
 sharder's fused_params, trained FUSED_STEPS steps through dmp.fused_optimizer with embag's
 kernel and with TorchRec's FBGEMM ``fused`` kernel: shards and optimizer state agree within
-FUSED_TOLERANCE (see there why 1e-5); and a row-wise plan with an empty shard, where embag's fused SGD is checked against embag's
-autograd path stepped by torch.optim.SGD (FBGEMM fails at random on empty tables). Each case
-then hands one rank's fused kernel an index outside its shard: the error names the feature and
-table, and no weight or state is written.
+FUSED_TOLERANCE (see there why 1e-5); and a row-wise plan with an empty shard, where embag's
+fused SGD is checked against embag's autograd path stepped by torch.optim.SGD (FBGEMM fails at
+random on empty tables). Each case then hands one rank's fused kernel an index outside its
+shard: the error names the feature and table, and no weight or state is written.
 
 Two more tests run the kernel alone, in this process, on a grouped config built by hand: its
 output against F.embedding_bag per shard (two shards of one table stacked), and a bad index,
