@@ -96,6 +96,16 @@ COMPUTE_KERNEL: str = EmbeddingComputeKernel.CUSTOMIZED_KERNEL.value
 _MODES = {"SUM": "sum", "MEAN": "mean"}
 
 
+def _refuse_variable_batch(
+    features: KeyedJaggedTensor, vbe_output: Optional[torch.Tensor]
+) -> None:
+    """Both kernels pool a fixed batch per feature; TorchRec's variable batch (VBE) is refused."""
+    if features.variable_stride_per_key() or vbe_output is not None:
+        raise NotImplementedError(
+            "embag.torchrec: variable batch size per feature (VBE) is not supported"
+        )
+
+
 def _is_embag(compute_kernel: Any) -> bool:
     # A grouped config carries the enum, a plan the string.
     value = getattr(compute_kernel, "value", compute_kernel)
@@ -207,10 +217,7 @@ class EmbagEmbeddingBag(BaseBatchedEmbeddingBag[torch.Tensor]):
         vbe_output: Optional[torch.Tensor] = None,
         vbe_output_offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        if features.variable_stride_per_key() or vbe_output is not None:
-            raise NotImplementedError(
-                "embag.torchrec: variable batch size per feature (VBE) is not supported"
-            )
+        _refuse_variable_batch(features, vbe_output)
         pooled = self._pooled(features)
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
@@ -416,10 +423,7 @@ class EmbagFusedEmbeddingBag(EmbagEmbeddingBag, FusedOptimizerModule):
         vbe_output: Optional[torch.Tensor] = None,
         vbe_output_offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        if features.variable_stride_per_key() or vbe_output is not None:
-            raise NotImplementedError(
-                "embag.torchrec: variable batch size per feature (VBE) is not supported"
-            )
+        _refuse_variable_batch(features, vbe_output)
         values = features.values().to(torch.int64)
         offsets = features.offsets().to(torch.int64)
         weights = features.weights_or_none()
