@@ -324,10 +324,17 @@ class EmbagForward : public Generator<EmbagForward> {
       first_nan_.compute_at(output, bag_in_task);
       first_nan_.specialize(dim >= vector_lanes).vectorize(d_, vector_lanes);
       first_nan_.update().reorder(d_, nan_r_);
-      output.specialize(dim >= vector_lanes)
-          .split(d_, tile, lane, vector_lanes, TailStrategy::ShiftInwards)
-          .reorder(lane, tile, bag_in_task, bag_task)
-          .vectorize(lane);
+      auto columns_by_vector = [&](Stage stage) {
+        stage.specialize(dim >= vector_lanes)
+            .split(d_, tile, lane, vector_lanes, TailStrategy::ShiftInwards)
+            .reorder(lane, tile, bag_in_task, bag_task)
+            .vectorize(lane);
+      };
+      // The NaN walk decodes rows too: under this specialization its codes come from words as
+      // well, and without it the word loads (which may reach past a row whose D % 8 != 0) are
+      // folded away rather than built beside the byte loads.
+      if (sub_byte_codes()) columns_by_vector(output.specialize(codes_in_words()));
+      columns_by_vector(output);
     } else {
       tile_specializations(output);
     }
