@@ -324,17 +324,10 @@ class EmbagForward : public Generator<EmbagForward> {
       first_nan_.compute_at(output, bag_in_task);
       first_nan_.specialize(dim >= vector_lanes).vectorize(d_, vector_lanes);
       first_nan_.update().reorder(d_, nan_r_);
-      auto columns_by_vector = [&](Stage stage) {
-        stage.specialize(dim >= vector_lanes)
-            .split(d_, tile, lane, vector_lanes, TailStrategy::ShiftInwards)
-            .reorder(lane, tile, bag_in_task, bag_task)
-            .vectorize(lane);
-      };
-      // The NaN walk decodes rows too: under this specialization its codes come from words as
-      // well, and without it the word loads (which may reach past a row whose D % 8 != 0) are
-      // folded away rather than built beside the byte loads.
-      if (sub_byte_codes()) columns_by_vector(output.specialize(codes_in_words()));
-      columns_by_vector(output);
+      output.specialize(dim >= vector_lanes)
+          .split(d_, tile, lane, vector_lanes, TailStrategy::ShiftInwards)
+          .reorder(lane, tile, bag_in_task, bag_task)
+          .vectorize(lane);
     } else {
       tile_specializations(output);
     }
@@ -550,8 +543,11 @@ class EmbagForward : public Generator<EmbagForward> {
   // 4-vector tile then spilled 6 vectors per position on AVX2 and measured slower than define_max's
   // one fold (10k x 64, 1 thread: 0.23 s against 0.15 s of CPU time for 50 calls), so argmax stays
   // there, as do GPU threads (one column each).
+  // Nor for 4- and 2-bit codes: their word loads (D % 8 == 0, see dequantized) are specialized
+  // on the tiled Func, and the NaN walk outside it made Halide build their bounds' promise
+  // checks for every D (make test-promises: int4 at D = 1 refused), so those keep the one fold.
   bool two_pass_max() const {
-    return mode == Pooling::kMaxValues && !get_target().has_gpu_feature();
+    return mode == Pooling::kMaxValues && !get_target().has_gpu_feature() && !sub_byte_codes();
   }
 
   bool quantized() const { return codec != QuantCodec::kNone; }
