@@ -315,8 +315,8 @@ void bench_typed(benchmark::State& state, const Shape& shape, int threads, bool 
   if (!embag::bench::gather_sum_typed(typed_problem(*ds, 0, expected.data()), threads)) {
     // Not a failure: nothing to compare with on this machine (both rows are skipped).
     state.SkipWithError(
-        "skipped: the typed loop needs AVX-512 and F16C and D a multiple of one vector up to "
-        "256, so there is nothing to check embag against here");
+        "skipped: the typed loop needs AVX2 or AVX-512, F16C, and D of 1, 2, 4 or 8 vectors or "
+        "whole tiles of 16 up to 256, so there is nothing to check embag against here");
     return;
   }
   EmbagCalls calls;
@@ -334,9 +334,10 @@ void bench_typed(benchmark::State& state, const Shape& shape, int threads, bool 
       return;
     }
   }
-  const std::string variant =
-      embag_row ? embag::last_variant()
-                : std::string("baseline_sum_") + embag::dtype_name(shape.dtype) + "_i64_avx512";
+  const std::string variant = embag_row
+                                  ? embag::last_variant()
+                                  : std::string("baseline_sum_") + embag::dtype_name(shape.dtype) +
+                                        "_i64_" + embag::bench::typed_loop_isa();
   size_t batch = kFirstTimedBatch % ds->batches.size();
   for (auto _ : state) {
     const bool ok = embag_row

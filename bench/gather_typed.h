@@ -22,9 +22,14 @@ struct TypedGatherProblem {
   void* output = nullptr;  // bags x dim elements of `dtype`
 };
 
-// False when the machine lacks AVX-512 (F, BW, DQ, VL), when dim is not a multiple of one vector
-// (16 elements; float64 8) up to 256, or an index is out of range.
+// Runs the AVX-512 loop where the machine has AVX-512 (F, BW, DQ, VL) and F16C, else the AVX2
+// one. False where it has neither, when dim is not 1, 2, 4 or 8 vectors or whole 16-vector tiles
+// of one (a vector: 16 elements on AVX-512, 8 on AVX2; float64 half that) up to 256, or an index
+// is out of range.
 bool gather_sum_typed(const TypedGatherProblem& problem, int num_threads);
+
+// "avx512" or "avx2": the loop gather_sum_typed runs on this machine ("none" where neither).
+const char* typed_loop_isa();
 
 // Rounds n float32 values to `dtype` (to nearest-even; float64 exactly) into dst, for building
 // a typed table from the float32 one. False where F16C is missing (float16 only).

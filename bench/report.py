@@ -430,7 +430,11 @@ def split(name):
     parts = head.split("/")
     rows, dim, bags, pool, dist, temp, threads = m.groups()
     shape = f"{int(rows):,} x {dim} {temp} {dist}"
-    return parts[0], "/".join(parts[1:]), shape, int(threads)
+    mode = "/".join(p for p in parts[1:] if not p.startswith("dtype:"))
+    dtype = [p[len("dtype:"):] for p in parts[1:] if p.startswith("dtype:")]
+    if dtype:  # a table of another dtype: 'sum (float16)', against the loop of that dtype
+        mode = f"{mode} ({dtype[0]})"
+    return parts[0], mode, shape, int(threads)
 
 
 def shape_key(shape):
@@ -454,7 +458,8 @@ def ratio(a, b):
 
 # ---- Plots ----------------------------------------------------------------------------------
 
-MODE_ORDER = {"sum": 0, "mean": 1, "max": 2, "max with argmax": 3}
+MODE_ORDER = {"sum": 0, "mean": 1, "max": 2, "max with argmax": 3, "sum (float16)": 4,
+              "sum (bfloat16)": 5, "sum (float64)": 6}
 FORM_ORDER = {"dense": 0, "sparse": 1, "train_dense": 2, "train_sparse": 3}
 
 
@@ -582,14 +587,17 @@ def main():
                          "-reference", flags=bench_flags)
     # The same forward rows with every table on transparent huge pages (--huge_pages: embag's
     # advise_huge_pages, for every row alike), cold uniform shapes only (for the run time).
-    thp_data = run_bench(fwd_bin, [s for s in shapes if s.split(",")[4].strip() == "uniform"],
+    # Tables of other dtypes (a sixth field) run in the forward table only, sum against the loop
+    # of their dtype; the huge-pages and backward runs take the float32 uniform shapes.
+    float32_uniform = [s for s in shapes if s.split(",")[4].strip() == "uniform"
+                       and (s.split(",") + ["f32"])[5].strip() == "f32"]
+    thp_data = run_bench(fwd_bin, float32_uniform,
                          args.repetitions,
                          os.path.join(out, "forward_huge_pages.json"), "-reference|warm",
                          flags=bench_flags + ("--huge_pages",))
     bwd_data = {"context": {}, "benchmarks": []}
     if not args.no_backward:
-        bwd_shapes = [s for s in shapes if s.split(",")[4].strip() == "uniform"]
-        bwd_data = run_bench(os.path.join(args.build, "bench/bench_backward"), bwd_shapes,
+        bwd_data = run_bench(os.path.join(args.build, "bench/bench_backward"), float32_uniform,
                              args.repetitions, os.path.join(out, "backward.json"),
                              flags=bench_flags)
     quant_data = {"context": {}, "benchmarks": []}
@@ -638,7 +646,7 @@ def main():
         f"- Command: `{args.command}` (shapes `{args.shapes}`, resolved in `shapes.txt`; median "
         f"of {args.repetitions} repetitions of at least {args.min_time} s, each shape in a run "
         f"of its own)",
-        f"- Shapes: float32 table 64-byte aligned, int64 indices, B+1 offsets; warm tables fit "
+        f"- Shapes: float32 table (other dtypes where the mode says so) 64-byte aligned, int64 indices, B+1 offsets; warm tables fit "
         f"in half the L3 (one index batch), cold ones do not and cycle 8 index batches drawn "
         f"over the whole table; `<k>xL3` rows in the shape file are k times the "
         f"{mib(caches['l3'])} L3 read here",
