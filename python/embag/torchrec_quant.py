@@ -28,6 +28,11 @@ place TorchRec calls the lookups from, and the override follows TorchRec's looku
 (ranks without a shard skipped, features split by grouped config, outputs concatenated) with an
 embag call where TorchRec calls the TBE. docs/torchrec.md ("Quantized sharded inference") is the
 manual.
+
+One deliberate difference from TorchRec's own kernel: a row-wise MEAN table. TorchRec pools each
+row-wise shard with MEAN and sums the shards, which is not the bag's mean; here each shard's sum
+is divided by the whole bag's size (all virtual ranks' features are in this process), so the sum
+over the shards is the mean the unsharded collection computes.
 """
 
 from __future__ import annotations
@@ -108,6 +113,13 @@ def _check_kernel(kernel: nn.Module, config: GroupedEmbeddingConfig) -> None:
             f"embag.torchrec_quant: tables {names} have pooling {kernel._pooling.name}; embag "
             "pools SUM and MEAN here"
         )
+    if config.is_weighted and kernel._pooling.name == "MEAN":
+        # As PyTorch's EmbeddingBag: per-sample weights with sum only (FBGEMM's TBE would
+        # divide the weighted sum by the bag's size).
+        raise NotImplementedError(
+            f"embag.torchrec_quant: tables {names} are MEAN tables of a weighted collection; "
+            "embag takes per-sample weights with SUM pooling only"
+        )
     if config.has_feature_processor:
         raise NotImplementedError(
             f"embag.torchrec_quant: tables {names} have a feature processor, which is not "
@@ -145,10 +157,12 @@ def _check_kernel(kernel: nn.Module, config: GroupedEmbeddingConfig) -> None:
 class EmbagShardedQuantEmbeddingBagCollection(ShardedQuantEmbeddingBagCollection):
     """TorchRec's sharded quantized ``EmbeddingBagCollection`` whose lookups run on embag.
 
-    Everything is TorchRec's but ``compute``: each rank's grouped configs are pooled by embag's
-    quantized kernel on the rows of the TBE TorchRec built for them (one call per feature), in
-    the config's pooling (SUM or MEAN), with per-sample weights for a weighted collection, and
-    the output cast to the collection's output dtype. Checked when built: see ``_check_kernel``.
+    Everything is TorchRec's but ``compute``: each virtual rank's grouped configs are pooled by
+    embag's quantized kernel on the rows of the TBE TorchRec built for them (one call per
+    feature), in the config's pooling (SUM or MEAN; row-wise MEAN as the module docstring
+    says), with per-sample weights for a weighted collection, and the output cast to the
+    collection's output dtype. What embag cannot compute is refused when the model is sharded
+    (``_check_kernel``).
     """
 
     def __init__(
