@@ -4,8 +4,8 @@
 Needs TorchRec in .venv-torch (scripts/install-deps.sh --torch); skipped, saying so, where it
 cannot be imported. Two jobs, started at once for the whole module (forked by
 torch.multiprocessing, each its own gloo process group over 127.0.0.1 on a free port): two
-processes run CASES and FUSED_CASES, four run CASES_4 and JOB_FAILURE. Each rank runs its job's cases and writes what
-each check found to a file; the tests below read those files. A deadline
+processes run CASES and FUSED_CASES, four run CASES_4 and JOB_FAILURE. Each rank runs its job's
+cases and writes what each check found to a file; the tests below read those files. A deadline
 (EMBAG_TORCHREC_TIMEOUT_S, 300 s by default, for both jobs; docs/torchrec.md#tests has the
 times) kills every rank still running, so a hung collective fails that job's tests instead of
 blocking.
@@ -24,9 +24,9 @@ by one plan with embag's kernel):
   state_dict then has the same keys and bitwise the same shards, and loads back into a
   FBGEMM-kernel model bitwise unchanged.
 Every batch has empty bags and one feature with no value in the batches of all ranks but 0;
-the weighted case has per-sample weights. Cases stay clear of TorchRec 1.9.2's bug with a table-wise SUM table
-next to a row-wise MEAN table (docs/torchrec.md): MEAN row-wise tables only share a
-collection with tables whose output TorchRec divides correctly.
+the weighted case has per-sample weights. Cases stay clear of TorchRec 1.9.2's bug with a
+table-wise SUM table next to a row-wise MEAN table (docs/torchrec.md): MEAN row-wise tables only
+share a collection with tables whose output TorchRec divides correctly.
 
 Fused optimizers (test_fused_optimizer, in the same ranks' run; FUSED_PLANS): table-wise,
 row-wise, column-wise and table-row-wise plans with EXACT_SGD and EXACT_ROWWISE_ADAGRAD in the
