@@ -31,7 +31,7 @@ Backward and the huge-pages forward run on the uniform shapes only, and every re
 least --min-time (0.2 s): the whole report takes ~15 minutes on 2 cores. The table-batched rows
 (bench/tbe_batched_bench.py, on the Python package the build stages) add about a minute, the
 TorchRec rows (bench/torchrec_bench.py: 2 processes, embag's TorchRec kernel against FBGEMM's on
-the same sharding plan) about two.
+the same sharding plan) about one (62 s quiet).
 
 Run with .venv-torch's Python (matplotlib). Times depend on the machine and its load: read the
 ratios of one run, not absolute numbers across runs.
