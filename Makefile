@@ -139,8 +139,10 @@ bench-venv:
 # PNG plots (bench/report.py), and that report into README.md's section for this CPU kind; then
 # the quantized-table rows (bench_forward --quantized on bench/shapes/report-quantized.txt) and
 # the table-batched rows (bench/tbe_batched_bench.py on the Python extension, built too:
-# embag's TableBatchedEmbeddingBags against FBGEMM's TBE module and a PyTorch loop). About 19
-# minutes on a 2-core machine; nothing else should run.
+# embag's TableBatchedEmbeddingBags against FBGEMM's TBE module and a PyTorch loop) and the
+# TorchRec rows (bench/torchrec_bench.py: training steps of a DLRM-like collection sharded on 2
+# processes, embag's TorchRec kernel against FBGEMM's on the same plan). About 21 minutes on a
+# 2-core machine; nothing else should run.
 # BENCH_ISAS picks the kernels compiled (default: every ISA of this machine; the runtime picks
 # the best), BENCH_REPETITIONS the repetitions per row (medians are reported), BENCH_MIN_TIME the
 # seconds each repetition lasts at least, BENCH_SHAPES the shape file.
@@ -255,12 +257,26 @@ clean:
 # $(BUILD_DIR)/python by `make build` (so the kernels are compiled once), with PyTorch from
 # .venv-torch (scripts/install-deps.sh --torch), the environment make bench-report uses too.
 # `make test` runs the torch-free part via CTest.
-.PHONY: python test-python
+# make test-torchrec: the TorchRec tests alone (tests/python/test_torchrec*.py: embag.torchrec
+# inside TorchRec's DistributedModelParallel, a 2- and a 4-process gloo job on 127.0.0.1 under a
+# deadline that kills a hung rank), in the same .venv-torch: TorchRec needs the torch and
+# fbgemm-gpu-cpu that the drop-in tests and the benchmarks pin, and a second 5 GiB environment
+# would only install them again. make test-python runs them as its last step (CI runs them once,
+# there).
+.PHONY: python test-python test-torchrec
 python: deps
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \
 	  --no-deps -Cbuild-dir=build-python $(if $(ISAS),-Ccmake.define.EMBAG_ISAS="$(ISAS)") .
 
+TORCHREC_TESTS := $(sort $(wildcard tests/python/test_torchrec*.py))
+PYTEST_TORCH = PYTHONPATH=$(abspath $(BUILD_DIR))/python PYTHONDONTWRITEBYTECODE=1 \
+	  .venv-torch/bin/python -m pytest -p no:cacheprovider
+
 test-python: build
 	@scripts/install-deps.sh --torch
-	PYTHONPATH=$(abspath $(BUILD_DIR))/python PYTHONDONTWRITEBYTECODE=1 \
-	  .venv-torch/bin/python -m pytest -p no:cacheprovider tests/python
+	$(PYTEST_TORCH) tests/python $(addprefix --ignore=,$(TORCHREC_TESTS))
+	$(PYTEST_TORCH) $(TORCHREC_TESTS)
+
+test-torchrec: build
+	@scripts/install-deps.sh --torch
+	$(PYTEST_TORCH) $(TORCHREC_TESTS)

@@ -29,7 +29,9 @@ The L3 size comes from sysfs (/sys/devices/system/cpu/cpu0/cache), then `getconf
 the benchmarks as --llc_mib, so "cold" (table over half the L3) and "warm" follow the same cache.
 Backward and the huge-pages forward run on the uniform shapes only, and every repetition lasts at
 least --min-time (0.2 s): the whole report takes ~15 minutes on 2 cores. The table-batched rows
-(bench/tbe_batched_bench.py, on the Python package the build stages) add about a minute.
+(bench/tbe_batched_bench.py, on the Python package the build stages) add about a minute, the
+TorchRec rows (bench/torchrec_bench.py: 2 processes, embag's TorchRec kernel against FBGEMM's on
+the same sharding plan) about one (62 s quiet).
 
 Run with .venv-torch's Python (matplotlib). Times depend on the machine and its load: read the
 ratios of one run, not absolute numbers across runs.
@@ -240,6 +242,47 @@ def batched_rows(build, threads=(1, 2)):
         lines.append(f"| {row['row']} | {row['threads']} | {ms['embag']:.1f} | {ms['TBE']:.1f} | "
                      f"{ms['loop']:.1f} | {row['tbe_over_embag']:.2f} | "
                      f"{row['loop_over_embag']:.2f} | {met} |")
+    return lines
+
+
+def torchrec_rows(build):
+    """The TorchRec section: bench/torchrec_bench.py (training steps of a DLRM-like collection on
+    2 processes, embag's kernel against TorchRec's FBGEMM kernels on the same plan) on the Python
+    package staged in <build>/python. Returns the report's lines (a note saying why, when it
+    could not run)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchrec_bench.py")
+    env = bench_env()
+    package = os.path.join(os.path.abspath(build), "python")
+    env["PYTHONPATH"] = package + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, script]
+    print("+", " ".join(cmd), flush=True)
+    load_before = loadavg()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    head = ["", "## TorchRec: sharded training steps (DLRM-like collection, 2 processes)", ""]
+    try:
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return head + ["Not measured: `bench/torchrec_bench.py` failed: " +
+                       ((run.stderr.strip().splitlines() or ["?"])[-1])]
+    lines = head + [
+        f"`bench/torchrec_bench.py` (its docstring has the method): {r['collection']}, "
+        f"{r['table_mib']} MiB of float32 tables, table-wise on {r['world']} processes (gloo over "
+        f"127.0.0.1, 1 thread each), one `DistributedModelParallel` per kernel on the same plan; "
+        f"embag.torchrec ({r['embag_isa']}) against TorchRec {r['torchrec']}'s `fused` / `dense` "
+        f"kernels (fbgemm-gpu-cpu {r['fbgemm_gpu']}, torch {r['torch']}); a step is forward with "
+        f"TorchRec's all-to-alls, backward and the optimizer; rank 0's median of "
+        f"{r['repetitions']} interleaved steps ({r['seconds']} s in all; load average "
+        f"{load_before} before it). Target (issue 21): >= 1.3x FBGEMM's steps per second. "
+        f"embag's job-wide error agreement (one all-reduce per forward) took "
+        f"{r['agreement_us']:.0f} us, inside embag's step times below.", "",
+        "| row | embag steps/s | FBGEMM steps/s | embag ms | FBGEMM ms | FBGEMM / embag | target |",
+        "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ms, sps = row["ms"], row["steps_per_s"]
+        met = "met" if row["fbgemm_over_embag"] >= 1.3 else "NOT met (1.3x)"
+        lines.append(f"| {row['row']} | {sps['embag']:.2f} | {sps['FBGEMM']:.2f} | "
+                     f"{ms['embag']:.1f} | {ms['FBGEMM']:.1f} | {row['fbgemm_over_embag']:.2f} | "
+                     f"{met} |")
     return lines
 
 
@@ -561,6 +604,8 @@ def main():
                     "'none' skips them")
     ap.add_argument("--no-batched", action="store_true",
                     help="skip the table-batched rows (bench/tbe_batched_bench.py)")
+    ap.add_argument("--no-torchrec", action="store_true",
+                    help="skip the TorchRec rows (bench/torchrec_bench.py)")
     ap.add_argument("--min-time", default="0.2",
                     help="Google Benchmark's --benchmark_min_time, seconds per repetition (0.2: "
                     "the whole report in ~15 minutes on 2 cores; a smaller value for a quick "
@@ -606,6 +651,7 @@ def main():
                                os.path.join(out, "quantized.json"), "-memory/",
                                flags=bench_flags + ("--quantized",))
     batched = [] if args.no_batched else batched_rows(args.build)
+    sharded = [] if args.no_torchrec else torchrec_rows(args.build)
     load_after = loadavg()
     fwd, bwd, thp = medians(fwd_data), medians(bwd_data), medians(thp_data)
     fwd_labels = labels(fwd_data)
@@ -770,6 +816,7 @@ def main():
     if quant_data["benchmarks"]:
         lines += quantized_section(quant_data)
     lines += batched
+    lines += sharded
     lines += ["", "![forward: embag / loop and embag / best peer](forward_ratios.png)", ""]
     if bwd_plot:
         lines += ["![backward: embag / loop and embag / PyTorch](backward_ratios.png)", ""]

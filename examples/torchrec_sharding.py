@@ -4,9 +4,13 @@ compute kernel of every table, trains it a few SGD steps and saves a checkpoint
 
     torchrun --standalone --nproc-per-node=2 examples/torchrec_sharding.py
 
-Each rank prints its loss per step and the shards it holds. CPU and gloo: GPUs would take NCCL
-and a CUDA device, which embag's TorchRec kernel does not run yet.
+Each rank prints its loss and time per step and the shards it holds. CPU and gloo: GPUs would
+take NCCL and a CUDA device, which embag's TorchRec kernel does not run yet. Across machines,
+one torchrun per machine with --nnodes and a c10d rendezvous (README.md, "Scale out with
+TorchRec").
 """
+
+import time
 
 import torch
 import torch.distributed as dist
@@ -63,6 +67,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(rank)
     batch, keys, rows = 64, ["user", "item", "tag", "place"], [1000, 5000, 300, 200]
     for step in range(3):
+        started = time.perf_counter()
         lengths = torch.randint(0, 4, (len(keys), batch), generator=generator)
         values = torch.cat([torch.randint(0, r, (int(n),), generator=generator)
                             for r, n in zip(rows, lengths.sum(dim=1))])
@@ -73,7 +78,8 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        print(f"rank {rank} step {step}: loss {loss.item():.6f}")
+        milliseconds = (time.perf_counter() - started) * 1e3
+        print(f"rank {rank} step {step}: loss {loss.item():.6f}, {milliseconds:.1f} ms")
 
     state = model.state_dict()  # ShardedTensors under embedding_bags.<table>.weight
     for key, tensor in state.items():

@@ -31,7 +31,16 @@ with the optimizer applied to the touched rows inside backward, exposed to Torch
 ``fused_optimizer`` holds it. Without an optimizer, each rank runs one embag call per feature
 through autograd (``EmbagEmbeddingBag._pooled``).
 
-Not here yet: quantized sharded inference.
+A rule broken on one rank stops the forward on every rank: each embag lookup agrees with the
+other ranks, by one all-reduce of an error count per forward, whether any rank's kernel refused
+its batch, before the output all-to-all (``_agree_on_errors``). The rank that refused raises
+embag's error (naming the feature and the shard), the others an ``EmbeddingBagError`` naming
+that rank and quoting it; nothing is written anywhere and the process group stays in step, so
+the job can stop, or skip the batch, instead of hanging in the next collective until the
+group's timeout (gloo's ``ProcessGroup.abort()`` does nothing, so a failing rank cannot cut its
+peers loose any other way while it lives).
+
+Quantized sharded inference is ``embag.torchrec_quant``.
 """
 
 from __future__ import annotations
@@ -551,9 +560,58 @@ class EmbagFusedOptimizer(FusedOptimizer):
         self._kernel.set_learning_rate(self.param_groups[0]["lr"])  # type: ignore[index]
 
 
+def _agree_on_errors(group: dist.ProcessGroup, error: Optional[EmbeddingBagError]) -> None:
+    """Raises on every rank of ``group`` if any rank's lookup raised ``error``: one all-reduce of
+    the count of failed ranks (the cost on the normal path), then, only when it is not zero, an
+    all-gather of the failed ranks' messages. Every rank calls it at the same point of the same
+    forward, so the group's collectives stay in step whether or not one fails."""
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int64)
+    dist.all_reduce(failed, group=group)
+    if int(failed) == 0:
+        return
+    messages: List[Optional[str]] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(messages, None if error is None else str(error), group=group)
+    if error is not None:
+        raise error
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    raise EmbeddingBagError(
+        f"embag.torchrec: rank {rank} refused its shards' batch, so this forward stops on every "
+        f"rank ({int(failed)} failed; nothing written): {message}"
+    )
+
+
 class EmbagPooledEmbeddingsLookup(GroupedPooledEmbeddingsLookup):
     """TorchRec's pooled lookup, with ``EmbagEmbeddingBag`` for customized configs
-    (``EmbagFusedEmbeddingBag`` where their ``fused_params`` name an optimizer)."""
+    (``EmbagFusedEmbeddingBag`` where their ``fused_params`` name an optimizer).
+
+    With an ``error_group`` (the sharded collection gives one where the plan puts any table of
+    this lookup's sharding type on embag, on every rank alike), a batch that a rank's embag
+    kernel refuses fails the forward on every rank of the group (``_agree_on_errors``), and the
+    fused kernels of ranks whose batch was fine take back the step they counted."""
+
+    def __init__(self, *args: Any, error_group: Optional[dist.ProcessGroup] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._error_group = error_group
+
+    def forward(self, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        if self._error_group is None:
+            return super().forward(sparse_features)
+        fused = [module for module in self._emb_modules
+                 if isinstance(module, EmbagFusedEmbeddingBag)]
+        steps = [module._step for module in fused]
+        error: Optional[EmbeddingBagError] = None
+        try:
+            embeddings = super().forward(sparse_features)
+        except EmbeddingBagError as raised:
+            error = raised
+        try:
+            _agree_on_errors(self._error_group, error)
+        except EmbeddingBagError:
+            for module, step in zip(fused, steps):
+                module._step = step
+            raise
+        return embeddings
 
     def _create_embedding_kernel(
         self,
@@ -593,6 +651,12 @@ class EmbagShardedEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                 grouped_configs = sharding._grouped_embedding_configs
             mean_after_reduce = sharding_type in (ShardingType.ROW_WISE.value,
                                                   ShardingType.TABLE_ROW_WISE.value)
+            # Every rank calls every sharding type's lookup once per forward, so all agree on
+            # errors in the lookups whose type has an embag table anywhere in the plan.
+            on_embag = any(
+                sharding.sharding_type == sharding_type and _is_embag(sharding.compute_kernel)
+                for sharding in self.module_sharding_plan.values()
+            )
             self._lookups.append(
                 EmbagPooledEmbeddingsLookup(
                     grouped_configs=grouped_configs,
@@ -600,6 +664,7 @@ class EmbagShardedEmbeddingBagCollection(ShardedEmbeddingBagCollection):
                     device=sharding._device,
                     sharding_type=ShardingType(sharding_type) if mean_after_reduce else None,
                     env=sharding._env,
+                    error_group=self._env.process_group if on_embag else None,
                 )
             )
 
