@@ -21,9 +21,11 @@
 // (row bytes, V) uint8 with the caller's row stride, and three scalars follow `bags_per_task`:
 //   code_offset, qparam_offset  where a row's codes and its scale, bias start, in bytes
 //   dim                         D (the buffer's first extent is the row's bytes, not D)
+// and, for codec f8 (8-bit floats, no qparams) three more (Fp8Encoding in kernel_enums.h):
+//   fp8_mantissa_bits, fp8_exponent_bias, fp8_special_from
 // per_sample_weights and the output are float32. Each element is dequantised as
-// w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h) and
-// then pooled exactly as a float32 table's element.
+// w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h), or
+// for f8 widened to the float32 it denotes, and then pooled exactly as a float32 table's element.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -85,6 +87,11 @@ class EmbagForward : public Generator<EmbagForward> {
       code_offset_ = add_input<int32_t>("code_offset");
       qparam_offset_ = add_input<int32_t>("qparam_offset");
       dim_ = add_input<int32_t>("dim");
+    }
+    if (codec == QuantCodec::kF8) {
+      fp8_mantissa_bits_ = add_input<int32_t>("fp8_mantissa_bits");
+      fp8_exponent_bias_ = add_input<int32_t>("fp8_exponent_bias");
+      fp8_special_from_ = add_input<int32_t>("fp8_special_from");
     }
     // Max returns the value and the winning row from one Tuple-valued Func, so both come out of
     // the same register tile in one pass.
@@ -574,6 +581,7 @@ class EmbagForward : public Generator<EmbagForward> {
     Input<Buffer<>>& weight = *weight_;
     auto byte = [&](Expr at) { return weight(at, row); };
     Expr code_offset = *code_offset_, qparam_offset = *qparam_offset_;
+    if (codec == QuantCodec::kF8) return fp8_to_float(byte(code_offset + d_));
     const int bits = embag::kernels::quant_code_bits(codec);
     Expr q;
     if (bits == 8) {
@@ -626,6 +634,30 @@ class EmbagForward : public Generator<EmbagForward> {
     return strict_float(exact_product(scale, cast<float>(q), get_target()) + bias);
   }
 
+  // An 8-bit float (Fp8Encoding, given at run time) widened to the float32 it denotes, by integer
+  // arithmetic on its bits, as c10's fp8 conversions do, rather than a 256-entry table (a gather
+  // per element: AVX2 has no byte-indexed table lookup wider than 16 entries) or a float multiply
+  // by 2^(127 - bias) on the bits placed as a float32 subnormal (FBGEMM's decode: zero where
+  // denormals are flushed, as armv7's NEON always does). Per vector on AVX2: widen the bytes,
+  // mask, shift and rebias the exponent (normal numbers), a convert and an exact multiply by
+  // 2^(1 - bias - mantissa_bits) (subnormals: the magnitude is below 2^mantissa_bits), two
+  // compares and blends, and the sign. Exact on every ISA; infinities and NaNs keep c10's bits
+  // (exponent all ones, the code's mantissa bits in float32's top mantissa bits).
+  Expr fp8_to_float(Expr code) {
+    // In int32 (every value below 2^31: the compares are AVX2's signed vpcmpgtd), the sign apart.
+    // Shift amounts are unsigned: Halide turns a signed one into a select on its sign.
+    Expr magnitude = cast<int32_t>(code & 0x7F);
+    Expr mantissa_bits = cast<uint32_t>(*fp8_mantissa_bits_);
+    Expr bias = *fp8_exponent_bias_;
+    Expr normal = (magnitude << (cast<uint32_t>(23) - mantissa_bits)) + ((127 - bias) << 23);
+    normal = select(magnitude >= *fp8_special_from_, normal | 0x7F800000, normal);
+    Expr step = reinterpret(Float(32), (128 - bias - cast<int32_t>(mantissa_bits)) << 23);
+    Expr subnormal = reinterpret(Int(32), strict_float(cast<float>(magnitude) * step));
+    Expr bits = select(magnitude < (Expr(1) << mantissa_bits), subnormal, normal);
+    Expr sign = cast<uint32_t>(code & 0x80) << 24;
+    return reinterpret(Float(32), reinterpret(UInt(32), bits) | sign);
+  }
+
   // Codes per word in the aligned form of dequantized(): 8, so a word is `bits` bytes (4 for
   // 4-bit codes, 2 for 2-bit) and D % 8 == 0 puts whole words inside the row's codes.
   static constexpr int kCodesPerWord = 8;
@@ -658,6 +690,9 @@ class EmbagForward : public Generator<EmbagForward> {
   Input<int32_t>* code_offset_ = nullptr;
   Input<int32_t>* qparam_offset_ = nullptr;
   Input<int32_t>* dim_ = nullptr;
+  Input<int32_t>* fp8_mantissa_bits_ = nullptr;
+  Input<int32_t>* fp8_exponent_bias_ = nullptr;
+  Input<int32_t>* fp8_special_from_ = nullptr;
   Output<Func>* output_ = nullptr;
 };
 
