@@ -71,7 +71,9 @@ def _first_difference(got: torch.Tensor, want: torch.Tensor, source: torch.Tenso
     if at.numel() == 0:
         return ""
     i = tuple(at[0].tolist())
-    return f"at {i}: value {source[i].item()!r}: embag {got[i].item():#04x} vs {want[i].item():#04x}"
+    return (
+        f"at {i}: value {source[i].item()!r}: embag {got[i].item():#04x} vs {want[i].item():#04x}"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["fp8_e4m3fn", "fp8_e5m2"])
@@ -81,13 +83,15 @@ def test_quantize_is_byte_identical_to_torch_cast(fmt: str) -> None:
     got = embag.quantize(table, fmt)
     assert got.data.dtype == torch.uint8 and got.data.shape == table.shape
     want = table.to(dtype).view(torch.uint8)
-    assert not _first_difference(got.data, want, table), _first_difference(got.data, want, table)
+    difference = _first_difference(got.data, want, table)
+    assert not difference, difference
     # float16 and bfloat16 tables: their values, exactly (one rounding, as torch's cast)
     for narrow in (torch.float16, torch.bfloat16):
         small = table.clamp(-6e4, 6e4).to(narrow)
         got = embag.quantize(small, fmt).data
         want = small.to(dtype).view(torch.uint8)
-        assert not _first_difference(got, want, small), (narrow, _first_difference(got, want, small))
+        difference = _first_difference(got, want, small)
+        assert not difference, (narrow, difference)
 
 
 @pytest.mark.parametrize("fmt", ["fp8_e4m3fn", "fp8_e5m2"])
@@ -156,7 +160,8 @@ def test_float8_tensor_is_refused_where_a_quantized_table_is() -> None:
     with pytest.raises(ValueError, match="max_norm"):
         et.embedding_bag(torch.tensor([0, 1]), w8, torch.tensor([0]), max_norm=1.0)
     with pytest.raises(ValueError, match="2D"):
-        embag.embedding_bag(torch.ones(8).to(torch.float8_e5m2), torch.tensor([0]), torch.tensor([0]))
+        one_d = torch.ones(8).to(torch.float8_e5m2)
+        embag.embedding_bag(one_d, torch.tensor([0]), torch.tensor([0]))
 
 
 HFP8_EXPONENT_BITS, HFP8_EXPONENT_BIAS, HFP8_MAX_POSITION = 4, 7, 240.0
@@ -167,17 +172,15 @@ def test_hfp8_is_fbgemm_quantizer_and_decode() -> None:
     from fbgemm_gpu.split_embedding_configs import SparseType
 
     config = SparseType.FP8.default_config()
-    assert (config.get("exponent_bits"), config.get("exponent_bias"), config.get("max_position")) == (
-        HFP8_EXPONENT_BITS,
-        HFP8_EXPONENT_BIAS,
-        HFP8_MAX_POSITION,
-    )
+    got = (config.get("exponent_bits"), config.get("exponent_bias"), config.get("max_position"))
+    assert got == (HFP8_EXPONENT_BITS, HFP8_EXPONENT_BIAS, HFP8_MAX_POSITION)
     table = _as_table(_probe_values(torch.float8_e4m3fn))
     want = torch.ops.fbgemm.FloatToHFP8Quantized(
         table, HFP8_EXPONENT_BITS, HFP8_EXPONENT_BIAS, HFP8_MAX_POSITION
     )
     got = embag.quantize(table, "hfp8").data
-    assert not _first_difference(got, want, table), _first_difference(got, want, table)
+    difference = _first_difference(got, want, table)
+    assert not difference, difference
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(1, 256)
     decoded = torch.ops.fbgemm.HFP8QuantizedToFloat(codes, HFP8_EXPONENT_BITS, HFP8_EXPONENT_BIAS)
     ours = embag.dequantize(embag.QuantizedTable(codes, "hfp8"))
