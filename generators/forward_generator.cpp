@@ -634,28 +634,35 @@ class EmbagForward : public Generator<EmbagForward> {
     return strict_float(exact_product(scale, cast<float>(q), get_target()) + bias);
   }
 
-  // An 8-bit float (Fp8Encoding, given at run time) widened to the float32 it denotes, by integer
-  // arithmetic on its bits, as c10's fp8 conversions do, rather than a 256-entry table (a gather
-  // per element: AVX2 has no byte-indexed table lookup wider than 16 entries) or a float multiply
-  // by 2^(127 - bias) on the bits placed as a float32 subnormal (FBGEMM's decode: zero where
-  // denormals are flushed, as armv7's NEON always does). Per vector on AVX2: widen the bytes,
-  // mask, shift and rebias the exponent (normal numbers), a convert and an exact multiply by
-  // 2^(1 - bias - mantissa_bits) (subnormals: the magnitude is below 2^mantissa_bits), two
-  // compares and blends, and the sign. Exact on every ISA; infinities and NaNs keep c10's bits
-  // (exponent all ones, the code's mantissa bits in float32's top mantissa bits).
+  // An 8-bit float (Fp8Encoding, given at run time) widened to the float32 it denotes. Its sign,
+  // exponent and mantissa are moved into a float16's places ([s][em << (10 - mantissa_bits)]:
+  // e5m2 is a float16's top byte, e4m3 a float16 whose exponent is 8 too small), the float16 is
+  // widened (F16C's vcvtph2ps where the target has it, else exactly in integer arithmetic), and
+  // multiplied by 2^(15 - bias), exact on a normal float32. Subnormal bytes are subnormal float16s,
+  // which the widening makes normal float32s, so no float operation sees a subnormal (FBGEMM's
+  // decode multiplies a float32 subnormal, zero where denormals are flushed). Infinities and NaNs
+  // of e5m2 are float16's own (quiet NaNs, as torch's .float() gives them on x86); e4m3fn's NaN
+  // (0x7F, 480 as a number) gets float32's exponent all ones: 0x7FF00000 with the sign, c10's.
+  // Not a 256-entry table: AVX2 has no byte-indexed lookup wider than 16 entries, so a table is a
+  // gather per element. A first version did the whole decode in int32 (shift and rebias, a
+  // convert and multiply for subnormals, the sign apart): six run-time constants and the raw
+  // bytes stayed live, and the AVX2 sum spilled and ran 3-4x slower than int8's
+  // (docs/quantized.md).
   Expr fp8_to_float(Expr code) {
-    // In int32 (every value below 2^31: the compares are AVX2's signed vpcmpgtd), the sign apart.
-    // Shift amounts are unsigned: Halide turns a signed one into a select on its sign.
-    Expr magnitude = cast<int32_t>(code & 0x7F);
-    Expr mantissa_bits = cast<uint32_t>(*fp8_mantissa_bits_);
-    Expr bias = *fp8_exponent_bias_;
-    Expr normal = (magnitude << (cast<uint32_t>(23) - mantissa_bits)) + ((127 - bias) << 23);
-    normal = select(magnitude >= *fp8_special_from_, normal | 0x7F800000, normal);
-    Expr step = reinterpret(Float(32), (128 - bias - cast<int32_t>(mantissa_bits)) << 23);
-    Expr subnormal = reinterpret(Int(32), strict_float(cast<float>(magnitude) * step));
-    Expr bits = select(magnitude < (Expr(1) << mantissa_bits), subnormal, normal);
-    Expr sign = cast<uint32_t>(code & 0x80) << 24;
-    return reinterpret(Float(32), reinterpret(UInt(32), bits) | sign);
+    const Target target = get_target();
+    const bool f16c = target.arch == Target::X86 && target.has_feature(Target::F16C);
+    Expr c = cast<uint16_t>(code);
+    Expr magnitude = c & 0x7F;
+    Expr shift = cast<uint16_t>(10 - *fp8_mantissa_bits_);
+    Expr half_bits = ((c & 0x80) << 8) | (magnitude << shift);
+    Expr half = f16c ? widen_float(reinterpret(Float(16), half_bits), Float(32), target)
+                     : half_bits_to_float(half_bits);
+    Expr scale = reinterpret(Float(32), (142 - *fp8_exponent_bias_) << 23);
+    Expr bits = reinterpret(UInt(32), strict_float(half * scale));
+    // (signed, > special_from - 1: one vpcmpgtw, where an unsigned >= took three)
+    Expr special = cast<int16_t>(magnitude) > cast<int16_t>(*fp8_special_from_ - 1);
+    return reinterpret(Float(32),
+                       select(special, bits | embag_generators::detail::u32(0x7F800000), bits));
   }
 
   // Codes per word in the aligned form of dequantized(): 8, so a word is `bits` bytes (4 for

@@ -187,8 +187,9 @@ uint8_t float_to_fp8(float x, const Fp8Encoding& f) {
   return static_cast<uint8_t>(code | sign);
 }
 
-// An 8-bit float's float32, by the kernels' bit arithmetic (generators/forward_generator.cpp,
-// fp8_to_float), so NaNs keep the same bits: c10's (its mantissa in float32's top bits).
+// An 8-bit float's float32 with the kernels' bits (generators/forward_generator.cpp,
+// fp8_to_float), NaNs included: the mantissa in float32's top bits, quiet (as F16C widens e5m2's
+// NaNs, and as torch's .float() gives them on x86; e4m3fn's 0x7FF00000 is quiet already).
 float fp8_to_float(uint8_t code, const Fp8Encoding& f) {
   const uint32_t magnitude = code & 0x7Fu;
   uint32_t bits;
@@ -198,7 +199,10 @@ float fp8_to_float(uint8_t code, const Fp8Encoding& f) {
   } else {
     bits = (magnitude << (23 - f.mantissa_bits)) +
            (static_cast<uint32_t>(127 - f.exponent_bias) << 23);
-    if (magnitude >= static_cast<uint32_t>(f.special_from)) bits |= 0x7F800000u;
+    if (magnitude >= static_cast<uint32_t>(f.special_from)) {
+      bits |= 0x7F800000u;
+      if ((bits & 0x007FFFFFu) != 0) bits |= 0x00400000u;  // a NaN: quiet
+    }
   }
   return float_of(bits | (static_cast<uint32_t>(code & 0x80) << 24));
 }

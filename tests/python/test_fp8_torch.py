@@ -99,9 +99,8 @@ def test_dequantize_is_torch_float_on_every_code(fmt: str) -> None:
     codes = _every_code(TORCH_DTYPES[fmt]).view(1, 256)
     got = embag.dequantize(embag.QuantizedTable(codes.view(torch.uint8), fmt))
     want = codes.float()
-    assert torch.equal(torch.isnan(got), torch.isnan(want))
-    finite = ~torch.isnan(want)
-    assert torch.equal(got[finite].view(torch.int32), want[finite].view(torch.int32))
+    # bit for bit, NaNs included (e5m2's quiet, as torch's F16C widening gives them)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 
 def _bags(seed: int, rows: int, bags: int, index_dtype: torch.dtype):
