@@ -38,6 +38,9 @@
 //   embag/sum_f32/...      embag::forward on the float32 table the others are quantized from
 //   embag/sum_int8/...     embag::forward on that table quantized to int8 (kInt8: PyTorch's
 //   embag/sum_int4/...     byte prepack layout) / int4 (kInt4: PyTorch's 4-bit prepack layout)
+//   embag/sum_fp8/...      ... / fp8_e4m3fn (kFp8E4M3FN, one byte per element; no peer row:
+//                          PyTorch has no float8 embedding_bag, and FBGEMM's HFP8 TBE is not
+//                          wired into the peer library)
 //   pytorch/sum_int8/...   quantized::embedding_bag_byte_rowwise_offsets / _4bit_rowwise_offsets
 //   pytorch/sum_int4/...   on the very same bytes (with EMBAG_BENCH_TORCH_DIR)
 //   fbgemm_tbe/sum_int8/...  FBGEMM's inference TBE (IntNBitTableBatchedEmbeddingBagsCodegen's
@@ -577,7 +580,7 @@ void bench_sequential_read(benchmark::State& state, int threads) {
 
 bool g_quantized_rows = false;
 
-enum class QuantRow : uint8_t { kFloat32, kInt8, kInt4 };
+enum class QuantRow : uint8_t { kFloat32, kInt8, kInt4, kFp8 };
 
 const char* quant_row_name(QuantRow row) {
   switch (row) {
@@ -587,25 +590,28 @@ const char* quant_row_name(QuantRow row) {
       return "sum_int8";
     case QuantRow::kInt4:
       return "sum_int4";
+    case QuantRow::kFp8:
+      return "sum_fp8";
   }
   return "?";
 }
 
-// One shape's float32 table and its four quantized copies (PyTorch's and TBE's layouts of 8 and 4
-// bits), index batches and offsets; built once per shape, the float dataset freed first.
+// One shape's float32 table and its five quantized copies (PyTorch's and TBE's layouts of 8 and 4
+// bits, and float8_e4m3fn), index batches and offsets; built once per shape, the float dataset
+// freed first.
 struct QuantDataset {
   Shape shape;
   bool cold = false;
   embag::bench::AlignedFloats table;
   std::vector<std::vector<int64_t>> batches;
   std::vector<int64_t> offsets;
-  // kInt8, kInt4, kTbeInt8, kTbeInt4
-  std::vector<uint8_t> bytes[4];
+  // kInt8, kInt4, kTbeInt8, kTbeInt4, kFp8E4M3FN
+  std::vector<uint8_t> bytes[5];
   std::vector<float> output;
 };
-constexpr embag::QuantFormat kQuantFormats[4] = {
+constexpr embag::QuantFormat kQuantFormats[5] = {
     embag::QuantFormat::kInt8, embag::QuantFormat::kInt4, embag::QuantFormat::kTbeInt8,
-    embag::QuantFormat::kTbeInt4};
+    embag::QuantFormat::kTbeInt4, embag::QuantFormat::kFp8E4M3FN};
 std::unique_ptr<QuantDataset> g_quant;
 
 QuantDataset* quant_dataset_for(const Shape& shape, benchmark::State& state) {
@@ -625,7 +631,7 @@ QuantDataset* quant_dataset_for(const Shape& shape, benchmark::State& state) {
   ds->batches = std::move(data.batches);
   const embag::TensorView weight =
       embag::make_view_2d(ds->table.get(), embag::DType::kFloat32, shape.rows, shape.dim);
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < 5; ++k) {
     const int64_t row_bytes = embag::quantized_row_bytes(kQuantFormats[k], shape.dim);
     ds->bytes[k].assign(static_cast<size_t>(shape.rows * row_bytes), 0);
     const embag::QuantizedTable table{ds->bytes[k].data(), kQuantFormats[k], shape.rows, shape.dim,
@@ -641,8 +647,9 @@ QuantDataset* quant_dataset_for(const Shape& shape, benchmark::State& state) {
   return g_quant.get();
 }
 
-// Index 0..3 of QuantDataset::bytes for a row: PyTorch's layout, or TBE's for the TBE rows.
+// Index 0..4 of QuantDataset::bytes for a row: PyTorch's layout, or TBE's for the TBE rows.
 int quant_bytes_index(QuantRow row, bool tbe_layout) {
+  if (row == QuantRow::kFp8) return 4;
   return (row == QuantRow::kInt8 ? 0 : 1) + (tbe_layout ? 2 : 0);
 }
 
@@ -838,14 +845,14 @@ bool tbe_inference_available() {
 
 void register_quantized_shape(const Shape& shape) {
   if (is_typed(shape) || shape.distribution != Distribution::kUniform) return;
-  for (QuantRow row : {QuantRow::kFloat32, QuantRow::kInt8, QuantRow::kInt4}) {
+  for (QuantRow row : {QuantRow::kFloat32, QuantRow::kInt8, QuantRow::kInt4, QuantRow::kFp8}) {
     for (int threads : kThreadCounts) {
       const std::string suffix = std::string("/") + quant_row_name(row) +
                                  embag::bench::shape_row_suffix(shape, is_cold(shape), threads);
       embag::bench::configure(benchmark::RegisterBenchmark(
           ("embag" + suffix).c_str(),
           [=](benchmark::State& state) { bench_quant_embag(state, shape, row, threads); }));
-      if (row == QuantRow::kFloat32) continue;
+      if (row == QuantRow::kFloat32 || row == QuantRow::kFp8) continue;
 #ifdef EMBAG_BENCH_HAVE_TORCH
       embag::bench::configure(benchmark::RegisterBenchmark(
           ("pytorch" + suffix).c_str(),

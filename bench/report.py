@@ -435,7 +435,8 @@ def quantized_section(data):
              "same bytes, FBGEMM's inference TBE (`int_nbit_split_embedding_codegen_lookup_function`, "
              "the CPU operator of `IntNBitTableBatchedEmbeddingBagsCodegen`) on the table in its "
              "layout, and embag's float32 sum on the float table they were quantized from; same "
-             "indices for all. GB/s counts the bytes actually read (row bytes and index per "
+             "indices for all. `fp8` is embag on the table as `float8_e4m3fn` (no peer: PyTorch "
+             "has no float8 embedding_bag). GB/s counts the bytes actually read (row bytes and index per "
              "position, offsets) and the float32 output. Targets (issue 19): embag / best peer "
              ">= 1.2; int4 cold: embag int4 / embag float32 >= 2.", "",
              "| shape | bits | threads | embag Mrows/s | PyTorch | TBE | embag GB/s | "
@@ -446,7 +447,7 @@ def quantized_section(data):
     for (shape, threads), v in sorted(table.items(), key=lambda kv: (shape_key(kv[0][0]),
                                                                      kv[0][1])):
         f32 = v.get(("embag", "sum_f32"), (None, None))[0]
-        for bits in ("int8", "int4"):
+        for bits in ("int8", "int4", "fp8"):
             e, e_gb = v.get(("embag", f"sum_{bits}"), (None, None))
             pt = v.get(("pytorch", f"sum_{bits}"), (None, None))[0]
             tbe = v.get(("fbgemm_tbe", f"sum_{bits}"), (None, None))[0]

@@ -70,13 +70,15 @@ set(EMBAG_POOLING_ENUM_mean kMean)
 set(EMBAG_POOLING_ENUM_max kMax)
 set(EMBAG_POOLING_ENUM_max_values kMaxValues)
 # Quantized-table codecs (QuantCodec in generators/kernel_enums.h): what a quantized forward kernel
-# decodes; "none" is every float-table kernel.
-set(EMBAG_QUANT_CODECS u8f32 u8f16 u4f16 u2f16)
+# decodes; "none" is every float-table kernel. "f8" serves the three 8-bit float formats (which one
+# is a run-time argument).
+set(EMBAG_QUANT_CODECS u8f32 u8f16 u4f16 u2f16 f8)
 set(EMBAG_CODEC_ENUM_none kNone)
 set(EMBAG_CODEC_ENUM_u8f32 kU8F32)
 set(EMBAG_CODEC_ENUM_u8f16 kU8F16)
 set(EMBAG_CODEC_ENUM_u4f16 kU4F16)
 set(EMBAG_CODEC_ENUM_u2f16 kU2F16)
+set(EMBAG_CODEC_ENUM_f8 kF8)
 
 # Forward pooling modes; "wsum" is sum with per_sample_weights (a separate kernel, so plain sum
 # carries no multiply); "max_values" is max without the argmax output, for calls that do not ask

@@ -21,9 +21,11 @@
 // (row bytes, V) uint8 with the caller's row stride, and three scalars follow `bags_per_task`:
 //   code_offset, qparam_offset  where a row's codes and its scale, bias start, in bytes
 //   dim                         D (the buffer's first extent is the row's bytes, not D)
+// and, for codec f8 (8-bit floats, no qparams) three more (Fp8Encoding in kernel_enums.h):
+//   fp8_mantissa_bits, fp8_exponent_bias, fp8_special_from
 // per_sample_weights and the output are float32. Each element is dequantised as
-// w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h) and
-// then pooled exactly as a float32 table's element.
+// w = scale * q + bias (multiply rounded, then the add; see QuantCodec in kernel_enums.h), or
+// for f8 widened to the float32 it denotes, and then pooled exactly as a float32 table's element.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -85,6 +87,11 @@ class EmbagForward : public Generator<EmbagForward> {
       code_offset_ = add_input<int32_t>("code_offset");
       qparam_offset_ = add_input<int32_t>("qparam_offset");
       dim_ = add_input<int32_t>("dim");
+    }
+    if (codec == QuantCodec::kF8) {
+      fp8_mantissa_bits_ = add_input<int32_t>("fp8_mantissa_bits");
+      fp8_exponent_bias_ = add_input<int32_t>("fp8_exponent_bias");
+      fp8_special_from_ = add_input<int32_t>("fp8_special_from");
     }
     // Max returns the value and the winning row from one Tuple-valued Func, so both come out of
     // the same register tile in one pass.
@@ -583,6 +590,7 @@ class EmbagForward : public Generator<EmbagForward> {
     Input<Buffer<>>& weight = *weight_;
     auto byte = [&](Expr at) { return weight(at, row); };
     Expr code_offset = *code_offset_, qparam_offset = *qparam_offset_;
+    if (codec == QuantCodec::kF8) return fp8_to_float(byte(code_offset + d_));
     const int bits = embag::kernels::quant_code_bits(codec);
     Expr q;
     if (bits == 8) {
@@ -635,6 +643,37 @@ class EmbagForward : public Generator<EmbagForward> {
     return strict_float(exact_product(scale, cast<float>(q), get_target()) + bias);
   }
 
+  // An 8-bit float (Fp8Encoding, given at run time) widened to the float32 it denotes. Its sign,
+  // exponent and mantissa are moved into a float16's places ([s][em << (10 - mantissa_bits)]:
+  // e5m2 is a float16's top byte, e4m3 a float16 whose exponent is 8 too small), the float16 is
+  // widened (F16C's vcvtph2ps where the target has it, else exactly in integer arithmetic), and
+  // multiplied by 2^(15 - bias), exact on a normal float32. Subnormal bytes are subnormal float16s,
+  // which the widening makes normal float32s, so no float operation sees a subnormal (FBGEMM's
+  // decode multiplies a float32 subnormal, zero where denormals are flushed). Infinities and NaNs
+  // of e5m2 are float16's own (quiet NaNs, as torch's .float() gives them on x86); e4m3fn's NaN
+  // (0x7F, 480 as a number) gets float32's exponent all ones: 0x7FF00000 with the sign, c10's.
+  // Not a 256-entry table: AVX2 has no byte-indexed lookup wider than 16 entries, so a table is a
+  // gather per element. A first version did the whole decode in int32 (shift and rebias, a
+  // convert and multiply for subnormals, the sign apart): six run-time constants and the raw
+  // bytes stayed live, and the AVX2 sum spilled and ran 3-4x slower than int8's
+  // (docs/quantized.md).
+  Expr fp8_to_float(Expr code) {
+    const Target target = get_target();
+    const bool f16c = target.arch == Target::X86 && target.has_feature(Target::F16C);
+    Expr c = cast<uint16_t>(code);
+    Expr magnitude = c & 0x7F;
+    Expr shift = cast<uint16_t>(10 - *fp8_mantissa_bits_);
+    Expr half_bits = ((c & 0x80) << 8) | (magnitude << shift);
+    Expr half = f16c ? widen_float(reinterpret(Float(16), half_bits), Float(32), target)
+                     : half_bits_to_float(half_bits);
+    Expr scale = reinterpret(Float(32), (142 - *fp8_exponent_bias_) << 23);
+    Expr bits = reinterpret(UInt(32), strict_float(half * scale));
+    // (signed, > special_from - 1: one vpcmpgtw, where an unsigned >= took three)
+    Expr special = cast<int16_t>(magnitude) > cast<int16_t>(*fp8_special_from_ - 1);
+    return reinterpret(Float(32),
+                       select(special, bits | embag_generators::detail::u32(0x7F800000), bits));
+  }
+
   // Codes per word in the aligned form of dequantized(): 8, so a word is `bits` bytes (4 for
   // 4-bit codes, 2 for 2-bit) and D % 8 == 0 puts whole words inside the row's codes.
   static constexpr int kCodesPerWord = 8;
@@ -667,6 +706,9 @@ class EmbagForward : public Generator<EmbagForward> {
   Input<int32_t>* code_offset_ = nullptr;
   Input<int32_t>* qparam_offset_ = nullptr;
   Input<int32_t>* dim_ = nullptr;
+  Input<int32_t>* fp8_mantissa_bits_ = nullptr;
+  Input<int32_t>* fp8_exponent_bias_ = nullptr;
+  Input<int32_t>* fp8_special_from_ = nullptr;
   Output<Func>* output_ = nullptr;
 };
 

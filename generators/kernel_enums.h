@@ -76,16 +76,30 @@ enum class Pooling : uint8_t { kSum, kWeightedSum, kMean, kMax, kMaxValues, kCou
 // codec plus those offsets in runtime/quantized_format.cpp.
 //   kU8F32: 8-bit codes, float32 scale and bias (torch's embedding_bag_byte_prepack)
 //   kU8F16 / kU4F16 / kU2F16: 8-, 4-, 2-bit codes, float16 scale and bias (lowest bits first)
-// Every kernel dequantises an element as w = scale * q + bias in float32, the multiply rounded
-// before the add (never an FMA), and then folds w exactly as a float32 table's kernel folds its
-// element: so a quantized table's result is bitwise the float32 result on its dequantised table.
-enum class QuantCodec : uint8_t { kNone, kU8F32, kU8F16, kU4F16, kU2F16, kCount };
+//   kF8: one byte per element, an 8-bit float (sign, exponent, mantissa), no scale or bias:
+//        float8_e4m3fn, float8_e5m2 and FBGEMM's HFP8 share it, their widths, bias and special
+//        codes being run-time arguments (Fp8Encoding), so three formats cost one set of kernels.
+// Every integer codec dequantises an element as w = scale * q + bias in float32, the multiply
+// rounded before the add (never an FMA); kF8 widens its byte to the float32 it denotes, exactly.
+// The kernel then folds w exactly as a float32 table's kernel folds its element: so a quantized
+// table's result is bitwise the float32 result on its dequantised table.
+enum class QuantCodec : uint8_t { kNone, kU8F32, kU8F16, kU4F16, kU2F16, kF8, kCount };
 
-inline constexpr NamedValue<QuantCodec> kQuantCodecNames[] = {{QuantCodec::kNone, "none"},
-                                                              {QuantCodec::kU8F32, "u8f32"},
-                                                              {QuantCodec::kU8F16, "u8f16"},
-                                                              {QuantCodec::kU4F16, "u4f16"},
-                                                              {QuantCodec::kU2F16, "u2f16"}};
+inline constexpr NamedValue<QuantCodec> kQuantCodecNames[] = {
+    {QuantCodec::kNone, "none"},   {QuantCodec::kU8F32, "u8f32"}, {QuantCodec::kU8F16, "u8f16"},
+    {QuantCodec::kU4F16, "u4f16"}, {QuantCodec::kU2F16, "u2f16"}, {QuantCodec::kF8, "f8"}};
+
+// An 8-bit float of a kF8 kernel: [sign][exponent][mantissa_bits of mantissa], the exponent
+// biased by exponent_bias, subnormal where the exponent field is 0. A magnitude (code & 0x7F)
+// >= special_from has the exponent field all ones and means infinity (mantissa 0) or NaN: 0x7C
+// for IEEE-like float8_e5m2, 0x7F for float8_e4m3fn (whose only special code is NaN, 0x7F), 0x80
+// (none) for FBGEMM's HFP8, whose 0x7F is 480. The runtime passes the three as the kernel's
+// scalars fp8_mantissa_bits, fp8_exponent_bias and fp8_special_from.
+struct Fp8Encoding {
+  int32_t mantissa_bits = 0;
+  int32_t exponent_bias = 0;
+  int32_t special_from = 0x80;
+};
 inline const char* quant_codec_name(QuantCodec codec) { return name_of(kQuantCodecNames, codec); }
 
 // The `codec` GeneratorParam's values (the names in the kernels' names and the CMake table).

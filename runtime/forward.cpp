@@ -126,8 +126,9 @@ Status run_pooling_kernel(internal::CallContext& call, const KernelEntry& kernel
   std::optional<HalideBuffer> weight;
   int32_t code_offset = 0, qparam_offset = 0;
   const int32_t dim32 = static_cast<int32_t>(D);
+  internal::QuantLayout q{};
   if (quantized) {
-    const internal::QuantLayout q = internal::quant_layout(quantized->format);
+    q = internal::quant_layout(quantized->format);
     weight.emplace(quantized->data, halide_type_t(halide_type_uint, 8), plan.num_rows,
                    quantized_row_bytes(quantized->format, D), quantized->row_stride);
     code_offset = static_cast<int32_t>(internal::quant_code_offset(q));
@@ -150,6 +151,12 @@ Status run_pooling_kernel(internal::CallContext& call, const KernelEntry& kernel
     args.scalar("code_offset", &code_offset)
         .scalar("qparam_offset", &qparam_offset)
         .scalar("dim", &dim32);
+    if (q.codec == internal::QuantCodec::kF8) {
+      // Which 8-bit float: one f8 kernel serves every FP8 format (kernel_enums.h, Fp8Encoding).
+      args.scalar("fp8_mantissa_bits", &q.fp8.mantissa_bits)
+          .scalar("fp8_exponent_bias", &q.fp8.exponent_bias)
+          .scalar("fp8_special_from", &q.fp8.special_from);
+    }
   }
 
   // Max writes the winning rows too; into scratch when the caller did not ask for them

@@ -27,6 +27,15 @@
 // - FBGEMM's TBE layouts (fbgemm_gpu.tbe.utils.quantize.quantize_embs): INT8 is the 8-bit
 //   quantizer's codes with its float32 scale and bias rounded to float16 and moved to the front;
 //   INT4 / INT2 are the n-bit quantizer's row with its qparams moved to the front.
+// - 8-bit floats, one byte per element: float8_e4m3fn and float8_e5m2 as torch 2.14's
+//   Tensor.to(torch.float8_*) converts (torch/headeronly/util/Float8_e4m3fn.h, Float8_e5m2.h):
+//   the magnitude rounded to nearest even on the format's grid (subnormals included), a NaN to
+//   0x7F with the input's sign, and a magnitude that rounds past the largest finite value to
+//   infinity where the format has one (e5m2: 0x7C, from 61440 up, +-inf included), else to the
+//   largest finite value (e4m3fn saturates: 448, 0x7E, from 464 exclusive up, +-inf included).
+//   HFP8 as FBGEMM's FloatToHFP8Quantized (fbgemm_gpu quantize_ops_utils.h, float_to_hfp8) with
+//   SparseType.FP8's default config (4 exponent bits, bias 7, max_position 240): the magnitude
+//   clamped to 240 by fminf (so infinities and NaN give +-240), then rounded to nearest even.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -57,6 +66,7 @@ using internal::quant_code_offset;
 using internal::quant_layout;
 using internal::quant_qparam_offset;
 using internal::QuantLayout;
+using kernels::Fp8Encoding;
 
 Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
@@ -124,8 +134,85 @@ void put_u16(uint8_t* at, uint16_t v) {
 }
 uint16_t get_u16(const uint8_t* at) { return static_cast<uint16_t>(at[0] | (at[1] << 8)); }
 
+uint32_t bits_of(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+float float_of(uint32_t u) {
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+// The largest magnitude FBGEMM's HFP8 quantizer writes (its config's max_position): the largest
+// value whose exponent field is below all ones, 2^(2^E - 2 - bias) (2 - 2^-M); 240 for e4m3.
+float hfp8_max_position(const Fp8Encoding& f) {
+  const int exponent_bits = 7 - f.mantissa_bits;
+  return std::ldexp(2.0f - std::ldexp(1.0f, -f.mantissa_bits),
+                    (1 << exponent_bits) - 2 - f.exponent_bias);
+}
+
+// One float32 to an 8-bit float, rounded to nearest even (the file comment says whose rules).
+uint8_t float_to_fp8(float x, const Fp8Encoding& f) {
+  const uint32_t sign = (bits_of(x) >> 24) & 0x80;
+  float magnitude = std::fabs(x);
+  const bool has_specials = f.special_from <= 0x7F;
+  if (!has_specials) {
+    magnitude = std::fmin(magnitude, hfp8_max_position(f));  // NaN -> max_position, as fminf
+  } else if (std::isnan(magnitude)) {
+    return static_cast<uint8_t>(0x7F | sign);
+  }
+  const int shift = 23 - f.mantissa_bits;
+  uint32_t code;
+  if (magnitude < std::ldexp(1.0f, 1 - f.exponent_bias)) {
+    // Subnormal: a multiple of 2^(1 - bias - M), rounded to nearest even (exact division by a
+    // power of two, then the default rounding mode); 2^M is the smallest normal's code.
+    code = static_cast<uint32_t>(
+        std::nearbyint(std::ldexp(magnitude, f.exponent_bias - 1 + f.mantissa_bits)));
+  } else {
+    // Normal: round float32's mantissa to M bits, nearest even (a carry moves into the
+    // exponent), then rebias. Infinity and past the top fall through to the clamp below.
+    uint32_t u = bits_of(magnitude);
+    u += ((1u << (shift - 1)) - 1) + ((u >> shift) & 1);
+    code = (u >> shift) - (static_cast<uint32_t>(127 - f.exponent_bias) << f.mantissa_bits);
+  }
+  if (has_specials) {
+    // Past the top: infinity where the first special code is one (exponent all ones, mantissa
+    // 0: e5m2), else the largest finite code (e4m3fn, whose only special code is NaN).
+    const auto special = static_cast<uint32_t>(f.special_from);
+    const bool has_infinity = (special & ((1u << f.mantissa_bits) - 1)) == 0;
+    code = std::min(code, has_infinity ? special : special - 1);
+  }
+  return static_cast<uint8_t>(code | sign);
+}
+
+// An 8-bit float's float32 with the kernels' bits (generators/forward_generator.cpp,
+// fp8_to_float), NaNs included: the mantissa in float32's top bits, quiet (as F16C widens e5m2's
+// NaNs, and as torch's .float() gives them on x86; e4m3fn's 0x7FF00000 is quiet already).
+float fp8_to_float(uint8_t code, const Fp8Encoding& f) {
+  const uint32_t magnitude = code & 0x7Fu;
+  uint32_t bits;
+  if (magnitude < (1u << f.mantissa_bits)) {
+    bits = bits_of(static_cast<float>(magnitude) *
+                   std::ldexp(1.0f, 1 - f.exponent_bias - f.mantissa_bits));
+  } else {
+    bits = (magnitude << (23 - f.mantissa_bits)) +
+           (static_cast<uint32_t>(127 - f.exponent_bias) << 23);
+    if (magnitude >= static_cast<uint32_t>(f.special_from)) {
+      bits |= 0x7F800000u;
+      if ((bits & 0x007FFFFFu) != 0) bits |= 0x00400000u;  // a NaN: quiet
+    }
+  }
+  return float_of(bits | (static_cast<uint32_t>(code & 0x80) << 24));
+}
+
 // One float row (already widened to float32) into one quantized row.
 void quantize_row(const float* x, int64_t dim, const QuantLayout& layout, uint8_t* row) {
+  if (layout.codec == kernels::QuantCodec::kF8) {
+    for (int64_t c = 0; c < dim; ++c) row[c] = float_to_fp8(x[c], layout.fp8);
+    return;
+  }
   uint8_t* codes = row + quant_code_offset(layout);
   uint8_t* qparams = row + quant_qparam_offset(layout, dim);
   float lo = 0, hi = 0;
@@ -298,6 +385,15 @@ std::optional<QuantFormat> parse_quant_format(const std::string& name) {
   return std::nullopt;
 }
 
+std::string quant_format_names() {
+  std::string names;
+  for (const internal::QuantFormatInfo& row : internal::kQuantFormatTable) {
+    if (!names.empty()) names += ", ";
+    names += row.name;
+  }
+  return names;
+}
+
 int quant_format_bits(QuantFormat format) { return quant_layout(format).bits; }
 
 int64_t quantized_row_bytes(QuantFormat format, int64_t dim) {
@@ -334,6 +430,11 @@ Status dequantize_rows(const QuantizedTable& table, const TensorView& out) {
     for_each_row_parallel(table.rows, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const uint8_t* row = bytes + r * table.row_stride;
+        if (layout.codec == kernels::QuantCodec::kF8) {
+          for (int64_t c = 0; c < dim; ++c)
+            store_float(out, r, c, fp8_to_float(row[c], layout.fp8));
+          continue;
+        }
         const uint8_t* codes = row + quant_code_offset(layout);
         const uint8_t* qparams = row + quant_qparam_offset(layout, dim);
         const float scale =

@@ -12,9 +12,10 @@ namespace embag::internal {
 
 struct QuantLayout {
   kernels::QuantCodec codec;
-  int bits;            // of one code
-  int qparam_bytes;    // scale + bias: 8 (two float32) or 4 (two float16)
-  bool qparams_front;  // FBGEMM TBE: [scale][bias][codes]; otherwise [codes][scale][bias]
+  int bits;                    // of one code
+  int qparam_bytes;            // scale + bias: 8 (two float32), 4 (two float16) or 0 (8-bit floats)
+  bool qparams_front;          // FBGEMM TBE: [scale][bias][codes]; otherwise [codes][scale][bias]
+  kernels::Fp8Encoding fp8{};  // codec kF8: which 8-bit float
 };
 
 // Every format's row: its name, its layout. quant_layout(), quant_format_name() and
@@ -31,6 +32,10 @@ inline constexpr QuantFormatInfo kQuantFormatTable[] = {
     {QuantFormat::kTbeInt8, "tbe_int8", {kernels::QuantCodec::kU8F16, 8, 4, true}},
     {QuantFormat::kTbeInt4, "tbe_int4", {kernels::QuantCodec::kU4F16, 4, 4, true}},
     {QuantFormat::kTbeInt2, "tbe_int2", {kernels::QuantCodec::kU2F16, 2, 4, true}},
+    // mantissa bits, exponent bias, first special magnitude (kernel_enums.h, Fp8Encoding)
+    {QuantFormat::kFp8E4M3FN, "fp8_e4m3fn", {kernels::QuantCodec::kF8, 8, 0, false, {3, 7, 0x7F}}},
+    {QuantFormat::kFp8E5M2, "fp8_e5m2", {kernels::QuantCodec::kF8, 8, 0, false, {2, 15, 0x7C}}},
+    {QuantFormat::kHfp8, "hfp8", {kernels::QuantCodec::kF8, 8, 0, false, {3, 7, 0x80}}},
 };
 
 // The row of `format`, or null for a value outside the enum (a cast from a caller's integer).

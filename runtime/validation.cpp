@@ -609,11 +609,14 @@ Status check_quantized_table(const ForwardInputs& in, const Options& opt) {
   const int64_t row_bytes = quantized_row_bytes(t.format, t.dim);
   if (t.rows > 0 && t.row_stride < row_bytes) {
     const QuantLayout layout = quant_layout(t.format);
+    const std::string parts =
+        layout.qparam_bytes == 0 ? "one per element"
+                                 : std::to_string(quant_code_bytes(layout, t.dim)) + " of codes, " +
+                                       std::to_string(layout.qparam_bytes) + " of scale and bias";
     return invalid("quantized_weight's row stride (" + std::to_string(t.row_stride) +
                    " bytes) must hold a row of format " + quant_format_name(t.format) +
                    " with D = " + std::to_string(t.dim) + ": " + std::to_string(row_bytes) +
-                   " bytes (" + std::to_string(quant_code_bytes(layout, t.dim)) + " of codes, " +
-                   std::to_string(layout.qparam_bytes) + " of scale and bias)");
+                   " bytes (" + parts + ")");
   }
   if (t.rows > 0 && row_bytes > 0 && t.data == nullptr) {
     return invalid("quantized_weight has " + std::to_string(t.rows) + " rows but no data");

@@ -51,7 +51,7 @@ TEST_F(Cli, QuantizeAndForwardOnTheQuantizedTable) {
   embag::npy::Array weight = embag::npy::make_array(embag::DType::kFloat32, {5, 2});
   std::memcpy(weight.data.data(), w.data(), sizeof(float) * w.size());
   ASSERT_TRUE(embag::npy::save(path("W32.npy"), weight).ok());
-  for (const char* format : {"int8", "int4", "tbe_int2"}) {
+  for (const char* format : {"int8", "int4", "tbe_int2", "fp8_e5m2"}) {
     SCOPED_TRACE(format);
     const embag::QuantFormat f = *embag::parse_quant_format(format);
     const int64_t row = embag::quantized_row_bytes(f, 2);

@@ -361,6 +361,15 @@ std::vector<ErrorRow> error_rows() {
         c.outputs.output.shape[1] = 16;
       },
       {"row stride (10 bytes)", "int4 with D = 16: 12 bytes"});
+  add("8-bit float table whose stride is shorter than D: an FP8 row is D bytes",
+      [](Call& c) {
+        c.use_quantized();
+        c.qtable.format = QuantFormat::kFp8E4M3FN;
+        c.qtable.dim = 2;
+        c.qtable.row_stride = 1;
+      },
+      {"row stride (1 bytes) must hold a row of format fp8_e4m3fn with D = 2: 2 bytes (one per "
+       "element)"});
   add("unknown quantized format",
       [](Call& c) {
         c.use_quantized();

@@ -24,9 +24,14 @@ using difftest::chance;
 using difftest::GuardedBuffer;
 using difftest::uniform;
 
-constexpr QuantFormat kFormats[] = {QuantFormat::kInt8,    QuantFormat::kInt4,
-                                    QuantFormat::kInt2,    QuantFormat::kTbeInt8,
-                                    QuantFormat::kTbeInt4, QuantFormat::kTbeInt2};
+constexpr QuantFormat kFormats[] = {
+    QuantFormat::kInt8,      QuantFormat::kInt4,    QuantFormat::kInt2,
+    QuantFormat::kTbeInt8,   QuantFormat::kTbeInt4, QuantFormat::kTbeInt2,
+    QuantFormat::kFp8E4M3FN, QuantFormat::kFp8E5M2, QuantFormat::kHfp8};
+
+bool is_fp8(QuantFormat f) {
+  return f == QuantFormat::kFp8E4M3FN || f == QuantFormat::kFp8E5M2 || f == QuantFormat::kHfp8;
+}
 
 uint16_t u16_at(const std::vector<uint8_t>& b, size_t at) {
   return static_cast<uint16_t>(b[at] | (b[at + 1] << 8));
@@ -60,6 +65,110 @@ TEST(QuantizedFormats, NamesAndRowBytes) {
   EXPECT_EQ(quantized_row_bytes(QuantFormat::kTbeInt4, 1), 5);
   EXPECT_EQ(quantized_row_bytes(QuantFormat::kTbeInt2, 8), 6);
   EXPECT_EQ(quantized_row_bytes(QuantFormat::kInt8, -1), -1);
+  // 8-bit floats: one byte per element, nothing else.
+  EXPECT_EQ(quantized_row_bytes(QuantFormat::kFp8E4M3FN, 3), 3);
+  EXPECT_EQ(quantized_row_bytes(QuantFormat::kFp8E5M2, 0), 0);
+  EXPECT_EQ(quantized_row_bytes(QuantFormat::kHfp8, 128), 128);
+  EXPECT_EQ(quant_format_names(),
+            "int8, int4, int2, tbe_int8, tbe_int4, tbe_int2, fp8_e4m3fn, fp8_e5m2, hfp8");
+}
+
+// 8-bit floats, worked by hand from each format's definition (sign, exponent, mantissa, bias;
+// docs/quantized.md): the rounding (nearest even, subnormals included) and what each does with
+// overflow, infinities and NaN. That these are torch's and FBGEMM's bytes is checked against the
+// real conversions in tests/python/test_quantized_torch.py.
+TEST(QuantizeRows, EightBitFloatsByHand) {
+  const float inf = INFINITY, nan = NAN;
+  struct Case {
+    QuantFormat format;
+    float value;
+    uint8_t code;
+  };
+  const Case cases[] = {
+      // float8_e4m3fn: bias 7, 3 mantissa bits, largest 448 (0x7E), 0x7F NaN, no infinity:
+      // what rounds past 448 saturates to it (torch 2.14).
+      {QuantFormat::kFp8E4M3FN, 1.0f, 0x38},
+      {QuantFormat::kFp8E4M3FN, -2.0f, 0xC0},
+      {QuantFormat::kFp8E4M3FN, 1.0625f, 0x38},  // halfway 1 / 1.125: to even (1)
+      {QuantFormat::kFp8E4M3FN, 1.1875f, 0x3A},  // halfway 1.125 / 1.25: to even (1.25)
+      {QuantFormat::kFp8E4M3FN, 448.0f, 0x7E},
+      {QuantFormat::kFp8E4M3FN, 464.0f, 0x7E},  // halfway 448 / 480: to even (448)
+      {QuantFormat::kFp8E4M3FN, 464.5f, 0x7E},  // rounds past 448: saturates
+      {QuantFormat::kFp8E4M3FN, -1e9f, 0xFE},
+      {QuantFormat::kFp8E4M3FN, inf, 0x7E},
+      {QuantFormat::kFp8E4M3FN, -inf, 0xFE},
+      {QuantFormat::kFp8E4M3FN, nan, 0x7F},
+      {QuantFormat::kFp8E4M3FN, -nan, 0xFF},
+      {QuantFormat::kFp8E4M3FN, std::ldexp(1.0f, -9), 0x01},    // smallest subnormal
+      {QuantFormat::kFp8E4M3FN, std::ldexp(1.0f, -10), 0x00},   // halfway 0 / 2^-9: to 0
+      {QuantFormat::kFp8E4M3FN, std::ldexp(3.0f, -10), 0x02},   // 1.5 steps: to 2
+      {QuantFormat::kFp8E4M3FN, std::ldexp(15.0f, -10), 0x08},  // 7.5 steps: to 2^-6
+      {QuantFormat::kFp8E4M3FN, -0.0f, 0x80},
+      // float8_e5m2: bias 15, 2 mantissa bits, largest 57344 (0x7B), IEEE infinity and NaN:
+      // what rounds past 57344 is infinity.
+      {QuantFormat::kFp8E5M2, 1.0f, 0x3C},
+      {QuantFormat::kFp8E5M2, -1.5f, 0xBE},
+      {QuantFormat::kFp8E5M2, 57344.0f, 0x7B},
+      {QuantFormat::kFp8E5M2, 61439.0f, 0x7B},
+      {QuantFormat::kFp8E5M2, 61440.0f, 0x7C},  // halfway 57344 / 65536: to even (infinity)
+      {QuantFormat::kFp8E5M2, 1e9f, 0x7C},
+      {QuantFormat::kFp8E5M2, -inf, 0xFC},
+      {QuantFormat::kFp8E5M2, nan, 0x7F},
+      {QuantFormat::kFp8E5M2, std::ldexp(1.0f, -16), 0x01},
+      {QuantFormat::kFp8E5M2, std::ldexp(1.0f, -17), 0x00},
+      // HFP8 (FBGEMM, default config): e4m3, bias 7, clamped to max_position 240 (0x77).
+      {QuantFormat::kHfp8, 1.0f, 0x38},
+      {QuantFormat::kHfp8, 240.0f, 0x77},
+      {QuantFormat::kHfp8, 300.0f, 0x77},
+      {QuantFormat::kHfp8, -inf, 0xF7},
+      {QuantFormat::kHfp8, nan, 0x77},
+      {QuantFormat::kHfp8, -nan, 0xF7},
+      {QuantFormat::kHfp8, std::ldexp(1.0f, -9), 0x01},
+      {QuantFormat::kHfp8, std::ldexp(3.0f, -10), 0x02},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(quant_format_name(c.format)) + " " + std::to_string(c.value));
+    EXPECT_EQ(quantize({c.value}, 1, 1, c.format)[0], c.code);
+  }
+  // Decoding: every code against the definition's special values.
+  struct Decoded {
+    QuantFormat format;
+    uint8_t code;
+    float value;  // NaN: any NaN
+  };
+  const Decoded decoded[] = {
+      {QuantFormat::kFp8E4M3FN, 0x7E, 448.0f},
+      {QuantFormat::kFp8E4M3FN, 0x7F, nan},
+      {QuantFormat::kFp8E4M3FN, 0xFF, nan},
+      {QuantFormat::kFp8E4M3FN, 0x78, 256.0f},
+      {QuantFormat::kFp8E4M3FN, 0x01, std::ldexp(1.0f, -9)},
+      {QuantFormat::kFp8E4M3FN, 0x87, -std::ldexp(7.0f, -9)},
+      {QuantFormat::kFp8E5M2, 0x7B, 57344.0f},
+      {QuantFormat::kFp8E5M2, 0x7C, inf},
+      {QuantFormat::kFp8E5M2, 0xFC, -inf},
+      {QuantFormat::kFp8E5M2, 0x7D, nan},
+      {QuantFormat::kFp8E5M2, 0x03, std::ldexp(3.0f, -16)},
+      {QuantFormat::kHfp8, 0x7F, 480.0f},
+      {QuantFormat::kHfp8, 0xFF, -480.0f},
+      {QuantFormat::kHfp8, 0x78, 256.0f},
+      {QuantFormat::kHfp8, 0x80, -0.0f},
+  };
+  for (const Decoded& d : decoded) {
+    SCOPED_TRACE(std::string(quant_format_name(d.format)) + " code " + std::to_string(d.code));
+    uint8_t code = d.code;
+    float got = 0;
+    ASSERT_TRUE(
+        dequantize_rows({&code, d.format, 1, 1, 1, {}}, make_view_2d(&got, DType::kFloat32, 1, 1))
+            .ok());
+    const float want = ref::dequantize({&code, d.format, 1, 1, 1, {}})[0];
+    if (std::isnan(d.value)) {
+      EXPECT_TRUE(std::isnan(got));
+      EXPECT_TRUE(std::isnan(want));
+    } else {
+      EXPECT_EQ(ref::float_bits(got), ref::float_bits(d.value));
+      EXPECT_EQ(ref::float_bits(want), ref::float_bits(d.value));
+    }
+  }
 }
 
 // Rows whose bytes follow from the formulas by hand.
@@ -162,6 +271,15 @@ TEST(QuantizeRows, DequantizeMatchesReferenceAndRoundTrips) {
       const QuantizedTable qt{q.data(), f, rows, dim, quantized_row_bytes(f, dim), {}};
       const std::vector<float> back = ref::dequantize(qt);
       const int bits = quant_format_bits(f);
+      if (is_fp8(f)) {
+        // Within half a unit in the last place of the value (3 or 2 mantissa bits): the values
+        // are well inside every format's normal range.
+        const float relative = f == QuantFormat::kFp8E5M2 ? 0.125f : 0.0625f;
+        for (size_t i = 0; i < w.size(); ++i) {
+          EXPECT_LE(std::fabs(back[i] - w[i]), relative * std::fabs(w[i]) + 1e-3f) << i;
+        }
+        continue;
+      }
       for (int64_t r = 0; r < rows; ++r) {
         float lo = w[static_cast<size_t>(r * dim)], hi = lo;
         for (int64_t d = 0; d < dim; ++d) {
@@ -255,6 +373,10 @@ std::string codec_of(QuantFormat f) {
     case QuantFormat::kInt2:
     case QuantFormat::kTbeInt2:
       return "u2f16";
+    case QuantFormat::kFp8E4M3FN:
+    case QuantFormat::kFp8E5M2:
+    case QuantFormat::kHfp8:
+      return "f8";
   }
   return "?";
 }
@@ -469,7 +591,7 @@ TEST(QuantizedDifferential, EqualsFloatForwardOnTheDequantisedTableForAnyThreadC
 TEST(QuantizedKernels, EveryFormatHasItsKernelsOnEveryCompiledCpuIsa) {
   for (Isa isa : compiled_isas()) {
     if (isa_device(isa) != DeviceType::kCPU) continue;
-    for (const char* codec : {"u8f32", "u8f16", "u4f16", "u2f16"}) {
+    for (const char* codec : {"u8f32", "u8f16", "u4f16", "u2f16", "f8"}) {
       for (const char* mode : {"sum", "wsum", "mean", "max", "max_values"}) {
         int found = 0;
         for (const VariantInfo& v : compiled_variants()) {

@@ -217,7 +217,8 @@ struct VariantInfo {
   std::optional<DType> weight_dtype;  // unset for pipelines without a table (GPU planning) and
                                       // for quantized-table kernels (see quant_codec)
   // Quantized-table forward kernels: what they decode, "u8f32" (8-bit codes, float32 scale and
-  // bias), "u8f16", "u4f16", "u2f16" (float16 scale and bias); "" for every other kernel.
+  // bias), "u8f16", "u4f16", "u2f16" (float16 scale and bias), "f8" (8-bit floats); "" for every
+  // other kernel.
   std::string quant_codec;
   std::optional<DType> index_dtype;  // set for pipelines that read the caller's indices
   DeviceType device;

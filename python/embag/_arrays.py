@@ -308,7 +308,8 @@ def embedding_bag(
     Args:
         weight: ``(V, D)`` float16/bfloat16/float32/float64 table. With ``max_norm`` the rows the
             bags reference are renormalised in place (as PyTorch does), so it must be writable.
-            Or an ``embag.QuantizedTable`` (``embag.quantize``): the output and
+            Or an ``embag.QuantizedTable`` (``embag.quantize``), or a torch
+            ``float8_e4m3fn`` / ``float8_e5m2`` tensor (read as its bytes): the output and
             per_sample_weights are then float32, and max_norm is refused.
         input: ``(N,)`` with ``offsets``, or ``(B, L)`` without; int32 or int64.
         offsets: ``(B,)`` (or ``(B+1,)`` with ``include_last_offset``) int32/int64 bag starts.
@@ -332,8 +333,9 @@ def embedding_bag(
         TypeError: an argument is not a DLPack array.
         embag.UnsupportedError: well-formed, but this build or machine cannot run it.
     """
-    from ._quantized import QuantizedTable  # noqa: PLC0415
+    from ._quantized import QuantizedTable, float8_table  # noqa: PLC0415
 
+    weight = float8_table(weight) or weight
     if isinstance(weight, QuantizedTable):
         return _embedding_bag_quantized(
             weight,

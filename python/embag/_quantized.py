@@ -4,8 +4,11 @@
 array of the weight's own library (NumPy or torch), byte for byte what PyTorch's
 ``embedding_bag_byte_prepack`` / ``embedding_bag_4bit_prepack`` / ``embedding_bag_2bit_prepack``
 (formats ``int8``, ``int4``, ``int2``) or FBGEMM's TBE quantizer (``tbe_int8``, ``tbe_int4``,
-``tbe_int2``: scale and bias in front) return for it. ``QuantizedTable(prepacked, "int8")``
-wraps bytes a model already has, and ``embag.embedding_bag(table, ...)`` pools them.
+``tbe_int2``: scale and bias in front) return for it; or its 8-bit floats, one byte per element,
+as ``weight.to(torch.float8_e4m3fn)`` / ``torch.float8_e5m2`` (``fp8_e4m3fn``, ``fp8_e5m2``) or
+FBGEMM's ``FloatToHFP8Quantized`` (``hfp8``, its TBE's ``SparseType.FP8``) give them.
+``QuantizedTable(prepacked, "int8")`` wraps bytes a model already has, and
+``embag.embedding_bag(table, ...)`` pools them; a torch float8 tensor is taken as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ from typing import Any, Optional
 
 from . import _embag
 
-FORMATS = ("int8", "int4", "int2", "tbe_int8", "tbe_int4", "tbe_int2")
+FORMATS = (
+    "int8",
+    "int4",
+    "int2",
+    "tbe_int8",
+    "tbe_int4",
+    "tbe_int2",
+    "fp8_e4m3fn",
+    "fp8_e5m2",
+    "hfp8",
+)
 
 # bits of a code, bytes of scale + bias
 _LAYOUT = {
@@ -24,7 +37,33 @@ _LAYOUT = {
     "tbe_int8": (8, 4),
     "tbe_int4": (4, 4),
     "tbe_int2": (2, 4),
+    "fp8_e4m3fn": (8, 0),
+    "fp8_e5m2": (8, 0),
+    "hfp8": (8, 0),
 }
+
+# torch's 8-bit float dtypes (by name) and the format of their bytes
+_TORCH_FLOAT8 = {"float8_e4m3fn": "fp8_e4m3fn", "float8_e5m2": "fp8_e5m2"}
+
+
+def float8_format(weight: Any) -> Optional[str]:
+    """The format of a torch ``float8_e4m3fn`` / ``float8_e5m2`` tensor's bytes, else None."""
+    torch = _torch_module()
+    if torch is None or not isinstance(weight, torch.Tensor):
+        return None
+    return _TORCH_FLOAT8.get(str(weight.dtype).replace("torch.", ""))
+
+
+def float8_table(weight: Any) -> Optional["QuantizedTable"]:
+    """A 2-D torch float8 tensor as the QuantizedTable of its bytes (no copy), else None."""
+    format = float8_format(weight)
+    if format is None:
+        return None
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight has to be a 2D Tensor, but got Tensor of dimension {weight.dim()}"
+        )
+    return QuantizedTable(weight.view(_torch_module().uint8), format, int(weight.shape[1]))
 
 
 def _check_format(format: Any) -> str:

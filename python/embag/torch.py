@@ -27,8 +27,10 @@ A broken rule raises ``embag.EmbeddingBagError``, both a ``RuntimeError`` (as Py
 Quantized tables: ``embedding_bag_byte_rowwise_offsets`` and ``embedding_bag_4bit_rowwise_offsets``
 take the uint8 tensors ``torch.ops.quantized.embedding_bag_byte_prepack`` / ``_4bit_prepack``
 return, with PyTorch's signature, and honour ``mode`` (PyTorch 2.14's CPU ops return the sum
-for every mode). ``QuantizedEmbeddingBag`` is the module. They run the custom operator
-``embag::quantized_embedding_bag`` (inference only: it has no autograd formula).
+for every mode). ``QuantizedEmbeddingBag`` is the module. ``embedding_bag`` takes a
+``torch.float8_e4m3fn`` / ``float8_e5m2`` weight as an embag FP8 table (float32 output). They run
+the custom operator ``embag::quantized_embedding_bag`` (inference only: it has no autograd
+formula).
 
 Table-batched lookups (every table of a model in one call, training with the optimizer fused into
 backward, FBGEMM's TBE layout): ``TableBatchedEmbeddingBags`` (module ``embag._batched_torch``,
@@ -391,6 +393,13 @@ def embedding_bag(
     a ``RuntimeError`` (what PyTorch raises, what its callers catch) and a ``ValueError``; its
     ``NotImplementedError`` subclass for per_sample_weights with mode mean or max, as PyTorch.
     """
+    from ._quantized import float8_format  # noqa: PLC0415
+
+    if float8_format(weight) is not None:
+        return _float8_embedding_bag(
+            input, weight, offsets, max_norm, mode, per_sample_weights, include_last_offset,
+            padding_idx,
+        )
     # Options checked here, with their names, before torch's schema sees them (which refuses
     # padding_idx=2**63 in its own words, naming no argument). Eagerly only: under
     # torch.compile the schema checks the traced values.
@@ -517,6 +526,36 @@ def _quantized_fake(
     else:
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
     return data.new_empty((bags, dim), dtype=torch.float32)
+
+
+def _float8_embedding_bag(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Optional[Tensor],
+    max_norm: Optional[float],
+    mode: str,
+    per_sample_weights: Optional[Tensor],
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+) -> Tensor:
+    """``embedding_bag`` on a torch float8 table: its bytes pooled as an embag FP8 table
+    (float32 output, inference only: the custom op has no autograd formula)."""
+    from ._quantized import float8_table  # noqa: PLC0415
+
+    if max_norm is not None:
+        raise ValueError("max_norm is not supported with a float8 table (it is read-only here)")
+    table = float8_table(weight)
+    return _quantized_op(
+        table.data,
+        table.format,
+        table.dim,
+        input,
+        offsets,
+        per_sample_weights,
+        mode,
+        include_last_offset,
+        padding_idx,
+    )
 
 
 def _rowwise_offsets(

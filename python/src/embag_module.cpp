@@ -271,9 +271,9 @@ embag::QuantizedTable quantized_view(nb::handle capsule, const char* name,
   }
   const std::optional<embag::QuantFormat> parsed = embag::parse_quant_format(format);
   if (!parsed) {
-    throw nb::value_error(("unknown quantized format '" + format +
-                           "' (known: int8, int4, int2, tbe_int8, tbe_int4, tbe_int2)")
-                              .c_str());
+    throw nb::value_error(
+        ("unknown quantized format '" + format + "' (known: " + embag::quant_format_names() + ")")
+            .c_str());
   }
   if (tensor->dtype.code != kDLUInt || tensor->dtype.bits != 8 || tensor->dtype.lanes != 1) {
     throw nb::value_error(
@@ -361,9 +361,9 @@ void forward_quantized(nb::handle data, const std::string& format, int64_t dim, 
 int64_t quantized_row_bytes(const std::string& format, int64_t dim) {
   const std::optional<embag::QuantFormat> parsed = embag::parse_quant_format(format);
   if (!parsed) {
-    throw nb::value_error(("unknown quantized format '" + format +
-                           "' (known: int8, int4, int2, tbe_int8, tbe_int4, tbe_int2)")
-                              .c_str());
+    throw nb::value_error(
+        ("unknown quantized format '" + format + "' (known: " + embag::quant_format_names() + ")")
+            .c_str());
   }
   return embag::quantized_row_bytes(*parsed, dim);
 }

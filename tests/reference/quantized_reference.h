@@ -1,5 +1,8 @@
 // The reference for quantized tables: a quantized row's meaning written once, as plain loops.
 //
+// An 8-bit float row (float8_e4m3fn, float8_e5m2, FBGEMM's HFP8) has no scale or bias: element d
+// is the value its byte denotes, computed here from the format's definition (sign, exponent,
+// mantissa, bias, special codes), not from the kernels' bit arithmetic. For the integer formats:
 // Dequantisation is fixed here: element d of a row is w = scale * q + bias in float32, the
 // product rounded before the add (this file is compiled with -ffp-contract=off), q the unsigned
 // code packed lowest bits first. Pooling is then exactly the float32 reference's (reference.h):

@@ -35,7 +35,7 @@ required:
 
 options:
   --format FORMAT             --weight is quantized: int8, int4, int2, tbe_int8, tbe_int4,
-                              tbe_int2 (docs/quantized.md)
+                              tbe_int2, fp8_e4m3fn, fp8_e5m2, hfp8 (docs/quantized.md)
   --dim D                     a quantized table's D (default: what fills a row, e.g. the row's
                               bytes - 8 for int8; needed for padded rows or odd 4-bit D)
   --offsets O.npy             1-D int32/int64: where each bag starts in a 1-D --input

@@ -23,12 +23,15 @@ constexpr char kUsage[] =
 Quantizes a (V, D) float table row by row and writes the (V, row bytes) uint8 table, byte for
 byte what torch.ops.quantized.embedding_bag_byte_prepack (int8), embedding_bag_4bit_prepack
 (int4), embedding_bag_2bit_prepack (int2) or FBGEMM's inference TBE quantizer (tbe_int8,
-tbe_int4, tbe_int2: scale and bias in front) write for it. `embag forward --format FORMAT`
-reads the result.
+tbe_int4, tbe_int2: scale and bias in front) write for it; or its 8-bit floats, one byte per
+element, as torch's .to(torch.float8_e4m3fn) (fp8_e4m3fn) or .to(torch.float8_e5m2)
+(fp8_e5m2) or FBGEMM's FloatToHFP8Quantized (hfp8, its TBE's SparseType.FP8) give them.
+`embag forward --format FORMAT` reads the result.
 
 required:
   --weight W.npy       (V, D) table: float32 or float16
-  --format FORMAT      int8, int4, int2, tbe_int8, tbe_int4 or tbe_int2
+  --format FORMAT      int8, int4, int2, tbe_int8, tbe_int4, tbe_int2, fp8_e4m3fn, fp8_e5m2
+                       or hfp8
   --output Q.npy       where the quantized table goes
 
 options:
@@ -86,8 +89,7 @@ Status parse_format(const ParsedFlags& flags, QuantFormat* format) {
   if (!text) return Status::Ok();
   const std::optional<QuantFormat> parsed = parse_quant_format(*text);
   if (!parsed) {
-    return usage_error("--format must be int8, int4, int2, tbe_int8, tbe_int4 or tbe_int2, not '" +
-                       *text + "'");
+    return usage_error("--format must be one of " + quant_format_names() + ", not '" + *text + "'");
   }
   *format = *parsed;
   return Status::Ok();
