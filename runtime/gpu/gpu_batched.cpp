@@ -160,7 +160,7 @@ Status BatchedDeviceCall::forward(const BatchedInputs& in, const BatchedPlan& pl
                                          : weight.allocate(value_type, 1, D));
     const bool in_place = device_.type == DeviceType::kCUDA;
     if (in_place) {
-      const auto* block = reinterpret_cast<const unsigned char*>(output.data) +
+      const auto* block = static_cast<const unsigned char*>(output.data) +
                           static_cast<size_t>(plan.columns[f]) * element;
       EMBAG_RETURN_IF_ERROR(out.wrap(block, plan.dtype, B, D, row_stride));
     } else {
