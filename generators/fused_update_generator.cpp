@@ -36,7 +36,8 @@
 namespace {
 
 using namespace Halide;
-using embag::kernels::Pipeline;
+// (not `Pipeline`: a generator class sees Halide::Pipeline under that name)
+using KernelFamily = embag::kernels::Pipeline;
 using embag::kernels::Pooling;
 using embag_generators::exact_product;
 using embag_generators::load_float;
@@ -54,8 +55,8 @@ Expr exact_sqrt(const Expr& x, const Target& target) {
 
 class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
  public:
-  GeneratorParam<Pipeline> optimizer{"optimizer", Pipeline::kFusedSgd,
-                                     embag::kernels::fused_optimizer_names()};
+  GeneratorParam<KernelFamily> optimizer{"optimizer", KernelFamily::kFusedSgd,
+                                         embag::kernels::fused_optimizer_names()};
   GeneratorParam<Type> weight_type{"weight_type", Float(32)};
 
   Input<Buffer<int32_t, 1>> segments{"segments"};
@@ -76,6 +77,10 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
   Input<float> weight_decay{"weight_decay"};
   Input<bool> l2_decay{"l2_decay"};
   Input<bool> decoupled_decay{"decoupled_decay"};
+  // 1 - learning_rate * weight_decay (row-wise Adagrad's decoupled decay), computed on the host:
+  // an expression of scalars only would be hoisted out of the GPU kernel into host code, where
+  // exact_product's NVVM multiply cannot be compiled.
+  Input<float> decoupled_correction{"decoupled_correction"};
   Input<float> bias_correction1{"bias_correction1"};
   Input<float> bias_correction2{"bias_correction2"};
 
@@ -84,30 +89,30 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
     grad_output_ = add_input<Buffer<>>("grad_output", stored, 2);
     per_sample_weights_ = add_input<Buffer<>>("per_sample_weights", stored, 1);
     weight_in_ = add_input<Buffer<>>("weight_in", stored, 2);
-    if (optimizer != Pipeline::kFusedSgd) {
+    if (optimizer != KernelFamily::kFusedSgd) {
       momentum1_in_ = add_input<Buffer<>>("momentum1_in", Float(32), state_dims());
     }
-    if (optimizer == Pipeline::kFusedAdam) {
+    if (optimizer == KernelFamily::kFusedAdam) {
       momentum2_in_ = add_input<Buffer<>>("momentum2_in", Float(32), 2);
     }
     // The intermediate stages are outputs too, into scratch the runtime allocates on the
     // call's stream: Halide then allocates no device memory of its own (its CUDA runtime would
     // allocate synchronously and cache the buffers past the call).
     gradient_output_ = add_output<Func>("gradient", Float(32), 2);
-    if (optimizer == Pipeline::kFusedRowwiseAdagrad) {
+    if (optimizer == KernelFamily::kFusedRowwiseAdagrad) {
       row_sum_output_ = add_output<Func>("row_sum", Float(32), 1);
     }
-    if (optimizer != Pipeline::kFusedSgd) {
+    if (optimizer != KernelFamily::kFusedSgd) {
       new_m1_output_ = add_output<Func>("new_momentum1", Float(32), state_dims());
     }
-    if (optimizer == Pipeline::kFusedAdam) {
+    if (optimizer == KernelFamily::kFusedAdam) {
       new_m2_output_ = add_output<Func>("new_momentum2", Float(32), 2);
     }
     weight_ = add_output<Func>("weight", stored, 2);
-    if (optimizer != Pipeline::kFusedSgd) {
+    if (optimizer != KernelFamily::kFusedSgd) {
       momentum1_ = add_output<Func>("momentum1", Float(32), state_dims());
     }
-    if (optimizer == Pipeline::kFusedAdam) {
+    if (optimizer == KernelFamily::kFusedAdam) {
       momentum2_ = add_output<Func>("momentum2", Float(32), 2);
     }
   }
@@ -160,14 +165,14 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
     Expr w = load_float(weight_in(d_, row), weight_type, f32, target);
     Expr gd = gradient_(d_, k_);
     Expr new_w;
-    switch (static_cast<Pipeline>(optimizer)) {
-      case Pipeline::kFusedAdagrad: {
+    switch (static_cast<KernelFamily>(optimizer)) {
+      case KernelFamily::kFusedAdagrad: {
         new_m1_(d_, k_) = strict_float((*momentum1_in_)(d_, row) + exact_product(gd, gd, target));
         new_w = strict_float(w - exact_product(lr, gd, target) /
                                      (exact_sqrt(new_m1_(d_, k_), target) + epsilon));
         break;
       }
-      case Pipeline::kFusedRowwiseAdagrad: {
+      case KernelFamily::kFusedRowwiseAdagrad: {
         // h = g + weight_decay * w with L2 decay; its squares summed over d from 0 up.
         Func h("h");
         h(d_, k_) = select(l2, strict_float(gd + exact_product(decay, w, target)), gd);
@@ -178,14 +183,13 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
         new_m1_(k_) = strict_float((*momentum1_in_)(row) +
                                    row_sum_(k_) / cast(f32, weight_in.dim(0).extent()));
         Expr multiplier = strict_float(lr / (exact_sqrt(new_m1_(k_), target) + epsilon));
-        Expr correction =
-            select(l2, strict_float(1.0f - exact_product(multiplier, decay, target)), decoupled,
-                   strict_float(1.0f - exact_product(lr, decay, target)), cast(f32, 1.0f));
+        Expr correction = select(l2, strict_float(1.0f - exact_product(multiplier, decay, target)),
+                                 decoupled, Expr(decoupled_correction), cast(f32, 1.0f));
         new_w = strict_float(exact_product(correction, w, target) -
                              exact_product(gd, multiplier, target));
         break;
       }
-      case Pipeline::kFusedAdam: {
+      case KernelFamily::kFusedAdam: {
         Expr one_minus_beta1 = strict_float(1.0f - b1);
         Expr one_minus_beta2 = strict_float(1.0f - b2);
         new_m1_(d_, k_) = strict_float(exact_product((*momentum1_in_)(d_, row), b1, target) +
@@ -236,7 +240,7 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
       // (Not compiled into embag: the CPU path is runtime/batched_backward.cpp. A plain schedule
       // keeps the generator valid for any target.)
       fold_.compute_at(gradient_, d_);
-      if (optimizer == Pipeline::kFusedRowwiseAdagrad) sum_fold_.compute_at(row_sum_, k_);
+      if (optimizer == KernelFamily::kFusedRowwiseAdagrad) sum_fold_.compute_at(row_sum_, k_);
       return;
     }
     // (gradient, row_sum, new_momentum1/2 are outputs: each its own kernel, run before the
@@ -247,7 +251,7 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
     tile_2d(gradient_);
     fold_.compute_at(gradient_, Var("d_thread"));
     fold_.update().unscheduled();
-    if (optimizer == Pipeline::kFusedRowwiseAdagrad) {
+    if (optimizer == KernelFamily::kFusedRowwiseAdagrad) {
       // One thread per group sums its h*h over d in order.
       Var block("sum_block"), thread("sum_thread");
       row_sum_.gpu_tile(k_, block, thread, 64, TailStrategy::GuardWithIf);
@@ -255,10 +259,10 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
       sum_fold_.update().unscheduled();
       Var m_block("m_block"), m_thread("m_thread");
       new_m1_.gpu_tile(k_, m_block, m_thread, 64, TailStrategy::GuardWithIf);
-    } else if (optimizer != Pipeline::kFusedSgd) {
+    } else if (optimizer != KernelFamily::kFusedSgd) {
       tile_2d(new_m1_);
     }
-    if (optimizer == Pipeline::kFusedAdam) tile_2d(new_m2_);
+    if (optimizer == KernelFamily::kFusedAdam) tile_2d(new_m2_);
 
     // The in-place writes, as embag_scatter_rows schedules its listed rows: the rows of one
     // launch are distinct (the runtime lists each once), so the writes of different r never
@@ -275,7 +279,7 @@ class EmbagFusedUpdate : public Generator<EmbagFusedUpdate> {
   }
 
  private:
-  int state_dims() const { return optimizer == Pipeline::kFusedRowwiseAdagrad ? 1 : 2; }
+  int state_dims() const { return optimizer == KernelFamily::kFusedRowwiseAdagrad ? 1 : 2; }
 
   void tile_2d(Func f) {
     Var d_block("d_block"), k_block("k_block"), d_thread("d_thread"), k_thread("k_thread");

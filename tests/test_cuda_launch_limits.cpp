@@ -314,6 +314,7 @@ TEST_P(CudaLaunchLimits, FusedUpdate600000Rows) {
             .scalar("weight_decay", &decay)
             .scalar("l2_decay", &no)
             .scalar("decoupled_decay", &no)
+            .scalar("decoupled_correction", &correction)
             .scalar("bias_correction1", &correction)
             .scalar("bias_correction2", &correction)
             .buffer("grad_output", grad.get())

@@ -252,6 +252,9 @@ Status BatchedDeviceCall::fused_update(const BatchedInputs& in, const BatchedPla
   const bool l2_decay = config.weight_decay_mode == WeightDecayMode::kL2;
   const bool decoupled_decay = config.weight_decay_mode == WeightDecayMode::kDecoupled;
   const bool rowwise = config.optimizer == Optimizer::kRowwiseAdagrad;
+  // (one float32 multiply, then the subtraction, as the CPU path computes it)
+  const float product = learning_rate * weight_decay;
+  const float decoupled_correction = 1.0f - product;
   // Groups are sorted by (table, row): each table's are one run, one launch each.
   for (int64_t begin = 0; begin < U;) {
     const int64_t t = group_table[begin];
@@ -288,6 +291,7 @@ Status BatchedDeviceCall::fused_update(const BatchedInputs& in, const BatchedPla
         .scalar("weight_decay", &weight_decay)
         .scalar("l2_decay", &l2_decay)
         .scalar("decoupled_decay", &decoupled_decay)
+        .scalar("decoupled_correction", &decoupled_correction)
         .scalar("bias_correction1", &bias_correction1)
         .scalar("bias_correction2", &bias_correction2)
         .buffer("grad_output", grad.get())
