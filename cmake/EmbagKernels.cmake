@@ -546,6 +546,19 @@ foreach (isa IN LISTS EMBAG_GPU_ISAS)
                      PIPELINE kWriteBackRows WEIGHT ${w}
                      PARAMS weight_type=${EMBAG_HALIDE_TYPE_${w}} zero_fill=false masked=true)
   endforeach ()
+  # Table-batched training (generators/fused_update_generator.cpp): the fused optimizer updates,
+  # for the batched calls' table dtypes (float32, float16, bfloat16).
+  foreach (w IN ITEMS f32 f16 bf16)
+    foreach (pair IN ITEMS "sgd;kFusedSgd" "adagrad;kFusedAdagrad"
+                           "rowwise_adagrad;kFusedRowwiseAdagrad" "adam;kFusedAdam")
+      list(GET pair 0 optimizer)
+      list(GET pair 1 pipeline)
+      embag_add_kernel(embag_fused_${optimizer}_${w}_${isa}
+                       GENERATOR embag_fused_update ISA ${isa}
+                       PIPELINE ${pipeline} WEIGHT ${w}
+                       PARAMS optimizer=${optimizer} weight_type=${EMBAG_HALIDE_TYPE_${w}})
+    endforeach ()
+  endforeach ()
 endforeach ()
 
 set(EMBAG_GENERATED_DIR "${CMAKE_BINARY_DIR}/generated")

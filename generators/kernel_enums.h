@@ -59,6 +59,12 @@ enum class Pipeline : uint8_t {
   kBagDivisor,     // the same as int32 (mean's divisor in backward)
   kScatterRows,    // dense gradient: zero the (V, D) table, then write the listed rows
   kWriteBackRows,  // renorm: write only the listed rows marked changed, nothing else
+  // Table-batched training (GPU): fold each touched row's gradient and apply the optimizer to the
+  // row and its state in place, one kernel per optimizer (generators/fused_update_generator.cpp).
+  kFusedSgd,
+  kFusedAdagrad,
+  kFusedRowwiseAdagrad,
+  kFusedAdam,
   kCount
 };
 
@@ -175,8 +181,23 @@ inline constexpr NamedValue<Pipeline> kPipelineNames[] = {
     {Pipeline::kBagCount, "bag_count"},
     {Pipeline::kBagDivisor, "bag_divisor"},
     {Pipeline::kScatterRows, "scatter_rows"},
-    {Pipeline::kWriteBackRows, "write_back_rows"}};
+    {Pipeline::kWriteBackRows, "write_back_rows"},
+    {Pipeline::kFusedSgd, "fused_sgd"},
+    {Pipeline::kFusedAdagrad, "fused_adagrad"},
+    {Pipeline::kFusedRowwiseAdagrad, "fused_rowwise_adagrad"},
+    {Pipeline::kFusedAdam, "fused_adam"}};
 inline const char* pipeline_name(Pipeline pipeline) { return name_of(kPipelineNames, pipeline); }
+
+// The fused-update generator's `optimizer` GeneratorParam: the optimizer names of
+// include/embag/batched.h (optimizer_name), each mapped to its kernel family.
+inline constexpr NamedValue<Pipeline> kFusedOptimizerNames[] = {
+    {Pipeline::kFusedSgd, "sgd"},
+    {Pipeline::kFusedAdagrad, "adagrad"},
+    {Pipeline::kFusedRowwiseAdagrad, "rowwise_adagrad"},
+    {Pipeline::kFusedAdam, "adam"}};
+inline const std::map<std::string, Pipeline>& fused_optimizer_names() {
+  return names_map<kFusedOptimizerNames>();
+}
 
 // Each name table lists every value of its enum once.
 static_assert(std::size(kPipelineNames) == static_cast<size_t>(Pipeline::kCount));

@@ -13,6 +13,9 @@
 // thread count. The updates are plain C++ compiled without FMA contraction (-ffp-contract=off in
 // runtime/CMakeLists.txt), one float32 operation per step of the formulas in batched.h, as
 // tests/reference computes them.
+//
+// A call whose tensors are on a GPU is validated and grouped here too, and its update runs in
+// the fused optimizer kernels (runtime/gpu/gpu_batched.cpp): the same formulas, the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,6 +25,7 @@
 #include "api_guard.h"
 #include "batched_plan.h"
 #include "forward_plan.h"
+#include "gpu/gpu_batched.h"
 #include "half_float.h"
 #include "kernel_thread_pool.h"
 #include "status_macros.h"
@@ -30,6 +34,7 @@ namespace embag {
 namespace {
 
 using internal::BatchedPlan;
+using internal::BatchedRowGroups;
 
 Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
@@ -210,20 +215,11 @@ void narrow(void* base, int64_t i, float value) {
   }
 }
 
-// The valid positions grouped by (table, row): keys ascending, positions in input order within
-// a key (a stable LSD radix sort on key = table's first global row + row).
-struct RowGroups {
-  std::vector<uint64_t> keys;             // U distinct keys
-  std::vector<int64_t> segments;          // U + 1
-  std::vector<int64_t> sorted_positions;  // M
-  // The bag (f*B + b) of each sorted position, carried through the sort: looking it up per
-  // position afterwards would be a cache miss per position on large batches.
-  std::vector<int64_t> sorted_bags;  // M
-  std::vector<int32_t> bag_valid;    // F*B
-  std::vector<uint64_t> table_base;  // T + 1: first global row of each table
-};
+}  // namespace
 
-void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) {
+namespace internal {
+
+void group_batched_rows(const BatchedInputs& in, const BatchedPlan& plan, BatchedRowGroups* g) {
   const int64_t F = plan.num_features, B = plan.num_bags;
   g->table_base.assign(static_cast<size_t>(plan.num_tables) + 1, 0);
   for (int64_t t = 0; t < plan.num_tables; ++t) {
@@ -280,6 +276,10 @@ void group_rows(const BatchedInputs& in, const BatchedPlan& plan, RowGroups* g) 
   g->segments.push_back(static_cast<int64_t>(m));
 }
 
+}  // namespace internal
+
+namespace {
+
 // How many sorted positions ahead the fold prefetches grad_output rows.
 constexpr int64_t kPrefetchAhead = 8;
 
@@ -289,7 +289,7 @@ struct FusedPass {
   const TensorView* grad_output;
   const OptimizerConfig* config;
   const std::vector<OptimizerState>* state;
-  const RowGroups* groups;
+  const BatchedRowGroups* groups;
   std::vector<int64_t> chunk_begin;  // tasks + 1 indices into groups->keys
   int64_t max_dim = 0;
   float bias_correction1 = 1, bias_correction2 = 1;  // Adam
@@ -299,7 +299,7 @@ struct FusedPass {
 template <DType kDType>
 void update_row(const FusedPass& pass, size_t u, float* g) {
   const BatchedPlan& plan = *pass.plan;
-  const RowGroups& groups = *pass.groups;
+  const BatchedRowGroups& groups = *pass.groups;
   const uint64_t key = groups.keys[u];
   const int64_t t = static_cast<int64_t>(
       std::upper_bound(groups.table_base.begin(), groups.table_base.end(), key) -
@@ -419,7 +419,7 @@ Status check_config(const OptimizerConfig& c) {
   return Status::Ok();
 }
 
-Status check_state(const BatchedInputs& in, const OptimizerConfig& c,
+Status check_state(const BatchedInputs& in, const BatchedPlan& plan, const OptimizerConfig& c,
                    const std::vector<OptimizerState>& state) {
   if (state.size() != in.tables.size()) {
     return invalid("state has " + std::to_string(state.size()) + " entries, but there are " +
@@ -440,11 +440,7 @@ Status check_state(const BatchedInputs& in, const OptimizerConfig& c,
       expected.ndim = want.first;
       expected.shape[0] = want.second[0];
       expected.shape[1] = want.second[1];
-      if (view->device.type != DeviceType::kCPU) {
-        return Status(StatusCode::kUnsupported, name + " is on " +
-                                                    device_type_name(view->device.type) +
-                                                    ", but batched calls run on the CPU only");
-      }
+      EMBAG_RETURN_IF_ERROR(internal::check_batched_device(*view, name, plan));
       if (view->ndim != want.first || view->shape[0] != want.second[0] ||
           (want.first == 2 && view->shape[1] != want.second[1])) {
         return invalid(name + " must have shape " + expected.shape_string() + " for " +
@@ -459,14 +455,24 @@ Status check_state(const BatchedInputs& in, const OptimizerConfig& c,
   return Status::Ok();
 }
 
+// Adam's bias corrections c1 = 1 - beta1^t and c2 = 1 - beta2^t, float32, once per call (1 and 1
+// for the other optimizers), for the CPU and GPU updates alike.
+void bias_corrections(const OptimizerConfig& config, float* c1, float* c2) {
+  *c1 = *c2 = 1.0f;
+  if (config.optimizer != Optimizer::kAdam) return;
+  const float t = static_cast<float>(config.step);
+  *c1 = 1.0f - std::pow(config.beta1, t);
+  *c2 = 1.0f - std::pow(config.beta2, t);
+}
+
 Status prepare_fused(const BatchedInputs& in, const TensorView& grad_output,
                      const OptimizerConfig& config, const std::vector<OptimizerState>& state,
-                     BatchedPlan* plan, bool copy) {
-  EMBAG_RETURN_IF_ERROR(internal::validate_batched_inputs(in, plan, copy));
+                     BatchedPlan* plan, bool copy, internal::DeviceArrayReader* device = nullptr) {
+  EMBAG_RETURN_IF_ERROR(internal::validate_batched_inputs(in, plan, copy, device));
   EMBAG_RETURN_IF_ERROR(internal::validate_batched_output(grad_output, "grad_output", *plan));
   EMBAG_RETURN_IF_ERROR(refuse_max_tables(in, *plan));
   EMBAG_RETURN_IF_ERROR(check_config(config));
-  EMBAG_RETURN_IF_ERROR(check_state(in, config, state));
+  EMBAG_RETURN_IF_ERROR(check_state(in, *plan, config, state));
   std::vector<std::pair<const TensorView*, std::string>> writes;
   for (size_t t = 0; t < in.tables.size(); ++t) {
     writes.push_back({&in.tables[t].weight, "table " + std::to_string(t)});
@@ -478,6 +484,22 @@ Status prepare_fused(const BatchedInputs& in, const TensorView& grad_output,
       writes.push_back({&state[t].momentum2, "table " + std::to_string(t) + "'s momentum2"});
   }
   return check_writes_apart(in, grad_output, writes);
+}
+
+// A GPU fused call: validated on the host (offsets and indices read once), grouped on the host
+// as the CPU path groups, then updated on the device (runtime/gpu/gpu_batched.cpp).
+Status gpu_fused(const BatchedInputs& in, const TensorView& grad_output,
+                 const OptimizerConfig& config, const std::vector<OptimizerState>& state,
+                 const Execution& execution, bool run) {
+  internal::gpu::BatchedDeviceCall gpu(internal::batched_device(in), execution);
+  BatchedPlan plan;
+  EMBAG_RETURN_IF_ERROR(prepare_fused(in, grad_output, config, state, &plan, /*copy=*/true, &gpu));
+  if (!run) return gpu.check_fused(plan, config.optimizer);
+  BatchedRowGroups groups;
+  internal::group_batched_rows(in, plan, &groups);
+  float c1 = 1.0f, c2 = 1.0f;
+  bias_corrections(config, &c1, &c2);
+  return gpu.fused_update(in, plan, groups, grad_output, config, state, c1, c2);
 }
 
 }  // namespace
@@ -581,8 +603,12 @@ Status batched_backward(const BatchedInputs& inputs, const TensorView& grad_outp
 
 Status validate_batched_fused_backward(const BatchedInputs& inputs, const TensorView& grad_output,
                                        const OptimizerConfig& config,
-                                       const std::vector<OptimizerState>& state) {
+                                       const std::vector<OptimizerState>& state,
+                                       const Execution& execution) {
   return internal::guard_api([&] {
+    if (internal::batched_device(inputs).type != DeviceType::kCPU) {
+      return gpu_fused(inputs, grad_output, config, state, execution, /*run=*/false);
+    }
     BatchedPlan plan;
     return prepare_fused(inputs, grad_output, config, state, &plan, /*copy=*/false);
   });
@@ -590,20 +616,20 @@ Status validate_batched_fused_backward(const BatchedInputs& inputs, const Tensor
 
 Status batched_fused_backward(const BatchedInputs& inputs, const TensorView& grad_output,
                               const OptimizerConfig& config,
-                              const std::vector<OptimizerState>& state) {
+                              const std::vector<OptimizerState>& state,
+                              const Execution& execution) {
   return internal::guard_api([&] {
+    if (internal::batched_device(inputs).type != DeviceType::kCPU) {
+      return gpu_fused(inputs, grad_output, config, state, execution, /*run=*/true);
+    }
     BatchedPlan plan;
     EMBAG_RETURN_IF_ERROR(prepare_fused(inputs, grad_output, config, state, &plan, /*copy=*/true));
-    RowGroups groups;
-    group_rows(inputs, plan, &groups);
+    BatchedRowGroups groups;
+    internal::group_batched_rows(inputs, plan, &groups);
     FusedPass pass{&inputs, &plan, &grad_output, &config, &state, &groups, {}, 0, 1, 1};
     for (const BatchedTable& t : inputs.tables)
       pass.max_dim = std::max(pass.max_dim, t.weight.shape[1]);
-    if (config.optimizer == Optimizer::kAdam) {
-      const float t = static_cast<float>(config.step);
-      pass.bias_correction1 = 1.0f - std::pow(config.beta1, t);
-      pass.bias_correction2 = 1.0f - std::pow(config.beta2, t);
-    }
+    bias_corrections(config, &pass.bias_correction1, &pass.bias_correction2);
     // Chunks of rows with about equal positions (each position is one row of D terms).
     const int64_t U = static_cast<int64_t>(groups.keys.size());
     const int64_t M = groups.segments.empty() ? 0 : groups.segments.back();

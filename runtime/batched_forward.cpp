@@ -10,6 +10,10 @@
 // the output row written), about four tasks per thread in all, never across features; the
 // pool hands them out dynamically, so a huge table's feature is spread over every thread while
 // a tiny one's is one task.
+//
+// A call whose tensors are on a GPU is validated here (its offsets and indices read to the host
+// once) and then runs the single-table GPU forward kernel per feature
+// (runtime/gpu/gpu_batched.cpp).
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -21,6 +25,7 @@
 #include "batched_plan.h"
 #include "call_context.h"
 #include "forward_plan.h"
+#include "gpu/gpu_batched.h"
 #include "halide_buffer.h"
 #include "kernel_call.h"
 #include "kernel_registry.h"
@@ -186,6 +191,18 @@ Status validate_all(const BatchedInputs& in, const TensorView& output, BatchedPl
   return select_table_kernels(in, *plan, kernels);
 }
 
+// A GPU call: validated on the host (offsets and indices read once), then run on the device.
+Status gpu_forward(const BatchedInputs& inputs, const TensorView& output,
+                   const Execution& execution, bool run) {
+  internal::gpu::BatchedDeviceCall gpu(internal::batched_device(inputs), execution);
+  BatchedPlan plan;
+  if (Status s = internal::validate_batched_inputs(inputs, &plan, /*copy=*/true, &gpu); !s.ok())
+    return s;
+  if (Status s = internal::validate_batched_output(output, "output", plan); !s.ok()) return s;
+  if (Status s = check_output_overlap(inputs, output); !s.ok()) return s;
+  return run ? gpu.forward(inputs, plan, output) : gpu.check_forward(plan);
+}
+
 }  // namespace
 
 int64_t batched_num_bags(const BatchedInputs& inputs) {
@@ -212,16 +229,24 @@ int64_t batched_output_columns(const BatchedInputs& inputs) {
   return end;
 }
 
-Status validate_batched_forward(const BatchedInputs& inputs, const TensorView& output) {
+Status validate_batched_forward(const BatchedInputs& inputs, const TensorView& output,
+                                const Execution& execution) {
   return internal::guard_api([&] {
+    if (internal::batched_device(inputs).type != DeviceType::kCPU) {
+      return gpu_forward(inputs, output, execution, /*run=*/false);
+    }
     BatchedPlan plan;
     std::vector<const KernelEntry*> kernels;
     return validate_all(inputs, output, &plan, /*copy=*/false, &kernels);
   });
 }
 
-Status batched_forward(const BatchedInputs& inputs, const TensorView& output) {
+Status batched_forward(const BatchedInputs& inputs, const TensorView& output,
+                       const Execution& execution) {
   return internal::guard_api([&] {
+    if (internal::batched_device(inputs).type != DeviceType::kCPU) {
+      return gpu_forward(inputs, output, execution, /*run=*/true);
+    }
     BatchedPlan plan;
     std::vector<const KernelEntry*> kernels;
     if (Status s = validate_all(inputs, output, &plan, /*copy=*/true, &kernels); !s.ok()) return s;

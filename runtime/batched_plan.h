@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "embag/batched.h"
@@ -12,6 +13,7 @@
 namespace embag::internal {
 
 struct BatchedPlan {
+  Device device;                       // where every tensor of the call is (the tables')
   int64_t num_tables = 0;              // T
   int64_t num_features = 0;            // F
   int64_t num_bags = 0;                // B per feature
@@ -40,13 +42,47 @@ struct BatchedPlan {
   }
 };
 
+// Copies the first `count` elements of a 1-D view in device memory to the host (a GPU call's
+// offsets and indices, which validation reads on the host: runtime/gpu/gpu_batched.h).
+class DeviceArrayReader {
+ public:
+  virtual ~DeviceArrayReader() = default;
+  virtual Status read(const TensorView& view, int64_t count, void* host) = 0;
+};
+
+// The device of a batched call: its tables' (or, with none, its indices').
+Device batched_device(const BatchedInputs& inputs);
+
 // Validates the inputs (tables, feature map, indices, offsets and their values, per-sample
 // weights, column blocks) and fills `plan`. With `copy` the offsets and indices are copied
 // first and the copies validated and used (calls that run); without, the caller's arrays are
-// read in place (validate_*, which run nothing).
-Status validate_batched_inputs(const BatchedInputs& inputs, BatchedPlan* plan, bool copy);
+// read in place (validate_*, which run nothing). Every tensor must be on one device; for a GPU
+// call `device` reads the offsets and indices into the copies (copy or not), and without it GPU
+// tensors are refused (kUnsupported: the calls that have no GPU path).
+Status validate_batched_inputs(const BatchedInputs& inputs, BatchedPlan* plan, bool copy,
+                               DeviceArrayReader* device = nullptr);
 
 // Validates a (B, C) output or grad_output of the tables' dtype against a validated plan.
 Status validate_batched_output(const TensorView& view, const char* name, const BatchedPlan& plan);
+
+// `view` (named `name`) is on the call's device, or the message says where it is instead.
+Status check_batched_device(const TensorView& view, const std::string& name,
+                            const BatchedPlan& plan);
+
+// The valid positions grouped by (table, row), as the fused backward folds them: keys ascending,
+// positions in input order within a key (a stable LSD radix sort on key = the table's first
+// global row + the row). runtime/batched_backward.cpp.
+struct BatchedRowGroups {
+  std::vector<uint64_t> keys;             // U distinct keys
+  std::vector<int64_t> segments;          // U + 1
+  std::vector<int64_t> sorted_positions;  // M
+  // The bag (f*B + b) of each sorted position, carried through the sort: looking it up per
+  // position afterwards would be a cache miss per position on large batches.
+  std::vector<int64_t> sorted_bags;  // M
+  std::vector<int32_t> bag_valid;    // F*B
+  std::vector<uint64_t> table_base;  // T + 1: first global row of each table
+};
+void group_batched_rows(const BatchedInputs& inputs, const BatchedPlan& plan,
+                        BatchedRowGroups* groups);
 
 }  // namespace embag::internal

@@ -36,11 +36,7 @@ Status check_tables(const BatchedInputs& in, BatchedPlan* plan) {
   for (size_t t = 0; t < in.tables.size(); ++t) {
     const TensorView& w = in.tables[t].weight;
     const std::string name = "table " + std::to_string(t);
-    if (w.device.type != DeviceType::kCPU) {
-      return Status(StatusCode::kUnsupported,
-                    name + " is on " + device_type_name(w.device.type) +
-                        ", but batched calls run on the CPU only (for now)");
-    }
+    if (Status s = check_batched_device(w, name, *plan); !s.ok()) return s;
     if (w.ndim != 2) {
       return invalid(name + " must be 2-D (V, D), but has shape " + w.shape_string());
     }
@@ -126,11 +122,7 @@ Status check_index_arrays(const BatchedInputs& in, BatchedPlan* plan) {
   const TensorView& idx = in.indices;
   const TensorView& off = in.offsets;
   for (const auto& [view, name] : {std::pair{&idx, "indices"}, std::pair{&off, "offsets"}}) {
-    if (view->device.type != DeviceType::kCPU) {
-      return Status(StatusCode::kUnsupported, std::string(name) + " is on " +
-                                                  device_type_name(view->device.type) +
-                                                  ", but batched calls run on the CPU only");
-    }
+    if (Status s = check_batched_device(*view, name, *plan); !s.ok()) return s;
     if (view->ndim != 1) {
       return invalid(std::string(name) + " must be 1-D, but has shape " + view->shape_string());
     }
@@ -160,11 +152,7 @@ Status check_index_arrays(const BatchedInputs& in, BatchedPlan* plan) {
   }
   plan->num_bags = F == 0 ? 0 : (entries - 1) / F;
   if (const TensorView* psw = in.per_sample_weights) {
-    if (psw->device.type != DeviceType::kCPU) {
-      return Status(StatusCode::kUnsupported, "per_sample_weights is on " +
-                                                  std::string(device_type_name(psw->device.type)) +
-                                                  ", but batched calls run on the CPU only");
-    }
+    if (Status s = check_batched_device(*psw, "per_sample_weights", *plan); !s.ok()) return s;
     if (psw->ndim != 1 || psw->shape[0] != plan->num_indices) {
       return invalid("per_sample_weights must have the indices' shape (" +
                      std::to_string(plan->num_indices) + "), but has shape " + psw->shape_string());
@@ -227,29 +215,62 @@ Status check_indices(const BatchedInputs& in, const BatchedPlan& plan) {
 
 }  // namespace
 
-Status validate_batched_inputs(const BatchedInputs& in, BatchedPlan* plan, bool copy) {
+Device batched_device(const BatchedInputs& inputs) {
+  return inputs.tables.empty() ? inputs.indices.device : inputs.tables[0].weight.device;
+}
+
+Status check_batched_device(const TensorView& view, const std::string& name,
+                            const BatchedPlan& plan) {
+  if (view.device.type == plan.device.type && view.device.index == plan.device.index) {
+    return Status::Ok();
+  }
+  auto where = [](const Device& d) {
+    return std::string(device_type_name(d.type)) +
+           (d.type == DeviceType::kCPU ? "" : ":" + std::to_string(d.index));
+  };
+  return invalid(name + " is on " + where(view.device) + ", but " +
+                 (plan.num_tables > 0 ? "table 0" : "indices") + " is on " + where(plan.device) +
+                 ": every tensor of a batched call must be on one device");
+}
+
+Status validate_batched_inputs(const BatchedInputs& in, BatchedPlan* plan, bool copy,
+                               DeviceArrayReader* device) {
   *plan = BatchedPlan{};
+  plan->device = batched_device(in);
   plan->num_tables = static_cast<int64_t>(in.tables.size());
   plan->num_features = static_cast<int64_t>(in.feature_table.size());
+  const bool on_gpu = plan->device.type != DeviceType::kCPU;
+  if (on_gpu && device == nullptr) {
+    return Status(StatusCode::kUnsupported,
+                  std::string("the tensors are on ") + device_type_name(plan->device.type) +
+                      ", but this batched call runs on the CPU only (on GPUs: batched_forward "
+                      "and batched_fused_backward)");
+  }
   if (Status s = check_tables(in, plan); !s.ok()) return s;
   if (Status s = check_index_arrays(in, plan); !s.ok()) return s;
   if (Status s = check_features(in, plan); !s.ok()) return s;
+  // A GPU call's offsets and indices are read to the host once, and what is checked is used.
+  auto read = [&](const TensorView& view, int64_t count, std::vector<int64_t>* store,
+                  const void** out) -> Status {
+    if (!on_gpu) {
+      *out = copy ? copy_array(view.data, count, plan->index_dtype, store) : view.data;
+      return Status::Ok();
+    }
+    const size_t bytes = static_cast<size_t>(count) * dtype_size(plan->index_dtype);
+    store->assign((bytes + sizeof(int64_t) - 1) / sizeof(int64_t) + 1, 0);
+    *out = store->data();
+    return count > 0 ? device->read(view, count, store->data()) : Status::Ok();
+  };
   const int64_t entries = plan->num_features * plan->num_bags + 1;
-  plan->offsets = copy ? copy_array(in.offsets.data, entries, plan->index_dtype, &t_offsets_copy)
-                       : in.offsets.data;
+  if (Status s = read(in.offsets, entries, &t_offsets_copy, &plan->offsets); !s.ok()) return s;
   if (Status s = check_values(plan); !s.ok()) return s;
-  plan->indices =
-      copy ? copy_array(in.indices.data, plan->positions_end, plan->index_dtype, &t_indices_copy)
-           : in.indices.data;
+  if (Status s = read(in.indices, plan->positions_end, &t_indices_copy, &plan->indices); !s.ok())
+    return s;
   return check_indices(in, *plan);
 }
 
 Status validate_batched_output(const TensorView& view, const char* name, const BatchedPlan& plan) {
-  if (view.device.type != DeviceType::kCPU) {
-    return Status(StatusCode::kUnsupported, std::string(name) + " is on " +
-                                                device_type_name(view.device.type) +
-                                                ", but batched calls run on the CPU only");
-  }
+  if (Status s = check_batched_device(view, name, plan); !s.ok()) return s;
   if (view.ndim != 2) {
     return invalid(std::string(name) + " must be 2-D (B, C), but has shape " + view.shape_string());
   }

@@ -41,7 +41,7 @@ const KernelArgs::Arg* KernelArgs::find(const char* name) const {
 
 Status run_kernel(CallContext& call, const KernelEntry& kernel, const KernelArgs& args) {
   const halide_filter_metadata_t* metadata = kernel.metadata();
-  constexpr int kMaxArguments = 24;
+  constexpr int kMaxArguments = 32;  // (KernelArgs::kMaxArgs, and the user context)
   if (metadata->num_arguments > kMaxArguments) return binding_error(kernel, "too many arguments");
   void* argv[kMaxArguments];
   void* user_context = &call;

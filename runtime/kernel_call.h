@@ -38,7 +38,7 @@ class KernelArgs {
 
  private:
   KernelArgs& add(const char* name, void* pointer, bool is_buffer, size_t scalar_bytes);
-  static constexpr size_t kMaxArgs = 16;
+  static constexpr size_t kMaxArgs = 32;  // (the fused optimizer kernels take 27)
   std::array<Arg, kMaxArgs> args_{};
   size_t count_ = 0;
 };

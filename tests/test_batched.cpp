@@ -8,7 +8,11 @@
 //   - every fused optimizer over 5 steps on duplicate-heavy batches bitwise equal to the
 //     reference's update, tables and state, untouched rows included;
 //   - 1 and 2 threads giving the same bits;
-//   - every batched validation rule as a row of an error table, with nothing written.
+//   - every batched validation rule as a row of an error table, with nothing written;
+//   - on a GPU (EMBAG_TEST_ISAS=opencl or cuda_sm*: the gpu-emulated and cuda-emulated CTest
+//     entries; elsewhere these tests skip): the forward bitwise equal to single-table GPU calls per
+//     feature and to the reference, every fused optimizer bitwise equal to the reference, and a
+//     refused call writing nothing on the device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +26,7 @@
 #include "differential_support.h"
 #include "embag/batched.h"
 #include "error_table_support.h"
+#include "gpu_mirror.h"
 #include "reference/batched_reference.h"
 #include "reference/half_float.h"
 #include "reference/reference.h"
@@ -179,8 +184,9 @@ struct Case {
   BatchedInputs inputs;
 };
 
-// embag::forward for feature f alone: its bags' slice of indices and offsets, in the batched
-// call's index dtype (so the same kernel key), written into a fresh (B, D) buffer.
+// embag::forward for feature f alone (on difftest's selected device): its bags' slice of indices
+// and offsets, in the batched call's index dtype (so the same kernel key), written into a fresh (B,
+// D) buffer.
 std::vector<unsigned char> single_feature_forward(const Case& c, int64_t f) {
   const BatchedTable& table = c.inputs.tables[c.inputs.feature_table[f]];
   const int64_t D = table.weight.shape[1], B = c.B;
@@ -215,7 +221,9 @@ std::vector<unsigned char> single_feature_forward(const Case& c, int64_t f) {
   options.mode = table.mode;
   options.include_last_offset = true;
   options.padding_idx = table.padding_idx;
-  const Status s = forward(in, ForwardOutputs{make_view_2d(out.data(), c.dtype, B, D)}, options);
+  // (on the selected ISA's device: the GPU tests compare with the single-table GPU forward)
+  const Status s =
+      difftest::run_forward(in, ForwardOutputs{make_view_2d(out.data(), c.dtype, B, D)}, options);
   EXPECT_TRUE(s.ok()) << s.message();
   return out;
 }
@@ -685,12 +693,22 @@ std::vector<ErrorRow> error_rows() {
        true,
        false,
        false},
-      {"GPU table",
-       "batched calls are CPU only for now",
+      {"tensors on two devices",
+       "a batched call runs on one device",
        [](ErrorCall& c) { c.inputs.tables[0].weight.device.type = DeviceType::kCUDA; },
-       {"table 0 is on cuda", "CPU only"},
-       true,
-       true},
+       {"table 1 is on cpu", "table 0 is on cuda:0", "one device"}},
+      {"output on another device",
+       "a batched call runs on one device",
+       [](ErrorCall& c) {
+         c.output.device.type = DeviceType::kOpenCL;
+         c.grad_output.device.type = DeviceType::kOpenCL;
+       },
+       {"is on opencl:0", "table 0 is on cpu", "one device"}},
+      {"state on another device",
+       "a batched call runs on one device",
+       [](ErrorCall& c) { c.state[1].momentum1.device.type = DeviceType::kCUDA; },
+       {"table 1's momentum1 is on cuda:0", "one device"},
+       false},
       {"max table in backward",
        "FBGEMM's TBE has no max pooling",
        [](ErrorCall& c) { c.inputs.tables[1].mode = Mode::kMax; },
@@ -774,6 +792,144 @@ TEST(BatchedErrors, EveryRuleRefusesAndWritesNothing) {
     EXPECT_EQ(c.t1, t1);
     EXPECT_EQ(c.m0, m0);
     EXPECT_EQ(c.m1, m1);
+  }
+}
+
+// Per-table gradients have no GPU path: GPU tensors are refused before anything is read.
+TEST(BatchedErrors, PerTableGradientsRefuseGpuTensors) {
+  ErrorCall c;
+  for (BatchedTable& t : c.inputs.tables) t.weight.device.type = DeviceType::kCUDA;
+  c.inputs.indices.device.type = c.inputs.offsets.device.type = DeviceType::kCUDA;
+  c.grad_output.device.type = DeviceType::kCUDA;
+  std::vector<int64_t> rows;
+  for (const Status& s : {batched_sparse_gradient_rows(c.inputs, &rows),
+                          validate_batched_backward(c.inputs, c.grad_output, {{}, {}}, true)}) {
+    EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
+    EXPECT_NE(s.message().find("runs on the CPU only"), std::string::npos) << s.message();
+  }
+}
+
+// ---- On a GPU -------------------------------------------------------------------------------
+//
+// With EMBAG_TEST_ISAS naming GPU ISAs (CTest: gpu_emulated_batched runs opencl on POCL,
+// gpu_emulated_oclgrind the Small test under Oclgrind, cuda_emulated_batched_sm* CUDA on the
+// fake driver), each test runs on each one's device through gpu_mirror.h; otherwise it skips.
+
+// Runs `body` with each GPU ISA under test selected; false when there is none.
+bool for_each_gpu_isa(const std::function<void()>& body) {
+  bool any = false;
+  for (std::optional<Isa> isa : difftest::isas_to_test()) {
+    if (!isa || isa_device(*isa) == DeviceType::kCPU) continue;
+    any = true;
+    SCOPED_TRACE("isa=" + difftest::isa_label(isa));
+    if (!difftest::select(isa)) return true;
+    body();
+    if (::testing::Test::HasFailure()) return true;
+  }
+  return any;
+}
+
+constexpr const char* kNoGpuIsa =
+    "no GPU ISA under test (EMBAG_TEST_ISAS=opencl: ctest -L gpu-emulated runs these)";
+
+void expect_gpu_forward(uint64_t seed, const CaseShape& shape) {
+  Case c(seed, shape);
+  SCOPED_TRACE("case " + c.describe());
+  const Status s = gpu_mirror::batched_forward(difftest::selected_device(), c.inputs, c.output);
+  ASSERT_TRUE(s.ok()) << s.message();
+  expect_output(c, c.output_data, [&](int64_t f) { return single_feature_forward(c, f); });
+  std::vector<unsigned char> reference(c.output_data.size(), kSentinel);
+  TensorView ref_out = make_view_2d(reference.data(), c.dtype, c.B, c.C, c.row_stride);
+  ASSERT_TRUE(ref::batched_forward(c.inputs, ref_out).ok());
+  ASSERT_EQ(std::memcmp(reference.data(), c.output_data.data(), reference.size()), 0);
+}
+
+void expect_gpu_training(uint64_t seed, const OptimizerRun& run, int steps) {
+  Case c(seed, backward_shape());
+  OptimizerConfig config;
+  config.optimizer = run.optimizer;
+  config.weight_decay = run.weight_decay;
+  config.weight_decay_mode = run.decay_mode;
+  config.learning_rate = 0.05f;
+  SCOPED_TRACE(std::string(optimizer_name(run.optimizer)) + " decay " +
+               std::to_string(run.weight_decay) + ": " + c.describe());
+  TrainingState mine(c, config), reference(c, config);
+  for (int step = 1; step <= steps; ++step) {
+    config.step = step;
+    const Status s = gpu_mirror::batched_fused_backward(difftest::selected_device(), mine.inputs,
+                                                        c.grad_output, config, mine.state);
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_TRUE(
+        ref::batched_fused_backward(reference.inputs, c.grad_output, config, reference.state).ok());
+    SCOPED_TRACE("step " + std::to_string(step));
+    expect_same_training_state(mine, reference);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+TEST(BatchedGpu, ForwardBitwiseEqualsSingleTableGpuCallsAndTheReference) {
+  difftest::RestoreGlobals restore;
+  if (!for_each_gpu_isa([] {
+        for (int i = 0; i < 24 && !::testing::Test::HasFailure(); ++i) {
+          expect_gpu_forward(0xBA7C'6000 + static_cast<uint64_t>(i), CaseShape{});
+        }
+      })) {
+    GTEST_SKIP() << kNoGpuIsa;
+  }
+}
+
+TEST(BatchedGpu, ThreeStepsOfEveryOptimizerEqualTheReferenceBitwise) {
+  difftest::RestoreGlobals restore;
+  if (!for_each_gpu_isa([] {
+        for (const OptimizerRun& run : kOptimizerRuns) {
+          for (int i = 0; i < 4 && !::testing::Test::HasFailure(); ++i) {
+            expect_gpu_training(0xBA7C'7000 + static_cast<uint64_t>(i), run, 3);
+          }
+        }
+      })) {
+    GTEST_SKIP() << kNoGpuIsa;
+  }
+}
+
+// A refused call writes nothing on the device either, and says what the CPU says.
+TEST(BatchedGpu, RefusedCallsWriteNothing) {
+  difftest::RestoreGlobals restore;
+  if (!for_each_gpu_isa([] {
+        ErrorCall c;
+        c.indices[3] = 3;  // feature 1 reads table 1 (3 rows)
+        const std::vector<float> t0 = c.t0, out = c.output_data, m0 = c.m0;
+        const std::vector<std::string> fragments = {"feature 1 (table 1)", "index 3 at position 3"};
+        errortest::expect_refused(
+            gpu_mirror::batched_forward(difftest::selected_device(), c.inputs, c.output), fragments,
+            false);
+        errortest::expect_refused(
+            gpu_mirror::batched_fused_backward(difftest::selected_device(), c.inputs, c.grad_output,
+                                               c.config, c.state),
+            fragments, false);
+        EXPECT_EQ(c.output_data, out);
+        EXPECT_EQ(c.t0, t0);
+        EXPECT_EQ(c.m0, m0);
+      })) {
+    GTEST_SKIP() << kNoGpuIsa;
+  }
+}
+
+// One small case of each call, for Oclgrind (which simulates every work-item: seconds, not
+// minutes): a forward with every pooling, and one step of every optimizer.
+TEST(BatchedGpu, Small) {
+  difftest::RestoreGlobals restore;
+  if (!for_each_gpu_isa([] {
+        CaseShape shape;
+        shape.max_rows = 6;
+        shape.max_bag = 4;
+        shape.allow_big_table = false;
+        expect_gpu_forward(0xBA7C'8000, shape);
+        for (const OptimizerRun& run : kOptimizerRuns) {
+          if (::testing::Test::HasFailure()) return;
+          expect_gpu_training(0xBA7C'8001, run, 1);
+        }
+      })) {
+    GTEST_SKIP() << kNoGpuIsa;
   }
 }
 

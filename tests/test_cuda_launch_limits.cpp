@@ -274,6 +274,65 @@ TEST_P(CudaLaunchLimits, Renorm600000Rows) {
   EXPECT_EQ(l.grid[1], ceil_div(kD, 32)) << describe(l);
 }
 
+// The table-batched fused update (row-wise Adagrad: every kind of stage it has) over 600,000
+// touched rows of one table: the fold, the per-row sums and state, and the in-place writes of the
+// rows (one row a block, the largest grid).
+TEST_P(CudaLaunchLimits, FusedUpdate600000Rows) {
+  constexpr int64_t U = 600000, V = U, B = 1000, M = U;
+  fakecuda_test::OwnContext own;
+  run({Pipeline::kFusedRowwiseAdagrad, std::nullopt, DType::kFloat32, std::nullopt}, own,
+      [&](CallContext& call, const KernelEntry& kernel) {
+        DeviceArray segments(call), positions(call), bags(call), rows(call), columns(call),
+            divisor(call), grad(call), psw(call), weight_in(call), weight(call), m_in(call),
+            m(call), gradient(call), row_sum(call), new_m(call);
+        for (Status s :
+             {segments.allocate(kI32, U + 1), positions.allocate(kI32, M), bags.allocate(kI32, M),
+              rows.allocate(kI32, U), columns.allocate(kI32, 1), divisor.allocate(kI32, 1),
+              grad.allocate(kF32, B, kD), psw.allocate(kF32, 1), weight_in.allocate(kF32, V, kD),
+              weight.allocate(kF32, V, kD), m_in.allocate(kF32, V), m.allocate(kF32, V),
+              gradient.allocate(kF32, U, kD), row_sum.allocate(kF32, U), new_m.allocate(kF32, U)}) {
+          if (!s.ok()) return s;
+        }
+        const int32_t first_row = 0, num_rows = U, num_bags = B, pooling = 0;
+        const float lr = 0.01f, eps = 1e-8f, beta = 0.9f, decay = 0.0f, correction = 1.0f;
+        const bool no = false;
+        KernelArgs args;
+        args.buffer("segments", segments.get())
+            .buffer("sorted_positions", positions.get())
+            .buffer("sorted_bags", bags.get())
+            .buffer("rows", rows.get())
+            .buffer("feature_columns", columns.get())
+            .buffer("bag_divisor", divisor.get())
+            .scalar("first_row", &first_row)
+            .scalar("num_rows", &num_rows)
+            .scalar("num_bags", &num_bags)
+            .scalar("pooling", &pooling)
+            .scalar("learning_rate", &lr)
+            .scalar("eps", &eps)
+            .scalar("beta1", &beta)
+            .scalar("beta2", &beta)
+            .scalar("weight_decay", &decay)
+            .scalar("l2_decay", &no)
+            .scalar("decoupled_decay", &no)
+            .scalar("decoupled_correction", &correction)
+            .scalar("bias_correction1", &correction)
+            .scalar("bias_correction2", &correction)
+            .buffer("grad_output", grad.get())
+            .buffer("per_sample_weights", psw.get())
+            .buffer("weight_in", weight_in.get())
+            .buffer("weight", weight.get())
+            .buffer("gradient", gradient.get())
+            .buffer("momentum1_in", m_in.get())
+            .buffer("momentum1", m.get())
+            .buffer("new_momentum1", new_m.get())
+            .buffer("row_sum", row_sum.get());
+        return internal::run_kernel(call, kernel, args);
+      });
+  const fakecuda::LaunchRecord l = largest_launch();
+  EXPECT_EQ(l.grid[0], U) << describe(l);
+  EXPECT_EQ(l.grid[1], ceil_div(kD, 32)) << describe(l);
+}
+
 // The one-dimensional kernels (here the bag of each position; the check, layout, sort keys, bag
 // counts and per_sample_weights gradient share its 128- to 256-thread blocks on blockIdx.x) at
 // the largest N a CUDA call accepts (gpu_plan.h: past it Halide's 32-bit block count wraps, as

@@ -35,6 +35,9 @@ def variants():
             yield f"backward_rows_{mode}_{w}", "embag_backward_rows", [f"mode={mode}", f"weight_type={w}"]
         yield f"scatter_rows_{w}", "embag_scatter_rows", [f"weight_type={w}", "zero_fill=true", "masked=false"]
         yield f"write_back_rows_{w}", "embag_scatter_rows", [f"weight_type={w}", "zero_fill=false", "masked=true"]
+        if w != "float64":  # table-batched training: the batched calls' table dtypes
+            for optimizer in ["sgd", "adagrad", "rowwise_adagrad", "adam"]:
+                yield f"fused_{optimizer}_{w}", "embag_fused_update", [f"optimizer={optimizer}", f"weight_type={w}"]
     for i in INDICES:
         for o in INDICES:
             yield f"check_{i}_{o}", "embag_check", [f"index_type={i}", f"offsets_type={o}"]

@@ -385,4 +385,51 @@ std::string forward_variant_name(DeviceType device, const ForwardInputs& in,
   return embag::forward_variant_name(d, options);
 }
 
+namespace {
+// The inputs of a batched call with every view mirrored (tables copied back when `tables_back`).
+BatchedInputs mirror_batched(Mirrors& m, const BatchedInputs& in, bool tables_back) {
+  BatchedInputs d = in;
+  for (BatchedTable& t : d.tables) t.weight = m.add(t.weight, tables_back);
+  d.indices = m.add(in.indices, false);
+  d.offsets = m.add(in.offsets, false);
+  d.per_sample_weights = m.add(in.per_sample_weights, false);
+  return d;
+}
+}  // namespace
+
+Status batched_forward(DeviceType device, const BatchedInputs& in, const TensorView& output) {
+  if (device == DeviceType::kCPU) return embag::batched_forward(in, output);
+  if (!available(device)) return unavailable(device);
+  Mirrors m(device);
+  const BatchedInputs d_in = mirror_batched(m, in, false);
+  const TensorView d_out = m.add(output, true);
+  const Status s =
+      checked_call(device, [&] { return embag::batched_forward(d_in, d_out, execution(device)); });
+  m.copy_back();
+  return s;
+}
+
+Status batched_fused_backward(DeviceType device, const BatchedInputs& in,
+                              const TensorView& grad_output, const OptimizerConfig& config,
+                              const std::vector<OptimizerState>& state) {
+  if (device == DeviceType::kCPU) {
+    return embag::batched_fused_backward(in, grad_output, config, state);
+  }
+  if (!available(device)) return unavailable(device);
+  Mirrors m(device);
+  const BatchedInputs d_in = mirror_batched(m, in, true);
+  const TensorView d_grad = m.add(grad_output, false);
+  std::vector<OptimizerState> d_state = state;
+  for (OptimizerState& s : d_state) {
+    // (a state view the optimizer does not use stays empty: nothing to mirror)
+    if (s.momentum1.ndim > 0) s.momentum1 = m.add(s.momentum1, true);
+    if (s.momentum2.ndim > 0) s.momentum2 = m.add(s.momentum2, true);
+  }
+  const Status s = checked_call(device, [&] {
+    return embag::batched_fused_backward(d_in, d_grad, config, d_state, execution(device));
+  });
+  m.copy_back();
+  return s;
+}
+
 }  // namespace embag::gpu_mirror

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
+#include "embag/batched.h"
 #include "embag/embag.h"
 
 namespace embag::gpu_mirror {
@@ -28,5 +30,13 @@ Status sparse_gradient_rows(DeviceType device, const BackwardInputs& inputs, con
                             int64_t* rows);
 std::string forward_variant_name(DeviceType device, const ForwardInputs& inputs,
                                  const Options& options);
+
+// embag::batched_forward / batched_fused_backward (include/embag/batched.h) on `device`: every
+// table, index array, output and optimizer state mirrored; the output, or the tables and the
+// state, copied back.
+Status batched_forward(DeviceType device, const BatchedInputs& inputs, const TensorView& output);
+Status batched_fused_backward(DeviceType device, const BatchedInputs& inputs,
+                              const TensorView& grad_output, const OptimizerConfig& config,
+                              const std::vector<OptimizerState>& state);
 
 }  // namespace embag::gpu_mirror

@@ -40,9 +40,18 @@
 // Every argument is validated before anything is written: a failed call leaves outputs, tables
 // and optimizer state untouched, and its message names the feature and table, e.g.
 // "feature 3 (table 1): index 1000 at position 17 is out of range for a table of 1000 rows".
-// CPU only for now (GPU tensors: kUnsupported). Results are bitwise identical for every thread
-// count. The forward's are the single-table kernels' on the selected ISA (so ISA-independent
-// exactly where those are); the gradients and fused updates do not depend on the ISA.
+// Results are bitwise identical for every thread count. The forward's are the single-table
+// kernels' on the selected ISA (so ISA-independent exactly where those are); the gradients and
+// fused updates do not depend on the ISA.
+//
+// GPUs (CUDA, OpenCL): batched_forward and batched_fused_backward (and their validate_*) run on
+// the device when every tensor of the call is on it (all on one device), on Execution::stream
+// as embag::forward does (docs/gpu.md). Their offsets and indices are copied to the host once
+// and validated there (Execution::index_check is not consulted: the check is always made); the
+// forward is then bitwise one embag::forward call per feature on that device, the fused update
+// bitwise the CPU's (there each touched table's folded rows, (U_t, D_t) float32, and its new
+// state are held in device scratch while its kernel runs). batched_backward and
+// batched_sparse_gradient_rows are CPU only (GPU tensors: kUnsupported).
 #pragma once
 
 #include <cstdint>
@@ -84,10 +93,12 @@ int64_t batched_output_columns(const BatchedInputs& inputs);
 
 // Checks every rule without running anything (shapes, dtypes, devices, the feature map, column
 // blocks, every offset and every index of every feature against its table).
-Status validate_batched_forward(const BatchedInputs& inputs, const TensorView& output);
+Status validate_batched_forward(const BatchedInputs& inputs, const TensorView& output,
+                                const Execution& execution = Execution());
 
 // Runs the batched forward in one parallel pass. Validates first; on error nothing is written.
-Status batched_forward(const BatchedInputs& inputs, const TensorView& output);
+Status batched_forward(const BatchedInputs& inputs, const TensorView& output,
+                       const Execution& execution = Execution());
 
 // ---- Backward without an optimizer: per-table gradients ----------------------------------
 //
@@ -188,11 +199,13 @@ OptimizerStateShape optimizer_state_shape(Optimizer optimizer, int64_t rows, int
 // updated by one thread).
 Status validate_batched_fused_backward(const BatchedInputs& inputs, const TensorView& grad_output,
                                        const OptimizerConfig& config,
-                                       const std::vector<OptimizerState>& state);
+                                       const std::vector<OptimizerState>& state,
+                                       const Execution& execution = Execution());
 // One training step's backward: folds every touched row's gradient and applies the optimizer to
 // it, in place on the tables and the state. Validates first; on error nothing is written.
 Status batched_fused_backward(const BatchedInputs& inputs, const TensorView& grad_output,
                               const OptimizerConfig& config,
-                              const std::vector<OptimizerState>& state);
+                              const std::vector<OptimizerState>& state,
+                              const Execution& execution = Execution());
 
 }  // namespace embag

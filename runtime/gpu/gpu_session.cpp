@@ -105,23 +105,29 @@ Status cuda_result(int result, const char* what) {
 #endif  // EMBAG_WITH_CUDA
 
 #if EMBAG_WITH_OPENCL
-// The one OpenCL entry point embag calls itself: which context a command queue belongs to.
+// The OpenCL entry points embag calls itself: which context a command queue belongs to, and the
+// rectangle copy that places a batched forward's column blocks (copy_into_columns).
 using GetCommandQueueInfo = int (*)(void*, unsigned int, size_t, void*, size_t*);
 constexpr unsigned int kClQueueContext = 0x1090;  // CL_QUEUE_CONTEXT
 
-GetCommandQueueInfo opencl_queue_info() {
-  static const GetCommandQueueInfo fn = [] {
-    // The process's own OpenCL first (what Halide's runtime uses too: a linked loader, or a
-    // preloaded implementation such as Oclgrind's), else the loader.
-    if (void* own = dlsym(RTLD_DEFAULT, "clGetCommandQueueInfo")) {
-      return reinterpret_cast<GetCommandQueueInfo>(own);
-    }
-    void* library = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (library == nullptr) library = dlopen("libOpenCL.so", RTLD_NOW | RTLD_LOCAL);
-    return library == nullptr
-               ? nullptr
-               : reinterpret_cast<GetCommandQueueInfo>(dlsym(library, "clGetCommandQueueInfo"));
+using EnqueueCopyBufferRect = int (*)(void*, void*, void*, const size_t*, const size_t*,
+                                      const size_t*, size_t, size_t, size_t, size_t, unsigned int,
+                                      const void*, void*);
+
+// An OpenCL entry point: the process's own OpenCL first (what Halide's runtime uses too: a linked
+// loader, or a preloaded implementation such as Oclgrind's), else the loader's.
+void* opencl_symbol(const char* name) {
+  if (void* own = dlsym(RTLD_DEFAULT, name)) return own;
+  static void* library = [] {
+    void* l = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
+    return l != nullptr ? l : dlopen("libOpenCL.so", RTLD_NOW | RTLD_LOCAL);
   }();
+  return library == nullptr ? nullptr : dlsym(library, name);
+}
+
+GetCommandQueueInfo opencl_queue_info() {
+  static const auto fn =
+      reinterpret_cast<GetCommandQueueInfo>(opencl_symbol("clGetCommandQueueInfo"));
   return fn;
 }
 #endif  // EMBAG_WITH_OPENCL
@@ -439,6 +445,33 @@ Status DeviceArray::copy_from(DeviceArray& source) {
   int result =
       halide_buffer_copy(&call_, source.get(), device_interface(call_.device.type), &buffer_);
   return halide_result(call_, result, "copying device memory");
+}
+
+Status copy_into_columns(CallContext& call, DeviceArray& source, const void* dest, int64_t rows,
+                         int64_t cols, int64_t row_stride, int64_t column) {
+  if (rows == 0 || cols == 0) return Status::Ok();
+#if EMBAG_WITH_OPENCL
+  if (call.device.type == DeviceType::kOpenCL) {
+    static const auto copy_rect =
+        reinterpret_cast<EnqueueCopyBufferRect>(opencl_symbol("clEnqueueCopyBufferRect"));
+    if (copy_rect == nullptr) return unsupported("OpenCL has no clEnqueueCopyBufferRect here");
+    const size_t element = source.get()->type.bytes();
+    void* from = reinterpret_cast<void*>(halide_opencl_get_cl_mem(&call, source.get()));
+    const size_t source_origin[3] = {0, 0, 0};
+    const size_t dest_origin[3] = {static_cast<size_t>(column) * element, 0, 0};
+    const size_t region[3] = {static_cast<size_t>(cols) * element, static_cast<size_t>(rows), 1};
+    const int r = copy_rect(call.gpu_stream, from, const_cast<void*>(dest), source_origin,
+                            dest_origin, region, static_cast<size_t>(cols) * element, 0,
+                            static_cast<size_t>(row_stride) * element, 0, 0, nullptr, nullptr);
+    if (r != 0) {
+      return internal_error("clEnqueueCopyBufferRect failed (OpenCL error " + std::to_string(r) +
+                            ")");
+    }
+    return Status::Ok();
+  }
+#endif
+  (void)call, (void)source, (void)dest, (void)row_stride, (void)column;
+  return internal_error("copy_into_columns is for OpenCL calls only");
 }
 
 // ---- Grouping positions by row --------------------------------------------------------------

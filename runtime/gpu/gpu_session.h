@@ -84,6 +84,14 @@ class DeviceArray {
   [[maybe_unused]] uint64_t owned_cuda_pointer_ = 0;  // (read only in CUDA builds)
 };
 
+// Copies `source`, a contiguous (rows, cols) array, into the caller's 2-D array `dest` (rows
+// row_stride elements apart) at column `column`, on the call's queue. OpenCL only: there a
+// cl_mem cannot be offset like a pointer (and sub-buffers must start at the device's base
+// alignment), so a kernel writes a column block into scratch and clEnqueueCopyBufferRect
+// places it; CUDA calls wrap the block's address instead and need no copy.
+Status copy_into_columns(CallContext& call, DeviceArray& source, const void* dest, int64_t rows,
+                         int64_t cols, int64_t row_stride, int64_t column);
+
 // The valid positions grouped by row, in device memory: rows ascending, each row's positions in
 // input order (so every row folds in input order: deterministic without atomics).
 struct DeviceRowGroups {
