@@ -33,6 +33,13 @@ const void* copy_array(const void* data, int64_t count, DType dtype, std::vector
 }
 
 Status check_tables(const BatchedInputs& in, BatchedPlan* plan) {
+  // Devices first, every table: "one device" is the rule a table on another device breaks,
+  // whatever this build has kernels for (the memory checks below refuse a device without them).
+  for (size_t t = 0; t < in.tables.size(); ++t) {
+    if (Status s = check_batched_device(in.tables[t].weight, "table " + std::to_string(t), *plan);
+        !s.ok())
+      return s;
+  }
   for (size_t t = 0; t < in.tables.size(); ++t) {
     const TensorView& w = in.tables[t].weight;
     const std::string name = "table " + std::to_string(t);
