@@ -43,7 +43,6 @@ Status check_tables(const BatchedInputs& in, BatchedPlan* plan) {
   for (size_t t = 0; t < in.tables.size(); ++t) {
     const TensorView& w = in.tables[t].weight;
     const std::string name = "table " + std::to_string(t);
-    if (Status s = check_batched_device(w, name, *plan); !s.ok()) return s;
     if (w.ndim != 2) {
       return invalid(name + " must be 2-D (V, D), but has shape " + w.shape_string());
     }

@@ -256,6 +256,14 @@ void expect_output(const Case& c, const std::vector<unsigned char>& output,
   }
 }
 
+// The reference's batched forward on the same case gives the same bytes as c.output_data.
+void expect_reference_output(const Case& c) {
+  std::vector<unsigned char> reference(c.output_data.size(), kSentinel);
+  TensorView ref_out = make_view_2d(reference.data(), c.dtype, c.B, c.C, c.row_stride);
+  ASSERT_TRUE(ref::batched_forward(c.inputs, ref_out).ok());
+  ASSERT_EQ(std::memcmp(reference.data(), c.output_data.data(), reference.size()), 0);
+}
+
 constexpr int kForwardCases = 150;
 
 TEST(BatchedForward, BitwiseEqualsOneSingleTableCallPerFeatureOnEveryIsa) {
@@ -270,11 +278,7 @@ TEST(BatchedForward, BitwiseEqualsOneSingleTableCallPerFeatureOnEveryIsa) {
       const Status s = batched_forward(c.inputs, c.output);
       ASSERT_TRUE(s.ok()) << s.message();
       expect_output(c, c.output_data, [&](int64_t f) { return single_feature_forward(c, f); });
-      // The reference agrees too.
-      std::vector<unsigned char> reference(c.output_data.size(), kSentinel);
-      TensorView ref_out = make_view_2d(reference.data(), c.dtype, c.B, c.C, c.row_stride);
-      ASSERT_TRUE(ref::batched_forward(c.inputs, ref_out).ok());
-      ASSERT_EQ(std::memcmp(reference.data(), c.output_data.data(), reference.size()), 0);
+      expect_reference_output(c);  // the reference agrees too
       if (::testing::Test::HasFailure()) return;
     }
   }
@@ -838,10 +842,7 @@ void expect_gpu_forward(uint64_t seed, const CaseShape& shape) {
   const Status s = gpu_mirror::batched_forward(difftest::selected_device(), c.inputs, c.output);
   ASSERT_TRUE(s.ok()) << s.message();
   expect_output(c, c.output_data, [&](int64_t f) { return single_feature_forward(c, f); });
-  std::vector<unsigned char> reference(c.output_data.size(), kSentinel);
-  TensorView ref_out = make_view_2d(reference.data(), c.dtype, c.B, c.C, c.row_stride);
-  ASSERT_TRUE(ref::batched_forward(c.inputs, ref_out).ok());
-  ASSERT_EQ(std::memcmp(reference.data(), c.output_data.data(), reference.size()), 0);
+  expect_reference_output(c);
 }
 
 void expect_gpu_training(uint64_t seed, const OptimizerRun& run, int steps) {
